@@ -1,0 +1,34 @@
+rule finetune_subsets:
+    input:
+        examples="results/{dataset}/data/examples.parquet",
+        tasks="results/{dataset}/data/tasks.parquet",
+        model="results/{dataset}/meta_init/model.pt",
+        subsets="results/{dataset}/subsets/subsets.parquet",
+    output:
+        "results/{dataset}/subset_values/finetune/chunk_{chunk}.parquet",
+    log:
+        "results/{dataset}/logs/finetune_subsets/chunk_{chunk}.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        chunk_size=config["subsets"]["chunk_size"],
+        training=training_params("finetune"),
+        seed=config["finetune"]["seed"],
+    script:
+        "../workflow_scripts/finetune_subsets.py"
+
+
+rule gather_subset_values:
+    input:
+        subset_value_chunks,
+    output:
+        "results/{dataset}/subset_values/{estimator}.parquet",
+    log:
+        "results/{dataset}/logs/gather_subset_values/{estimator}.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    script:
+        "../workflow_scripts/gather_subset_values.py"

@@ -1,0 +1,13 @@
+rule prepare_dataset:
+    output:
+        examples="results/{dataset}/data/examples.parquet",
+        tasks="results/{dataset}/data/tasks.parquet",
+    log:
+        "results/{dataset}/logs/prepare_dataset.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    params:
+        kind=config["dataset"]["kind"],
+        planted=config["dataset"]["planted"],
+    script:
+        "../workflow_scripts/prepare_dataset.py"

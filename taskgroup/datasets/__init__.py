@@ -1,0 +1,1 @@
+"""Dataset generators and loaders that produce the examples and tasks tables."""

@@ -1,0 +1,120 @@
+"""Synthetic binary tasks in planted groups (ICLR 2020, Wu, Zhang and Re, section 2.3).
+
+Tasks of one group share an input covariance and nearly the same linear teacher; different
+groups have independent random covariances and teachers. A shared trunk with little
+capacity cannot serve every group at once, so pooling tasks across groups hurts (negative
+transfer) while pooling within a group helps (more data for the same model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from taskgroup.tables import FEATURE_PREFIX
+
+
+@dataclass(frozen=True)
+class PlantedSpec:
+    """Knobs of the planted generator.
+
+    n_groups, tasks_per_group: k = n_groups * tasks_per_group tasks.
+    n_train, n_val, n_test: examples per task and split (n_train is the largest task's).
+    train_imbalance: ratio of the largest to the smallest task's n_train (>= 1); task sizes
+        are spread log-uniformly between n_train / train_imbalance and n_train.
+    n_features: input dimension.
+    within_group_spread: norm of each task's deviation from its group's unit teacher vector.
+    covariance_decay: eigenvalues of a group's covariance decay as i ** -covariance_decay.
+    label_noise: probability that a label is flipped.
+    seed: seed of every random draw.
+    """
+
+    n_groups: int
+    tasks_per_group: int
+    n_train: int
+    n_val: int
+    n_test: int
+    n_features: int
+    label_noise: float
+    within_group_spread: float
+    covariance_decay: float
+    train_imbalance: float
+    seed: int
+
+    @property
+    def n_tasks(self) -> int:
+        return self.n_groups * self.tasks_per_group
+
+
+def _random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+def _train_sizes(spec: PlantedSpec, rng: np.random.Generator) -> np.ndarray:
+    if spec.train_imbalance == 1.0:
+        return np.full(spec.n_tasks, spec.n_train)
+    low = np.log(spec.n_train / spec.train_imbalance)
+    sizes = np.exp(rng.uniform(low, np.log(spec.n_train), size=spec.n_tasks))
+    return np.maximum(np.round(sizes).astype(int), 2)
+
+
+def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Draw the examples and tasks tables (schemas in :mod:`taskgroup.tables`).
+
+    Returns
+    -------
+    examples : DataFrame, one row per example, columns task, split, feature_000.., label.
+    tasks : DataFrame, one row per task, with its planted group.
+    """
+    rng = np.random.default_rng(spec.seed)
+    eigenvalues = np.arange(1, spec.n_features + 1, dtype=float) ** -spec.covariance_decay
+    eigenvalues *= spec.n_features / eigenvalues.sum()  # average variance 1 per feature
+    group_bases = [_random_rotation(rng, spec.n_features) for _ in range(spec.n_groups)]
+    group_teachers = rng.standard_normal((spec.n_groups, spec.n_features))
+    group_teachers /= np.linalg.norm(group_teachers, axis=1, keepdims=True)
+    train_sizes = _train_sizes(spec, rng)
+
+    width = len(str(spec.n_tasks - 1))
+    frames, task_rows = [], []
+    for task_index in range(spec.n_tasks):
+        group = task_index // spec.tasks_per_group
+        task = f"task_{task_index:0{width}d}"
+        deviation = rng.standard_normal(spec.n_features)
+        teacher = group_teachers[group] + spec.within_group_spread * deviation / np.linalg.norm(
+            deviation
+        )
+        sizes = {"train": int(train_sizes[task_index]), "val": spec.n_val, "test": spec.n_test}
+        n_total = sum(sizes.values())
+        latent = rng.standard_normal((n_total, spec.n_features)) * np.sqrt(eigenvalues)
+        features = latent @ group_bases[group].T
+        clean = (features @ teacher > 0).astype(np.float32)
+        flips = rng.random(n_total) < spec.label_noise
+        labels = np.where(flips, 1.0 - clean, clean).astype(np.float32)
+        frame = pd.DataFrame(
+            features.astype(np.float32),
+            columns=[f"{FEATURE_PREFIX}{i:03d}" for i in range(spec.n_features)],
+        )
+        frame.insert(0, "split", np.repeat(list(sizes), list(sizes.values())))
+        frame.insert(0, "task", task)
+        frame["label"] = labels
+        frames.append(frame)
+        task_rows.append(
+            {
+                "task": task,
+                "task_index": task_index,
+                "task_type": "binary",
+                "n_train": sizes["train"],
+                "n_val": sizes["val"],
+                "n_test": sizes["test"],
+                "planted_group": group,
+            }
+        )
+    examples = pd.concat(frames, ignore_index=True)
+    tasks = pd.DataFrame(task_rows).astype(
+        {"task_index": "int64", "n_train": "int64", "n_val": "int64", "n_test": "int64"}
+    )
+    tasks["planted_group"] = tasks["planted_group"].astype("Int64")
+    return examples, tasks

@@ -1,0 +1,125 @@
+"""Schemas of the long-format Parquet tables that connect the workflow's stages.
+
+Every artifact has one documented schema here; readers check it at load time, so a
+wrong or stale file fails with a message naming the file and the column.
+
+examples   one row per example: task (str), split ("train" | "val" | "test"),
+           feature_* (float32, one column per input feature), label (float32, 0/1).
+tasks      one row per task, in the canonical task order: task (str), task_index
+           (int64, 0..k-1), task_type ("binary"), n_train, n_val, n_test (int64),
+           planted_group (Int64, null when the dataset has no planted groups).
+subsets    one row per (subset, member task): subset_id (int64), task (str).
+pair_counts one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
+           the number of sampled subsets that contain both (task_i == task_j: that
+           contain the task).
+subset_values one row per (subset, member task, split): subset_id (int64), task (str),
+           split (str), loss (float64, mean binary cross-entropy in nats), metric
+           (float64, accuracy in [0, 1]), estimator (str).
+affinity   one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
+           raw (float64, mean validation loss of task_i over subsets holding both),
+           normalized (float64, sign-flipped, z-scored per target, symmetrized).
+grouping   one row per task: task (str), group (int64).
+group_results one row per (task, split) of one trained group model: grouping (str),
+           group (int64), task (str), split (str), loss, metric (float64).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+FEATURE_PREFIX = "feature_"
+SPLITS = ("train", "val", "test")
+
+# column -> pandas dtype kind ("O"/"T" string-like, "i" integer, "f" float)
+EXAMPLES = {"task": "str", "split": "str", "label": "float"}
+TASKS = {
+    "task": "str",
+    "task_index": "int",
+    "task_type": "str",
+    "n_train": "int",
+    "n_val": "int",
+    "n_test": "int",
+    "planted_group": "int",
+}
+SUBSETS = {"subset_id": "int", "task": "str"}
+PAIR_COUNTS = {"task_i": "str", "task_j": "str", "n_subsets": "int"}
+SUBSET_VALUES = {
+    "subset_id": "int",
+    "task": "str",
+    "split": "str",
+    "loss": "float",
+    "metric": "float",
+    "estimator": "str",
+}
+AFFINITY = {
+    "task_i": "str",
+    "task_j": "str",
+    "n_subsets": "int",
+    "raw": "float",
+    "normalized": "float",
+}
+GROUPING = {"task": "str", "group": "int"}
+GROUP_RESULTS = {
+    "grouping": "str",
+    "group": "int",
+    "task": "str",
+    "split": "str",
+    "loss": "float",
+    "metric": "float",
+}
+
+
+def _kind_matches(series: pd.Series, kind: str) -> bool:
+    if kind == "str":
+        return pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(series)
+    if kind == "float":
+        return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+    raise ValueError(f"unknown column kind {kind!r}")
+
+
+def check_columns(frame: pd.DataFrame, schema: dict[str, str], source: str) -> None:
+    """Raise ValueError naming ``source`` if a column of ``schema`` is missing or mistyped."""
+    missing = [column for column in schema if column not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{source}: missing column(s) {missing}; expected columns {list(schema)}, "
+            f"found {list(frame.columns)}"
+        )
+    for column, kind in schema.items():
+        if not _kind_matches(frame[column], kind):
+            raise ValueError(
+                f"{source}: column {column!r} has dtype {frame[column].dtype}, expected {kind}"
+            )
+
+
+def read_table(path: str | os.PathLike, schema: dict[str, str]) -> pd.DataFrame:
+    """Read a Parquet artifact and check it against ``schema`` (see module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    frame = pd.read_parquet(path)
+    check_columns(frame, schema, str(path))
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``frame`` to Parquet atomically: a crash never leaves a partial file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        frame.to_parquet(partial, index=False)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """The feature columns of an examples table, in their stored order."""
+    return [column for column in frame.columns if column.startswith(FEATURE_PREFIX)]

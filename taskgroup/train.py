@@ -1,0 +1,150 @@
+"""Training and evaluation of a multi-head network on a set of tasks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from taskgroup.data import SplitTensors, TaskData
+from taskgroup.model import MultiHeadNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train: Adam with learning rate ``lr`` for ``epochs`` passes over the training
+    examples in shuffled minibatches of ``batch_size``; ``weight_decay`` is L2 on all
+    parameters. With ``select_best_epoch`` the parameters after the epoch with the lowest
+    validation loss (averaged over the trained tasks) are kept (early stopping)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.0
+    select_best_epoch: bool = False
+
+
+def pick_device() -> torch.device:
+    """CUDA when available (respecting CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A 63-bit seed derived from integers and strings, stable across runs and platforms."""
+    entropy = [p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def per_task_losses(
+    model: MultiHeadNet, split: SplitTensors, n_tasks: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean loss (BCE, nats), accuracy and example count per task, each (n_tasks,).
+
+    Tasks without examples in ``split`` get NaN loss and accuracy."""
+    with torch.no_grad():
+        logits = model(split.features, split.task_index)
+        losses = F.binary_cross_entropy_with_logits(logits, split.labels, reduction="none")
+        correct = ((logits > 0).float() == split.labels).float()
+        counts = torch.bincount(split.task_index, minlength=n_tasks).float()
+        loss_sum = torch.zeros(n_tasks, device=logits.device).index_add_(
+            0, split.task_index, losses
+        )
+        correct_sum = torch.zeros(n_tasks, device=logits.device).index_add_(
+            0, split.task_index, correct
+        )
+    safe = counts.clamp(min=1)
+    nan = torch.full_like(counts, float("nan"))
+    return (
+        torch.where(counts > 0, loss_sum / safe, nan),
+        torch.where(counts > 0, correct_sum / safe, nan),
+        counts,
+    )
+
+
+def fit(
+    model: MultiHeadNet,
+    data: TaskData,
+    task_indices: torch.Tensor,
+    settings: TrainSettings,
+    seed: int,
+) -> list[float]:
+    """Train ``model`` in place on the training examples of ``task_indices``.
+
+    Returns the mean training loss of each epoch. ``data`` must be on the model's device.
+    """
+    train = data.splits["train"].select_tasks(task_indices)
+    val = data.splits["val"].select_tasks(task_indices)
+    n_examples = train.labels.shape[0]
+    if n_examples == 0:
+        raise ValueError(f"no training examples for tasks {task_indices.tolist()}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    best_loss, best_state = float("inf"), None
+    history = []
+    for _ in range(settings.epochs):
+        model.train()
+        order = torch.randperm(n_examples, generator=generator).to(train.labels.device)
+        epoch_loss = 0.0
+        for start in range(0, n_examples, settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            logits = model(train.features[batch], train.task_index[batch])
+            loss = F.binary_cross_entropy_with_logits(logits, train.labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.item() * batch.numel()
+        history.append(epoch_loss / n_examples)
+        if settings.select_best_epoch:
+            model.eval()
+            val_loss, _, counts = per_task_losses(model, val, data.n_tasks)
+            score = float(val_loss[counts > 0].mean())
+            if score < best_loss:
+                best_loss, best_state = score, copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def evaluate(
+    model: MultiHeadNet, data: TaskData, task_indices: torch.Tensor, splits=("val", "test")
+) -> pd.DataFrame:
+    """Per-task loss and accuracy of the tasks in ``task_indices``: columns task, split,
+    loss (mean BCE, nats), metric (accuracy), n_examples."""
+    model.eval()
+    rows = []
+    chosen = task_indices.tolist()
+    for split in splits:
+        loss, accuracy, counts = per_task_losses(model, data.splits[split], data.n_tasks)
+        for index in chosen:
+            rows.append(
+                {
+                    "task": data.task_names[index],
+                    "split": split,
+                    "loss": float(loss[index]),
+                    "metric": float(accuracy[index]),
+                    "n_examples": int(counts[index]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def train_new_model(
+    data: TaskData, task_indices: torch.Tensor, hidden_sizes: list[int],
+    settings: TrainSettings, seed: int, device: torch.device,
+) -> MultiHeadNet:
+    """A freshly initialized network (seeded) trained on ``task_indices``."""
+    torch.manual_seed(seed)
+    model = MultiHeadNet(data.n_features, data.n_tasks, hidden_sizes).to(device)
+    fit(model, data, task_indices, settings, seed=seed)
+    return model

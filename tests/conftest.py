@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from taskgroup.datasets.planted import PlantedSpec, generate_planted
+from taskgroup.data import build_task_data
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    torch.set_num_threads(1)
+
+
+def small_spec(**overrides) -> PlantedSpec:
+    values = dict(
+        n_groups=3, tasks_per_group=3, n_train=60, n_val=40, n_test=50, n_features=6,
+        label_noise=0.0, within_group_spread=0.2, covariance_decay=1.0, train_imbalance=1.0,
+        seed=0,
+    )
+    values.update(overrides)
+    return PlantedSpec(**values)
+
+
+@pytest.fixture
+def small_tables():
+    return generate_planted(small_spec())
+
+
+@pytest.fixture
+def small_data(small_tables):
+    examples, tasks = small_tables
+    return build_task_data(examples, tasks)

@@ -1,0 +1,55 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from taskgroup.config import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "config" / "config.schema.yaml")
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_default_config_is_valid(config):
+    validate(config, SCHEMA)
+    check_config(config)
+
+
+def test_subset_size_above_task_count_is_rejected(config):
+    config["subsets"]["size"] = 31
+    with pytest.raises(ConfigError, match=r"subsets.size \(alpha\) = 31 .* k = 30"):
+        check_config(config)
+
+
+def test_more_subsets_than_exist_is_rejected(config):
+    config["subsets"]["size"] = 29
+    with pytest.raises(ConfigError, match=r"subsets.count \(m\) = 600 exceeds the 30"):
+        check_config(config)
+
+
+def test_more_clusters_than_tasks_is_rejected(config):
+    config["clustering"]["n_clusters"] = 40
+    with pytest.raises(ConfigError, match="clustering.n_clusters = 40 exceeds .* k = 30"):
+        check_config(config)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["dataset"]["planted"].update(n_train=-5), "-5 is less than the minimum"),
+        (lambda c: c["subsets"].update(sizes=3), "Additional properties are not allowed"),
+        (lambda c: c.update(estimater="finetune"), "Additional properties are not allowed"),
+        (lambda c: c["clustering"].update(method="kmeans"), "'kmeans' is not one of"),
+    ],
+)
+def test_schema_rejects_bad_values(config, mutate, message):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(Exception, match=message):
+        validate(bad, SCHEMA)

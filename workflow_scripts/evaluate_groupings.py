@@ -1,0 +1,11 @@
+from taskgroup.logs import log_to_file
+from taskgroup.stages import evaluate_groupings
+
+log_to_file(snakemake.log[0])
+evaluate_groupings(
+    grouping_paths={name: snakemake.input[name] for name in snakemake.params.groupings},
+    result_paths=list(snakemake.input.results),
+    tasks_path=snakemake.input.tasks,
+    per_task_path=snakemake.output.per_task,
+    summary_path=snakemake.output.summary,
+)

@@ -1,0 +1,16 @@
+from taskgroup.logs import log_to_file
+from taskgroup.stages import finetune_chunk
+
+log_to_file(snakemake.log[0])
+finetune_chunk(
+    examples_path=snakemake.input.examples,
+    tasks_path=snakemake.input.tasks,
+    model_path=snakemake.input.model,
+    subsets_path=snakemake.input.subsets,
+    output_path=snakemake.output[0],
+    chunk=int(snakemake.wildcards.chunk),
+    chunk_size=snakemake.params.chunk_size,
+    training=snakemake.params.training,
+    seed=snakemake.params.seed,
+    threads=snakemake.threads,
+)

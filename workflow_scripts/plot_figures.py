@@ -1,0 +1,12 @@
+from taskgroup.logs import log_to_file
+from taskgroup.stages import plot_figures
+
+log_to_file(snakemake.log[0])
+plot_figures(
+    affinity_path=snakemake.input.affinity,
+    clusters_path=snakemake.input.clusters,
+    per_task_path=snakemake.input.per_task,
+    tasks_path=snakemake.input.tasks,
+    heatmap_path=snakemake.output.heatmap,
+    per_task_figure_path=snakemake.output.per_task,
+)
