@@ -1,26 +1,17 @@
-import os
-import sys
-
 import pandas as pd
 from snakemake.utils import validate
 
-# Jobs import the library from this checkout, not from whatever copy is installed, so an
-# edit to taskgroup/ is what the next job runs (also inside conda envs).
-sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [workflow.basedir] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-)
-
 from taskgroup.config import check_config
 from taskgroup.subsets import n_chunks
-
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
 
 DATASET = config["dataset"]["name"]
 GROUPINGS = ["clustered"] + config["evaluation"]["baselines"]
-CHUNKS = list(range(n_chunks(config["subsets"]["count"], config["subsets"]["chunk_size"])))
+CHUNKS = list(
+    range(n_chunks(config["subsets"]["count"], config["subsets"]["chunk_size"]))
+)
 
 
 wildcard_constraints:
@@ -29,6 +20,12 @@ wildcard_constraints:
     group=r"\d+",
     grouping="|".join(GROUPINGS),
     estimator="finetune",
+
+
+def sorted_params(mapping):
+    """A config section with its keys sorted: Snakemake compares params: by their text, so
+    reordering keys in the config file must not look like a change."""
+    return {key: mapping[key] for key in sorted(mapping)}
 
 
 def training_params(section):
@@ -56,14 +53,18 @@ def grouping_file(dataset, grouping):
     """The grouping table of ``grouping``, after the checkpoint that writes it has run."""
     if grouping == "clustered":
         return checkpoints.cluster_tasks.get(dataset=dataset).output.grouping
-    return checkpoints.baseline_grouping.get(dataset=dataset, grouping=grouping).output[0]
+    return checkpoints.baseline_grouping.get(dataset=dataset, grouping=grouping).output[
+        0
+    ]
 
 
 def group_result_files(wildcards):
     """One result file per group of every grouping (clusters and baselines)."""
     paths = []
     for grouping in GROUPINGS:
-        groups = sorted(pd.read_parquet(grouping_file(wildcards.dataset, grouping))["group"])
+        groups = sorted(
+            pd.read_parquet(grouping_file(wildcards.dataset, grouping))["group"]
+        )
         paths += expand(
             "results/{dataset}/final/{grouping}/group_{group}.parquet",
             dataset=wildcards.dataset,

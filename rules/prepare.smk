@@ -8,6 +8,6 @@ rule prepare_dataset:
         "../envs/taskgroup.yaml"
     params:
         kind=config["dataset"]["kind"],
-        planted=config["dataset"]["planted"],
+        planted=sorted_params(config["dataset"]["planted"]),
     script:
         "../workflow_scripts/prepare_dataset.py"

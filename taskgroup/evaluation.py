@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import adjusted_rand_score
 
-from taskgroup.groupings import ari_against_planted
+
+def ari_against_planted(grouping: pd.DataFrame, tasks: pd.DataFrame) -> float:
+    """Adjusted Rand index of a grouping against the planted groups (NaN if none known)."""
+    planted = tasks.set_index("task")["planted_group"]
+    if planted.isna().any():
+        return float("nan")
+    truth = planted.loc[grouping["task"]].to_numpy(dtype=np.int64)
+    return float(adjusted_rand_score(truth, grouping["group"].to_numpy()))
 
 
 def per_task_table(group_results: list[pd.DataFrame]) -> pd.DataFrame:

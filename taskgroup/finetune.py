@@ -7,7 +7,6 @@ import logging
 import time
 
 import pandas as pd
-import torch
 
 from taskgroup.data import TaskData
 from taskgroup.model import MultiHeadNet

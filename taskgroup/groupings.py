@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 
 BASELINES = ("naive_mtl", "stl", "planted")
 
@@ -27,12 +26,3 @@ def baseline_grouping(name: str, tasks: pd.DataFrame) -> pd.DataFrame:
     else:
         raise ValueError(f"unknown baseline grouping {name!r}; expected one of {BASELINES}")
     return pd.DataFrame({"task": ordered["task"].to_numpy(), "group": groups})
-
-
-def ari_against_planted(grouping: pd.DataFrame, tasks: pd.DataFrame) -> float:
-    """Adjusted Rand index of a grouping against the planted groups (NaN if none known)."""
-    planted = tasks.set_index("task")["planted_group"]
-    if planted.isna().any():
-        return float("nan")
-    truth = planted.loc[grouping["task"]].to_numpy(dtype=np.int64)
-    return float(adjusted_rand_score(truth, grouping["group"].to_numpy()))

@@ -10,10 +10,11 @@ import pandas as pd
 
 
 def check_subset_design(n_tasks: int, size: int, count: int) -> None:
-    """Raise ValueError if ``count`` distinct subsets of ``size`` out of ``n_tasks`` cannot exist."""
+    """Raise ValueError if ``count`` distinct subsets of ``size`` out of ``n_tasks`` can't exist."""
     if not 1 <= size <= n_tasks:
         raise ValueError(
-            f"subsets.size (alpha) = {size} must be between 1 and the number of tasks k = {n_tasks}"
+            f"subsets.size (alpha) = {size} must be between 1 and the number of tasks "
+            f"k = {n_tasks}"
         )
     available = math.comb(n_tasks, size)
     if count > available:
@@ -71,7 +72,8 @@ def pair_counts(subsets: pd.DataFrame, task_names: list[str]) -> pd.DataFrame:
     """Long table task_i, task_j, n_subsets: subsets holding both (the diagonal: holding i)."""
     membership = membership_matrix(subsets, task_names).astype(np.int64)
     counts = membership.T @ membership
-    first, second = np.meshgrid(np.arange(len(task_names)), np.arange(len(task_names)), indexing="ij")
+    indices = np.arange(len(task_names))
+    first, second = np.meshgrid(indices, indices, indexing="ij")
     names = np.asarray(task_names, dtype=object)
     return pd.DataFrame(
         {

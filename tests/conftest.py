@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from taskgroup.datasets.planted import PlantedSpec, generate_planted
 from taskgroup.data import build_task_data
+from taskgroup.datasets.planted import PlantedSpec, generate_planted
 
 
 @pytest.fixture(autouse=True)

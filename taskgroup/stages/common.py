@@ -1,0 +1,43 @@
+"""Helpers shared by the stages that train networks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from taskgroup.data import TaskData, build_task_data
+from taskgroup.model import save_checkpoint
+from taskgroup.tables import EXAMPLES, TASKS, read_table
+from taskgroup.train import pick_device
+
+log = logging.getLogger(__name__)
+
+
+def load_task_data(examples_path, tasks_path) -> tuple[TaskData, pd.DataFrame]:
+    """The examples as tensors on the chosen device, and the tasks table."""
+    tasks = read_table(tasks_path, TASKS)
+    examples = read_table(examples_path, EXAMPLES)
+    data = build_task_data(examples, tasks, source=str(examples_path))
+    return data, tasks
+
+
+def prepare_torch(threads: int) -> torch.device:
+    torch.set_num_threads(max(int(threads), 1))
+    device = pick_device()
+    log.info("device %s, %d torch thread(s)", device, torch.get_num_threads())
+    return device
+
+
+def save_model_atomically(model, task_names, path) -> None:
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        save_checkpoint(model, task_names, partial)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()

@@ -1,0 +1,42 @@
+"""Stages of the subset design and the gathering of per-subset values."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from taskgroup import subsets as subsets_lib
+from taskgroup.tables import SUBSET_VALUES, TASKS, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def sample_subsets(tasks_path, subsets_path, pair_counts_path, size, count, seed) -> None:
+    """Draw the subsets table and its pair-coverage counts."""
+    tasks = read_table(tasks_path, TASKS)
+    names = tasks.sort_values("task_index")["task"].tolist()
+    table = subsets_lib.sample_subsets(names, size, count, seed)
+    counts = subsets_lib.pair_counts(table, names)
+    off_diagonal = counts.loc[counts["task_i"] != counts["task_j"], "n_subsets"]
+    log.info(
+        "%d subsets of size %d over %d tasks; pair coverage n_ij min %d, mean %.2f "
+        "(expected %.2f), pairs never covered: %d",
+        count, size, len(names), off_diagonal.min(), off_diagonal.mean(),
+        subsets_lib.expected_pair_count(len(names), size, count),
+        int((off_diagonal == 0).sum()) // 2,
+    )
+    write_table(table, subsets_path)
+    write_table(counts, pair_counts_path)
+
+
+def gather_subset_values(chunk_paths: list, output_path) -> None:
+    """Concatenate the per-chunk subset values into one table, sorted by subset and task."""
+    frames = [read_table(path, SUBSET_VALUES) for path in chunk_paths]
+    table = pd.concat(frames, ignore_index=True)
+    duplicated = table.duplicated(["subset_id", "task", "split", "estimator"])
+    if duplicated.any():
+        raise ValueError(f"subset values: {int(duplicated.sum())} duplicated rows across chunks")
+    table = table.sort_values(["subset_id", "task", "split"], ignore_index=True)
+    log.info("gathered %d rows from %d chunks", len(table), len(chunk_paths))
+    write_table(table, output_path)

@@ -1,0 +1,93 @@
+"""Stages that train networks: meta-initialization, per-subset fine-tuning, group models."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from taskgroup import subsets as subsets_lib
+from taskgroup.finetune import finetune_subsets
+from taskgroup.model import load_checkpoint
+from taskgroup.stages.common import load_task_data, prepare_torch, save_model_atomically
+from taskgroup.tables import GROUPING, SUBSETS, read_table, write_table
+from taskgroup.train import TrainSettings, derived_seed, evaluate, train_new_model
+
+log = logging.getLogger(__name__)
+
+
+def train_meta_init(
+    examples_path, tasks_path, model_path, metrics_path, hidden_sizes, training: dict,
+    seed: int, threads: int = 1,
+) -> None:
+    """Train the multi-head model on all tasks; save it and its per-task validation metrics
+    (columns task, split, loss, metric, n_examples)."""
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    settings = TrainSettings(**training)
+    every_task = torch.arange(data.n_tasks, device=device)
+    started = time.perf_counter()
+    model = train_new_model(data, every_task, hidden_sizes, settings, seed, device)
+    metrics = evaluate(model, data, every_task, splits=("val",))
+    log.info(
+        "meta-initialization: %d tasks, %d epochs in %.1f s; mean val loss %.4f, accuracy %.4f",
+        data.n_tasks, settings.epochs, time.perf_counter() - started,
+        metrics["loss"].mean(), metrics["metric"].mean(),
+    )
+    save_model_atomically(model.cpu(), data.task_names, model_path)
+    write_table(metrics, metrics_path)
+
+
+def finetune_chunk(
+    examples_path, tasks_path, model_path, subsets_path, output_path, chunk: int,
+    chunk_size: int, training: dict, seed: int, threads: int = 1,
+) -> None:
+    """Fine-tune the meta-initialization on every subset of one chunk; write their values."""
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    table = read_table(subsets_path, SUBSETS)
+    mine = table[subsets_lib.chunk_of(table["subset_id"].to_numpy(), chunk_size) == chunk]
+    if mine.empty:
+        raise ValueError(f"{subsets_path}: chunk {chunk} (of size {chunk_size}) holds no subsets")
+    meta_model = load_checkpoint(model_path, data.task_names).to(device)
+    log.info("chunk %d: %d subsets", chunk, mine["subset_id"].nunique())
+    values = finetune_subsets(meta_model, data, mine, TrainSettings(**training), seed)
+    write_table(values, output_path)
+
+
+def train_group_model(
+    examples_path, tasks_path, grouping_path, grouping: str, group: int, results_path,
+    model_path, hidden_sizes, training: dict, seed: int, threads: int = 1,
+) -> None:
+    """Train one multi-head model on the tasks of one group; write its per-task val and test
+    loss and metric (group_results table) and the model.
+
+    The seed is derived from (seed, member task names), so the same group gets the same model
+    in whichever grouping it appears.
+    """
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    members = read_table(grouping_path, GROUPING)
+    members = members.loc[members["group"] == group, "task"].tolist()
+    if not members:
+        raise ValueError(f"{grouping_path}: group {group} has no tasks")
+    indices = data.task_indices(members).to(device)
+    settings = TrainSettings(**training, select_best_epoch=True)
+    started = time.perf_counter()
+    model = train_new_model(
+        data, indices, hidden_sizes, settings, derived_seed(seed, *sorted(members)), device
+    )
+    results = evaluate(model, data, indices, splits=("val", "test")).drop(columns="n_examples")
+    results.insert(0, "group", int(group))
+    results.insert(0, "grouping", grouping)
+    log.info(
+        "%s group %d: %d tasks trained in %.1f s; mean test accuracy %.4f",
+        grouping, group, len(members), time.perf_counter() - started,
+        results.loc[results["split"] == "test", "metric"].mean(),
+    )
+    save_model_atomically(model.cpu(), data.task_names, model_path)
+    write_table(results, results_path)

@@ -1,0 +1,101 @@
+"""The workflow run for real by Snakemake on the tiny smoke config."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from workflow_helpers import make_workdir, scheduled_jobs, smoke_config, snakemake
+
+pytestmark = pytest.mark.workflow
+
+UPSTREAM_OF_CLUSTERING = {
+    "prepare_dataset", "train_meta_init", "sample_subsets", "finetune_subsets",
+    "gather_subset_values", "compute_affinity",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A complete run of the smoke workflow, shared by the tests of this module."""
+    workdir = make_workdir(tmp_path_factory.mktemp("smoke"))
+    snakemake(workdir)
+    return workdir
+
+
+def dry_run_with(workdir, change) -> dict[str, int]:
+    config = copy.deepcopy(smoke_config())
+    change(config)
+    variant = workdir / "variant.yaml"
+    variant.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(workdir, "-n", "--configfile", str(variant))
+    return scheduled_jobs(result.stdout + result.stderr)
+
+
+def test_full_run_writes_every_artifact(finished_run):
+    results = finished_run / "results" / "smoke"
+    summary = pd.read_parquet(results / "evaluation" / "summary.parquet")
+    assert summary["grouping"].tolist() == ["clustered", "naive_mtl", "stl", "planted"]
+    assert summary.set_index("grouping")["n_groups"].to_dict() == {
+        "clustered": 3, "naive_mtl": 1, "stl": 9, "planted": 3,
+    }
+    assert summary["mean_test_metric"].between(0, 1).all()
+    assert summary.set_index("grouping").loc["planted", "ari_vs_planted"] == 1.0
+    per_task = pd.read_parquet(results / "evaluation" / "per_task.parquet")
+    assert len(per_task) == 4 * 9
+    assert set(per_task.columns) >= {"grouping", "task", "cluster", "test_loss", "test_metric"}
+    values = pd.read_parquet(results / "subset_values" / "finetune.parquet")
+    assert values["subset_id"].nunique() == 30 and len(values) == 30 * 3
+    affinity = pd.read_parquet(results / "affinity" / "affinity.parquet")
+    assert len(affinity) == 81
+    normalized = affinity.pivot(index="task_i", columns="task_j", values="normalized")
+    np.testing.assert_allclose(normalized.to_numpy(), normalized.to_numpy().T)
+    for figure in ("affinity_heatmap.png", "per_task_metric.png"):
+        assert (results / "evaluation" / figure).stat().st_size > 10_000
+    assert (results / "logs" / "train_meta_init.log").read_text().count("meta-initialization")
+
+
+def test_complete_run_has_nothing_left_to_do(finished_run):
+    result = snakemake(finished_run, "-n")
+    assert scheduled_jobs(result.stdout + result.stderr) == {}
+
+
+def test_changing_n_clusters_reruns_only_clustering_and_what_follows(finished_run):
+    jobs = dry_run_with(finished_run, lambda c: c["clustering"].update(n_clusters=2))
+    assert "cluster_tasks" in jobs
+    assert not UPSTREAM_OF_CLUSTERING & set(jobs), jobs
+    assert set(jobs) <= {"cluster_tasks", "train_cluster_model", "evaluate_groupings",
+                         "plot_figures", "all"}
+
+
+def test_changing_finetune_epochs_keeps_the_meta_initialization(finished_run):
+    jobs = dry_run_with(finished_run, lambda c: c["finetune"].update(epochs=3))
+    assert jobs.get("finetune_subsets") == 3
+    assert not {"prepare_dataset", "train_meta_init", "sample_subsets"} & set(jobs), jobs
+
+
+def test_changing_final_epochs_retrains_only_group_models(finished_run):
+    jobs = dry_run_with(finished_run, lambda c: c["final"].update(epochs=5))
+    assert jobs.get("train_cluster_model") == 3 + 1 + 9 + 3
+    assert set(jobs) == {"train_cluster_model", "evaluate_groupings", "plot_figures", "all"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["clustering"].update(colour="red"), "Additional properties are not allowed"),
+        (lambda c: c["subsets"].update(size=10), r"subsets.size \(alpha\) = 10 .* k = 9"),
+        (lambda c: c["clustering"].update(n_clusters=12), "clustering.n_clusters = 12 exceeds"),
+        (lambda c: c["dataset"]["planted"].update(n_val=-1), "-1 is less than the minimum"),
+    ],
+    ids=["unknown-key", "alpha-above-k", "clusters-above-k", "negative-samples"],
+)
+def test_bad_config_fails_at_parse_time_with_a_clear_message(tmp_path, change, message):
+    config = smoke_config()
+    change(config)
+    workdir = make_workdir(tmp_path, config)
+    result = snakemake(workdir, check=False)
+    assert result.returncode != 0
+    assert pytest.importorskip("re").search(message, result.stdout + result.stderr)
+    assert not (workdir / "results").exists()
