@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
-
 from conftest import small_spec
+
 from taskgroup.datasets.planted import generate_planted
 from taskgroup.tables import EXAMPLES, TASKS, check_columns, feature_columns
 

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages import finetune_chunk
+from taskgroup.stages.training import finetune_chunk
 
 log_to_file(snakemake.log[0])
 finetune_chunk(

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages import sample_subsets
+from taskgroup.stages.subsets import sample_subsets
 
 log_to_file(snakemake.log[0])
 sample_subsets(
