@@ -48,3 +48,31 @@ def per_task_metric(per_task: pd.DataFrame, path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def estimator_validation(per_subset: pd.DataFrame, curve: pd.DataFrame, path) -> None:
+    """Left: estimated against real validation losses (gradient estimate, a second real
+    fine-tuning, no change). Right: the first-order validity curve."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name, rows in per_subset.groupby("estimator"):
+        left.scatter(rows["loss_reference"], rows["loss"], s=10, alpha=0.7,
+                     label=f"{name} (median error {rows['relative_error'].median():.3f})")
+    low = per_subset[["loss", "loss_reference"]].min().min()
+    high = per_subset[["loss", "loss_reference"]].max().max()
+    left.plot([low, high], [low, high], color="black", linewidth=0.8)
+    left.set_xlabel("real fine-tuning: validation loss f_i(S)")
+    left.set_ylabel("other estimate of f_i(S)")
+    left.set_title("Estimated against real subset values")
+    left.legend(fontsize=7)
+    summary = curve.groupby("scale").agg(
+        shift=("relative_shift", "median"), error=("relative_error", "median")
+    )
+    right.plot(summary["shift"], summary["error"], marker="o")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("||c Delta|| / ||theta*|| (median over subsets)")
+    right.set_ylabel("median relative error of the first-order loss")
+    right.set_title("First-order validity along real fine-tuning")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

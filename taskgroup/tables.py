@@ -14,10 +14,16 @@ pair_counts one row per ordered task pair: task_i, task_j (str), n_subsets (int6
            contain the task).
 subset_values one row per (subset, member task, split): subset_id (int64), task (str),
            split (str), loss (float64, mean binary cross-entropy in nats), metric
-           (float64, accuracy in [0, 1]), estimator (str).
+           (float64, accuracy in [0, 1]), estimator (str: "finetune" or "gradient");
+           estimator "gradient" adds relative_shift (float64, ||P w|| / ||theta*||).
 affinity   one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
            raw (float64, mean validation loss of task_i over subsets holding both),
            normalized (float64, sign-flipped, z-scored per target, symmetrized).
+projected  one row per training or validation example: task, split (str), label (float32),
+           base_output (float32, the logit f(x; theta*) of the example's own head at the
+           meta-initialization), z_* (float32, the projected gradient, one column per dimension).
+projection one row: structure, kind (str), seed, dim, factor_dim, projected_dim,
+           n_parameters (int64), theta_norm (float64, ||theta*||), seconds (float64).
 grouping   one row per task: task (str), group (int64).
 group_results one row per (task, split) of one trained group model: grouping (str),
            group (int64), task (str), split (str), loss, metric (float64).
@@ -60,6 +66,18 @@ AFFINITY = {
     "n_subsets": "int",
     "raw": "float",
     "normalized": "float",
+}
+Z_PREFIX = "z_"
+PROJECTED = {"task": "str", "split": "str", "label": "float", "base_output": "float"}
+PROJECTION = {
+    "structure": "str",
+    "kind": "str",
+    "seed": "int",
+    "dim": "int",
+    "factor_dim": "int",
+    "projected_dim": "int",
+    "n_parameters": "int",
+    "theta_norm": "float",
 }
 GROUPING = {"task": "str", "group": "int"}
 GROUP_RESULTS = {

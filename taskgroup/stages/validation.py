@@ -1,0 +1,77 @@
+"""Stage: check the gradient estimator against real fine-tuning on held-out subsets."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from taskgroup.finetune import finetune_subsets
+from taskgroup.model import load_checkpoint
+from taskgroup.stages.common import load_task_data, prepare_torch
+from taskgroup.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
+from taskgroup.train import TrainSettings, derived_seed, evaluate, fit
+from taskgroup.validation import agreement, first_order_validity, per_task_relative_error
+
+log = logging.getLogger(__name__)
+
+
+def validate_estimator(
+    examples_path, tasks_path, model_path, subsets_path, estimate_path, per_subset_path,
+    summary_path, validity_path, figure_path, n_subsets: int, seed: int, training: dict,
+    finetune_seed: int, clustering: dict, scales, threads: int = 1,
+) -> None:
+    """Real fine-tuning (two seeds) of ``n_subsets`` subsets drawn from the design, compared
+    with the gradient estimate of the same subsets and with the no-change estimate.
+
+    Writes the per-(subset, task) errors, the summary figures of each comparison (the
+    affinity and cluster figures only mean something when n_subsets is a sizeable share of
+    the design), the first-order validity curve and a figure.
+    """
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    meta = load_checkpoint(model_path, data.task_names).to(device)
+    design = read_table(subsets_path, SUBSETS)
+    every_id = np.sort(design["subset_id"].unique())
+    chosen = np.sort(
+        np.random.default_rng(seed).choice(every_id, min(n_subsets, len(every_id)), replace=False)
+    )
+    held_out = design[design["subset_id"].isin(chosen)]
+    estimate = read_table(estimate_path, SUBSET_VALUES)
+    estimate = estimate[estimate["subset_id"].isin(chosen)].drop(
+        columns=["relative_shift"], errors="ignore"
+    )
+    settings = TrainSettings(**training)
+    real = finetune_subsets(meta, data, held_out, settings, finetune_seed)
+    other = finetune_subsets(meta, data, held_out, settings, finetune_seed + 1)
+    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",))
+    base_loss = base.set_index("task")["loss"]
+    trivial = real.copy()
+    trivial["loss"] = base_loss.loc[trivial["task"]].to_numpy()
+    comparisons = {"gradient": estimate, "finetune_other_seed": other, "no_change": trivial}
+    per_subset, summary = [], []
+    for name, values in comparisons.items():
+        errors = per_task_relative_error(values, real)
+        errors.insert(0, "estimator", name)
+        per_subset.append(errors)
+        figures = agreement(values, real, base_loss, data.task_names, clustering)
+        summary.append({"estimator": name, "n_subsets": len(chosen), **figures})
+    summary = pd.DataFrame(summary)
+    log.info("estimator validation on %d subsets:\n%s", len(chosen), summary.to_string())
+    curves = []
+    for subset_id, members in held_out.groupby("subset_id")["task"]:
+        indices = data.task_indices(members.tolist()).to(device)
+        tuned = copy.deepcopy(meta)
+        fit(tuned, data, indices, settings, seed=derived_seed(finetune_seed, int(subset_id)))
+        curves.append(first_order_validity(meta, tuned, data, indices, scales, int(subset_id)))
+    curve = pd.concat(curves, ignore_index=True)
+    write_table(pd.concat(per_subset, ignore_index=True), per_subset_path)
+    write_table(summary, summary_path)
+    write_table(curve, validity_path)
+    from taskgroup.plots import estimator_validation
+
+    estimator_validation(pd.concat(per_subset, ignore_index=True), curve, figure_path)

@@ -1,0 +1,142 @@
+"""How close one set of subset values is to another (an estimate against real fine-tuning).
+
+A relative error alone says little: fine-tuning moves losses by a few percent, so predicting
+no change already scores a few percent, and two real fine-tunings with different seeds
+disagree too. So every figure here is meant to be read next to the same figure for the
+trivial estimate and for a second real fine-tuning (the noise floor).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import adjusted_rand_score
+
+from taskgroup.affinity import affinity_table, square
+from taskgroup.clustering import cluster_tasks
+
+
+def per_task_relative_error(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """|f_est - f_ref| / f_ref for every (subset_id, task) of ``estimate`` (validation loss)."""
+    merged = estimate.merge(
+        reference[["subset_id", "task", "loss"]], on=["subset_id", "task"],
+        suffixes=("", "_reference"), validate="one_to_one",
+    )
+    merged["relative_error"] = (merged["loss"] - merged["loss_reference"]).abs() / merged[
+        "loss_reference"
+    ]
+    return merged[["subset_id", "task", "loss", "loss_reference", "relative_error"]]
+
+
+def within_task_spearman(
+    estimate: pd.DataFrame, reference: pd.DataFrame, base_loss: pd.Series
+) -> pd.Series:
+    """Per task, the Spearman correlation across subsets of the predicted change
+    f_est - f_meta against the reference change f_ref - f_meta (NaN below 3 subsets)."""
+    merged = per_task_relative_error(estimate, reference)
+    merged["meta"] = base_loss.loc[merged["task"]].to_numpy()
+    result = {}
+    for task, rows in merged.groupby("task"):
+        if len(rows) < 3:
+            result[task] = float("nan")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant input gives NaN, which is the answer
+            result[task] = spearmanr(
+                rows["loss"] - rows["meta"], rows["loss_reference"] - rows["meta"]
+            ).statistic
+    return pd.Series(result, name="spearman")
+
+
+def affinity_distance(estimate, reference, task_names, column: str) -> float:
+    """||T_est - T_ref||_F / ||T_ref||_F over the pairs covered in both (NaN pairs as 0)."""
+    mine = np.nan_to_num(square(affinity_table(estimate, task_names), task_names, column))
+    theirs = np.nan_to_num(square(affinity_table(reference, task_names), task_names, column))
+    return float(np.linalg.norm(mine - theirs) / np.linalg.norm(theirs))
+
+
+def agreement(
+    estimate: pd.DataFrame, reference: pd.DataFrame, base_loss: pd.Series,
+    task_names: list[str], clustering: dict,
+) -> dict[str, float]:
+    """The summary figures of ``estimate`` against ``reference`` on the same subsets:
+    median relative error, median within-task Spearman, raw and normalized affinity
+    distances, and the ARI between the clusters of the two normalized affinities."""
+    errors = per_task_relative_error(estimate, reference)
+    labels = [
+        cluster_tasks(
+            square(affinity_table(values, task_names), task_names, "normalized"),
+            clustering["n_clusters"], clustering["method"], clustering["similarity"],
+            clustering["seed"],
+        )
+        for values in (estimate, reference)
+    ]
+    return {
+        "median_rel_error": float(errors["relative_error"].median()),
+        "within_task_spearman": float(
+            np.nanmedian(within_task_spearman(estimate, reference, base_loss))
+        ),
+        "affinity_dist_raw": affinity_distance(estimate, reference, task_names, "raw"),
+        "affinity_dist_normalized": affinity_distance(
+            estimate, reference, task_names, "normalized"
+        ),
+        "ari_clusters": float(adjusted_rand_score(labels[0], labels[1])),
+    }
+
+
+def first_order_validity(
+    meta_model, tuned_model, data, task_indices, scales, subset_id: int
+) -> pd.DataFrame:
+    """How well the first-order expansion predicts the network along a real fine-tuning.
+
+    With Delta = theta_S - theta* from a real fine-tuning on subset S, for each scale c the
+    member tasks' validation losses of the network at theta* + c Delta are compared with
+    those of the expansion f(x; theta*) + c grad f(x; theta*)^T Delta (exact, via a
+    Jacobian-vector product). Returns rows subset_id, task, scale, relative_shift
+    (||c Delta|| / ||theta*||), loss_network, loss_first_order, relative_error.
+    """
+    import copy
+
+    import torch
+    from torch.func import functional_call, jvp
+    from torch.nn import functional as F
+
+    val = data.splits["val"].select_tasks(task_indices)
+    names = [name for name, _ in meta_model.named_parameters()]
+    theta = {n: p.detach() for n, p in meta_model.named_parameters()}
+    delta = {n: p.detach() - theta[n] for n, p in tuned_model.named_parameters()}
+    theta_norm = torch.cat([theta[n].flatten() for n in names]).norm()
+    delta_norm = torch.cat([delta[n].flatten() for n in names]).norm()
+    meta_model.eval()
+
+    def output(parameters):
+        return functional_call(meta_model, parameters, (val.features, val.task_index))
+
+    base, slope = jvp(output, (theta,), (delta,))
+    probe = copy.deepcopy(meta_model)
+    rows = []
+    for scale in scales:
+        with torch.no_grad():
+            for name, parameter in probe.named_parameters():
+                parameter.copy_(theta[name] + scale * delta[name])
+            network = probe(val.features, val.task_index)
+        linear = base + scale * slope
+        for index in task_indices.tolist():
+            mask = val.task_index == index
+            loss_network = F.binary_cross_entropy_with_logits(network[mask], val.labels[mask])
+            loss_linear = F.binary_cross_entropy_with_logits(linear[mask], val.labels[mask])
+            rows.append(
+                {
+                    "subset_id": subset_id,
+                    "task": data.task_names[index],
+                    "scale": float(scale),
+                    "relative_shift": float(scale * delta_norm / theta_norm),
+                    "loss_network": float(loss_network),
+                    "loss_first_order": float(loss_linear),
+                    "relative_error": float((loss_linear - loss_network).abs() / loss_network),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.nn import functional as F
+
+from taskgroup.linearized import (
+    ProjectedSplit,
+    cap_shifts,
+    estimate_subsets,
+    fit_shifts,
+    linearized_values,
+)
+
+
+def synthetic_split(n_per_task, n_tasks, dim, shift, seed):
+    generator = torch.Generator().manual_seed(seed)
+    n = n_per_task * n_tasks
+    z = torch.randn(n, dim, generator=generator)
+    base = torch.randn(n, generator=generator) * 0.5
+    probability = torch.sigmoid(base + z @ shift)
+    labels = (torch.rand(n, generator=generator) < probability).float()
+    task_index = torch.arange(n_tasks).repeat_interleave(n_per_task)
+    return ProjectedSplit(z, base, labels, task_index)
+
+
+def test_offset_regression_recovers_the_true_shift_of_a_linear_model():
+    shift = torch.tensor([0.8, -0.5, 0.3, 0.0])
+    train = synthetic_split(n_per_task=20000, n_tasks=2, dim=4, shift=shift, seed=0)
+    members = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    fitted = fit_shifts(train, members, l2=1e-6, newton_steps=6)[0].float()
+    torch.testing.assert_close(fitted, shift, atol=0.03, rtol=0)
+    one_step = fit_shifts(train, members, l2=1e-6, newton_steps=1)[0].float()
+    assert (one_step - shift).norm() < 0.25 * shift.norm()  # one Newton step gets close
+
+
+def test_first_newton_step_uses_only_the_subsets_own_tasks():
+    shift = torch.tensor([1.0, -1.0])
+    train = synthetic_split(n_per_task=500, n_tasks=3, dim=2, shift=shift, seed=1)
+    members = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    together = fit_shifts(train, members, l2=0.1)
+    for row in range(2):
+        keep = members[row, train.task_index] > 0
+        alone = ProjectedSplit(train.z[keep], train.base[keep], train.labels[keep],
+                               torch.zeros(int(keep.sum()), dtype=torch.int64))
+        single = fit_shifts(alone, torch.ones(1, 1, dtype=torch.float64), l2=0.1)
+        torch.testing.assert_close(together[row], single[0])
+
+
+def test_linearized_values_match_a_direct_computation():
+    val = synthetic_split(n_per_task=50, n_tasks=3, dim=3, shift=torch.zeros(3), seed=2)
+    weights = torch.randn(2, 3, dtype=torch.float64)
+    members = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    loss, accuracy = linearized_values(val, weights, members)
+    rows = val.task_index == 1
+    logits = val.base[rows].double() + val.z[rows].double() @ weights[1]
+    expected = F.binary_cross_entropy_with_logits(logits, val.labels[rows].double())
+    assert loss[1, 1].item() == pytest.approx(expected.item())
+    expected_accuracy = ((logits > 0).double() == val.labels[rows].double()).double().mean()
+    assert accuracy[1, 1].item() == pytest.approx(expected_accuracy.item())
+
+
+def test_cap_scales_down_only_large_shifts():
+    weights = torch.ones(3, 2, dtype=torch.float64)
+    norms = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    capped, capped_norms = cap_shifts(weights, norms, theta_norm=10.0, cap=0.2)
+    torch.testing.assert_close(capped_norms, torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(capped[2], torch.full((2,), 0.5, dtype=torch.float64))
+    same, _ = cap_shifts(weights, norms, theta_norm=10.0, cap=None)
+    assert torch.equal(same, weights)
+
+
+def test_estimates_do_not_depend_on_chunking():
+    shift = torch.tensor([0.5, -0.2, 0.1])
+    train = synthetic_split(200, 4, 3, shift, seed=3)
+    val = synthetic_split(100, 4, 3, shift, seed=4)
+    names = ["a", "b", "c", "d"]
+    subsets = pd.DataFrame({"subset_id": [0, 0, 1, 1, 2, 2],
+                            "task": ["a", "b", "b", "c", "a", "d"]})
+    whole = estimate_subsets(train, val, subsets, names, l2=0.05)
+    parts = pd.concat([estimate_subsets(train, val, part, names, l2=0.05)
+                       for _, part in subsets.groupby(subsets["subset_id"] == 2)])
+    parts = parts.sort_values(["subset_id", "task"], ignore_index=True)
+    whole = whole.sort_values(["subset_id", "task"], ignore_index=True)
+    pd.testing.assert_frame_equal(whole, parts)
+    assert (whole["estimator"] == "gradient").all() and len(whole) == 6
+    assert np.isfinite(whole["loss"]).all()

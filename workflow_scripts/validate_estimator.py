@@ -1,0 +1,23 @@
+from taskgroup.logs import log_to_file
+from taskgroup.stages.validation import validate_estimator
+
+log_to_file(snakemake.log[0])
+validation = snakemake.params.validation
+validate_estimator(
+    examples_path=snakemake.input.examples,
+    tasks_path=snakemake.input.tasks,
+    model_path=snakemake.input.model,
+    subsets_path=snakemake.input.subsets,
+    estimate_path=snakemake.input.estimate,
+    per_subset_path=snakemake.output.per_subset,
+    summary_path=snakemake.output.summary,
+    validity_path=snakemake.output.validity,
+    figure_path=snakemake.output.figure,
+    n_subsets=validation["n_subsets"],
+    seed=validation["seed"],
+    training=snakemake.params.training,
+    finetune_seed=snakemake.params.finetune_seed,
+    clustering=snakemake.params.clustering,
+    scales=validation["scales"],
+    threads=snakemake.threads,
+)
