@@ -5,6 +5,7 @@ rule compute_affinity:
             estimator=config["estimator"],
         ),
         tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("compute_affinity.py"),
     output:
         "results/{dataset}/affinity/affinity.parquet",
     log:

@@ -2,6 +2,7 @@ checkpoint cluster_tasks:
     input:
         affinity="results/{dataset}/affinity/affinity.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("cluster_tasks.py"),
     output:
         grouping="results/{dataset}/groupings/clustered.parquet",
         objective="results/{dataset}/clustering/objective.parquet",
@@ -21,6 +22,7 @@ checkpoint cluster_tasks:
 checkpoint baseline_grouping:
     input:
         tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("baseline_grouping.py"),
     output:
         "results/{dataset}/groupings/{grouping}.parquet",
     log:

@@ -1,3 +1,7 @@
+import ast
+import os
+from pathlib import Path
+
 import pandas as pd
 from snakemake.utils import validate
 
@@ -19,7 +23,69 @@ wildcard_constraints:
     chunk=r"\d+",
     group=r"\d+",
     grouping="|".join(GROUPINGS),
-    estimator="finetune",
+    estimator="finetune|gradient",
+
+
+LIBRARY = "taskgroup"
+REPOSITORY = Path(workflow.basedir)
+
+
+def _library_file(module):
+    """The source file of library module ``module`` (dotted name), or None."""
+    parts = module.split(".")
+    if parts[0] != LIBRARY:
+        return None
+    base = REPOSITORY.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_library_files(source, package):
+    """Library files imported anywhere in ``source`` (also inside functions), with the
+    ``__init__.py`` of every package on the way, since importing a module runs them."""
+    modules = set()
+    for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative to ``package``, the importer's __package__
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module
+            modules.add(base)
+            modules.update(f"{base}.{alias.name}" for alias in node.names)
+    files = set()
+    for module in modules:
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            path = _library_file(".".join(parts[:depth]))
+            if path is not None:
+                files.add(path)
+    return files
+
+
+def library_code(script):
+    """The library source files that ``workflow_scripts/<script>`` imports, directly or
+    through other library modules, found by parsing the imports (ast) at parse time.
+
+    Each job lists them as its ``code`` input, because Snakemake's code trigger only
+    watches the script file itself, so an edit to the library would otherwise leave
+    stale results. As inputs, the files rerun a job when their content changes (checksum;
+    a newer mtime with the same bytes reruns nothing), and they enter the provenance hash
+    of the between-workflow cache."""
+    seen = set()
+    pending = [(REPOSITORY / "workflow_scripts" / script, "")]
+    while pending:
+        source, package = pending.pop()
+        for path in _imported_library_files(source, package):
+            if path not in seen:
+                seen.add(path)
+                package = path.relative_to(REPOSITORY).parent
+                pending.append((path, ".".join(package.parts)))
+    return sorted(os.path.relpath(path) for path in seen)
 
 
 def sorted_params(mapping):
@@ -91,6 +157,14 @@ def final_outputs():
             "results/{dataset}/affinity/affinity.parquet",
             "results/{dataset}/subsets/pair_counts.parquet",
             "results/{dataset}/meta_init/val_metrics.parquet",
-        ],
+        ]
+        + (
+            [
+                "results/{dataset}/validation/summary.parquet",
+                "results/{dataset}/validation/estimator_validation.png",
+            ]
+            if config["estimator"] == "gradient"
+            else []
+        ),
         dataset=DATASET,
     )

@@ -3,6 +3,7 @@ rule evaluate_groupings:
         unpack(grouping_files),
         results=group_result_files,
         tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("evaluate_groupings.py"),
     output:
         per_task="results/{dataset}/evaluation/per_task.parquet",
         summary="results/{dataset}/evaluation/summary.parquet",
@@ -22,6 +23,7 @@ rule plot_figures:
         clusters="results/{dataset}/groupings/clustered.parquet",
         per_task="results/{dataset}/evaluation/per_task.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("plot_figures.py"),
     output:
         heatmap="results/{dataset}/evaluation/affinity_heatmap.png",
         per_task="results/{dataset}/evaluation/per_task_metric.png",

@@ -4,6 +4,7 @@ rule finetune_subsets:
         tasks="results/{dataset}/data/tasks.parquet",
         model="results/{dataset}/meta_init/model.pt",
         subsets="results/{dataset}/subsets/subsets.parquet",
+        code=library_code("finetune_subsets.py"),
     output:
         "results/{dataset}/subset_values/finetune/chunk_{chunk}.parquet",
     log:
@@ -23,7 +24,8 @@ rule finetune_subsets:
 
 rule gather_subset_values:
     input:
-        subset_value_chunks,
+        chunks=subset_value_chunks,
+        code=library_code("gather_subset_values.py"),
     output:
         "results/{dataset}/subset_values/{estimator}.parquet",
     log:

@@ -2,11 +2,15 @@ rule train_meta_init:
     input:
         examples="results/{dataset}/data/examples.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("train_meta_init.py"),
     output:
         model="results/{dataset}/meta_init/model.pt",
         metrics="results/{dataset}/meta_init/val_metrics.parquet",
     log:
         "results/{dataset}/logs/train_meta_init.log",
+    # Reused across working directories under `--cache` with $SNAKEMAKE_OUTPUT_CACHE set
+    # (keyed by the provenance of its inputs, its params, script and library code).
+    cache: "omit-software"
     conda:
         "../envs/taskgroup.yaml"
     threads: 1

@@ -1,4 +1,6 @@
 rule prepare_dataset:
+    input:
+        code=library_code("prepare_dataset.py"),
     output:
         examples="results/{dataset}/data/examples.parquet",
         tasks="results/{dataset}/data/tasks.parquet",

@@ -1,6 +1,7 @@
 rule sample_subsets:
     input:
         tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("sample_subsets.py"),
     output:
         subsets="results/{dataset}/subsets/subsets.parquet",
         pair_counts="results/{dataset}/subsets/pair_counts.parquet",

@@ -3,6 +3,7 @@ rule train_cluster_model:
         examples="results/{dataset}/data/examples.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
         grouping="results/{dataset}/groupings/{grouping}.parquet",
+        code=library_code("train_cluster_model.py"),
     output:
         results="results/{dataset}/final/{grouping}/group_{group}.parquet",
         model="results/{dataset}/final/{grouping}/group_{group}.pt",

@@ -99,3 +99,35 @@ def test_bad_config_fails_at_parse_time_with_a_clear_message(tmp_path, change, m
     assert result.returncode != 0
     assert pytest.importorskip("re").search(message, result.stdout + result.stderr)
     assert not (workdir / "results").exists()
+
+
+def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(finished_run):
+    """Last in this module: it switches the shared run to the gradient estimator."""
+    jobs = dry_run_with(finished_run, lambda c: c.update(estimator="gradient"))
+    assert {"project_gradients", "estimate_subsets", "validate_estimator"} <= set(jobs)
+    assert not {"prepare_dataset", "train_meta_init", "sample_subsets",
+                "finetune_subsets"} & set(jobs), jobs
+    config = smoke_config()
+    config["estimator"] = "gradient"
+    (finished_run / "gradient.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(finished_run, "--configfile", "gradient.yaml")
+    results = finished_run / "results" / "smoke"
+    values = pd.read_parquet(results / "subset_values" / "gradient.parquet")
+    assert (values["estimator"] == "gradient").all() and len(values) == 30 * 3
+    assert values["relative_shift"].between(0, 1).all()
+    projection = pd.read_parquet(results / "gradients" / "projection.parquet").iloc[0]
+    assert projection["projected_dim"] == projection["n_parameters"]  # exact at this size
+    validation = pd.read_parquet(results / "validation" / "summary.parquet").set_index(
+        "estimator"
+    )
+    assert set(validation.index) == {"gradient", "finetune_other_seed", "no_change"}
+    assert (validation["n_subsets"] == 6).all()
+    assert np.isfinite(validation["median_rel_error"]).all()
+    # (How close the estimate is depends on gradient_estimate.l2 matching the fine-tuning
+    # protocol; benchmarks/estimation.py measures it on the default config.)
+    curve = pd.read_parquet(results / "validation" / "validity_curve.parquet")
+    assert sorted(curve["scale"].unique()) == [0.5, 1.0, 2.0]
+    by_scale = curve.groupby("scale")["relative_error"].median()
+    assert by_scale[0.5] < by_scale[2.0]  # the expansion degrades away from theta*
+    summary = pd.read_parquet(results / "evaluation" / "summary.parquet")
+    assert len(summary) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -57,3 +58,73 @@ def scheduled_jobs(dry_run_output: str) -> dict[str, int]:
             break
         counts[match.group(1)] = int(match.group(2))
     return counts
+
+
+# --- Runs in copies of the repository, shared runs, process control (rerun/resume tests) ---
+
+COPY_IGNORE = shutil.ignore_patterns(
+    "results", ".snakemake", ".venv", ".git", "__pycache__", ".pytest_cache", "*.egg-info",
+    ".test", ".ruff_cache",
+)
+_SHARED_RUNS: dict[str, Path] = {}
+
+
+def copy_repository(destination: Path, source: Path = ROOT) -> Path:
+    """A copy of the repository's working tree (tracked and untracked files; no results,
+    Snakemake metadata, caches or virtualenv), with file times kept, holding the smoke config
+    as its config/config.yaml (``source``: another such copy, whose config is kept)."""
+    shutil.copytree(source, destination, ignore=COPY_IGNORE, symlinks=True)
+    if source == ROOT:
+        shutil.copy(SMOKE_CONFIG, destination / "config" / "config.yaml")
+    return destination
+
+
+def snakemake_in_repository(
+    repository: Path, *args: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``snakemake`` the standard way (in the repository, with its own Snakefile) under a
+    hard timeout. PYTHONPATH points at the repository, so the jobs import its ``taskgroup``
+    and not the checkout the environment was installed from."""
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(repository)}
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, cwd=repository,
+        env=environment,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def shared_smoke_repository(tmp_path_factory) -> Path:
+    """A repository copy with the smoke workflow run to completion in it; run once per test
+    session and shared by the modules that need a completed run (do not change its files'
+    contents)."""
+    if "smoke" not in _SHARED_RUNS:
+        repository = copy_repository(tmp_path_factory.mktemp("shared") / "repo")
+        snakemake_in_repository(repository)
+        _SHARED_RUNS["smoke"] = repository
+    return _SHARED_RUNS["smoke"]
+
+
+def start_snakemake_in_repository(repository: Path, *args: str, log_path: Path):
+    """Start ``snakemake`` like :func:`snakemake_in_repository`, in a new session (process
+    group) so that it and its jobs can be killed together; output goes to ``log_path``."""
+    environment = {**os.environ, "PYTHONPATH": str(repository)}
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=repository, env=environment,
+            start_new_session=True,
+        )
+
+
+def parquet_files(results: Path) -> dict[str, Path]:
+    """Relative path -> path of every Parquet file under ``results`` (hidden files too)."""
+    return {
+        str(path.relative_to(results)): path
+        for path in sorted(results.rglob("*"))
+        if path.is_file() and ".parquet" in path.name
+    }

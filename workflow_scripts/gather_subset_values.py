@@ -2,4 +2,4 @@ from taskgroup.logs import log_to_file
 from taskgroup.stages.subsets import gather_subset_values
 
 log_to_file(snakemake.log[0])
-gather_subset_values(list(snakemake.input), snakemake.output[0])
+gather_subset_values(list(snakemake.input.chunks), snakemake.output[0])

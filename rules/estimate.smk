@@ -1,0 +1,42 @@
+rule project_gradients:
+    input:
+        examples="results/{dataset}/data/examples.parquet",
+        tasks="results/{dataset}/data/tasks.parquet",
+        model="results/{dataset}/meta_init/model.pt",
+        code=library_code("project_gradients.py"),
+    output:
+        projected="results/{dataset}/gradients/projected.parquet",
+        projection="results/{dataset}/gradients/projection.parquet",
+    log:
+        "results/{dataset}/logs/project_gradients.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        projection=sorted_params(config["projection"]),
+    script:
+        "../workflow_scripts/project_gradients.py"
+
+
+rule estimate_subsets:
+    input:
+        projected="results/{dataset}/gradients/projected.parquet",
+        projection="results/{dataset}/gradients/projection.parquet",
+        model="results/{dataset}/meta_init/model.pt",
+        subsets="results/{dataset}/subsets/subsets.parquet",
+        tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("estimate_subsets.py"),
+    output:
+        "results/{dataset}/subset_values/gradient/chunk_{chunk}.parquet",
+    log:
+        "results/{dataset}/logs/estimate_subsets/chunk_{chunk}.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    params:
+        chunk_size=config["subsets"]["chunk_size"],
+        estimate=sorted_params(config["gradient_estimate"]),
+    script:
+        "../workflow_scripts/estimate_subsets.py"

@@ -1,0 +1,27 @@
+rule validate_estimator:
+    input:
+        examples="results/{dataset}/data/examples.parquet",
+        tasks="results/{dataset}/data/tasks.parquet",
+        model="results/{dataset}/meta_init/model.pt",
+        subsets="results/{dataset}/subsets/subsets.parquet",
+        estimate="results/{dataset}/subset_values/gradient.parquet",
+        code=library_code("validate_estimator.py"),
+    output:
+        per_subset="results/{dataset}/validation/per_subset.parquet",
+        summary="results/{dataset}/validation/summary.parquet",
+        validity="results/{dataset}/validation/validity_curve.parquet",
+        figure="results/{dataset}/validation/estimator_validation.png",
+    log:
+        "results/{dataset}/logs/validate_estimator.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        validation=sorted_params(config["validation"]),
+        training=training_params("finetune"),
+        finetune_seed=config["finetune"]["seed"],
+        clustering=sorted_params(config["clustering"]),
+    script:
+        "../workflow_scripts/validate_estimator.py"

@@ -1,0 +1,165 @@
+"""What Snakemake reruns after a change, checked with dry runs against one completed run.
+
+Every stage's config parameters, library code and inputs: a change reruns the stage and
+everything downstream of it, and nothing upstream; the same bytes with a newer time rerun
+nothing. Plus reuse of the meta-initialization across working directories (--cache).
+"""
+
+import os
+import shutil
+
+import pytest
+import yaml
+from workflow_helpers import (
+    make_workdir,
+    scheduled_jobs,
+    shared_smoke_repository,
+    smoke_config,
+    snakemake,
+    snakemake_in_repository,
+)
+
+pytestmark = pytest.mark.workflow
+
+# rule -> rules that read its outputs (estimator "finetune", as in the smoke config)
+READERS = {
+    "prepare_dataset": {
+        "train_meta_init", "sample_subsets", "finetune_subsets", "compute_affinity",
+        "cluster_tasks", "baseline_grouping", "train_cluster_model", "evaluate_groupings",
+        "plot_figures",
+    },
+    "train_meta_init": {"finetune_subsets"},
+    "sample_subsets": {"finetune_subsets"},
+    "finetune_subsets": {"gather_subset_values"},
+    "gather_subset_values": {"compute_affinity"},
+    "compute_affinity": {"cluster_tasks", "plot_figures"},
+    "cluster_tasks": {"train_cluster_model", "evaluate_groupings", "plot_figures"},
+    "baseline_grouping": {"train_cluster_model", "evaluate_groupings"},
+    "train_cluster_model": {"evaluate_groupings"},
+    "evaluate_groupings": {"plot_figures"},
+    "plot_figures": set(),
+}
+
+
+CHECKPOINTS = {"cluster_tasks", "baseline_grouping"}
+
+
+def downstream(*rules: str) -> set[str]:
+    """The rules a dry run schedules after a change to ``rules``: they, every rule that
+    depends on them, and the target rule ``all``. When a checkpoint reruns, the group models
+    are not listed: they are decided after the checkpoint has run, and rerun only if a
+    grouping file's content changes (a rewritten identical file has the same checksum)."""
+    found, pending = set(), list(rules)
+    while pending:
+        rule = pending.pop()
+        if rule not in found:
+            found.add(rule)
+            pending += READERS[rule]
+    if found & CHECKPOINTS:
+        found.discard("train_cluster_model")
+    return found | {"all"}
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    """A repository copy with the smoke workflow run to completion (shared across modules)."""
+    return shared_smoke_repository(tmp_path_factory)
+
+
+def dry_run(repository, *args) -> dict[str, int]:
+    result = snakemake_in_repository(repository, "-n", *args)
+    return scheduled_jobs(result.stdout + result.stderr)
+
+
+def dry_run_with(repository, change) -> dict[str, int]:
+    config = yaml.safe_load((repository / "config" / "config.yaml").read_text())
+    change(config)
+    variant = repository / "variant.yaml"
+    variant.write_text(yaml.safe_dump(config, sort_keys=False))
+    return dry_run(repository, "--configfile", str(variant))
+
+
+def test_complete_run_has_nothing_left_to_do(repository):
+    assert dry_run(repository) == {}
+
+
+@pytest.mark.parametrize(
+    "stage, change",
+    [
+        ("prepare_dataset", lambda c: c["dataset"]["planted"].update(seed=1)),
+        ("train_meta_init", lambda c: c["meta_init"].update(epochs=21)),
+        ("sample_subsets", lambda c: c["subsets"].update(seed=1)),
+        ("finetune_subsets", lambda c: c["finetune"].update(lr=0.02)),
+        ("cluster_tasks", lambda c: c["clustering"].update(seed=1)),
+        ("train_cluster_model", lambda c: c["final"].update(lr=0.02)),
+    ],
+)
+def test_a_parameter_change_reruns_its_stage_and_what_follows_only(repository, stage, change):
+    jobs = dry_run_with(repository, change)
+    assert set(jobs) == downstream(stage), jobs
+    if "finetune_subsets" in jobs:
+        assert jobs["finetune_subsets"] == 3
+    if stage == "train_cluster_model":
+        assert jobs["train_cluster_model"] == 3 + 1 + 9 + 3
+
+
+def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_path):
+    """Library files are inputs (code=) of the rules whose scripts import them: editing
+    taskgroup/clustering.py reruns the stages of taskgroup/stages/grouping.py and what
+    follows; the same bytes with a newer time rerun nothing; a touched script reruns its rule
+    (Snakemake's own code trigger compares the script's time with the outputs')."""
+    clone = tmp_path / "clone"
+    shutil.copytree(repository, clone, symlinks=True)  # results and metadata included
+    assert dry_run(clone) == {}, "a copied repository with its results is up to date"
+
+    library = clone / "taskgroup" / "clustering.py"
+    os.utime(library)
+    assert dry_run(clone) == {}, "a newer library file with the same bytes reruns nothing"
+
+    script = clone / "workflow_scripts" / "cluster_tasks.py"
+    times = script.stat()
+    os.utime(script)
+    assert set(dry_run(clone)) == downstream("cluster_tasks")
+    os.utime(script, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+    library.write_text(library.read_text() + "\n\n# an edit\n")
+    jobs = dry_run(clone)
+    # compute_affinity and baseline_grouping import taskgroup.stages.grouping too, which
+    # imports taskgroup.clustering.
+    assert set(jobs) == downstream("compute_affinity", "baseline_grouping"), jobs
+    assert not {"prepare_dataset", "train_meta_init", "sample_subsets", "finetune_subsets",
+                "gather_subset_values"} & set(jobs)
+
+
+def test_touching_inputs_with_identical_content_reruns_nothing(repository):
+    data = repository / "results" / "smoke" / "data"
+    for name in ("examples.parquet", "tasks.parquet"):
+        os.utime(data / name)
+    os.utime(repository / "results" / "smoke" / "subset_values" / "finetune" / "chunk_0.parquet")
+    assert dry_run(repository) == {}
+
+
+def test_meta_initialization_is_reused_from_the_cache_in_another_directory(
+    repository, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("SNAKEMAKE_OUTPUT_CACHE", str(cache))
+    target = "results/smoke/meta_init/model.pt"
+    first = make_workdir(tmp_path / "first")
+    result = snakemake(first, "--cache", "--", target)
+    assert f"Moving output file {target} to cache." in result.stdout + result.stderr
+    second = make_workdir(tmp_path / "second")
+    result = snakemake(second, "--cache", "--", target)
+    assert f"Symlinking output file {target} from cache." in result.stdout + result.stderr
+    meta_init_log = second / "results" / "smoke" / "logs" / "train_meta_init.log"
+    assert "meta-initialization" not in meta_init_log.read_text(), "it was trained again"
+    reused = (second / target).read_bytes()
+    assert reused == (first / target).read_bytes()
+    # the same bytes as the model trained without the cache in the shared run
+    assert reused == (repository / target).read_bytes()
+    changed = smoke_config()
+    changed["meta_init"]["epochs"] = 21
+    third = make_workdir(tmp_path / "third", changed)
+    result = snakemake(third, "--cache", "-n", "--", target)
+    assert "from global between-workflow cache" not in result.stdout + result.stderr
