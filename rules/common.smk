@@ -168,3 +168,15 @@ def final_outputs():
         ),
         dataset=DATASET,
     )
+
+
+# Cheap steps that only read and write small tables: on a cluster they run in the main
+# Snakemake process instead of being submitted as jobs (no effect on local runs).
+localrules:
+    sample_subsets,
+    gather_subset_values,
+    compute_affinity,
+    cluster_tasks,
+    baseline_grouping,
+    evaluate_groupings,
+    plot_figures,
