@@ -94,6 +94,17 @@ def chunk_of(subset_ids: np.ndarray, chunk_size: int) -> np.ndarray:
     return np.asarray(subset_ids) // chunk_size
 
 
+def read_chunk(subsets_path, chunk: int, chunk_size: int) -> pd.DataFrame:
+    """The rows of the subsets table at ``subsets_path`` that belong to ``chunk``."""
+    from taskgroup.tables import SUBSETS, read_table
+
+    table = read_table(subsets_path, SUBSETS)
+    mine = table[chunk_of(table["subset_id"].to_numpy(), chunk_size) == chunk]
+    if mine.empty:
+        raise ValueError(f"{subsets_path}: chunk {chunk} (of size {chunk_size}) holds no subsets")
+    return mine
+
+
 def n_chunks(count: int, chunk_size: int) -> int:
     """Number of chunks that ``count`` subsets fill."""
     return math.ceil(count / chunk_size)

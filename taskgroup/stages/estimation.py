@@ -17,7 +17,6 @@ from taskgroup.stages.common import load_task_data, prepare_torch
 from taskgroup.tables import (
     PROJECTED,
     PROJECTION,
-    SUBSETS,
     TASKS,
     Z_PREFIX,
     read_table,
@@ -116,10 +115,7 @@ def estimate_chunk(
         int(description["factor_dim"]), description["kind"], int(description["seed"]),
     ).to(device)
     splits = load_projected(projected_path, names, device)
-    table = read_table(subsets_path, SUBSETS)
-    mine = table[subsets_lib.chunk_of(table["subset_id"].to_numpy(), chunk_size) == chunk]
-    if mine.empty:
-        raise ValueError(f"{subsets_path}: chunk {chunk} (of size {chunk_size}) holds no subsets")
+    mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
     values = estimate_subsets(
         splits["train"], splits["val"], mine, names, l2, newton_steps,
         shift_norm=projector.shift_norms, theta_norm=float(description["theta_norm"]),

@@ -11,7 +11,7 @@ from taskgroup import subsets as subsets_lib
 from taskgroup.finetune import finetune_subsets
 from taskgroup.model import load_checkpoint
 from taskgroup.stages.common import load_task_data, prepare_torch, save_model_atomically
-from taskgroup.tables import GROUPING, SUBSETS, read_table, write_table
+from taskgroup.tables import GROUPING, read_table, write_table
 from taskgroup.train import TrainSettings, derived_seed, evaluate, train_new_model
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,7 @@ def finetune_chunk(
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
-    table = read_table(subsets_path, SUBSETS)
-    mine = table[subsets_lib.chunk_of(table["subset_id"].to_numpy(), chunk_size) == chunk]
-    if mine.empty:
-        raise ValueError(f"{subsets_path}: chunk {chunk} (of size {chunk_size}) holds no subsets")
+    mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
     meta_model = load_checkpoint(model_path, data.task_names).to(device)
     log.info("chunk %d: %d subsets", chunk, mine["subset_id"].nunique())
     values = finetune_subsets(meta_model, data, mine, TrainSettings(**training), seed)
