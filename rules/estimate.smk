@@ -9,6 +9,9 @@ rule project_gradients:
         projection="results/{dataset}/gradients/projection.parquet",
     log:
         "results/{dataset}/logs/project_gradients.log",
+    # Reused across working directories under `--cache` with $SNAKEMAKE_OUTPUT_CACHE set,
+    # like the meta-initialization it is computed from.
+    cache: "omit-software"
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
