@@ -1,12 +1,20 @@
 """The workflow run for real by Snakemake on the tiny smoke config."""
 
 import copy
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import make_workdir, scheduled_jobs, smoke_config, snakemake
+from workflow_helpers import (
+    make_workdir,
+    scheduled_jobs,
+    shared_smoke_repository,
+    smoke_config,
+    snakemake,
+    snakemake_in_repository,
+)
 
 pytestmark = pytest.mark.workflow
 
@@ -18,18 +26,17 @@ UPSTREAM_OF_CLUSTERING = {
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A complete run of the smoke workflow, shared by the tests of this module."""
-    workdir = make_workdir(tmp_path_factory.mktemp("smoke"))
-    snakemake(workdir)
-    return workdir
+    """A repository copy with the smoke workflow complete in it, shared with other modules
+    (read-only here: only dry runs)."""
+    return shared_smoke_repository(tmp_path_factory)
 
 
-def dry_run_with(workdir, change) -> dict[str, int]:
+def dry_run_with(repository, change) -> dict[str, int]:
     config = copy.deepcopy(smoke_config())
     change(config)
-    variant = workdir / "variant.yaml"
+    variant = repository / "variant.yaml"
     variant.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = snakemake(workdir, "-n", "--configfile", str(variant))
+    result = snakemake_in_repository(repository, "-n", "--configfile", str(variant))
     return scheduled_jobs(result.stdout + result.stderr)
 
 
@@ -57,7 +64,7 @@ def test_full_run_writes_every_artifact(finished_run):
 
 
 def test_complete_run_has_nothing_left_to_do(finished_run):
-    result = snakemake(finished_run, "-n")
+    result = snakemake_in_repository(finished_run, "-n")
     assert scheduled_jobs(result.stdout + result.stderr) == {}
 
 
@@ -101,17 +108,22 @@ def test_bad_config_fails_at_parse_time_with_a_clear_message(tmp_path, change, m
     assert not (workdir / "results").exists()
 
 
-def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(finished_run):
-    """Last in this module: it switches the shared run to the gradient estimator."""
-    jobs = dry_run_with(finished_run, lambda c: c.update(estimator="gradient"))
+def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(
+    finished_run, tmp_path
+):
+    """Switch a copy of the completed run (results and Snakemake's records included) to the
+    gradient estimator."""
+    repository = tmp_path / "repo"
+    shutil.copytree(finished_run, repository, symlinks=True)
+    jobs = dry_run_with(repository, lambda c: c.update(estimator="gradient"))
     assert {"project_gradients", "estimate_subsets", "validate_estimator"} <= set(jobs)
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets",
                 "finetune_subsets"} & set(jobs), jobs
     config = smoke_config()
     config["estimator"] = "gradient"
-    (finished_run / "gradient.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake(finished_run, "--configfile", "gradient.yaml")
-    results = finished_run / "results" / "smoke"
+    (repository / "gradient.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake_in_repository(repository, "--configfile", "gradient.yaml")
+    results = repository / "results" / "smoke"
     values = pd.read_parquet(results / "subset_values" / "gradient.parquet")
     assert (values["estimator"] == "gradient").all() and len(values) == 30 * 3
     assert values["relative_shift"].between(0, 1).all()
