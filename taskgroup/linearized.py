@@ -25,6 +25,8 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from taskgroup.subsets import membership_matrix
+
 log = logging.getLogger(__name__)
 
 
@@ -41,8 +43,6 @@ class ProjectedSplit:
 
 def membership(subsets: pd.DataFrame, task_names: list[str]) -> tuple[np.ndarray, torch.Tensor]:
     """Sorted subset ids (s,) and a (s, k) float64 0/1 membership matrix."""
-    from taskgroup.subsets import membership_matrix
-
     ids = np.sort(subsets["subset_id"].unique())
     return ids, torch.from_numpy(membership_matrix(subsets, task_names).astype(np.float64))
 

@@ -18,7 +18,12 @@ import math
 
 import torch
 
-from taskgroup.gradients import LayerFactors
+from taskgroup.gradients import (
+    LayerFactors,
+    layer_factors,
+    layer_shapes,
+    per_example_gradients,
+)
 from taskgroup.train import derived_seed
 
 KINDS = ("rademacher", "gaussian")
@@ -141,8 +146,6 @@ class DenseProjector:
 
 def make_projector(model, structure: str, dim: int, factor_dim: int, kind: str, seed: int):
     """The projector of ``structure`` for ``model``'s parameters."""
-    from taskgroup.gradients import layer_shapes
-
     if structure == "kronecker":
         return KroneckerProjector(layer_shapes(model), factor_dim, kind, seed)
     if structure == "dense":
@@ -155,8 +158,6 @@ def project_examples(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradients z (n, dim) and outputs f(x; theta) (n,) of n examples, in
     batches of ``batch_size`` (eval mode, no parameter is changed)."""
-    from taskgroup.gradients import layer_factors, per_example_gradients
-
     projected, outputs = [], []
     for start in range(0, features.shape[0], batch_size):
         x = features[start : start + batch_size]

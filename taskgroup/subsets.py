@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from taskgroup.tables import SUBSETS, read_table
+
 
 def check_subset_design(n_tasks: int, size: int, count: int) -> None:
     """Raise ValueError if ``count`` distinct subsets of ``size`` out of ``n_tasks`` can't exist."""
@@ -96,8 +98,6 @@ def chunk_of(subset_ids: np.ndarray, chunk_size: int) -> np.ndarray:
 
 def read_chunk(subsets_path, chunk: int, chunk_size: int) -> pd.DataFrame:
     """The rows of the subsets table at ``subsets_path`` that belong to ``chunk``."""
-    from taskgroup.tables import SUBSETS, read_table
-
     table = read_table(subsets_path, SUBSETS)
     mine = table[chunk_of(table["subset_id"].to_numpy(), chunk_size) == chunk]
     if mine.empty:

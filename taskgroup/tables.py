@@ -125,17 +125,23 @@ def read_table(path: str | os.PathLike, schema: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``frame`` to Parquet atomically: a crash never leaves a partial file at ``path``."""
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """Call ``write(partial_path)`` and rename the result to ``path``: a crash never leaves a
+    partial file at ``path``, and a failed write leaves nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        frame.to_parquet(partial, index=False)
+        write(partial)
         os.replace(partial, path)
     finally:
         if partial.exists():
             partial.unlink()
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``frame`` to Parquet atomically (see :func:`write_atomically`)."""
+    write_atomically(path, lambda partial: frame.to_parquet(partial, index=False))
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from taskgroup.data import TaskData, build_task_data
 from taskgroup.model import save_checkpoint
-from taskgroup.tables import EXAMPLES, TASKS, read_table
+from taskgroup.tables import EXAMPLES, TASKS, read_table, write_atomically
 from taskgroup.train import pick_device
 
 log = logging.getLogger(__name__)
@@ -33,11 +31,4 @@ def prepare_torch(threads: int) -> torch.device:
 
 
 def save_model_atomically(model, task_names, path) -> None:
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        save_checkpoint(model, task_names, partial)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    write_atomically(path, lambda partial: save_checkpoint(model, task_names, partial))
