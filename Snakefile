@@ -6,6 +6,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/meta_init.smk"

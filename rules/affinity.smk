@@ -1,16 +1,99 @@
 rule compute_affinity:
     input:
-        values=expand(
-            "results/{{dataset}}/subset_values/{estimator}.parquet",
-            estimator=config["estimator"],
-        ),
+        values=subset_values("random"),
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("compute_affinity.py"),
     output:
-        "results/{dataset}/affinity/affinity.parquet",
+        "results/{dataset}/affinity/higher_order.parquet",
     log:
         "results/{dataset}/logs/compute_affinity.log",
     conda:
         "../envs/taskgroup.yaml"
     script:
         "../workflow_scripts/compute_affinity.py"
+
+
+rule pairwise_affinity:
+    input:
+        values=subset_values("pairs"),
+        tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("pairwise_affinity.py"),
+    output:
+        "results/{dataset}/affinity/pairwise.parquet",
+    log:
+        "results/{dataset}/logs/pairwise_affinity.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    script:
+        "../workflow_scripts/pairwise_affinity.py"
+
+
+rule lookahead_affinity:
+    input:
+        examples="results/{dataset}/data/examples.parquet",
+        tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("lookahead_affinity.py"),
+    output:
+        "results/{dataset}/affinity/lookahead.parquet",
+    log:
+        "results/{dataset}/logs/lookahead_affinity.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        hidden_sizes=config["model"]["hidden_sizes"],
+        training=training_params("meta_init"),
+        seed=config["meta_init"]["seed"],
+        lookahead=sorted_params(config["affinity"]["lookahead"]),
+    script:
+        "../workflow_scripts/lookahead_affinity.py"
+
+
+rule meta_init_affinity:
+    input:
+        examples="results/{dataset}/data/examples.parquet",
+        tasks="results/{dataset}/data/tasks.parquet",
+        model="results/{dataset}/meta_init/model.pt",
+        code=library_code("meta_init_affinity.py"),
+    output:
+        "results/{dataset}/affinity/{source}.parquet",
+    log:
+        "results/{dataset}/logs/meta_init_affinity/{source}.log",
+    wildcard_constraints:
+        source="gradient_cosine|covariance",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    params:
+        covariance_features=config["affinity"].get("covariance_features", "inputs"),
+    script:
+        "../workflow_scripts/meta_init_affinity.py"
+
+
+rule fit_surrogates:
+    input:
+        values=subset_values("random"),
+        subsets="results/{dataset}/subsets/random.parquet",
+        pairs=subset_values("pairs"),
+        tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("fit_surrogates.py"),
+    output:
+        coefficients="results/{dataset}/surrogates/coefficients.parquet",
+        quality="results/{dataset}/surrogates/quality.parquet",
+        negative_transfer="results/{dataset}/surrogates/negative_transfer.parquet",
+        selected="results/{dataset}/surrogates/selected_sources.parquet",
+        figure=report(
+            "results/{dataset}/surrogates/coefficients.png",
+            caption="../report/surrogates.rst",
+            category="Task modeling",
+        ),
+    log:
+        "results/{dataset}/logs/fit_surrogates.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    params:
+        surrogates=sorted_params(config["surrogates"]),
+    script:
+        "../workflow_scripts/fit_surrogates.py"

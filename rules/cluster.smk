@@ -1,22 +1,48 @@
 checkpoint cluster_tasks:
     input:
-        affinity="results/{dataset}/affinity/affinity.parquet",
+        affinity="results/{dataset}/affinity/{source}.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("cluster_tasks.py"),
     output:
-        grouping="results/{dataset}/groupings/clustered.parquet",
-        objective="results/{dataset}/clustering/objective.parquet",
+        # one grouping per clustering method of this affinity source
+        groupings=expand(
+            "results/{{dataset}}/groupings/{{source}}-{method}.parquet", method=METHODS
+        ),
+        objective="results/{dataset}/clustering/{source}.parquet",
     log:
-        "results/{dataset}/logs/cluster_tasks.log",
+        "results/{dataset}/logs/cluster_tasks/{source}.log",
     conda:
         "../envs/taskgroup.yaml"
     params:
-        method=config["clustering"]["method"],
-        similarity=config["clustering"]["similarity"],
+        methods=METHODS,
+        similarity=config["clustering"].get("similarity", "profile"),
+        rounding=config["clustering"].get("rounding", "kmeans"),
         n_clusters=config["clustering"]["n_clusters"],
+        max_clusters=config["clustering"].get("max_clusters", 10),
         seed=config["clustering"]["seed"],
     script:
         "../workflow_scripts/cluster_tasks.py"
+
+
+rule gather_clustering:
+    input:
+        objectives=expand(
+            "results/{{dataset}}/clustering/{source}.parquet", source=SOURCES
+        ),
+        code=library_code("gather_clustering.py"),
+    output:
+        table="results/{dataset}/clustering/objective.parquet",
+        figure=report(
+            "results/{dataset}/clustering/objective.png",
+            caption="../report/objective.rst",
+            category="Clustering",
+        ),
+    log:
+        "results/{dataset}/logs/gather_clustering.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    script:
+        "../workflow_scripts/gather_clustering.py"
 
 
 checkpoint baseline_grouping:
@@ -33,3 +59,20 @@ checkpoint baseline_grouping:
         "../envs/taskgroup.yaml"
     script:
         "../workflow_scripts/baseline_grouping.py"
+
+
+# Random partitions are a baseline only when evaluation.baselines lists "random".
+if RANDOM:
+
+    checkpoint random_grouping:
+        input:
+            reference=f"results/{{dataset}}/groupings/{PRIMARY}.parquet",
+            code=library_code("random_grouping.py"),
+        output:
+            expand("results/{{dataset}}/groupings/{grouping}.parquet", grouping=RANDOM),
+        log:
+            "results/{dataset}/logs/random_grouping.log",
+        conda:
+            "../envs/taskgroup.yaml"
+        script:
+            "../workflow_scripts/random_grouping.py"

@@ -5,25 +5,51 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-from taskgroup.config import check_config
+from taskgroup.config import check_config, n_tasks, needs_pair_design, pair_design_size
+from taskgroup.groupings import group_keys
 from taskgroup.subsets import n_chunks
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
 
 DATASET = config["dataset"]["name"]
-GROUPINGS = ["clustered"] + config["evaluation"]["baselines"]
-CHUNKS = list(
-    range(n_chunks(config["subsets"]["count"], config["subsets"]["chunk_size"]))
+N_TASKS = n_tasks(config)
+# The random design of subsets.* feeds the higher-order affinity and the surrogates; the
+# singletons-and-pairs design is valued too when a pairwise affinity or the surrogates'
+# negative-transfer ground truth needs it.
+DESIGN_SIZES = {"random": config["subsets"]["count"]}
+if needs_pair_design(config):
+    DESIGN_SIZES["pairs"] = pair_design_size(N_TASKS)
+CHUNKS = {
+    design: list(range(n_chunks(size, config["subsets"]["chunk_size"])))
+    for design, size in DESIGN_SIZES.items()
+}
+SOURCES = config["affinity"]["sources"]
+METHODS = config["clustering"]["methods"]
+CLUSTERED = [f"{source}-{method}" for source in SOURCES for method in METHODS]
+PRIMARY = CLUSTERED[0]
+BASELINES = [name for name in config["evaluation"]["baselines"] if name != "random"]
+RANDOM = (
+    [f"random_{index}" for index in range(config["evaluation"]["random_partitions"])]
+    if "random" in config["evaluation"]["baselines"]
+    else []
 )
+GROUPINGS = CLUSTERED + BASELINES + RANDOM
+TRAINING_SEEDS = [
+    config["final"]["seed"] + offset
+    for offset in range(config["evaluation"]["n_seeds"])
+]
 
 
 wildcard_constraints:
     dataset=DATASET,
     chunk=r"\d+",
-    group=r"\d+",
-    grouping="|".join(GROUPINGS),
+    design="random|pairs",
     estimator="finetune|gradient",
+    source="|".join(SOURCES),
+    method="|".join(METHODS),
+    grouping="|".join(GROUPINGS),
+    key=r"[0-9a-f]{16}",
 
 
 LIBRARY = "taskgroup"
@@ -105,39 +131,80 @@ def training_params(section):
     }
 
 
+def validation_clustering():
+    """How validate_estimator clusters the estimated and real affinities: the primary
+    method with the configured number of clusters ("auto" is resolved on the real one).
+    """
+    clustering = config["clustering"]
+    return {
+        "method": METHODS[0],
+        "similarity": clustering.get("similarity", "profile"),
+        "rounding": clustering.get("rounding", "kmeans"),
+        "n_clusters": clustering["n_clusters"],
+        "max_clusters": clustering.get("max_clusters", 10),
+        "seed": clustering["seed"],
+    }
+
+
 def subset_value_chunks(wildcards):
-    """Every chunk of the per-subset stage for the configured subsets."""
+    """Every chunk of the per-subset stage for one design."""
     return expand(
-        "results/{dataset}/subset_values/{estimator}/chunk_{chunk}.parquet",
+        "results/{dataset}/subset_values/{estimator}/{design}/chunk_{chunk}.parquet",
         dataset=wildcards.dataset,
         estimator=wildcards.estimator,
-        chunk=CHUNKS,
+        design=wildcards.design,
+        chunk=CHUNKS[wildcards.design],
     )
+
+
+def subset_values(design):
+    """The gathered per-subset values of ``design`` under the configured estimator."""
+    return f"results/{{dataset}}/subset_values/{config['estimator']}/{design}.parquet"
 
 
 def grouping_file(dataset, grouping):
     """The grouping table of ``grouping``, after the checkpoint that writes it has run."""
-    if grouping == "clustered":
-        return checkpoints.cluster_tasks.get(dataset=dataset).output.grouping
+    if grouping in CLUSTERED:
+        source, method = grouping.split("-")
+        job = checkpoints.cluster_tasks.get(dataset=dataset, source=source)
+        return job.output.groupings[METHODS.index(method)]
+    if grouping in RANDOM:
+        return checkpoints.random_grouping.get(dataset=dataset).output[
+            RANDOM.index(grouping)
+        ]
     return checkpoints.baseline_grouping.get(dataset=dataset, grouping=grouping).output[
         0
     ]
 
 
 def group_result_files(wildcards):
-    """One result file per group of every grouping (clusters and baselines)."""
-    paths = []
+    """One result file per distinct group (set of tasks) over every grouping: groups that
+    several groupings share are trained once."""
+    keys = set()
     for grouping in GROUPINGS:
-        groups = sorted(
-            pd.read_parquet(grouping_file(wildcards.dataset, grouping))["group"]
-        )
-        paths += expand(
-            "results/{dataset}/final/{grouping}/group_{group}.parquet",
-            dataset=wildcards.dataset,
-            grouping=grouping,
-            group=sorted(set(groups)),
-        )
-    return paths
+        table = pd.read_parquet(grouping_file(wildcards.dataset, grouping))
+        keys.update(group_keys(table)["group_key"])
+    return expand(
+        "results/{dataset}/final/groups/{key}.parquet",
+        dataset=wildcards.dataset,
+        key=sorted(keys),
+    )
+
+
+def group_members(wildcards):
+    """The member tasks of group ``key``, found in the grouping tables on disk (they exist:
+    the group's job is only requested once every grouping has been written)."""
+    for grouping in GROUPINGS:
+        path = Path(f"results/{wildcards.dataset}/groupings/{grouping}.parquet")
+        if path.exists():
+            table = group_keys(pd.read_parquet(path))
+            members = table.loc[table["group_key"] == wildcards.key, "task"]
+            if len(members):
+                return sorted(members)
+    raise ValueError(
+        f"no grouping table under results/{wildcards.dataset}/groupings/ has a group with "
+        f"key {wildcards.key}; run the workflow from its final target instead"
+    )
 
 
 def grouping_files(wildcards):
@@ -147,36 +214,50 @@ def grouping_files(wildcards):
     }
 
 
+def affinity_files(wildcards):
+    return {
+        source: f"results/{wildcards.dataset}/affinity/{source}.parquet"
+        for source in SOURCES
+    }
+
+
 def final_outputs():
-    return expand(
-        [
-            "results/{dataset}/evaluation/summary.parquet",
-            "results/{dataset}/evaluation/per_task.parquet",
-            "results/{dataset}/evaluation/affinity_heatmap.png",
-            "results/{dataset}/evaluation/per_task_metric.png",
-            "results/{dataset}/affinity/affinity.parquet",
-            "results/{dataset}/subsets/pair_counts.parquet",
-            "results/{dataset}/meta_init/val_metrics.parquet",
+    outputs = [
+        "results/{dataset}/evaluation/summary.parquet",
+        "results/{dataset}/evaluation/per_task.parquet",
+        "results/{dataset}/evaluation/affinity_heatmap.png",
+        "results/{dataset}/evaluation/gain_over_naive_mtl.png",
+        "results/{dataset}/clustering/objective.parquet",
+        "results/{dataset}/clustering/objective.png",
+        "results/{dataset}/subsets/pair_counts.parquet",
+        "results/{dataset}/meta_init/val_metrics.parquet",
+    ]
+    if config["surrogates"]["enabled"]:
+        outputs += [
+            "results/{dataset}/surrogates/coefficients.parquet",
+            "results/{dataset}/surrogates/negative_transfer.parquet",
+            "results/{dataset}/surrogates/coefficients.png",
         ]
-        + (
-            [
-                "results/{dataset}/validation/summary.parquet",
-                "results/{dataset}/validation/estimator_validation.png",
-            ]
-            if config["estimator"] == "gradient"
-            else []
-        ),
-        dataset=DATASET,
-    )
+    if config["estimator"] == "gradient":
+        outputs += [
+            "results/{dataset}/validation/summary.parquet",
+            "results/{dataset}/validation/estimator_validation.png",
+        ]
+    return expand(outputs, dataset=DATASET)
 
 
 # Cheap steps that only read and write small tables: on a cluster they run in the main
 # Snakemake process instead of being submitted as jobs (no effect on local runs).
 localrules:
     sample_subsets,
+    pair_design,
     gather_subset_values,
     compute_affinity,
+    pairwise_affinity,
+    fit_surrogates,
     cluster_tasks,
+    gather_clustering,
     baseline_grouping,
+    random_grouping,
     evaluate_groupings,
     plot_figures,

@@ -28,13 +28,13 @@ rule estimate_subsets:
         projected="results/{dataset}/gradients/projected.parquet",
         projection="results/{dataset}/gradients/projection.parquet",
         model="results/{dataset}/meta_init/model.pt",
-        subsets="results/{dataset}/subsets/subsets.parquet",
+        subsets="results/{dataset}/subsets/{design}.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("estimate_subsets.py"),
     output:
-        "results/{dataset}/subset_values/gradient/chunk_{chunk}.parquet",
+        "results/{dataset}/subset_values/gradient/{design}/chunk_{chunk}.parquet",
     log:
-        "results/{dataset}/logs/estimate_subsets/chunk_{chunk}.log",
+        "results/{dataset}/logs/estimate_subsets/{design}_{chunk}.log",
     conda:
         "../envs/taskgroup.yaml"
     threads: 1

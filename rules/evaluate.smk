@@ -7,6 +7,11 @@ rule evaluate_groupings:
     output:
         per_task="results/{dataset}/evaluation/per_task.parquet",
         summary="results/{dataset}/evaluation/summary.parquet",
+        summary_html=report(
+            "results/{dataset}/evaluation/summary.html",
+            caption="../report/summary.rst",
+            category="Evaluation",
+        ),
     log:
         "results/{dataset}/logs/evaluate_groupings.log",
     conda:
@@ -19,17 +24,27 @@ rule evaluate_groupings:
 
 rule plot_figures:
     input:
-        affinity="results/{dataset}/affinity/affinity.parquet",
-        clusters="results/{dataset}/groupings/clustered.parquet",
+        affinity=f"results/{{dataset}}/affinity/{SOURCES[0]}.parquet",
+        clusters=f"results/{{dataset}}/groupings/{PRIMARY}.parquet",
         per_task="results/{dataset}/evaluation/per_task.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("plot_figures.py"),
     output:
-        heatmap="results/{dataset}/evaluation/affinity_heatmap.png",
-        per_task="results/{dataset}/evaluation/per_task_metric.png",
+        heatmap=report(
+            "results/{dataset}/evaluation/affinity_heatmap.png",
+            caption="../report/heatmap.rst",
+            category="Affinity",
+        ),
+        gain=report(
+            "results/{dataset}/evaluation/gain_over_naive_mtl.png",
+            caption="../report/gain.rst",
+            category="Evaluation",
+        ),
     log:
         "results/{dataset}/logs/plot_figures.log",
     conda:
         "../envs/taskgroup.yaml"
+    params:
+        primary=PRIMARY,
     script:
         "../workflow_scripts/plot_figures.py"

@@ -3,12 +3,12 @@ rule finetune_subsets:
         examples="results/{dataset}/data/examples.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
         model="results/{dataset}/meta_init/model.pt",
-        subsets="results/{dataset}/subsets/subsets.parquet",
+        subsets="results/{dataset}/subsets/{design}.parquet",
         code=library_code("finetune_subsets.py"),
     output:
-        "results/{dataset}/subset_values/finetune/chunk_{chunk}.parquet",
+        "results/{dataset}/subset_values/finetune/{design}/chunk_{chunk}.parquet",
     log:
-        "results/{dataset}/logs/finetune_subsets/chunk_{chunk}.log",
+        "results/{dataset}/logs/finetune_subsets/{design}_{chunk}.log",
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
@@ -27,9 +27,9 @@ rule gather_subset_values:
         chunks=subset_value_chunks,
         code=library_code("gather_subset_values.py"),
     output:
-        "results/{dataset}/subset_values/{estimator}.parquet",
+        "results/{dataset}/subset_values/{estimator}/{design}.parquet",
     log:
-        "results/{dataset}/logs/gather_subset_values/{estimator}.log",
+        "results/{dataset}/logs/gather_subset_values/{estimator}_{design}.log",
     conda:
         "../envs/taskgroup.yaml"
     script:

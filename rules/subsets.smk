@@ -3,7 +3,7 @@ rule sample_subsets:
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("sample_subsets.py"),
     output:
-        subsets="results/{dataset}/subsets/subsets.parquet",
+        subsets="results/{dataset}/subsets/random.parquet",
         pair_counts="results/{dataset}/subsets/pair_counts.parquet",
     log:
         "results/{dataset}/logs/sample_subsets.log",
@@ -15,3 +15,17 @@ rule sample_subsets:
         seed=config["subsets"]["seed"],
     script:
         "../workflow_scripts/sample_subsets.py"
+
+
+rule pair_design:
+    input:
+        tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("pair_design.py"),
+    output:
+        "results/{dataset}/subsets/pairs.parquet",
+    log:
+        "results/{dataset}/logs/pair_design.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    script:
+        "../workflow_scripts/pair_design.py"

@@ -1,22 +1,27 @@
-rule train_cluster_model:
+rule train_group_model:
     input:
         examples="results/{dataset}/data/examples.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
-        grouping="results/{dataset}/groupings/{grouping}.parquet",
-        code=library_code("train_cluster_model.py"),
+        code=library_code("train_group_model.py"),
     output:
-        results="results/{dataset}/final/{grouping}/group_{group}.parquet",
-        model="results/{dataset}/final/{grouping}/group_{group}.pt",
+        results="results/{dataset}/final/groups/{key}.parquet",
+        models=expand(
+            "results/{{dataset}}/final/groups/{{key}}/model_seed{seed}.pt",
+            seed=TRAINING_SEEDS,
+        ),
     log:
-        "results/{dataset}/logs/train_cluster_model/{grouping}_{group}.log",
+        "results/{dataset}/logs/train_group_model/{key}.log",
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
         gpu=1,
     params:
+        # The group's tasks; {key} is a hash of them, so a group's job and model are shared
+        # by every grouping that has the group and do not rerun when other groups change.
+        members=group_members,
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("final"),
-        seed=config["final"]["seed"],
+        seeds=TRAINING_SEEDS,
     script:
-        "../workflow_scripts/train_cluster_model.py"
+        "../workflow_scripts/train_group_model.py"

@@ -3,14 +3,18 @@ rule validate_estimator:
         examples="results/{dataset}/data/examples.parquet",
         tasks="results/{dataset}/data/tasks.parquet",
         model="results/{dataset}/meta_init/model.pt",
-        subsets="results/{dataset}/subsets/subsets.parquet",
-        estimate="results/{dataset}/subset_values/gradient.parquet",
+        subsets="results/{dataset}/subsets/random.parquet",
+        estimate="results/{dataset}/subset_values/gradient/random.parquet",
         code=library_code("validate_estimator.py"),
     output:
         per_subset="results/{dataset}/validation/per_subset.parquet",
         summary="results/{dataset}/validation/summary.parquet",
         validity="results/{dataset}/validation/validity_curve.parquet",
-        figure="results/{dataset}/validation/estimator_validation.png",
+        figure=report(
+            "results/{dataset}/validation/estimator_validation.png",
+            caption="../report/validation.rst",
+            category="Estimator",
+        ),
     log:
         "results/{dataset}/logs/validate_estimator.log",
     conda:
@@ -22,6 +26,6 @@ rule validate_estimator:
         validation=sorted_params(config["validation"]),
         training=training_params("finetune"),
         finetune_seed=config["finetune"]["seed"],
-        clustering=sorted_params(config["clustering"]),
+        clustering=validation_clustering(),
     script:
         "../workflow_scripts/validate_estimator.py"

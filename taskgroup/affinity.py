@@ -65,18 +65,7 @@ def affinity_table(values: pd.DataFrame, task_names: list[str]) -> pd.DataFrame:
     losses in the subset_values table."""
     membership, losses = value_matrix(values, task_names)
     raw, normalized, counts = affinity_matrices(membership, losses)
-    k = len(task_names)
-    first, second = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    names = np.asarray(task_names, dtype=object)
-    return pd.DataFrame(
-        {
-            "task_i": names[first.ravel()],
-            "task_j": names[second.ravel()],
-            "n_subsets": counts.ravel(),
-            "raw": raw.ravel(),
-            "normalized": normalized.ravel(),
-        }
-    )
+    return long_table(raw, normalized, counts, task_names)
 
 
 def square(table: pd.DataFrame, task_names: list[str], column: str) -> np.ndarray:
@@ -86,3 +75,68 @@ def square(table: pd.DataFrame, task_names: list[str], column: str) -> np.ndarra
         .reindex(index=task_names, columns=task_names)
         .to_numpy(dtype=float)
     )
+
+
+def long_table(
+    raw: np.ndarray, normalized: np.ndarray, counts: np.ndarray, task_names: list[str]
+) -> pd.DataFrame:
+    """The long affinity table (task_i, task_j, n_subsets, raw, normalized) of (k, k)
+    matrices in task order."""
+    k = len(task_names)
+    first, second = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    names = np.asarray(task_names, dtype=object)
+    return pd.DataFrame(
+        {
+            "task_i": names[first.ravel()],
+            "task_j": names[second.ravel()],
+            "n_subsets": np.asarray(counts, dtype=np.int64).ravel(),
+            "raw": np.asarray(raw, dtype=float).ravel(),
+            "normalized": np.asarray(normalized, dtype=float).ravel(),
+        }
+    )
+
+
+def pairwise_matrices(values: pd.DataFrame, task_names: list[str]) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """Raw pairwise transfer R (k, k) and its normalization N (k, k) from the validation
+    losses of the singletons-and-pairs design.
+
+    R_ij = f_i({i, j}) - f_i({i}) for i != j (loss units; negative = task j helps task i),
+    R_ii = 0. N flips the sign, z-scores each target's row over j != i, symmetrizes and sets
+    the diagonal to 0, like the higher-order normalization.
+    """
+    chosen = values[values["split"] == "val"]
+    sizes = chosen.groupby("subset_id")["task"].transform("size")
+    k = len(task_names)
+    index = pd.Series(np.arange(k), index=task_names)
+    alone = np.full(k, np.nan)
+    singles = chosen[sizes == 1]
+    alone[index[singles["task"]].to_numpy()] = singles["loss"].to_numpy()
+    paired = np.full((k, k), np.nan)
+    pairs = chosen[sizes == 2]
+    partner = pairs.groupby("subset_id")["task"].transform(lambda t: t.iloc[::-1].to_numpy())
+    paired[index[pairs["task"]].to_numpy(), index[partner].to_numpy()] = pairs["loss"].to_numpy()
+    if np.isnan(alone).any():
+        missing = [task_names[i] for i in np.flatnonzero(np.isnan(alone))[:5]]
+        raise ValueError(f"pairwise affinity: no singleton value for tasks {missing}")
+    off_diagonal = ~np.eye(k, dtype=bool)
+    if np.isnan(paired[off_diagonal]).any():
+        i, j = np.argwhere(np.isnan(paired) & off_diagonal)[0]
+        raise ValueError(
+            f"pairwise affinity: no value for {task_names[i]} trained with {task_names[j]}"
+        )
+    raw = np.where(off_diagonal, paired - alone[:, None], 0.0)
+    flipped = np.where(off_diagonal, -raw, np.nan)
+    mean = np.nanmean(flipped, axis=1, keepdims=True)
+    spread = np.nanstd(flipped, axis=1, keepdims=True)
+    directed = (flipped - mean) / np.where(spread > 0, spread, 1.0)
+    normalized = np.nan_to_num((directed + directed.T) / 2.0, nan=0.0)
+    return raw, normalized
+
+
+def pairwise_affinity_table(values: pd.DataFrame, task_names: list[str]) -> pd.DataFrame:
+    """The long pairwise affinity table; n_subsets is 1 (the pair, or the singleton)."""
+    raw, normalized = pairwise_matrices(values, task_names)
+    counts = np.ones((len(task_names),) * 2, dtype=np.int64)
+    return long_table(raw, normalized, counts, task_names)

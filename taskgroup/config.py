@@ -37,19 +37,36 @@ def check_config(config: dict) -> None:
         check_subset_design(k, subsets["size"], subsets["count"])
     except ValueError as error:
         raise ConfigError(f"config: {error}") from None
-    n_clusters = config["clustering"]["n_clusters"]
-    if n_clusters > k:
+    clustering = config["clustering"]
+    n_clusters = clustering["n_clusters"]
+    if n_clusters != "auto" and n_clusters > k:
         raise ConfigError(
             f"config: clustering.n_clusters = {n_clusters} exceeds the number of tasks k = {k}"
         )
+    if n_clusters == "auto" and k < 3:
+        raise ConfigError(
+            f"config: clustering.n_clusters = 'auto' needs at least 3 tasks; k = {k}"
+        )
     baselines = config["evaluation"]["baselines"]
-    unknown = sorted(set(baselines) - set(BASELINES))
+    unknown = sorted(set(baselines) - set(BASELINES) - {"random"})
     if unknown:
         raise ConfigError(
-            f"config: evaluation.baselines has {unknown}; expected a subset of {list(BASELINES)}"
+            f"config: evaluation.baselines has {unknown}; expected a subset of "
+            f"{list(BASELINES) + ['random']}"
         )
     if "planted" in baselines and config["dataset"]["kind"] != "planted":
         raise ConfigError(
             "config: evaluation.baselines lists 'planted', but dataset.kind = "
             f"{config['dataset']['kind']!r} has no planted groups"
         )
+
+
+def needs_pair_design(config: dict) -> bool:
+    """Whether the singletons-and-pairs design must be valued: for the pairwise affinity
+    source, or as the ground truth that the surrogates' negative-transfer calls are scored on."""
+    return "pairwise" in config["affinity"]["sources"] or config["surrogates"]["enabled"]
+
+
+def pair_design_size(n_tasks: int) -> int:
+    """k singletons + k (k - 1) / 2 pairs."""
+    return n_tasks + n_tasks * (n_tasks - 1) // 2

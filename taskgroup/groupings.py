@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
@@ -26,3 +28,30 @@ def baseline_grouping(name: str, tasks: pd.DataFrame) -> pd.DataFrame:
     else:
         raise ValueError(f"unknown baseline grouping {name!r}; expected one of {BASELINES}")
     return pd.DataFrame({"task": ordered["task"].to_numpy(), "group": groups})
+
+
+def random_partition(reference: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """A grouping table (task, group) with the same group sizes as ``reference``, tasks
+    assigned to groups uniformly at random (a seeded permutation). Groups are numbered by
+    size as in ``reference``, so sizes match group by group."""
+    ordered = reference.sort_values("task", ignore_index=True)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(ordered["group"].to_numpy(dtype=np.int64))
+    return pd.DataFrame({"task": ordered["task"].to_numpy(), "group": shuffled})
+
+
+def group_key(members) -> str:
+    """A stable 16-hex-digit name for a set of task names (order does not matter).
+
+    Group models are trained once per distinct set of tasks: two groupings that share a
+    group (e.g. a cluster that equals a planted group) share its model."""
+    joined = "\n".join(sorted(str(member) for member in members))
+    return hashlib.sha1(joined.encode()).hexdigest()[:16]
+
+
+def group_keys(grouping: pd.DataFrame) -> pd.DataFrame:
+    """One row per task: task, group, group_key (the key of the task's group's members)."""
+    keys = grouping.groupby("group")["task"].apply(group_key)
+    table = grouping[["task", "group"]].copy()
+    table["group_key"] = keys.loc[table["group"]].to_numpy()
+    return table

@@ -10,7 +10,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def affinity_heatmap(matrix: np.ndarray, names: list[str], clusters: np.ndarray, path) -> None:
+def affinity_heatmap(
+    matrix: np.ndarray, names: list[str], clusters: np.ndarray, path, title: str
+) -> None:
     """Heatmap of a (k, k) affinity with tasks sorted by cluster, cluster borders drawn."""
     order = np.argsort(clusters, kind="stable")
     shown = matrix[np.ix_(order, order)]
@@ -27,24 +29,77 @@ def affinity_heatmap(matrix: np.ndarray, names: list[str], clusters: np.ndarray,
     axes.set_yticks(range(len(labels)), labels, fontsize=6)
     axes.set_xlabel("task j")
     axes.set_ylabel("target task i")
-    axes.set_title("Normalized higher-order affinity, ordered by cluster")
+    axes.set_title(title)
     figure.colorbar(image, ax=axes, label="affinity (higher = train together)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def per_task_metric(per_task: pd.DataFrame, path) -> None:
-    """Test metric of every task under each grouping, tasks in their canonical order."""
-    wide = per_task.pivot(index="task", columns="grouping", values="test_metric").sort_index()
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.25 * len(wide)), 4))
-    for grouping in wide.columns:
-        axes.plot(range(len(wide)), wide[grouping], marker="o", linewidth=1, label=
-                  f"{grouping} (mean {wide[grouping].mean():.3f})")
-    axes.set_xticks(range(len(wide)), wide.index, rotation=90, fontsize=6)
-    axes.set_ylabel("test accuracy")
-    axes.set_title("Per-task test metric by grouping")
-    axes.legend(fontsize=7)
+def gain_over_reference(per_task: pd.DataFrame, path, reference: str = "naive_mtl") -> None:
+    """Per-task gain in test metric of each grouping over ``reference`` (both averaged over
+    training seeds): one box per grouping, the mean as a diamond."""
+    means = per_task.groupby(["grouping", "task"])["test_metric"].mean().unstack("grouping")
+    gains = means.drop(columns=reference).sub(means[reference], axis=0)
+    order = gains.mean().sort_values().index.tolist()
+    figure, axes = plt.subplots(figsize=(7, max(3.0, 0.32 * len(order) + 1)))
+    axes.boxplot([gains[name].dropna() for name in order], vert=False, widths=0.6)
+    axes.scatter(gains[order].mean(), range(1, len(order) + 1), marker="D", color="C3",
+                 zorder=3, label="mean over tasks")
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.set_yticks(range(1, len(order) + 1), order, fontsize=7)
+    axes.set_xlabel(f"test metric minus {reference}'s, per task (mean over seeds)")
+    axes.set_title(f"Per-task gain of each grouping over {reference}")
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def clustering_objective(objective: pd.DataFrame, path) -> None:
+    """Average-density objective (left) and ARI against planted groups (right) of every
+    clustering method on every affinity source."""
+    sources = list(dict.fromkeys(objective["source"]))
+    methods = list(dict.fromkeys(objective["method"]))
+    width = 0.8 / len(methods)
+    figure, panels = plt.subplots(1, 2, figsize=(11, 3.8))
+    for panel, column, label in zip(
+        panels, ("average_density", "ari_vs_planted"), ("average density", "ARI vs planted")
+    ):
+        for offset, method in enumerate(methods):
+            rows = objective[objective["method"] == method].set_index("source")
+            values = rows.reindex(sources)[column].to_numpy(dtype=float)
+            panel.bar(np.arange(len(sources)) + offset * width, np.nan_to_num(values), width,
+                      label=method)
+        panel.set_xticks(np.arange(len(sources)) + width * (len(methods) - 1) / 2, sources,
+                         rotation=20, fontsize=8)
+        panel.set_ylabel(label)
+    panels[0].set_title("Objective on each source's own affinity")
+    panels[1].set_title("Agreement with planted groups (0 if unknown)")
+    panels[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def surrogate_coefficients(coefficients: pd.DataFrame, names: list[str], path) -> None:
+    """Heatmap of the surrogate coefficients theta_ij (target i, source j; red = including j
+    raises i's loss, i.e. negative transfer)."""
+    matrix = (
+        coefficients.pivot(index="target", columns="source", values="coefficient")
+        .reindex(index=names, columns=names)
+        .to_numpy(dtype=float)
+    )
+    size = max(5.0, 0.22 * len(names))
+    figure, axes = plt.subplots(figsize=(size + 1.5, size))
+    limit = np.nanmax(np.abs(matrix)) if np.isfinite(matrix).any() else 1.0
+    image = axes.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    axes.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    axes.set_yticks(range(len(names)), names, fontsize=6)
+    axes.set_xlabel("source task j")
+    axes.set_ylabel("target task i")
+    axes.set_title("Linear surrogate coefficients of f_i(S)")
+    figure.colorbar(image, ax=axes, label="change in validation loss when j joins (nats)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -105,6 +105,108 @@ def read_chunk(subsets_path, chunk: int, chunk_size: int) -> pd.DataFrame:
     return mine
 
 
+def design_of(subsets: pd.DataFrame, source="subsets table") -> str:
+    """The one design named in the ``design`` column of a subsets table."""
+    designs = subsets["design"].unique()
+    if len(designs) != 1:
+        raise ValueError(f"{source}: expected one design, found {sorted(designs)}")
+    return str(designs[0])
+
+
 def n_chunks(count: int, chunk_size: int) -> int:
     """Number of chunks that ``count`` subsets fill."""
     return math.ceil(count / chunk_size)
+
+
+def pair_design(n_tasks: int) -> list[tuple[int, ...]]:
+    """Every singleton, then every unordered pair of the task indices 0..n_tasks-1.
+
+    Order (fixed): ``(0,), (1,), ..., (k-1,)``, then the pairs ``(i, j)`` with ``i < j`` in
+    lexicographic order ``(0, 1), (0, 2), ..., (0, k-1), (1, 2), ..., (k-2, k-1)``.
+    k + k(k-1)/2 subsets in all; each tuple is sorted. Training on all of them gives, for every
+    ordered pair, f_i({i}) and f_i({i, j}) (see :func:`taskgroup.surrogates.pairwise_transfer`).
+    """
+    if n_tasks < 1:
+        raise ValueError(f"pair_design needs at least one task, got n_tasks = {n_tasks}")
+    singletons = [(i,) for i in range(n_tasks)]
+    return singletons + list(itertools.combinations(range(n_tasks), 2))
+
+
+def design_table(design: list[tuple[int, ...]], task_names: list[str]) -> pd.DataFrame:
+    """The long subsets table (subset_id, task) of an explicit design of task-index tuples.
+
+    Subset ids are 0..len(design)-1 in the order of ``design``; tasks of a subset in the order of
+    its tuple. For example ``design_table(pair_design(k), names)``.
+    """
+    sizes = [len(subset) for subset in design]
+    flat = [index for subset in design for index in subset]
+    bad = [index for index in flat if not 0 <= index < len(task_names)]
+    if bad:
+        raise ValueError(
+            f"design holds task indices {sorted(set(bad))[:5]} outside 0..{len(task_names) - 1}"
+        )
+    repeated = [subset for subset in design if len(set(subset)) != len(subset)]
+    if repeated:
+        raise ValueError(f"design subsets repeat a task: {repeated[:3]}")
+    return pd.DataFrame(
+        {
+            "subset_id": np.repeat(np.arange(len(design), dtype=np.int64), sizes),
+            "task": np.asarray(task_names, dtype=object)[np.asarray(flat, dtype=np.int64)],
+        }
+    )
+
+
+def forward_selection(target, candidates, value, max_size: int, min_improvement: float = 0.0):
+    """Greedy forward selection of source tasks for one ``target`` task.
+
+    ``value(subsets)`` is a batch oracle: given a list of subsets (sorted tuples of task ids,
+    each containing ``target``) it returns an array of the same length with the target's loss
+    after training on each subset (lower is better). Selection starts at ``(target,)``; each step
+    evaluates, in one ``value`` call, the current subset plus each remaining candidate, and adds
+    the candidate with the lowest loss (ties: the earliest in ``candidates``) if that loss is
+    more than ``min_improvement`` below the current loss. It stops when no candidate improves by
+    more than ``min_improvement``, when the subset has ``max_size`` tasks (target included) or
+    when the candidates run out.
+
+    Task ids (target, candidates) may be ints or strings, as long as they sort together.
+
+    Returns the accepted path, a list of ``(step, subset, loss)``: step 0 is ``(target,)`` with
+    its own loss; step t >= 1 is the subset after the t-th addition with the loss the oracle gave
+    it. The last entry is the selected subset; rejected candidates are not listed (the oracle
+    sees every evaluation, so a caller can record them there). ``value`` is called
+    1 + (number of steps attempted) times.
+    """
+    candidates = list(candidates)
+    if target in candidates:
+        raise ValueError(f"forward_selection: the target {target!r} is among the candidates")
+    if len(set(candidates)) != len(candidates):
+        raise ValueError("forward_selection: candidates contain duplicates")
+    if max_size < 1:
+        raise ValueError(f"forward_selection: max_size = {max_size} must be at least 1")
+    if min_improvement < 0:
+        raise ValueError(f"forward_selection: min_improvement = {min_improvement} must be >= 0")
+
+    def evaluate(batch):
+        losses = np.asarray(value(batch), dtype=float).reshape(-1)
+        if losses.shape != (len(batch),):
+            raise ValueError(
+                f"forward_selection: value() returned {losses.size} losses for {len(batch)} subsets"
+            )
+        if not np.isfinite(losses).all():
+            raise ValueError(f"forward_selection: value() returned a non-finite loss: {losses}")
+        return losses
+
+    current = (target,)
+    current_loss = float(evaluate([current])[0])
+    path = [(0, current, current_loss)]
+    remaining = candidates
+    while len(current) < max_size and remaining:
+        batch = [tuple(sorted(current + (source,))) for source in remaining]
+        losses = evaluate(batch)
+        best = int(np.argmin(losses))
+        if not losses[best] < current_loss - min_improvement:
+            break
+        current, current_loss = batch[best], float(losses[best])
+        remaining = remaining[:best] + remaining[best + 1 :]
+        path.append((len(path), current, current_loss))
+    return path

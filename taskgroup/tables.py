@@ -8,13 +8,15 @@ examples   one row per example: task (str), split ("train" | "val" | "test"),
 tasks      one row per task, in the canonical task order: task (str), task_index
            (int64, 0..k-1), task_type ("binary"), n_train, n_val, n_test (int64),
            planted_group (Int64, null when the dataset has no planted groups).
-subsets    one row per (subset, member task): subset_id (int64), task (str).
+subsets    one row per (subset, member task): subset_id (int64), task (str), design (str:
+           "random" = uniform subsets of a fixed size, "pairs" = every singleton and pair).
 pair_counts one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
            the number of sampled subsets that contain both (task_i == task_j: that
            contain the task).
 subset_values one row per (subset, member task, split): subset_id (int64), task (str),
            split (str), loss (float64, mean binary cross-entropy in nats), metric
-           (float64, accuracy in [0, 1]), estimator (str: "finetune" or "gradient");
+           (float64, accuracy in [0, 1]), estimator (str: "finetune" or "gradient"),
+           design (str, the design of the subset);
            estimator "gradient" adds relative_shift (float64, ||P w|| / ||theta*||).
 affinity   one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
            raw (float64, mean validation loss of task_i over subsets holding both),
@@ -25,8 +27,9 @@ projected  one row per training or validation example: task, split (str), label 
 projection one row: structure, kind (str), seed, dim, factor_dim, projected_dim,
            n_parameters (int64), theta_norm (float64, ||theta*||), seconds (float64).
 grouping   one row per task: task (str), group (int64).
-group_results one row per (task, split) of one trained group model: grouping (str),
-           group (int64), task (str), split (str), loss, metric (float64).
+group_results one row per (seed, task, split) of the models of one group (a set of tasks,
+           trained once per training seed): group_key (str, hash of the member task names),
+           seed (int64), task (str), split ("val" | "test"), loss, metric (float64).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ TASKS = {
     "n_test": "int",
     "planted_group": "int",
 }
-SUBSETS = {"subset_id": "int", "task": "str"}
+SUBSETS = {"subset_id": "int", "task": "str", "design": "str"}
 PAIR_COUNTS = {"task_i": "str", "task_j": "str", "n_subsets": "int"}
 SUBSET_VALUES = {
     "subset_id": "int",
@@ -59,6 +62,7 @@ SUBSET_VALUES = {
     "loss": "float",
     "metric": "float",
     "estimator": "str",
+    "design": "str",
 }
 AFFINITY = {
     "task_i": "str",
@@ -81,8 +85,8 @@ PROJECTION = {
 }
 GROUPING = {"task": "str", "group": "int"}
 GROUP_RESULTS = {
-    "grouping": "str",
-    "group": "int",
+    "group_key": "str",
+    "seed": "int",
     "task": "str",
     "split": "str",
     "loss": "float",

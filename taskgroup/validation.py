@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.affinity import affinity_table, square
-from taskgroup.clustering import cluster_tasks
+from taskgroup.clustering import choose_n_clusters, cluster_tasks
 
 
 def per_task_relative_error(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -66,13 +66,24 @@ def agreement(
     median relative error, median within-task Spearman, raw and normalized affinity
     distances, and the ARI between the clusters of the two normalized affinities."""
     errors = per_task_relative_error(estimate, reference)
+    matrices = [
+        square(affinity_table(values, task_names), task_names, "normalized")
+        for values in (estimate, reference)
+    ]
+    n_clusters = clustering["n_clusters"]
+    if n_clusters == "auto":
+        k = len(task_names)
+        n_clusters, _ = choose_n_clusters(
+            matrices[1], clustering["method"], clustering["similarity"], clustering["seed"],
+            range(2, min(clustering["max_clusters"], k - 1) + 1),
+            rounding=clustering.get("rounding", "kmeans"),
+        )
     labels = [
         cluster_tasks(
-            square(affinity_table(values, task_names), task_names, "normalized"),
-            clustering["n_clusters"], clustering["method"], clustering["similarity"],
-            clustering["seed"],
+            matrix, n_clusters, clustering["method"], clustering["similarity"],
+            clustering["seed"], rounding=clustering.get("rounding", "kmeans"),
         )
-        for values in (estimate, reference)
+        for matrix in matrices
     ]
     return {
         "median_rel_error": float(errors["relative_error"].median()),

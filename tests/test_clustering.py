@@ -1,12 +1,20 @@
+import cvxpy as cp
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.clustering import (
+    METHODS,
+    ROUNDINGS,
     average_density,
     canonical_labels,
+    choose_n_clusters,
     cluster_tasks,
+    repair_partition,
+    round_sdp_solution,
     similarity_kernel,
+    solve_sdp,
+    threshold_memberships,
 )
 
 
@@ -54,3 +62,143 @@ def test_average_density_by_hand():
     matrix = np.array([[1.0, 2.0, 0.0], [2.0, 3.0, 0.0], [0.0, 0.0, 4.0]])
     # clusters {0, 1} and {2}: (1 + 2 + 2 + 3) / 2 + 4 / 1
     assert average_density(matrix, np.array([0, 0, 1])) == pytest.approx(8.0)
+
+
+def block_indicator(labels):
+    """X_ij = 1/|C| when i and j share cluster C, else 0: the SDP's value for a partition."""
+    same = labels[:, None] == labels[None, :]
+    return same / np.bincount(labels)[labels][None, :]
+
+
+def test_sdp_on_clean_blocks_is_the_block_indicator():
+    matrix, truth = block_matrix([4, 3, 5], within=1.0, between=-1.0)
+    solution = solve_sdp(matrix, 3)
+    np.testing.assert_allclose(solution, block_indicator(truth), atol=1e-5)
+    # The SDP value of a partition is its average density.
+    assert np.sum(matrix * solution) == pytest.approx(average_density(matrix, truth), abs=1e-4)
+    for rounding in ROUNDINGS:
+        labels = round_sdp_solution(solution, matrix, 3, rounding, seed=0)
+        assert adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_threshold_rounding_is_greedy_in_task_order():
+    solution = np.array(
+        [[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.3, 0.0], [0.0, 0.3, 0.7, 0.0], [0, 0, 0, 1.0]]
+    )
+    # Task 1 is taken by task 0's set, so task 2 does not join it through task 1.
+    sets = threshold_memberships(solution, 0.25)
+    assert sets.astype(int).tolist() == [[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+
+
+def assert_partition(labels, k, n_clusters):
+    assert labels.shape == (k,) and labels.dtype == np.int64
+    assert sorted(set(labels.tolist())) == list(range(n_clusters))
+    assert labels.tolist() == canonical_labels(labels).tolist()
+
+
+def test_repair_gives_a_partition_for_any_membership():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(1, 13))
+        n_clusters = int(rng.integers(1, k + 1))
+        n_sets = int(rng.integers(0, 8))
+        membership = rng.random((n_sets, k)) < rng.uniform(0.0, 0.8)
+        matrix = rng.normal(size=(k, k))
+        matrix = matrix + matrix.T
+        matrix[rng.random((k, k)) < 0.1] = np.nan
+        assert_partition(repair_partition(membership, matrix, n_clusters), k, n_clusters)
+        labels = rng.integers(-1, 4, size=k)
+        assert_partition(repair_partition(labels, matrix, n_clusters), k, n_clusters)
+
+
+def test_repair_keeps_an_overlapping_task_where_it_fits_best():
+    matrix, _ = block_matrix([3, 3], within=1.0, between=-1.0)
+    membership = np.array([[1, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=bool)
+    assert repair_partition(membership, matrix, 2).tolist() == [0, 0, 0, 1, 1, 1]
+    # Too many sets: the two closest merge; too few: the worst fit leaves its set.
+    singletons = np.eye(6, dtype=bool)
+    assert repair_partition(singletons, matrix, 2).tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(set(repair_partition(np.ones((1, 6), bool), matrix, 2).tolist())) == 2
+
+
+def noisy_blocks():
+    matrix, truth = block_matrix([4, 5, 3], noise=0.3, seed=1)
+    order = np.random.default_rng(2).permutation(len(truth))
+    return matrix[np.ix_(order, order)], truth[order]
+
+
+@pytest.mark.parametrize(
+    "method, rounding",
+    [("spectral", "kmeans"), ("lloyd", "kmeans"), ("sdp", "kmeans"), ("sdp", "threshold")],
+)
+def test_methods_recover_noisy_blocks(method, rounding):
+    matrix, truth = noisy_blocks()
+    labels = cluster_tasks(matrix, 3, method, "profile", seed=0, rounding=rounding)
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert cluster_tasks(matrix, 3, method, "profile", 0, rounding).tolist() == labels.tolist()
+    # No partition beats the SDP relaxation's value on the same kernel.
+    kernel = similarity_kernel(matrix, "profile")
+    bound = np.sum(kernel * solve_sdp(kernel, 3))
+    assert average_density(kernel, labels) <= bound + 1e-4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_trivial_counts_for_every_method(method):
+    matrix, _ = block_matrix([2, 2])
+    assert cluster_tasks(matrix, 1, method, "profile", 0).tolist() == [0, 0, 0, 0]
+    assert cluster_tasks(matrix, 4, method, "profile", 0).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_choose_n_clusters_finds_the_planted_count(method):
+    matrix, _ = noisy_blocks()
+    chosen, table = choose_n_clusters(matrix, method, "profile", 0, candidates=range(2, 8))
+    assert chosen == 3
+    assert table["n_clusters"].tolist() == list(range(2, 8))
+    assert table.loc[table["score"].idxmax(), "n_clusters"] == 3
+
+
+def test_choose_n_clusters_edge_cases():
+    matrix, _ = block_matrix([1, 1])
+    chosen, table = choose_n_clusters(matrix, "lloyd", "profile", 0)
+    assert chosen == 1 and table.empty
+    # The default scan runs 2 .. k - 1.
+    _, table = choose_n_clusters(block_matrix([2, 3])[0], "spectral", "exp", 0)
+    assert table["n_clusters"].tolist() == [2, 3, 4]
+    with pytest.raises(ValueError, match="candidates .* between 2 and k - 1 = 3"):
+        choose_n_clusters(block_matrix([2, 2])[0], "lloyd", "profile", 0, candidates=[4])
+
+
+def test_bad_names_raise_naming_the_key_and_the_choices():
+    matrix, _ = block_matrix([2, 2])
+    with pytest.raises(ValueError, match=r"clustering.method = 'kmeans'.*'spectral', 'lloyd'"):
+        cluster_tasks(matrix, 2, "kmeans", "profile", 0)
+    with pytest.raises(ValueError, match=r"clustering.rounding = 'round'.*'kmeans', 'threshold'"):
+        cluster_tasks(matrix, 2, "sdp", "profile", 0, rounding="round")
+    with pytest.raises(ValueError, match="clustering.rounding = 'round'"):
+        round_sdp_solution(np.eye(4), matrix, 2, "round")
+    with pytest.raises(ValueError, match="clustering.method = 'sdpp'"):
+        choose_n_clusters(matrix, "sdpp", "profile", 0)
+
+
+def test_sdp_falls_back_to_scs_and_reports_a_bad_status(monkeypatch):
+    matrix, truth = block_matrix([3, 3], within=1.0, between=-1.0)
+    solve = cp.Problem.solve
+    solvers = []
+
+    def clarabel_fails(problem, *args, solver=None, **kwargs):
+        solvers.append(solver)
+        if solver == cp.CLARABEL:
+            raise cp.error.SolverError("forced failure")
+        return solve(problem, *args, solver=solver, **kwargs)
+
+    monkeypatch.setattr(cp.Problem, "solve", clarabel_fails)
+    np.testing.assert_allclose(solve_sdp(matrix, 2), block_indicator(truth), atol=1e-3)
+    assert solvers == [cp.CLARABEL, cp.SCS]
+
+    def infeasible(problem, *args, solver=None, **kwargs):
+        problem._status = cp.INFEASIBLE
+
+    monkeypatch.setattr(cp.Problem, "solve", infeasible)
+    with pytest.raises(RuntimeError, match="status 'infeasible'"):
+        solve_sdp(matrix, 2)

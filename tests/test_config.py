@@ -45,7 +45,7 @@ def test_more_clusters_than_tasks_is_rejected(config):
         (lambda c: c["dataset"]["planted"].update(n_train=-5), "-5 is less than the minimum"),
         (lambda c: c["subsets"].update(sizes=3), "Additional properties are not allowed"),
         (lambda c: c.update(estimater="finetune"), "Additional properties are not allowed"),
-        (lambda c: c["clustering"].update(method="kmeans"), "'kmeans' is not one of"),
+        (lambda c: c["clustering"].update(methods=["kmeans"]), "'kmeans' is not one of"),
     ],
 )
 def test_schema_rejects_bad_values(config, mutate, message):

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import small_spec
 
 from taskgroup.datasets.planted import generate_planted
@@ -56,3 +57,22 @@ def test_train_imbalance_spreads_task_sizes():
     assert tasks["n_train"].max() <= 400
     assert tasks["n_train"].min() >= 100
     assert tasks["n_train"].max() / tasks["n_train"].min() > 1.5
+
+
+def test_unequal_groups_and_one_noisy_group():
+    examples, tasks = generate_planted(
+        small_spec(tasks_per_group=[2, 3, 4], label_noise=[0.0, 0.0, 0.3], n_train=2000)
+    )
+    assert tasks["planted_group"].tolist() == [0, 0, 1, 1, 1, 2, 2, 2, 2]
+    clean, _ = generate_planted(
+        small_spec(tasks_per_group=[2, 3, 4], label_noise=0.0, n_train=2000)
+    )
+    flipped = (clean["label"] != examples["label"]).groupby(examples["task"]).mean()
+    group = tasks.set_index("task")["planted_group"]
+    assert flipped[group[flipped.index] < 2].max() == 0.0
+    assert abs(flipped[group[flipped.index] == 2].mean() - 0.3) < 0.02
+
+
+def test_per_group_lists_must_match_the_number_of_groups():
+    with pytest.raises(ValueError, match=r"dataset.planted.label_noise lists 2 values"):
+        small_spec(label_noise=[0.1, 0.2])

@@ -24,40 +24,49 @@ pytestmark = pytest.mark.workflow
 # rule -> rules that read its outputs (estimator "finetune", as in the smoke config)
 READERS = {
     "prepare_dataset": {
-        "train_meta_init", "sample_subsets", "finetune_subsets", "compute_affinity",
-        "cluster_tasks", "baseline_grouping", "train_cluster_model", "evaluate_groupings",
-        "plot_figures",
+        "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
+        "compute_affinity", "pairwise_affinity", "lookahead_affinity", "meta_init_affinity",
+        "fit_surrogates", "cluster_tasks", "baseline_grouping", "train_group_model",
+        "evaluate_groupings", "plot_figures",
     },
-    "train_meta_init": {"finetune_subsets"},
-    "sample_subsets": {"finetune_subsets"},
+    "train_meta_init": {"finetune_subsets", "meta_init_affinity"},
+    "sample_subsets": {"finetune_subsets", "fit_surrogates"},
+    "pair_design": {"finetune_subsets"},
     "finetune_subsets": {"gather_subset_values"},
-    "gather_subset_values": {"compute_affinity"},
+    "gather_subset_values": {"compute_affinity", "pairwise_affinity", "fit_surrogates"},
     "compute_affinity": {"cluster_tasks", "plot_figures"},
-    "cluster_tasks": {"train_cluster_model", "evaluate_groupings", "plot_figures"},
-    "baseline_grouping": {"train_cluster_model", "evaluate_groupings"},
-    "train_cluster_model": {"evaluate_groupings"},
+    "pairwise_affinity": {"cluster_tasks"},
+    "lookahead_affinity": {"cluster_tasks"},
+    "meta_init_affinity": {"cluster_tasks"},
+    "fit_surrogates": set(),
+    "cluster_tasks": {
+        "random_grouping", "gather_clustering", "evaluate_groupings", "plot_figures",
+    },
+    "gather_clustering": set(),
+    "baseline_grouping": {"evaluate_groupings"},
+    "random_grouping": {"evaluate_groupings"},
+    "train_group_model": {"evaluate_groupings"},
     "evaluate_groupings": {"plot_figures"},
     "plot_figures": set(),
 }
 
 
-CHECKPOINTS = {"cluster_tasks", "baseline_grouping"}
-
-
 def downstream(*rules: str) -> set[str]:
     """The rules a dry run schedules after a change to ``rules``: they, every rule that
-    depends on them, and the target rule ``all``. When a checkpoint reruns, the group models
-    are not listed: they are decided after the checkpoint has run, and rerun only if a
-    grouping file's content changes (a rewritten identical file has the same checksum)."""
+    depends on them, and the target rule ``all``. Group models depend on no grouping file:
+    each is named by the hash of its tasks, so a rerun grouping adds jobs only for groups
+    that no model exists for yet (decided after the checkpoint has run)."""
     found, pending = set(), list(rules)
     while pending:
         rule = pending.pop()
         if rule not in found:
             found.add(rule)
             pending += READERS[rule]
-    if found & CHECKPOINTS:
-        found.discard("train_cluster_model")
     return found | {"all"}
+
+
+def distinct_groups(repository) -> int:
+    return len(list((repository / "results" / "smoke" / "final" / "groups").glob("*.parquet")))
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +93,27 @@ def test_complete_run_has_nothing_left_to_do(repository):
 
 
 @pytest.mark.parametrize(
-    "stage, change",
+    "stages, change",
     [
-        ("prepare_dataset", lambda c: c["dataset"]["planted"].update(seed=1)),
-        ("train_meta_init", lambda c: c["meta_init"].update(epochs=21)),
-        ("sample_subsets", lambda c: c["subsets"].update(seed=1)),
-        ("finetune_subsets", lambda c: c["finetune"].update(lr=0.02)),
-        ("cluster_tasks", lambda c: c["clustering"].update(seed=1)),
-        ("train_cluster_model", lambda c: c["final"].update(lr=0.02)),
+        (["prepare_dataset"], lambda c: c["dataset"]["planted"].update(seed=1)),
+        # the lookahead affinity trains with the meta-initialization's settings
+        (["train_meta_init", "lookahead_affinity"], lambda c: c["meta_init"].update(epochs=21)),
+        (["sample_subsets"], lambda c: c["subsets"].update(seed=1)),
+        (["finetune_subsets"], lambda c: c["finetune"].update(lr=0.02)),
+        (["lookahead_affinity"], lambda c: c["affinity"]["lookahead"].update(every=3)),
+        (["fit_surrogates"], lambda c: c["surrogates"].update(alpha=0.1)),
+        (["cluster_tasks"], lambda c: c["clustering"].update(seed=1)),
+        (["train_group_model"], lambda c: c["final"].update(lr=0.02)),
     ],
+    ids=lambda value: value[0] if isinstance(value, list) else "",
 )
-def test_a_parameter_change_reruns_its_stage_and_what_follows_only(repository, stage, change):
+def test_a_parameter_change_reruns_its_stage_and_what_follows_only(repository, stages, change):
     jobs = dry_run_with(repository, change)
-    assert set(jobs) == downstream(stage), jobs
+    assert set(jobs) == downstream(*stages), jobs
     if "finetune_subsets" in jobs:
-        assert jobs["finetune_subsets"] == 3
-    if stage == "train_cluster_model":
-        assert jobs["train_cluster_model"] == 3 + 1 + 9 + 3
+        assert jobs["finetune_subsets"] == 3 + 5  # random design 30 / 10, pairs 45 / 10
+    if stages == ["train_group_model"]:
+        assert jobs["train_group_model"] == distinct_groups(repository)
 
 
 def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_path):
@@ -124,9 +137,11 @@ def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_
 
     library.write_text(library.read_text() + "\n\n# an edit\n")
     jobs = dry_run(clone)
-    # compute_affinity and baseline_grouping import taskgroup.stages.grouping too, which
-    # imports taskgroup.clustering.
-    assert set(jobs) == downstream("compute_affinity", "baseline_grouping"), jobs
+    # every rule whose script imports taskgroup.stages.grouping (which imports
+    # taskgroup.clustering) reruns.
+    assert set(jobs) == downstream(
+        "compute_affinity", "pairwise_affinity", "baseline_grouping"
+    ), jobs
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets", "finetune_subsets",
                 "gather_subset_values"} & set(jobs)
 
@@ -135,7 +150,8 @@ def test_touching_inputs_with_identical_content_reruns_nothing(repository):
     data = repository / "results" / "smoke" / "data"
     for name in ("examples.parquet", "tasks.parquet"):
         os.utime(data / name)
-    os.utime(repository / "results" / "smoke" / "subset_values" / "finetune" / "chunk_0.parquet")
+    chunks = repository / "results" / "smoke" / "subset_values" / "finetune" / "random"
+    os.utime(chunks / "chunk_0.parquet")
     assert dry_run(repository) == {}
 
 

@@ -23,7 +23,8 @@ from workflow_helpers import (
 
 pytestmark = pytest.mark.workflow
 
-CHUNKS = 3  # smoke config: 30 subsets in chunks of 10
+# smoke config, chunks of 10 subsets: 30 random subsets, 9 singletons + 36 pairs
+CHUNKS = {"random": 3, "pairs": 5}
 KILL_DEADLINE_SECONDS = 600
 
 
@@ -38,8 +39,9 @@ def wait_for_finetuning_then_kill(process, results, log_path) -> int:
             pytest.fail(f"snakemake ended (rc {process.returncode}) before it could be killed")
         finished = log_path.read_text().count("(Rule: finetune_subsets)")
         running = {
-            c for c in range(CHUNKS)
-            if (logs / f"chunk_{c}.log").exists() and not (chunks / f"chunk_{c}.parquet").exists()
+            (design, c) for design, n in CHUNKS.items() for c in range(n)
+            if (logs / f"{design}_{c}.log").exists()
+            and not (chunks / design / f"chunk_{c}.parquet").exists()
         }
         if finished and running:
             os.killpg(process.pid, signal.SIGKILL)
@@ -74,7 +76,7 @@ def resumed_run(tmp_path_factory):
             break
         time.sleep(0.1)
     assert process_group_is_gone(process.pid)
-    assert not (results / "subset_values" / "finetune.parquet").exists()
+    assert not (results / "subset_values" / "finetune" / "random.parquet").exists()
 
     snakemake_in_repository(workdir, "--unlock")
     plan = snakemake_in_repository(workdir, "-n")
@@ -86,7 +88,8 @@ def resumed_run(tmp_path_factory):
 
 def test_resuming_redoes_only_what_the_crash_left_undone(resumed_run):
     jobs = resumed_run["resume_plan"]
-    assert jobs.get("finetune_subsets") == CHUNKS - resumed_run["finished_at_kill"], jobs
+    expected = sum(CHUNKS.values()) - resumed_run["finished_at_kill"]
+    assert jobs.get("finetune_subsets") == expected, jobs
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets"} & set(jobs), jobs
     assert {"gather_subset_values", "compute_affinity", "cluster_tasks"} <= set(jobs), jobs
 
@@ -108,7 +111,9 @@ def test_resumed_run_ends_with_the_outputs_of_an_uninterrupted_run(
     reference = shared_smoke_repository(tmp_path_factory) / "results" / "smoke"
     resumed = resumed_run["workdir"] / "results" / "smoke"
     for name in (
-        "subset_values/finetune.parquet", "affinity/affinity.parquet",
+        "subset_values/finetune/random.parquet", "subset_values/finetune/pairs.parquet",
+        "affinity/higher_order.parquet", "affinity/pairwise.parquet",
+        "surrogates/coefficients.parquet",
         "evaluation/summary.parquet", "evaluation/per_task.parquet",
     ):
         pd.testing.assert_frame_equal(

@@ -43,7 +43,9 @@ ACCOUNT = os.environ.get("TASKGROUP_SLURM_ACCOUNT", "taskgroup")
 STATUS_CHECK_SECONDS = int(os.environ.get("TASKGROUP_SLURM_STATUS_SECONDS", "15"))
 # Installing the packages on a fresh machine takes ~20 s; stopping ~10 s.
 SCRIPT_TIMEOUT_SECONDS = 900
-TRAINING_RULES = ("train_meta_init", "finetune_subsets", "train_cluster_model")
+TRAINING_RULES = (
+    "train_meta_init", "finetune_subsets", "lookahead_affinity", "train_group_model",
+)
 OUTPUTS = ("summary", "per_task")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.?$", re.M)
 
@@ -218,6 +220,7 @@ def check_slurm_run(slurm_dir: Path, tmp_path: Path, record_property) -> None:
         assert ran, f"no SLURM job ran {rule}: {jobs}"
         for job_id in ran:
             assert tres[job_id]["tres"].get("gres/gpu") == "1", (rule, tres[job_id])
-    # The profile bundles the 16 final models (3 clustered + 1 naive + 9 STL + 3 planted).
-    final_model_jobs = [j for j, what in jobs.items() if "train_cluster_model" in what]
-    assert len(final_model_jobs) < 16, jobs
+    # The profile bundles the group models (one job per distinct group, 8 per submission).
+    groups = len(list((slurm_dir / "results/smoke/final/groups").glob("*.parquet")))
+    final_model_jobs = [j for j, what in jobs.items() if "train_group_model" in what]
+    assert len(final_model_jobs) < groups, jobs

@@ -19,9 +19,14 @@ from workflow_helpers import (
 pytestmark = pytest.mark.workflow
 
 UPSTREAM_OF_CLUSTERING = {
-    "prepare_dataset", "train_meta_init", "sample_subsets", "finetune_subsets",
-    "gather_subset_values", "compute_affinity",
+    "prepare_dataset", "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
+    "gather_subset_values", "compute_affinity", "pairwise_affinity", "lookahead_affinity",
+    "meta_init_affinity", "fit_surrogates",
 }
+SOURCES = ["higher_order", "pairwise", "lookahead", "gradient_cosine", "covariance"]
+METHODS = ["sdp", "spectral", "lloyd"]
+CLUSTERED = [f"{source}-{method}" for source in SOURCES for method in METHODS]
+GROUPINGS = CLUSTERED + ["naive_mtl", "stl", "planted", "random_0", "random_1"]
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +47,45 @@ def dry_run_with(repository, change) -> dict[str, int]:
 
 def test_full_run_writes_every_artifact(finished_run):
     results = finished_run / "results" / "smoke"
-    summary = pd.read_parquet(results / "evaluation" / "summary.parquet")
-    assert summary["grouping"].tolist() == ["clustered", "naive_mtl", "stl", "planted"]
-    assert summary.set_index("grouping")["n_groups"].to_dict() == {
-        "clustered": 3, "naive_mtl": 1, "stl": 9, "planted": 3,
+    summary = pd.read_parquet(results / "evaluation" / "summary.parquet").set_index("grouping")
+    assert summary.index.tolist() == GROUPINGS + ["random_mean"]
+    assert summary["n_groups"].to_dict() == {
+        **{name: 3 for name in CLUSTERED}, "naive_mtl": 1, "stl": 9, "planted": 3,
+        "random_0": 3, "random_1": 3, "random_mean": 3,
     }
+    assert (summary["n_seeds"] == 2).all()
     assert summary["mean_test_metric"].between(0, 1).all()
-    assert summary.set_index("grouping").loc["planted", "ari_vs_planted"] == 1.0
+    assert summary.loc["planted", "ari_vs_planted"] == 1.0
+    assert summary.loc["naive_mtl", "gain_vs_naive_mtl"] == 0.0
+    assert pd.isna(summary.loc["naive_mtl", "within_spread"])
+    random = summary.loc[["random_0", "random_1"], "mean_test_metric"]
+    assert summary.loc["random_mean", "mean_test_metric"] == pytest.approx(random.mean())
     per_task = pd.read_parquet(results / "evaluation" / "per_task.parquet")
-    assert len(per_task) == 4 * 9
-    assert set(per_task.columns) >= {"grouping", "task", "cluster", "test_loss", "test_metric"}
-    values = pd.read_parquet(results / "subset_values" / "finetune.parquet")
-    assert values["subset_id"].nunique() == 30 and len(values) == 30 * 3
-    affinity = pd.read_parquet(results / "affinity" / "affinity.parquet")
-    assert len(affinity) == 81
-    normalized = affinity.pivot(index="task_i", columns="task_j", values="normalized")
-    np.testing.assert_allclose(normalized.to_numpy(), normalized.to_numpy().T)
-    for figure in ("affinity_heatmap.png", "per_task_metric.png"):
-        assert (results / "evaluation" / figure).stat().st_size > 10_000
+    assert len(per_task) == len(GROUPINGS) * 2 * 9
+    assert set(per_task.columns) >= {"grouping", "seed", "task", "cluster", "group_key",
+                                     "test_loss", "test_metric"}
+    # a group shared by several groupings is trained once: one model per distinct task set
+    keys = per_task["group_key"].unique()
+    assert sorted(keys) == sorted(p.stem for p in (results / "final" / "groups").glob("*.parquet"))
+    for design, n_subsets in (("random", 30), ("pairs", 9 + 36)):
+        values = pd.read_parquet(results / "subset_values" / "finetune" / f"{design}.parquet")
+        assert values["subset_id"].nunique() == n_subsets
+        assert (values["design"] == design).all()
+    for source in SOURCES:
+        affinity = pd.read_parquet(results / "affinity" / f"{source}.parquet")
+        assert len(affinity) == 81
+        normalized = affinity.pivot(index="task_i", columns="task_j", values="normalized")
+        np.testing.assert_allclose(normalized.to_numpy(), normalized.to_numpy().T)
+    objective = pd.read_parquet(results / "clustering" / "objective.parquet")
+    assert len(objective) == len(CLUSTERED) and np.isfinite(objective["average_density"]).all()
+    scores = pd.read_parquet(results / "surrogates" / "negative_transfer.parquet")
+    overall = scores[scores["level"] == "overall"].iloc[0]
+    assert overall["n_pairs"] == 72 and 0 <= overall["f1"] <= 1
+    for figure in (
+        "evaluation/affinity_heatmap.png", "evaluation/gain_over_naive_mtl.png",
+        "clustering/objective.png", "surrogates/coefficients.png",
+    ):
+        assert (results / figure).stat().st_size > 10_000
     assert (results / "logs" / "train_meta_init.log").read_text().count("meta-initialization")
 
 
@@ -72,20 +98,21 @@ def test_changing_n_clusters_reruns_only_clustering_and_what_follows(finished_ru
     jobs = dry_run_with(finished_run, lambda c: c["clustering"].update(n_clusters=2))
     assert "cluster_tasks" in jobs
     assert not UPSTREAM_OF_CLUSTERING & set(jobs), jobs
-    assert set(jobs) <= {"cluster_tasks", "train_cluster_model", "evaluate_groupings",
-                         "plot_figures", "all"}
+    assert set(jobs) <= {"cluster_tasks", "gather_clustering", "random_grouping",
+                         "train_group_model", "evaluate_groupings", "plot_figures", "all"}
 
 
 def test_changing_finetune_epochs_keeps_the_meta_initialization(finished_run):
     jobs = dry_run_with(finished_run, lambda c: c["finetune"].update(epochs=3))
-    assert jobs.get("finetune_subsets") == 3
+    assert jobs.get("finetune_subsets") == 3 + 5  # both designs
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets"} & set(jobs), jobs
 
 
 def test_changing_final_epochs_retrains_only_group_models(finished_run):
     jobs = dry_run_with(finished_run, lambda c: c["final"].update(epochs=5))
-    assert jobs.get("train_cluster_model") == 3 + 1 + 9 + 3
-    assert set(jobs) == {"train_cluster_model", "evaluate_groupings", "plot_figures", "all"}
+    groups = finished_run / "results" / "smoke" / "final" / "groups"
+    assert jobs.get("train_group_model") == len(list(groups.glob("*.parquet")))
+    assert set(jobs) == {"train_group_model", "evaluate_groupings", "plot_figures", "all"}
 
 
 @pytest.mark.parametrize(
@@ -124,7 +151,7 @@ def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(
     (repository / "gradient.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake_in_repository(repository, "--configfile", "gradient.yaml")
     results = repository / "results" / "smoke"
-    values = pd.read_parquet(results / "subset_values" / "gradient.parquet")
+    values = pd.read_parquet(results / "subset_values" / "gradient" / "random.parquet")
     assert (values["estimator"] == "gradient").all() and len(values) == 30 * 3
     assert values["relative_shift"].between(0, 1).all()
     projection = pd.read_parquet(results / "gradients" / "projection.parquet").iloc[0]
@@ -142,4 +169,4 @@ def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(
     by_scale = curve.groupby("scale")["relative_error"].median()
     assert by_scale[0.5] < by_scale[2.0]  # the expansion degrades away from theta*
     summary = pd.read_parquet(results / "evaluation" / "summary.parquet")
-    assert len(summary) == 4
+    assert summary["grouping"].tolist() == GROUPINGS + ["random_mean"]

@@ -5,10 +5,13 @@ log_to_file(snakemake.log[0])
 cluster_tasks(
     affinity_path=snakemake.input.affinity,
     tasks_path=snakemake.input.tasks,
-    grouping_path=snakemake.output.grouping,
+    grouping_paths=list(snakemake.output.groupings),
     objective_path=snakemake.output.objective,
-    method=snakemake.params.method,
+    source=snakemake.wildcards.source,
+    methods=snakemake.params.methods,
     similarity=snakemake.params.similarity,
+    rounding=snakemake.params.rounding,
     n_clusters=snakemake.params.n_clusters,
+    max_clusters=snakemake.params.max_clusters,
     seed=snakemake.params.seed,
 )

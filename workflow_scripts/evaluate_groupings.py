@@ -8,4 +8,5 @@ evaluate_groupings(
     tasks_path=snakemake.input.tasks,
     per_task_path=snakemake.output.per_task,
     summary_path=snakemake.output.summary,
+    summary_html_path=snakemake.output.summary_html,
 )

@@ -8,5 +8,6 @@ plot_figures(
     per_task_path=snakemake.input.per_task,
     tasks_path=snakemake.input.tasks,
     heatmap_path=snakemake.output.heatmap,
-    per_task_figure_path=snakemake.output.per_task,
+    gain_path=snakemake.output.gain,
+    primary=snakemake.params.primary,
 )

@@ -20,32 +20,60 @@ from taskgroup.tables import FEATURE_PREFIX
 class PlantedSpec:
     """Knobs of the planted generator.
 
-    n_groups, tasks_per_group: k = n_groups * tasks_per_group tasks.
+    n_groups: number of planted groups.
+    tasks_per_group: tasks in each group, one int for equal groups or a sequence of
+        n_groups ints (unequal groups); k is their total. Groups hold consecutive tasks.
     n_train, n_val, n_test: examples per task and split (n_train is the largest task's).
     train_imbalance: ratio of the largest to the smallest task's n_train (>= 1); task sizes
         are spread log-uniformly between n_train / train_imbalance and n_train.
     n_features: input dimension.
     within_group_spread: norm of each task's deviation from its group's unit teacher vector.
     covariance_decay: eigenvalues of a group's covariance decay as i ** -covariance_decay.
-    label_noise: probability that a label is flipped.
+    label_noise: probability that a label is flipped, one float for every task or a sequence
+        of n_groups floats (e.g. one heavily noisy group).
     seed: seed of every random draw.
     """
 
     n_groups: int
-    tasks_per_group: int
+    tasks_per_group: int | tuple[int, ...]
     n_train: int
     n_val: int
     n_test: int
     n_features: int
-    label_noise: float
+    label_noise: float | tuple[float, ...]
     within_group_spread: float
     covariance_decay: float
     train_imbalance: float
     seed: int
 
+    def __post_init__(self) -> None:
+        for key in ("tasks_per_group", "label_noise"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)):
+                if len(value) != self.n_groups:
+                    raise ValueError(
+                        f"dataset.planted.{key} lists {len(value)} values; expected one per "
+                        f"group (n_groups = {self.n_groups}) or a single value"
+                    )
+                object.__setattr__(self, key, tuple(value))
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """Tasks per group, (n_groups,)."""
+        if isinstance(self.tasks_per_group, tuple):
+            return self.tasks_per_group
+        return (self.tasks_per_group,) * self.n_groups
+
+    @property
+    def group_label_noise(self) -> tuple[float, ...]:
+        """Label-flip probability per group, (n_groups,)."""
+        if isinstance(self.label_noise, tuple):
+            return self.label_noise
+        return (float(self.label_noise),) * self.n_groups
+
     @property
     def n_tasks(self) -> int:
-        return self.n_groups * self.tasks_per_group
+        return sum(self.group_sizes)
 
 
 def _random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -78,9 +106,10 @@ def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     train_sizes = _train_sizes(spec, rng)
 
     width = len(str(spec.n_tasks - 1))
+    group_of_task = np.repeat(np.arange(spec.n_groups), spec.group_sizes)
     frames, task_rows = [], []
     for task_index in range(spec.n_tasks):
-        group = task_index // spec.tasks_per_group
+        group = int(group_of_task[task_index])
         task = f"task_{task_index:0{width}d}"
         deviation = rng.standard_normal(spec.n_features)
         teacher = group_teachers[group] + spec.within_group_spread * deviation / np.linalg.norm(
@@ -91,7 +120,7 @@ def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         latent = rng.standard_normal((n_total, spec.n_features)) * np.sqrt(eigenvalues)
         features = latent @ group_bases[group].T
         clean = (features @ teacher > 0).astype(np.float32)
-        flips = rng.random(n_total) < spec.label_noise
+        flips = rng.random(n_total) < spec.group_label_noise[group]
         labels = np.where(flips, 1.0 - clean, clean).astype(np.float32)
         frame = pd.DataFrame(
             features.astype(np.float32),

@@ -121,4 +121,5 @@ def estimate_chunk(
         shift_norm=projector.shift_norms, theta_norm=float(description["theta_norm"]),
         max_relative_shift=max_relative_shift,
     )
+    values["design"] = subsets_lib.design_of(mine, subsets_path)
     write_table(values, output_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pandas as pd
@@ -10,13 +11,13 @@ import pandas as pd
 from taskgroup import affinity as affinity_lib
 from taskgroup import clustering, groupings
 from taskgroup.evaluation import ari_against_planted
-from taskgroup.tables import AFFINITY, SUBSET_VALUES, TASKS, read_table, write_table
+from taskgroup.tables import AFFINITY, GROUPING, SUBSET_VALUES, TASKS, read_table, write_table
 
 log = logging.getLogger(__name__)
 
 
 def compute_affinity(values_path, tasks_path, output_path) -> None:
-    """The long affinity table from the subset values' validation losses."""
+    """The long higher-order affinity table from the random design's validation losses."""
     tasks = read_table(tasks_path, TASKS)
     values = read_table(values_path, SUBSET_VALUES)
     names = tasks.sort_values("task_index")["task"].tolist()
@@ -27,37 +28,96 @@ def compute_affinity(values_path, tasks_path, output_path) -> None:
     write_table(table, output_path)
 
 
-def cluster_tasks(
-    affinity_path, tasks_path, grouping_path, objective_path, method, similarity,
-    n_clusters, seed,
-) -> None:
-    """Cluster the normalized affinity; write the grouping and the average-density objective."""
+def pairwise_affinity(values_path, tasks_path, output_path) -> None:
+    """The long pairwise affinity table from the singletons-and-pairs design."""
     tasks = read_table(tasks_path, TASKS)
     names = tasks.sort_values("task_index")["task"].tolist()
-    table = read_table(affinity_path, AFFINITY)
-    normalized = affinity_lib.square(table, names, "normalized")
-    labels = clustering.cluster_tasks(normalized, n_clusters, method, similarity, seed)
-    grouping = pd.DataFrame({"task": names, "group": labels})
-    objective = clustering.average_density(normalized, labels)
-    log.info(
-        "%s clustering (%s similarity): %d clusters of sizes %s; average density %.4f",
-        method, similarity, n_clusters, np.bincount(labels).tolist(), objective,
+    values = read_table(values_path, SUBSET_VALUES)
+    write_table(affinity_lib.pairwise_affinity_table(values, names), output_path)
+
+
+def _resolve_n_clusters(
+    normalized, n_clusters, max_clusters, method, similarity, seed, rounding="kmeans"
+):
+    """The configured number of clusters, or the automatic choice and its scan table."""
+    if n_clusters != "auto":
+        return int(n_clusters), None
+    k = normalized.shape[0]
+    candidates = range(2, min(max_clusters, k - 1) + 1)
+    chosen, scan = clustering.choose_n_clusters(
+        normalized, method, similarity, seed, candidates, rounding=rounding
     )
-    write_table(grouping, grouping_path)
-    write_table(
-        pd.DataFrame(
+    log.info("n_clusters auto: scanned %s, chose %d\n%s", list(candidates), chosen,
+             scan.to_string(index=False))
+    return int(chosen), scan
+
+
+def cluster_tasks(
+    affinity_path, tasks_path, grouping_paths: list, objective_path, source: str,
+    methods: list, similarity, rounding, n_clusters, max_clusters, seed,
+) -> None:
+    """Cluster one source's normalized affinity with every method (``grouping_paths`` in
+    the order of ``methods``); write each grouping and one table with a row per method:
+    source, method, n_clusters, average_density (on this source's matrix), ari_vs_planted,
+    seconds."""
+    if len(grouping_paths) != len(methods):
+        raise ValueError(f"{len(methods)} methods but {len(grouping_paths)} grouping paths")
+    tasks = read_table(tasks_path, TASKS)
+    names = tasks.sort_values("task_index")["task"].tolist()
+    normalized = affinity_lib.square(read_table(affinity_path, AFFINITY), names, "normalized")
+    rows = []
+    for method, grouping_path in zip(methods, grouping_paths):
+        chosen, _ = _resolve_n_clusters(
+            normalized, n_clusters, max_clusters, method, similarity, seed, rounding
+        )
+        started = time.perf_counter()
+        labels = clustering.cluster_tasks(
+            normalized, chosen, method, similarity, seed, rounding=rounding
+        )
+        seconds = time.perf_counter() - started
+        grouping = pd.DataFrame({"task": names, "group": labels})
+        objective = clustering.average_density(normalized, labels)
+        log.info(
+            "%s on %s affinity (%s similarity, %s rounding): %d clusters of sizes %s; "
+            "average density %.4f; %.2f s",
+            method, source, similarity, rounding, chosen, np.bincount(labels).tolist(),
+            objective, seconds,
+        )
+        write_table(grouping, grouping_path)
+        rows.append(
             {
-                "method": [method],
-                "similarity": [similarity],
-                "n_clusters": [int(n_clusters)],
-                "average_density": [objective],
-                "ari_vs_planted": [ari_against_planted(grouping, tasks)],
+                "source": source,
+                "method": method,
+                "n_clusters": int(labels.max() + 1),
+                "average_density": objective,
+                "ari_vs_planted": ari_against_planted(grouping, tasks),
+                "seconds": seconds,
             }
-        ),
-        objective_path,
-    )
+        )
+    write_table(pd.DataFrame(rows), objective_path)
+
+
+def gather_clustering(objective_paths: list, table_path, figure_path) -> None:
+    """One table (and a figure) of every method's objective on every source."""
+    from taskgroup import plots
+
+    table = pd.concat([pd.read_parquet(path) for path in objective_paths], ignore_index=True)
+    log.info("clustering objective by method:\n%s", table.to_string(index=False))
+    write_table(table, table_path)
+    plots.clustering_objective(table, figure_path)
 
 
 def baseline_grouping(name, tasks_path, output_path) -> None:
     """Write a baseline grouping (naive_mtl, stl or planted)."""
     write_table(groupings.baseline_grouping(name, read_table(tasks_path, TASKS)), output_path)
+
+
+def random_grouping(reference_path, output_paths: list) -> None:
+    """Write random partitions with the reference grouping's group sizes, partition i of
+    ``output_paths`` drawn with seed i."""
+    reference = read_table(reference_path, GROUPING)
+    for index, output_path in enumerate(output_paths):
+        table = groupings.random_partition(reference, seed=index)
+        write_table(table, output_path)
+    log.info("%d random partitions with group sizes %s", len(output_paths),
+             sorted(reference["group"].value_counts().tolist()))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import time
 
+import pandas as pd
 import torch
 
+from taskgroup import groupings
 from taskgroup import subsets as subsets_lib
 from taskgroup.finetune import finetune_subsets
 from taskgroup.model import load_checkpoint
 from taskgroup.stages.common import load_task_data, prepare_torch, save_model_atomically
-from taskgroup.tables import GROUPING, read_table, write_table
+from taskgroup.tables import write_table
 from taskgroup.train import TrainSettings, derived_seed, evaluate, train_new_model
 
 log = logging.getLogger(__name__)
@@ -52,39 +54,48 @@ def finetune_chunk(
     meta_model = load_checkpoint(model_path, data.task_names).to(device)
     log.info("chunk %d: %d subsets", chunk, mine["subset_id"].nunique())
     values = finetune_subsets(meta_model, data, mine, TrainSettings(**training), seed)
+    values["design"] = subsets_lib.design_of(mine, subsets_path)
     write_table(values, output_path)
 
 
 def train_group_model(
-    examples_path, tasks_path, grouping_path, grouping: str, group: int, results_path,
-    model_path, hidden_sizes, training: dict, seed: int, threads: int = 1,
+    examples_path, tasks_path, members: list, group_key: str, results_path, model_paths: list,
+    hidden_sizes, training: dict, seeds: list, threads: int = 1,
 ) -> None:
-    """Train one multi-head model on the tasks of one group; write its per-task val and test
-    loss and metric (group_results table) and the model.
+    """Train one multi-head model per seed on the tasks ``members``; write their per-task
+    val and test loss and metric (group_results table) and the models (one per seed, in the
+    order of ``seeds``).
 
-    The seed is derived from (seed, member task names), so the same group gets the same model
-    in whichever grouping it appears.
+    Each model's seed is derived from (seed, sorted member names), so a group gets the same
+    models in whichever grouping it appears.
     """
+    if groupings.group_key(members) != group_key:
+        raise ValueError(
+            f"group {group_key}: its members {sorted(members)[:5]}... hash to "
+            f"{groupings.group_key(members)}; the grouping tables changed under the job"
+        )
+    if len(model_paths) != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds but {len(model_paths)} model paths")
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
-    members = read_table(grouping_path, GROUPING)
-    members = members.loc[members["group"] == group, "task"].tolist()
-    if not members:
-        raise ValueError(f"{grouping_path}: group {group} has no tasks")
-    indices = data.task_indices(members).to(device)
+    indices = data.task_indices(list(members)).to(device)
     settings = TrainSettings(**training, select_best_epoch=True)
-    started = time.perf_counter()
-    model = train_new_model(
-        data, indices, hidden_sizes, settings, derived_seed(seed, *sorted(members)), device
-    )
-    results = evaluate(model, data, indices, splits=("val", "test")).drop(columns="n_examples")
-    results.insert(0, "group", int(group))
-    results.insert(0, "grouping", grouping)
-    log.info(
-        "%s group %d: %d tasks trained in %.1f s; mean test accuracy %.4f",
-        grouping, group, len(members), time.perf_counter() - started,
-        results.loc[results["split"] == "test", "metric"].mean(),
-    )
-    save_model_atomically(model.cpu(), data.task_names, model_path)
-    write_table(results, results_path)
+    frames = []
+    for seed, model_path in zip(seeds, model_paths):
+        started = time.perf_counter()
+        model = train_new_model(
+            data, indices, hidden_sizes, settings, derived_seed(seed, *sorted(members)), device
+        )
+        results = evaluate(model, data, indices, splits=("val", "test"))
+        results = results.drop(columns="n_examples")
+        results.insert(0, "seed", int(seed))
+        results.insert(0, "group_key", group_key)
+        log.info(
+            "group %s (%d tasks), seed %d: trained in %.1f s; mean test metric %.4f",
+            group_key, len(members), seed, time.perf_counter() - started,
+            results.loc[results["split"] == "test", "metric"].mean(),
+        )
+        save_model_atomically(model.cpu(), data.task_names, model_path)
+        frames.append(results)
+    write_table(pd.concat(frames, ignore_index=True), results_path)

@@ -5,13 +5,12 @@ log_to_file(snakemake.log[0])
 train_group_model(
     examples_path=snakemake.input.examples,
     tasks_path=snakemake.input.tasks,
-    grouping_path=snakemake.input.grouping,
-    grouping=snakemake.wildcards.grouping,
-    group=int(snakemake.wildcards.group),
+    members=snakemake.params.members,
+    group_key=snakemake.wildcards.key,
     results_path=snakemake.output.results,
-    model_path=snakemake.output.model,
+    model_paths=snakemake.output.models,
     hidden_sizes=snakemake.params.hidden_sizes,
     training=snakemake.params.training,
-    seed=snakemake.params.seed,
+    seeds=snakemake.params.seeds,
     threads=snakemake.threads,
 )

@@ -1,0 +1,68 @@
+"""Stages that build the baseline affinity sources: TAG lookahead, gradient cosine and
+covariance similarity (each written as a long affinity table)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from taskgroup import affinity_baselines
+from taskgroup.affinity import long_table
+from taskgroup.model import load_checkpoint
+from taskgroup.stages.common import load_task_data, prepare_torch
+from taskgroup.tables import write_table
+from taskgroup.train import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+def write_matrix_affinity(matrix: np.ndarray, task_names: list[str], output_path) -> None:
+    """Write a (k, k) "higher = train together" matrix as an affinity table: raw = the
+    matrix, normalized = symmetrized with z-scored off-diagonal entries, n_subsets = 0 (no
+    subsets are involved)."""
+    normalized = affinity_baselines.normalize_affinity(matrix)
+    counts = np.zeros(matrix.shape, dtype=np.int64)
+    write_table(long_table(matrix, normalized, counts, task_names), output_path)
+
+
+def lookahead_affinity(
+    examples_path, tasks_path, output_path, hidden_sizes, training: dict, seed: int,
+    every: int, lookahead_lr, threads: int = 1,
+) -> None:
+    """TAG lookahead affinity over a multi-head training run with the meta-init settings."""
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    started = time.perf_counter()
+    matrix = affinity_baselines.lookahead_affinity(
+        data, hidden_sizes, TrainSettings(**training), seed, device, every=every,
+        lookahead_lr=lookahead_lr,
+    )
+    log.info("lookahead affinity of %d tasks in %.1f s", data.n_tasks,
+             time.perf_counter() - started)
+    write_matrix_affinity(matrix, data.task_names, output_path)
+
+
+def meta_init_affinity(
+    examples_path, tasks_path, model_path, output_path, source: str,
+    covariance_features: str = "inputs", threads: int = 1,
+) -> None:
+    """Gradient-cosine or covariance-similarity affinity at the meta-initialization."""
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    model = load_checkpoint(model_path, data.task_names)
+    started = time.perf_counter()
+    if source == "gradient_cosine":
+        matrix = affinity_baselines.gradient_cosine_affinity(model.to(device), data.to(device))
+    elif source == "covariance":
+        trunk = model if covariance_features == "trunk" else None
+        matrix = affinity_baselines.covariance_similarity(data, model=trunk)
+    else:
+        raise ValueError(
+            f"affinity source {source!r}: expected 'gradient_cosine' or 'covariance'"
+        )
+    log.info("%s affinity of %d tasks in %.2f s", source, data.n_tasks,
+             time.perf_counter() - started)
+    write_matrix_affinity(matrix, data.task_names, output_path)

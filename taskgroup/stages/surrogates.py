@@ -1,0 +1,47 @@
+"""Stage of task modeling: linear surrogates, negative-transfer calls and their scores."""
+
+from __future__ import annotations
+
+import logging
+
+from taskgroup import plots
+from taskgroup import surrogates as surrogates_lib
+from taskgroup.tables import SUBSET_VALUES, SUBSETS, TASKS, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def fit_surrogates(
+    values_path, subsets_path, pairs_path, tasks_path, coefficients_path, quality_path,
+    negative_transfer_path, selected_path, figure_path, alpha: float, n_folds: int,
+    threshold: float, seed: int, anchor_singletons: bool = True,
+) -> None:
+    """Fit the per-target surrogates on the random design (plus the singletons when
+    ``anchor_singletons``), score their negative-transfer
+    calls against the pairwise design, and write the tables and the coefficient heatmap."""
+    tasks = read_table(tasks_path, TASKS)
+    names = tasks.sort_values("task_index")["task"].tolist()
+    subsets = read_table(subsets_path, SUBSETS)
+    values = read_table(values_path, SUBSET_VALUES)
+    pair_values = read_table(pairs_path, SUBSET_VALUES)
+    if anchor_singletons:
+        subsets, values = surrogates_lib.with_singletons(subsets, values, pair_values)
+    coefficients, quality = surrogates_lib.fit_surrogates(
+        subsets, values, names, alpha=alpha, n_folds=n_folds, seed=seed
+    )
+    pairwise = surrogates_lib.pairwise_transfer(pair_values, names)
+    scores = surrogates_lib.score_negative_transfer(coefficients, pairwise, threshold)
+    overall = scores[scores["level"] == "overall"].iloc[0]
+    log.info(
+        "surrogates of %d targets: held-out R^2 median %.3f, Spearman median %.3f; "
+        "negative transfer (coefficient > %g) against pairwise truth: precision %.3f, "
+        "recall %.3f, F1 %.3f over %d pairs (%d truly negative)",
+        len(names), quality["r2"].median(), quality["spearman"].median(), threshold,
+        overall["precision"], overall["recall"], overall["f1"], overall["n_pairs"],
+        int(overall["tp"] + overall["fn"]),
+    )
+    write_table(coefficients, coefficients_path)
+    write_table(quality, quality_path)
+    write_table(scores, negative_transfer_path)
+    write_table(surrogates_lib.selected_sources(coefficients, threshold), selected_path)
+    plots.surrogate_coefficients(coefficients, names, figure_path)

@@ -1,0 +1,21 @@
+from taskgroup.logs import log_to_file
+from taskgroup.stages.surrogates import fit_surrogates
+
+log_to_file(snakemake.log[0])
+settings = snakemake.params.surrogates
+fit_surrogates(
+    values_path=snakemake.input.values,
+    subsets_path=snakemake.input.subsets,
+    pairs_path=snakemake.input.pairs,
+    tasks_path=snakemake.input.tasks,
+    coefficients_path=snakemake.output.coefficients,
+    quality_path=snakemake.output.quality,
+    negative_transfer_path=snakemake.output.negative_transfer,
+    selected_path=snakemake.output.selected,
+    figure_path=snakemake.output.figure,
+    alpha=settings["alpha"],
+    n_folds=settings["n_folds"],
+    threshold=settings["threshold"],
+    seed=settings["seed"],
+    anchor_singletons=settings["anchor_singletons"],
+)
