@@ -18,5 +18,6 @@ rule train_cluster_model:
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("final"),
         seed=config["final"]["seed"],
+        metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/train_cluster_model.py"

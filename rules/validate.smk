@@ -23,5 +23,6 @@ rule validate_estimator:
         training=training_params("finetune"),
         finetune_seed=config["finetune"]["seed"],
         clustering=sorted_params(config["clustering"]),
+        metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/validate_estimator.py"

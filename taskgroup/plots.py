@@ -42,7 +42,7 @@ def per_task_metric(per_task: pd.DataFrame, path) -> None:
         axes.plot(range(len(wide)), wide[grouping], marker="o", linewidth=1, label=
                   f"{grouping} (mean {wide[grouping].mean():.3f})")
     axes.set_xticks(range(len(wide)), wide.index, rotation=90, fontsize=6)
-    axes.set_ylabel("test accuracy")
+    axes.set_ylabel("test metric (evaluation.metric; higher is better)")
     axes.set_title("Per-task test metric by grouping")
     axes.legend(fontsize=7)
     figure.tight_layout()

@@ -14,4 +14,5 @@ train_group_model(
     training=snakemake.params.training,
     seed=snakemake.params.seed,
     threads=snakemake.threads,
+    metric=snakemake.params.metric,
 )
