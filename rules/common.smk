@@ -5,7 +5,14 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-from taskgroup.config import check_config, n_tasks, needs_pair_design, pair_design_size
+from taskgroup.config import (
+    check_config,
+    dataset_files,
+    dataset_section,
+    n_tasks,
+    needs_pair_design,
+    pair_design_size,
+)
 from taskgroup.groupings import group_keys
 from taskgroup.subsets import n_chunks
 
@@ -118,6 +125,27 @@ def sorted_params(mapping):
     """A config section with its keys sorted: Snakemake compares params: by their text, so
     reordering keys in the config file must not look like a change."""
     return {key: mapping[key] for key in sorted(mapping)}
+
+
+def sorted_deep(value):
+    """``value`` with the keys of every mapping in it sorted (see sorted_params)."""
+    if isinstance(value, dict):
+        return {key: sorted_deep(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_deep(item) for item in value]
+    return value
+
+
+def dataset_params():
+    """The section of the configured dataset kind (dataset.<kind>), keys sorted at every
+    level: only the active kind's settings change the prepared data."""
+    return sorted_deep(dataset_section(config["dataset"]))
+
+
+def dataset_inputs():
+    """The user's data files (table, groups, graph), so that editing them reruns the
+    preparation; none for the generators."""
+    return dataset_files(config["dataset"])
 
 
 def training_params(section):

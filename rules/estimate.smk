@@ -41,5 +41,6 @@ rule estimate_subsets:
     params:
         chunk_size=config["subsets"]["chunk_size"],
         estimate=sorted_params(config["gradient_estimate"]),
+        metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/estimate_subsets.py"

@@ -18,6 +18,7 @@ rule finetune_subsets:
         chunk_size=config["subsets"]["chunk_size"],
         training=training_params("finetune"),
         seed=config["finetune"]["seed"],
+        metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/finetune_subsets.py"
 

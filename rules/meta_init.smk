@@ -20,5 +20,6 @@ rule train_meta_init:
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("meta_init"),
         seed=config["meta_init"]["seed"],
+        metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/train_meta_init.py"

@@ -1,5 +1,6 @@
 rule prepare_dataset:
     input:
+        data=dataset_inputs(),
         code=library_code("prepare_dataset.py"),
     output:
         examples="results/{dataset}/data/examples.parquet",
@@ -10,6 +11,6 @@ rule prepare_dataset:
         "../envs/taskgroup.yaml"
     params:
         kind=config["dataset"]["kind"],
-        planted=sorted_params(config["dataset"]["planted"]),
+        settings=dataset_params(),
     script:
         "../workflow_scripts/prepare_dataset.py"

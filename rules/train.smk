@@ -23,5 +23,6 @@ rule train_group_model:
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("final"),
         seeds=TRAINING_SEEDS,
+        metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/train_group_model.py"

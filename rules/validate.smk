@@ -27,5 +27,6 @@ rule validate_estimator:
         training=training_params("finetune"),
         finetune_seed=config["finetune"]["seed"],
         clustering=validation_clustering(),
+        metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/validate_estimator.py"

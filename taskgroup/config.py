@@ -7,9 +7,13 @@ of tasks. Both run when Snakemake parses the workflow, before any job starts.
 
 from __future__ import annotations
 
+import importlib.util
+
 from taskgroup.datasets.planted import PlantedSpec
+from taskgroup.datasets.table import table_spec, table_task_names
 from taskgroup.groupings import BASELINES
 from taskgroup.subsets import check_subset_design
+from taskgroup.task_types import check_metric
 
 
 class ConfigError(ValueError):
@@ -21,17 +25,75 @@ def planted_spec(planted: dict) -> PlantedSpec:
     return PlantedSpec(**planted)
 
 
+def graph_module():
+    """The graph-community dataset module, or ConfigError if this version lacks it."""
+    if importlib.util.find_spec("taskgroup.datasets.graph") is None:
+        raise ConfigError(
+            "config: dataset.kind = 'graph_communities' is not available in this version "
+            "(taskgroup/datasets/graph.py is missing); use 'planted' or 'table'"
+        )
+    import taskgroup.datasets.graph as graph
+
+    return graph
+
+
 def n_tasks(config: dict) -> int:
-    """The number of tasks k that the configured dataset will have."""
+    """The number of tasks k that the configured dataset will have. For ``table`` only the
+    task column is read (and checked: task names, the ``tasks`` list)."""
     dataset = config["dataset"]
     if dataset["kind"] == "planted":
         return planted_spec(dataset["planted"]).n_tasks
+    if dataset["kind"] == "table":
+        return len(table_task_names(table_spec(dataset["table"])))
+    if dataset["kind"] == "graph_communities":
+        return graph_module().graph_n_tasks(dataset["graph_communities"])
     raise ConfigError(f"dataset.kind = {dataset['kind']!r} is not supported")
+
+
+def has_planted_groups(dataset: dict) -> bool:
+    """Whether the configured dataset knows a grouping of its tasks (the tasks table's
+    planted_group): the generators do, a user table when it names groups_path."""
+    if dataset["kind"] == "table":
+        return dataset["table"].get("groups_path") is not None
+    if dataset["kind"] == "graph_communities":
+        return graph_module().graph_has_planted_groups(dataset["graph_communities"])
+    return dataset["kind"] == "planted"
+
+
+def declared_task_type(dataset: dict) -> str | None:
+    """The task type every task has, when the config alone tells it (the generators make
+    binary tasks; a table with an explicit task_type); None when only the data can."""
+    if dataset["kind"] == "table":
+        declared = dataset["table"].get("task_type", "auto")
+        return None if declared == "auto" else declared
+    return "binary"
+
+
+def dataset_section(dataset: dict) -> dict:
+    """The config section of the configured dataset kind (``dataset.<kind>``)."""
+    return dataset[dataset["kind"]]
+
+
+def dataset_files(dataset: dict) -> list[str]:
+    """The data files the configured dataset reads (inputs of the preparation)."""
+    section = dataset_section(dataset)
+    keys = {
+        "planted": [],
+        "table": ["path", "groups_path"],
+        "graph_communities": ["edges_path", "nodes_path"],
+    }[dataset["kind"]]
+    return [section[key] for key in keys if section.get(key) is not None]
 
 
 def check_config(config: dict) -> None:
     """Raise ConfigError, naming the key, if the config's values are inconsistent."""
     k = n_tasks(config)
+    task_type = declared_task_type(config["dataset"])
+    if task_type is not None:
+        try:
+            check_metric(config["evaluation"].get("metric", "auto"), [task_type])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     subsets = config["subsets"]
     try:
         check_subset_design(k, subsets["size"], subsets["count"])
@@ -54,10 +116,11 @@ def check_config(config: dict) -> None:
             f"config: evaluation.baselines has {unknown}; expected a subset of "
             f"{list(BASELINES) + ['random']}"
         )
-    if "planted" in baselines and config["dataset"]["kind"] != "planted":
+    if "planted" in baselines and not has_planted_groups(config["dataset"]):
         raise ConfigError(
             "config: evaluation.baselines lists 'planted', but dataset.kind = "
-            f"{config['dataset']['kind']!r} has no planted groups"
+            f"{config['dataset']['kind']!r} has no planted groups (for a table: set "
+            "dataset.table.groups_path and group_column)"
         )
 
 

@@ -21,13 +21,15 @@ def finetune_subsets(
     subsets: pd.DataFrame,
     settings: TrainSettings,
     seed: int,
+    metric: str = "auto",
 ) -> pd.DataFrame:
     """f_i(S) for every subset S in ``subsets`` and every member i, by real fine-tuning.
 
     Each subset starts from a copy of ``meta_model`` and is trained on its members' training
     examples with a seed derived from (seed, subset_id), so a subset's value does not depend
     on which chunk it was computed in. Returns the subset_values table (see
-    :mod:`taskgroup.tables`) with split "val", estimator "finetune".
+    :mod:`taskgroup.tables`) with split "val", estimator "finetune"; its metric column
+    holds ``metric`` (evaluation.metric, see :func:`taskgroup.train.evaluate`).
     """
     rows = []
     grouped = list(subsets.groupby("subset_id", sort=True)["task"])
@@ -36,7 +38,7 @@ def finetune_subsets(
         indices = data.task_indices(members.tolist())
         model = copy.deepcopy(meta_model)
         fit(model, data, indices, settings, seed=derived_seed(seed, int(subset_id)))
-        values = evaluate(model, data, indices, splits=("val",))
+        values = evaluate(model, data, indices, splits=("val",), metric=metric)
         values.insert(0, "subset_id", int(subset_id))
         rows.append(values)
         if done % 25 == 0 or done == len(grouped):

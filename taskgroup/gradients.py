@@ -1,7 +1,10 @@
 """Per-example gradients of a multi-head network's output at fixed parameters.
 
 Two ways, same mathematics: the gradient of the output f(x; theta) of example x's own task
-head with respect to every parameter, taken in eval mode.
+head with respect to every parameter, taken in eval mode. The output is a logit for a
+binary task and the prediction for a regression task; no loss enters the gradient, so both
+task types share this code (the loss only enters the per-subset fit in
+:mod:`taskgroup.linearized`).
 
 - :func:`per_example_gradients` uses ``torch.func`` (vmap over grad) and returns the full
   per-example gradient of every parameter tensor: general, costs memory n x p.

@@ -2,16 +2,27 @@
 
 Around theta*, an example's output after fine-tuning by a shift P w is approximately
 f(x; theta* + P w) ~ f(x; theta*) + z(x)^T w, with z(x) = P^T grad f(x; theta*) the projected
-gradient. For a subset S, w_S minimizes the L2-regularized logistic loss of the tasks in S
-with f(x; theta*) as a fixed offset,
+gradient. For a subset S, w_S minimizes the L2-regularized loss of the tasks in S with
+f(x; theta*) as a fixed offset,
 
-    L_S(w) = (1 / n_S) sum_{x in S} BCE(y(x), f(x; theta*) + z(x)^T w) + (l2 / 2) ||w||^2,
+    L_S(w) = (1 / n_S) sum_{x in S} l(y(x), f(x; theta*) + z(x)^T w) + (l2 / 2) ||w||^2,
 
-and f_i(S) is task i's validation loss under the linearized outputs f_val + Z_val w_S.
+with l the loss of the example's task type (:mod:`taskgroup.metrics`): logistic regression
+for binary tasks, least squares for regression tasks; f_i(S) is task i's validation loss
+under the linearized outputs f_val + Z_val w_S.
 
-The first Newton step from w = 0 needs only per-task sums of the gradient and the Hessian of
-the loss, so all subsets of a chunk are fitted from k small matrices at once; further Newton
-steps go through each subset's own examples.
+With b = f(x; theta*), the loss's first and second derivatives in the output at w = 0 are
+
+    binary (BCE):             l'(b) = sigmoid(b) - y,  l''(b) = sigmoid(b) (1 - sigmoid(b)),
+    regression ((f - y)^2):   l'(b) = 2 (b - y),       l''(b) = 2,
+
+so the gradient and the Hessian of L_S at w = 0 are (1 / n_S) sum_t g_t and
+(1 / n_S) sum_t H_t + l2 I over the tasks t in S, with per-task sums g_t = sum_x l'(b) z(x)
+and H_t = sum_x l''(b) z(x) z(x)^T. The first Newton step from w = 0 needs only these, so all
+subsets of a chunk are fitted from k small matrices at once; further Newton steps go through
+each subset's own examples. For a subset of regression tasks only, L_S is quadratic and the
+first step is its exact minimizer, the ridge solution
+w_S = -(2 Z^T Z / n_S + l2 I)^{-1} 2 Z^T (b - y) / n_S; further steps leave it unchanged.
 """
 
 from __future__ import annotations
@@ -23,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn import functional as F
 
+from taskgroup.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.subsets import membership_matrix
 
 log = logging.getLogger(__name__)
@@ -32,13 +43,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ProjectedSplit:
-    """Projected gradients of one split: z (n, d), base outputs (n,), labels (n,) in {0, 1},
-    task_index (n,) int64."""
+    """Projected gradients of one split: z (n, d), base outputs (n,) (logits or
+    predictions), labels (n,) (0/1 for binary tasks, real for regression tasks), task_index
+    (n,) int64, regression (n,) bool: the example's task is a regression task (None = all
+    binary)."""
 
     z: torch.Tensor
     base: torch.Tensor
     labels: torch.Tensor
     task_index: torch.Tensor
+    regression: torch.Tensor | None = None
+
+    def regression_mask(self) -> torch.Tensor:
+        if self.regression is None:
+            return torch.zeros_like(self.task_index, dtype=torch.bool)
+        return self.regression
+
+
+def _derivatives(output, labels, regression):
+    """l'(output) and l''(output) per example (float64), by the example's task type."""
+    probability = torch.sigmoid(output)
+    first = torch.where(regression, 2.0 * (output - labels), probability - labels)
+    second = torch.where(
+        regression, torch.full_like(output, 2.0), probability * (1.0 - probability)
+    )
+    return first, second
 
 
 def membership(subsets: pd.DataFrame, task_names: list[str]) -> tuple[np.ndarray, torch.Tensor]:
@@ -48,12 +77,12 @@ def membership(subsets: pd.DataFrame, task_names: list[str]) -> tuple[np.ndarray
 
 
 def _per_task_statistics(train: ProjectedSplit, n_tasks: int):
-    """Per task: example count (k,), loss-gradient sum (k, d), loss-Hessian sum (k, d, d)
-    of the offset logistic loss at w = 0, in float64."""
+    """Per task: example count (k,), loss-gradient sum g_t (k, d), loss-Hessian sum H_t
+    (k, d, d) of the offset loss (logistic or squared, by task type) at w = 0, in float64."""
     z = train.z.double()
-    probability = torch.sigmoid(train.base.double())
-    residual = probability - train.labels.double()
-    curvature = probability * (1.0 - probability)
+    residual, curvature = _derivatives(
+        train.base.double(), train.labels.double(), train.regression_mask()
+    )
     counts = torch.bincount(train.task_index, minlength=n_tasks).double()
     gradients = torch.zeros(n_tasks, z.shape[1], dtype=torch.float64, device=z.device)
     gradients.index_add_(0, train.task_index, residual.unsqueeze(1) * z)
@@ -96,9 +125,10 @@ def _newton_step_per_subset(train, members, weights, l2, identity) -> torch.Tens
     for row in range(weights.shape[0]):
         inside = members[row, train.task_index] > 0
         z_s, w = z[inside], weights[row]
-        probability = torch.sigmoid(train.base[inside].double() + z_s @ w)
-        residual = probability - train.labels[inside].double()
-        curvature = probability * (1.0 - probability)
+        residual, curvature = _derivatives(
+            train.base[inside].double() + z_s @ w, train.labels[inside].double(),
+            train.regression_mask()[inside],
+        )
         n = z_s.shape[0]
         gradient = z_s.T @ residual / n + l2 * w
         hessian = z_s.T @ (curvature.unsqueeze(1) * z_s) / n + l2 * identity
@@ -116,21 +146,27 @@ def cap_shifts(weights: torch.Tensor, norms: torch.Tensor, theta_norm: float, ca
 
 
 def linearized_values(
-    val: ProjectedSplit, weights: torch.Tensor, members: torch.Tensor
+    val: ProjectedSplit, weights: torch.Tensor, members: torch.Tensor,
+    metrics: list[str] | None = None, task_names: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation loss and accuracy (s, k) of every task under every subset's shift, from the
-    linearized outputs f_val + Z_val w (all subsets in one product)."""
+    """Validation loss and metric (s, k) of every task under every subset's shift, from the
+    linearized outputs f_val + Z_val w (all subsets in one product). ``metrics``: each
+    task's metric name (see :func:`taskgroup.metrics.resolve_metrics`); None = "auto" with
+    every task binary."""
     n_tasks = members.shape[1]
-    logits = val.base.double().unsqueeze(1) + val.z.double() @ weights.T  # (n_val, s)
-    labels = val.labels.double().unsqueeze(1).expand_as(logits)
-    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    correct = ((logits > 0).double() == labels).double()
+    outputs = val.base.double().unsqueeze(1) + val.z.double() @ weights.T  # (n_val, s)
+    losses = example_losses(
+        outputs, val.labels.double().unsqueeze(1), val.regression_mask().unsqueeze(1)
+    )
     counts = torch.bincount(val.task_index, minlength=n_tasks).double().clamp(min=1)
-    loss = torch.zeros(n_tasks, logits.shape[1], dtype=torch.float64, device=logits.device)
-    accuracy = torch.zeros_like(loss)
+    loss = torch.zeros(n_tasks, outputs.shape[1], dtype=torch.float64, device=outputs.device)
     loss.index_add_(0, val.task_index, losses)
-    accuracy.index_add_(0, val.task_index, correct)
-    return (loss / counts[:, None]).T, (accuracy / counts[:, None]).T
+    values = per_task_metric(
+        outputs, val.labels, val.task_index, metrics or ["accuracy"] * n_tasks, task_names,
+        context="the linearized validation split",
+    )
+    metric = torch.from_numpy(values).to(loss.device)
+    return (loss / counts[:, None]).T, metric.T
 
 
 def estimate_subsets(
@@ -144,15 +180,26 @@ def estimate_subsets(
     theta_norm: float | None = None,
     max_relative_shift: float | None = None,
     batch_subsets: int = 128,
+    metric: str = "auto",
+    task_types: list[str] | None = None,
 ) -> pd.DataFrame:
     """f_i(S) for every subset in ``subsets`` and member i from the linearized model.
 
     ``shift_norm`` maps shifts (s, d) to ||P w|| (s,) (a projector's ``shift_norms``); with
     ``theta_norm`` it adds the column relative_shift = ||P w|| / ||theta*|| and applies the
     optional cap. Subsets are processed ``batch_subsets`` at a time, so memory does not grow
-    with their number. Returns the subset_values table with estimator "gradient".
+    with their number. ``task_types``: each task's type (None = all binary; the splits'
+    ``regression`` masks must agree), ``metric``: evaluation.metric. Returns the
+    subset_values table with estimator "gradient".
     """
     started = time.perf_counter()
+    task_types = task_types or ["binary"] * len(task_names)
+    metrics = resolve_metrics(metric, task_types, task_names)
+    is_regression = torch.tensor([kind == "regression" for kind in task_types], dtype=torch.bool)
+    for name, split in (("train", train), ("val", val)):
+        expected = is_regression.to(split.task_index.device)[split.task_index]
+        if not torch.equal(split.regression_mask(), expected):
+            raise ValueError(f"{name} split: its regression mask disagrees with task_types")
     ids, members = membership(subsets, task_names)
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
@@ -163,7 +210,9 @@ def estimate_subsets(
             norms = shift_norm(weights).double()
             weights, norms = cap_shifts(weights, norms, theta_norm, max_relative_shift)
             relative = (norms / theta_norm).cpu()
-        loss, accuracy = linearized_values(val, weights, block.to(val.z.device))
+        loss, accuracy = linearized_values(
+            val, weights, block.to(val.z.device), metrics, task_names
+        )
         losses.append(loss.cpu())
         accuracies.append(accuracy.cpu())
         relatives.append(relative)

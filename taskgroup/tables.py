@@ -3,10 +3,20 @@
 Every artifact has one documented schema here; readers check it at load time, so a
 wrong or stale file fails with a message naming the file and the column.
 
+loss and metric columns (every table that has them): loss is the mean, over a task's
+examples of the split, of the task type's loss: binary cross-entropy in nats for binary
+tasks, squared error (f - y)^2 in label units squared for regression tasks (so the mean
+squared error). metric is the configured ``evaluation.metric`` of the task: accuracy,
+roc_auc or average_precision (binary tasks), r2 (regression tasks), or with "auto" (the
+default) accuracy for binary and R^2 for regression tasks; higher is better for all of
+them; NaN where undefined (one class in the split, constant labels). Definitions in
+:mod:`taskgroup.metrics`.
+
 examples   one row per example: task (str), split ("train" | "val" | "test"),
-           feature_* (float32, one column per input feature), label (float32, 0/1).
+           feature_* (float32, one column per input feature), label (float32: 0/1 for
+           binary tasks, real for regression tasks).
 tasks      one row per task, in the canonical task order: task (str), task_index
-           (int64, 0..k-1), task_type ("binary"), n_train, n_val, n_test (int64),
+           (int64, 0..k-1), task_type ("binary" | "regression"), n_train, n_val, n_test (int64),
            planted_group (Int64, null when the dataset has no planted groups).
 subsets    one row per (subset, member task): subset_id (int64), task (str), design (str:
            "random" = uniform subsets of a fixed size, "pairs" = every singleton and pair).
@@ -14,22 +24,25 @@ pair_counts one row per ordered task pair: task_i, task_j (str), n_subsets (int6
            the number of sampled subsets that contain both (task_i == task_j: that
            contain the task).
 subset_values one row per (subset, member task, split): subset_id (int64), task (str),
-           split (str), loss (float64, mean binary cross-entropy in nats), metric
-           (float64, accuracy in [0, 1]), estimator (str: "finetune" or "gradient"),
+           split (str), loss (float64, mean loss of the task's type, see above), metric
+           (float64, the configured metric, see above), estimator (str: "finetune" or "gradient"),
            design (str, the design of the subset);
            estimator "gradient" adds relative_shift (float64, ||P w|| / ||theta*||).
 affinity   one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
            raw (float64, mean validation loss of task_i over subsets holding both),
            normalized (float64, sign-flipped, z-scored per target, symmetrized).
 projected  one row per training or validation example: task, split (str), label (float32),
-           base_output (float32, the logit f(x; theta*) of the example's own head at the
-           meta-initialization), z_* (float32, the projected gradient, one column per dimension).
+           base_output (float32, the output f(x; theta*) of the example's own head at
+           the meta-initialization: a logit for binary tasks, the prediction for regression
+           tasks), z_* (float32, the projected gradient, one column per dimension).
 projection one row: structure, kind (str), seed, dim, factor_dim, projected_dim,
            n_parameters (int64), theta_norm (float64, ||theta*||), seconds (float64).
 grouping   one row per task: task (str), group (int64).
 group_results one row per (seed, task, split) of the models of one group (a set of tasks,
            trained once per training seed): group_key (str, hash of the member task names),
-           seed (int64), task (str), split ("val" | "test"), loss, metric (float64).
+           seed (int64), task (str), split ("val" | "test"), loss, metric (float64, see above).
+meta-init metrics (meta_init/val_metrics.parquet) one row per task: task, split ("val"),
+           loss, metric (float64, see above), n_examples (int64).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn import functional as F
 
 from taskgroup.data import SplitTensors, TaskData
+from taskgroup.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.model import MultiHeadNet
 
 log = logging.getLogger(__name__)
@@ -46,27 +46,21 @@ def derived_seed(*parts: int | str) -> int:
 def per_task_losses(
     model: MultiHeadNet, split: SplitTensors, n_tasks: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean loss (BCE, nats), accuracy and example count per task, each (n_tasks,).
+    """Mean loss, example count and outputs: loss (n_tasks,) per task (binary cross-entropy
+    in nats for binary tasks, mean squared error in label units squared for regression
+    tasks, see :mod:`taskgroup.metrics`), counts (n_tasks,), and the outputs (n,) of the
+    split's examples (logits or predictions).
 
-    Tasks without examples in ``split`` get NaN loss and accuracy."""
+    Tasks without examples in ``split`` get NaN loss."""
     with torch.no_grad():
-        logits = model(split.features, split.task_index)
-        losses = F.binary_cross_entropy_with_logits(logits, split.labels, reduction="none")
-        correct = ((logits > 0).float() == split.labels).float()
+        outputs = model(split.features, split.task_index)
+        losses = example_losses(outputs, split.labels, split.regression)
         counts = torch.bincount(split.task_index, minlength=n_tasks).float()
-        loss_sum = torch.zeros(n_tasks, device=logits.device).index_add_(
+        loss_sum = torch.zeros(n_tasks, device=outputs.device).index_add_(
             0, split.task_index, losses
         )
-        correct_sum = torch.zeros(n_tasks, device=logits.device).index_add_(
-            0, split.task_index, correct
-        )
-    safe = counts.clamp(min=1)
     nan = torch.full_like(counts, float("nan"))
-    return (
-        torch.where(counts > 0, loss_sum / safe, nan),
-        torch.where(counts > 0, correct_sum / safe, nan),
-        counts,
-    )
+    return torch.where(counts > 0, loss_sum / counts.clamp(min=1), nan), counts, outputs
 
 
 def fit(
@@ -97,8 +91,9 @@ def fit(
         epoch_loss = 0.0
         for start in range(0, n_examples, settings.batch_size):
             batch = order[start : start + settings.batch_size]
-            logits = model(train.features[batch], train.task_index[batch])
-            loss = F.binary_cross_entropy_with_logits(logits, train.labels[batch])
+            outputs = model(train.features[batch], train.task_index[batch])
+            regression = None if train.regression is None else train.regression[batch]
+            loss = example_losses(outputs, train.labels[batch], regression).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -106,7 +101,7 @@ def fit(
         history.append(epoch_loss / n_examples)
         if settings.select_best_epoch:
             model.eval()
-            val_loss, _, counts = per_task_losses(model, val, data.n_tasks)
+            val_loss, counts, _ = per_task_losses(model, val, data.n_tasks)
             score = float(val_loss[counts > 0].mean())
             if score < best_loss:
                 best_loss, best_state = score, copy.deepcopy(model.state_dict())
@@ -117,22 +112,32 @@ def fit(
 
 
 def evaluate(
-    model: MultiHeadNet, data: TaskData, task_indices: torch.Tensor, splits=("val", "test")
+    model: MultiHeadNet, data: TaskData, task_indices: torch.Tensor, splits=("val", "test"),
+    metric: str = "auto",
 ) -> pd.DataFrame:
-    """Per-task loss and accuracy of the tasks in ``task_indices``: columns task, split,
-    loss (mean BCE, nats), metric (accuracy), n_examples."""
+    """Per-task loss and metric of the tasks in ``task_indices``: columns task, split,
+    loss (mean binary cross-entropy in nats for binary tasks, mean squared error for
+    regression tasks), metric (``metric``, the value of evaluation.metric; "auto": accuracy
+    for binary tasks, R^2 for regression tasks; see :mod:`taskgroup.metrics`), n_examples."""
     model.eval()
+    metrics = resolve_metrics(metric, data.types, data.task_names)
     rows = []
     chosen = task_indices.tolist()
     for split in splits:
-        loss, accuracy, counts = per_task_losses(model, data.splits[split], data.n_tasks)
+        tensors = data.splits[split]
+        loss, counts, outputs = per_task_losses(model, tensors, data.n_tasks)
+        keep = torch.isin(tensors.task_index, task_indices.to(tensors.task_index.device))
+        values = per_task_metric(
+            outputs[keep], tensors.labels[keep], tensors.task_index[keep], metrics,
+            data.task_names, context=f"split {split!r}",
+        )[:, 0]
         for index in chosen:
             rows.append(
                 {
                     "task": data.task_names[index],
                     "split": split,
                     "loss": float(loss[index]),
-                    "metric": float(accuracy[index]),
+                    "metric": float(values[index]),
                     "n_examples": int(counts[index]),
                 }
             )

@@ -106,16 +106,19 @@ def first_order_validity(
     With Delta = theta_S - theta* from a real fine-tuning on subset S, for each scale c the
     member tasks' validation losses of the network at theta* + c Delta are compared with
     those of the expansion f(x; theta*) + c grad f(x; theta*)^T Delta (exact, via a
-    Jacobian-vector product). Returns rows subset_id, task, scale, relative_shift
+    Jacobian-vector product); losses by task type (binary cross-entropy, or the mean squared
+    error of regression tasks). Returns rows subset_id, task, scale, relative_shift
     (||c Delta|| / ||theta*||), loss_network, loss_first_order, relative_error.
     """
     import copy
 
     import torch
     from torch.func import functional_call, jvp
-    from torch.nn import functional as F
+
+    from taskgroup.metrics import example_losses
 
     val = data.splits["val"].select_tasks(task_indices)
+    regression = val.regression
     names = [name for name, _ in meta_model.named_parameters()]
     theta = {n: p.detach() for n, p in meta_model.named_parameters()}
     delta = {n: p.detach() - theta[n] for n, p in tuned_model.named_parameters()}
@@ -135,10 +138,12 @@ def first_order_validity(
                 parameter.copy_(theta[name] + scale * delta[name])
             network = probe(val.features, val.task_index)
         linear = base + scale * slope
+        network_losses = example_losses(network, val.labels, regression)
+        linear_losses = example_losses(linear.detach(), val.labels, regression)
         for index in task_indices.tolist():
             mask = val.task_index == index
-            loss_network = F.binary_cross_entropy_with_logits(network[mask], val.labels[mask])
-            loss_linear = F.binary_cross_entropy_with_logits(linear[mask], val.labels[mask])
+            loss_network = network_losses[mask].mean()
+            loss_linear = linear_losses[mask].mean()
             rows.append(
                 {
                     "subset_id": subset_id,

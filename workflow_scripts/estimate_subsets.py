@@ -16,4 +16,5 @@ estimate_chunk(
     newton_steps=estimate["newton_steps"],
     max_relative_shift=estimate["max_relative_shift"],
     threads=snakemake.threads,
+    metric=snakemake.params.metric,
 )

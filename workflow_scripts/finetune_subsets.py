@@ -13,4 +13,5 @@ finetune_chunk(
     training=snakemake.params.training,
     seed=snakemake.params.seed,
     threads=snakemake.threads,
+    metric=snakemake.params.metric,
 )

@@ -13,4 +13,5 @@ train_group_model(
     training=snakemake.params.training,
     seeds=snakemake.params.seeds,
     threads=snakemake.threads,
+    metric=snakemake.params.metric,
 )

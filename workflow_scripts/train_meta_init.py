@@ -11,4 +11,5 @@ train_meta_init(
     training=snakemake.params.training,
     seed=snakemake.params.seed,
     threads=snakemake.threads,
+    metric=snakemake.params.metric,
 )

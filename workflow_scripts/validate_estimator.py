@@ -20,4 +20,5 @@ validate_estimator(
     clustering=snakemake.params.clustering,
     scales=validation["scales"],
     threads=snakemake.threads,
+    metric=snakemake.params.metric,
 )

@@ -77,14 +77,21 @@ def project_gradients(
     )
 
 
-def load_projected(projected_path, task_names: list[str], device) -> dict[str, ProjectedSplit]:
-    """The projected table as one :class:`ProjectedSplit` per split (train, val)."""
+def load_projected(
+    projected_path, task_names: list[str], device, task_types: list[str] | None = None
+) -> dict[str, ProjectedSplit]:
+    """The projected table as one :class:`ProjectedSplit` per split (train, val), with the
+    regression mask from ``task_types`` (None = all binary)."""
     table = read_table(projected_path, PROJECTED)
     columns = [c for c in table.columns if c.startswith(Z_PREFIX)]
     index_of = {name: i for i, name in enumerate(task_names)}
     unknown = sorted(set(table["task"]) - set(index_of))
     if unknown:
         raise ValueError(f"{projected_path}: tasks {unknown[:5]} are not in the tasks table")
+    regression = {
+        name: kind == "regression"
+        for name, kind in zip(task_names, task_types or ["binary"] * len(task_names))
+    }
     splits = {}
     for split in ("train", "val"):
         rows = table[table["split"] == split]
@@ -95,6 +102,7 @@ def load_projected(projected_path, task_names: list[str], device) -> dict[str, P
             task_index=torch.from_numpy(
                 rows["task"].map(index_of).to_numpy(np.int64)
             ).to(device),
+            regression=torch.from_numpy(rows["task"].map(regression).to_numpy(bool)).to(device),
         )
     return splits
 
@@ -102,24 +110,25 @@ def load_projected(projected_path, task_names: list[str], device) -> dict[str, P
 def estimate_chunk(
     projected_path, projection_path, model_path, subsets_path, tasks_path, output_path,
     chunk: int, chunk_size: int, l2: float, newton_steps: int, max_relative_shift,
-    threads: int = 1,
+    threads: int = 1, metric: str = "auto",
 ) -> None:
-    """Value every subset of one chunk with the linearized model (estimator "gradient")."""
+    """Value every subset of one chunk with the linearized model (estimator "gradient");
+    the metric column holds ``metric`` (evaluation.metric)."""
     device = prepare_torch(threads)
-    tasks = read_table(tasks_path, TASKS)
-    names = tasks.sort_values("task_index")["task"].tolist()
+    tasks = read_table(tasks_path, TASKS).sort_values("task_index")
+    names, types = tasks["task"].tolist(), tasks["task_type"].tolist()
     description = read_table(projection_path, PROJECTION).iloc[0]
     model = load_checkpoint(model_path, names)
     projector = make_projector(
         model, description["structure"], int(description["dim"]),
         int(description["factor_dim"]), description["kind"], int(description["seed"]),
     ).to(device)
-    splits = load_projected(projected_path, names, device)
+    splits = load_projected(projected_path, names, device, types)
     mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
     values = estimate_subsets(
         splits["train"], splits["val"], mine, names, l2, newton_steps,
         shift_norm=projector.shift_norms, theta_norm=float(description["theta_norm"]),
-        max_relative_shift=max_relative_shift,
+        max_relative_shift=max_relative_shift, metric=metric, task_types=types,
     )
     values["design"] = subsets_lib.design_of(mine, subsets_path)
     write_table(values, output_path)

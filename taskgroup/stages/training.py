@@ -11,6 +11,7 @@ import torch
 from taskgroup import groupings
 from taskgroup import subsets as subsets_lib
 from taskgroup.finetune import finetune_subsets
+from taskgroup.metrics import resolve_metrics
 from taskgroup.model import load_checkpoint
 from taskgroup.stages.common import load_task_data, prepare_torch, save_model_atomically
 from taskgroup.tables import write_table
@@ -21,22 +22,23 @@ log = logging.getLogger(__name__)
 
 def train_meta_init(
     examples_path, tasks_path, model_path, metrics_path, hidden_sizes, training: dict,
-    seed: int, threads: int = 1,
+    seed: int, threads: int = 1, metric: str = "auto",
 ) -> None:
     """Train the multi-head model on all tasks; save it and its per-task validation metrics
-    (columns task, split, loss, metric, n_examples)."""
+    (columns task, split, loss, metric (``metric``, evaluation.metric), n_examples)."""
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
     settings = TrainSettings(**training)
     every_task = torch.arange(data.n_tasks, device=device)
+    resolve_metrics(metric, data.types, data.task_names)  # fail before training
     started = time.perf_counter()
     model = train_new_model(data, every_task, hidden_sizes, settings, seed, device)
-    metrics = evaluate(model, data, every_task, splits=("val",))
+    metrics = evaluate(model, data, every_task, splits=("val",), metric=metric)
     log.info(
-        "meta-initialization: %d tasks, %d epochs in %.1f s; mean val loss %.4f, accuracy %.4f",
+        "meta-initialization: %d tasks, %d epochs in %.1f s; mean val loss %.4f, %s %.4f",
         data.n_tasks, settings.epochs, time.perf_counter() - started,
-        metrics["loss"].mean(), metrics["metric"].mean(),
+        metrics["loss"].mean(), metric, metrics["metric"].mean(),
     )
     save_model_atomically(model.cpu(), data.task_names, model_path)
     write_table(metrics, metrics_path)
@@ -44,7 +46,7 @@ def train_meta_init(
 
 def finetune_chunk(
     examples_path, tasks_path, model_path, subsets_path, output_path, chunk: int,
-    chunk_size: int, training: dict, seed: int, threads: int = 1,
+    chunk_size: int, training: dict, seed: int, threads: int = 1, metric: str = "auto",
 ) -> None:
     """Fine-tune the meta-initialization on every subset of one chunk; write their values."""
     device = prepare_torch(threads)
@@ -53,18 +55,20 @@ def finetune_chunk(
     mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
     meta_model = load_checkpoint(model_path, data.task_names).to(device)
     log.info("chunk %d: %d subsets", chunk, mine["subset_id"].nunique())
-    values = finetune_subsets(meta_model, data, mine, TrainSettings(**training), seed)
+    values = finetune_subsets(
+        meta_model, data, mine, TrainSettings(**training), seed, metric=metric
+    )
     values["design"] = subsets_lib.design_of(mine, subsets_path)
     write_table(values, output_path)
 
 
 def train_group_model(
     examples_path, tasks_path, members: list, group_key: str, results_path, model_paths: list,
-    hidden_sizes, training: dict, seeds: list, threads: int = 1,
+    hidden_sizes, training: dict, seeds: list, threads: int = 1, metric: str = "auto",
 ) -> None:
     """Train one multi-head model per seed on the tasks ``members``; write their per-task
-    val and test loss and metric (group_results table) and the models (one per seed, in the
-    order of ``seeds``).
+    val and test loss and metric (``metric``, evaluation.metric; group_results table) and
+    the models (one per seed, in the order of ``seeds``).
 
     Each model's seed is derived from (seed, sorted member names), so a group gets the same
     models in whichever grouping it appears.
@@ -80,6 +84,7 @@ def train_group_model(
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
     indices = data.task_indices(list(members)).to(device)
+    resolve_metrics(metric, data.types, data.task_names)  # fail before training
     settings = TrainSettings(**training, select_best_epoch=True)
     frames = []
     for seed, model_path in zip(seeds, model_paths):
@@ -87,13 +92,13 @@ def train_group_model(
         model = train_new_model(
             data, indices, hidden_sizes, settings, derived_seed(seed, *sorted(members)), device
         )
-        results = evaluate(model, data, indices, splits=("val", "test"))
+        results = evaluate(model, data, indices, ("val", "test"), metric)
         results = results.drop(columns="n_examples")
         results.insert(0, "seed", int(seed))
         results.insert(0, "group_key", group_key)
         log.info(
-            "group %s (%d tasks), seed %d: trained in %.1f s; mean test metric %.4f",
-            group_key, len(members), seed, time.perf_counter() - started,
+            "group %s (%d tasks), seed %d: trained in %.1f s; mean test %s %.4f",
+            group_key, len(members), seed, time.perf_counter() - started, metric,
             results.loc[results["split"] == "test", "metric"].mean(),
         )
         save_model_atomically(model.cpu(), data.task_names, model_path)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def validate_estimator(
     examples_path, tasks_path, model_path, subsets_path, estimate_path, per_subset_path,
     summary_path, validity_path, figure_path, n_subsets: int, seed: int, training: dict,
-    finetune_seed: int, clustering: dict, scales, threads: int = 1,
+    finetune_seed: int, clustering: dict, scales, threads: int = 1, metric: str = "auto",
 ) -> None:
     """Real fine-tuning (two seeds) of ``n_subsets`` subsets drawn from the design, compared
     with the gradient estimate of the same subsets and with the no-change estimate.
@@ -46,9 +46,9 @@ def validate_estimator(
         columns=["relative_shift"], errors="ignore"
     )
     settings = TrainSettings(**training)
-    real = finetune_subsets(meta, data, held_out, settings, finetune_seed)
-    other = finetune_subsets(meta, data, held_out, settings, finetune_seed + 1)
-    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",))
+    real = finetune_subsets(meta, data, held_out, settings, finetune_seed, metric)
+    other = finetune_subsets(meta, data, held_out, settings, finetune_seed + 1, metric)
+    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
     base_loss = base.set_index("task")["loss"]
     trivial = real.copy()
     trivial["loss"] = base_loss.loc[trivial["task"]].to_numpy()

@@ -1,0 +1,572 @@
+"""A user's own data: one table (Parquet or CSV), one row per example.
+
+The table has a task column, a label column, feature columns and optionally a split column
+(values ``train`` / ``val`` / ``test``). :func:`load_table` turns it into the examples and
+tasks tables of :mod:`taskgroup.tables`, the same as the planted generator's, checking it on
+the way: every problem raises :class:`DataError` with a message that names the file, the
+column and the offending values.
+
+Conventions (see also the README, "Bring your own data"):
+
+- **Task names** are strings: a whole number (``1``, ``np.int16(1)``, ``1.0``) becomes its
+  decimal digits (``"1"``), any other value ``str(value)`` with surrounding white space
+  stripped. Two distinct values with the same name (``1`` and ``"1"``, ``"a"`` and ``"a "``)
+  are an error, as are empty task values.
+- **Task order** (the canonical order of the tasks table): by value when the task column is
+  numeric, otherwise by name.
+- **Splits**: the split column when given; otherwise a seeded split per task, drawn within
+  each label class for binary tasks (stratified), with ``split_fractions`` of the task's rows
+  (rounded) in train and val and the rest in test. A task's split depends only on the seed,
+  its name and its rows in file order, not on the other tasks.
+- **Task type** (one for all tasks): ``auto`` = ``binary`` when the label column holds exactly
+  the values 0 and 1, ``regression`` otherwise.
+- **Features** are standardized with the mean and standard deviation (ddof 0) of the training
+  split, per feature over all tasks; a constant feature keeps standard deviation 1. Column
+  ``x`` becomes ``feature_x``. With ``standardize_label`` (the default), the labels of
+  regression tasks are standardized the same way (one mean and standard deviation over the
+  training rows of all tasks), so that the squared-error losses are in units of the label's
+  spread and a freshly initialized head starts near the right scale; R^2 is unchanged.
+  Binary labels stay 0/1.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from taskgroup.tables import FEATURE_PREFIX, SPLITS
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = ("auto", "binary", "regression")
+SHOWN = 5  # offending values listed in a message
+
+
+class DataError(ValueError):
+    """The user's data table (or its grouping file) cannot be used as configured."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The ``dataset.table`` config section (defaults as in ``config/config.schema.yaml``)."""
+
+    path: str
+    task_column: str
+    label_column: str
+    features: str | tuple[str, ...] = "auto"
+    exclude_columns: tuple[str, ...] = ()
+    split_column: str | None = None
+    split_fractions: dict = field(
+        default_factory=lambda: {"train": 0.6, "val": 0.2, "test": 0.2}
+    )
+    seed: int = 0
+    task_type: str = "auto"
+    min_rows_per_split: int = 5
+    standardize_label: bool = True
+    tasks: tuple | None = None
+    groups_path: str | None = None
+    group_column: str | None = None
+
+    def __post_init__(self):
+        if self.task_type not in TASK_TYPES:
+            raise DataError(
+                f"dataset.table.task_type = {self.task_type!r}; expected one of {TASK_TYPES}"
+            )
+        fractions = self.split_fractions
+        if sorted(fractions) != sorted(SPLITS) or not np.isclose(sum(fractions.values()), 1):
+            raise DataError(
+                f"dataset.table.split_fractions = {dict(fractions)}; expected keys train, val, "
+                "test summing to 1"
+            )
+        if (self.groups_path is None) != (self.group_column is None):
+            raise DataError(
+                "dataset.table: groups_path and group_column go together; set both or neither"
+            )
+
+
+def table_spec(section: dict) -> TableSpec:
+    """The spec from the ``dataset.table`` config section."""
+    values = dict(section)
+    if isinstance(values.get("features"), list):
+        values["features"] = tuple(values["features"])
+    for key in ("exclude_columns", "tasks"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    return TableSpec(**values)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _format(path: str | Path) -> str:
+    suffixes = Path(path).suffixes
+    suffix = suffixes[-1].lower() if suffixes else ""
+    if suffix in (".gz", ".bz2", ".xz", ".zst") and len(suffixes) > 1:
+        suffix = suffixes[-2].lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    if suffix == ".tsv":
+        return "tsv"
+    raise DataError(f"{path}: unknown file type {suffix!r}; expected .parquet or .csv (or .tsv)")
+
+
+def _check_exists(path: str | Path, key: str) -> None:
+    if not Path(path).is_file():
+        raise DataError(
+            f"{path}: file not found ({key}; a relative path is read from the directory "
+            f"Snakemake runs in, here {Path.cwd()})"
+        )
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a Parquet or CSV file, without reading its rows."""
+    kind = _format(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    return list(pd.read_csv(path, nrows=0, sep="\t" if kind == "tsv" else ",").columns)
+
+
+def read_columns(path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """Only ``columns`` of a Parquet or CSV file."""
+    kind = _format(path)
+    if kind == "parquet":
+        return pd.read_parquet(path, columns=columns)
+    frame = pd.read_csv(path, usecols=columns, sep="\t" if kind == "tsv" else ",")
+    return frame[columns]
+
+
+def _require_columns(path, available: list[str], wanted: dict[str, str]) -> None:
+    """``wanted``: column -> the config key that names it."""
+    for column, key in wanted.items():
+        if column not in available:
+            raise DataError(
+                f"{path}: no column {column!r} ({key}); the file has columns {available}"
+            )
+
+
+def _shown(values) -> str:
+    values = list(values)
+    text = ", ".join(repr(v) for v in values[:SHOWN])
+    return text + (f", ... ({len(values)} in all)" if len(values) > SHOWN else "")
+
+
+def _positions(mask: np.ndarray, rows: np.ndarray | None = None) -> str:
+    """The data rows (counting from 0, as in the file) where ``mask`` holds; ``rows``: the
+    file row of each entry of ``mask`` (default: its position)."""
+    rows = np.flatnonzero(mask) if rows is None else rows[mask]
+    text = ", ".join(str(r) for r in rows[:SHOWN])
+    return text + (", ..." if len(rows) > SHOWN else "")
+
+
+# --- task names ----------------------------------------------------------------------------
+
+
+def normalize_task_name(value) -> str | None:
+    """The task name of a raw task value (module docstring); None for a missing value."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return str(int(value))
+    name = str(value).strip()
+    return name or None
+
+
+def _task_names(path, column: pd.Series, task_column: str) -> tuple[pd.Series, list[str]]:
+    """The normalized name of every row, and the task names in canonical order."""
+    raw_values = pd.unique(column)
+    names = {}
+    by_name: dict[str, object] = {}
+    for value in raw_values:
+        name = normalize_task_name(value)
+        if name is None:
+            continue
+        if name in by_name:
+            raise DataError(
+                f"{path}: column {task_column!r} has the distinct values {by_name[name]!r} and "
+                f"{value!r}, which both become the task name {name!r} (task names are the "
+                "values as text, stripped of surrounding spaces, whole numbers without "
+                "'.0'); make them distinct"
+            )
+        by_name[name] = value
+        names[value] = name
+    row_names = column.map(names)
+    missing = row_names.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"{path}: column {task_column!r} is empty in {int(missing.sum())} row(s) (data "
+            f"rows {_positions(missing)}, counting from 0); every row needs a task"
+        )
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        order = [by_name[name] for name in by_name]
+        ordered = [names[value] for value in sorted(order)]
+    else:
+        ordered = sorted(by_name)
+    return row_names.astype(str), ordered
+
+
+def _selected_tasks(path, spec: TableSpec, available: list[str]) -> list[str]:
+    if spec.tasks is None:
+        return available
+    wanted = []
+    for value in spec.tasks:
+        name = normalize_task_name(value)
+        if name is None or name in wanted:
+            raise DataError(
+                f"dataset.table.tasks: {value!r} is empty or repeats another entry "
+                f"(entries are normalized like task names: {list(spec.tasks)})"
+            )
+        wanted.append(name)
+    lacking = [name for name in wanted if name not in set(available)]
+    if lacking:
+        raise DataError(
+            f"{path}: dataset.table.tasks names task(s) {lacking} that column "
+            f"{spec.task_column!r} does not have; the data's {len(available)} tasks are "
+            f"{_shown(available)}"
+        )
+    chosen = set(wanted)
+    return [name for name in available if name in chosen]
+
+
+def table_task_names(spec: TableSpec) -> list[str]:
+    """The task names the loaded dataset will have, in canonical order, reading only the
+    task column (for the number of tasks k at parse time)."""
+    _check_exists(spec.path, "dataset.table.path")
+    _require_columns(
+        spec.path, table_columns(spec.path), {spec.task_column: "dataset.table.task_column"}
+    )
+    column = read_columns(spec.path, [spec.task_column])[spec.task_column]
+    _, ordered = _task_names(spec.path, column, spec.task_column)
+    return _selected_tasks(spec.path, spec, ordered)
+
+
+# --- the checks and the tables -------------------------------------------------------------
+
+
+def _feature_names(path, spec: TableSpec, frame_columns: list[str], dtypes) -> list[str]:
+    reserved = {spec.task_column, spec.label_column, spec.split_column}
+    unknown = [c for c in spec.exclude_columns if c not in frame_columns]
+    if unknown:
+        raise DataError(
+            f"{path}: dataset.table.exclude_columns names column(s) {unknown} that the file "
+            f"does not have; it has columns {frame_columns}"
+        )
+    if spec.features == "auto":
+        candidates = [
+            c for c in frame_columns if c not in reserved and c not in spec.exclude_columns
+        ]
+        features = [
+            c for c in candidates
+            if pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c])
+        ]
+        skipped = sorted(set(candidates) - set(features))
+        if skipped:
+            log.info("features 'auto': left out the non-numeric column(s) %s", skipped)
+    else:
+        features = list(spec.features)
+        absent = [c for c in features if c not in frame_columns]
+        if absent:
+            raise DataError(
+                f"{path}: feature column(s) {absent} (dataset.table.features) not in the file; "
+                f"it has columns {frame_columns}"
+            )
+        clash = [c for c in features if c in reserved]
+        if clash:
+            raise DataError(
+                f"{path}: dataset.table.features lists {clash}, which is the task, label or "
+                "split column"
+            )
+    if not features:
+        raise DataError(
+            f"{path}: no numeric feature columns (dataset.table.features = {spec.features!r}, "
+            f"exclude_columns = {list(spec.exclude_columns)}); the file has columns "
+            f"{frame_columns}"
+        )
+    return features
+
+
+def _check_numeric(path, frame: pd.DataFrame, columns: list[str], role: str) -> None:
+    for column in columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = series[converted.isna() & series.notna()]
+        if not len(bad):  # numbers stored as text
+            bad = series.dropna()
+        raise DataError(
+            f"{path}: {role} column {column!r} is not numeric (dtype {series.dtype}; values "
+            f"such as {_shown(pd.unique(bad))} in {len(bad)} row(s)); encode it as numbers "
+            "or leave it out"
+        )
+
+
+def _check_finite(path, frame: pd.DataFrame, columns: list[str], rows: np.ndarray) -> None:
+    """``rows``: the file's data row (from 0) of each row of ``frame``."""
+    problems = []
+    for column in columns:
+        values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            problems.append(
+                f"column {column!r}: {int(bad.sum())} row(s) (data rows {_positions(bad, rows)})"
+            )
+    if problems:
+        raise DataError(
+            f"{path}: NaN or infinite values in "
+            + "; ".join(problems)
+            + ". Data rows count from 0 (the header is not one); remove or impute the "
+            "values, or leave the rows' tasks out (dataset.table.tasks)"
+        )
+
+
+def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
+    values = np.unique(labels)
+    is_binary = set(values.tolist()) == {0.0, 1.0}
+    if spec.task_type == "binary" and not set(values.tolist()) <= {0.0, 1.0}:
+        other = [v for v in values.tolist() if v not in (0.0, 1.0)]
+        raise DataError(
+            f"{path}: dataset.table.task_type is 'binary', but column {spec.label_column!r} "
+            f"has values other than 0 and 1: {_shown(other)}"
+        )
+    if spec.task_type == "auto":
+        return "binary" if is_binary else "regression"
+    return spec.task_type
+
+
+def _splits(
+    path, spec: TableSpec, frame: pd.DataFrame, task_type: str, raw: pd.Series | None
+) -> np.ndarray:
+    """The split of every row of ``frame`` (columns task, label): ``raw`` (the split column)
+    checked, or drawn per task."""
+    if raw is not None:
+        split = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
+        bad = ~split.isin(SPLITS).to_numpy()
+        if bad.any():
+            raise DataError(
+                f"{path}: column {spec.split_column!r} (dataset.table.split_column) has "
+                f"values {_shown(pd.unique(raw[bad]))} in {int(bad.sum())} row(s); expected "
+                "train, val or test"
+            )
+        return split.to_numpy(dtype=object)
+    split = np.empty(len(frame), dtype=object)
+    fractions = spec.split_fractions
+    for task, rows in frame.groupby("task", sort=False).indices.items():
+        rng = np.random.default_rng([spec.seed, zlib.crc32(task.encode())])
+        if task_type == "binary":
+            labels = frame["label"].to_numpy()[rows]
+            strata = [rows[labels == value] for value in np.unique(labels)]
+        else:
+            strata = [rows]
+        for stratum in strata:
+            stratum = rng.permutation(stratum)
+            n_train = int(round(fractions["train"] * len(stratum)))
+            n_val = int(round(fractions["val"] * len(stratum)))
+            split[stratum[:n_train]] = "train"
+            split[stratum[n_train : n_train + n_val]] = "val"
+            split[stratum[n_train + n_val :]] = "test"
+    return split
+
+
+def _check_task_sizes(path, spec: TableSpec, counts: pd.DataFrame) -> None:
+    small = counts[(counts < spec.min_rows_per_split).any(axis=1)]
+    if len(small):
+        listed = ", ".join(
+            f"{task!r} (" + ", ".join(f"{s} {counts.loc[task, s]}" for s in SPLITS) + ")"
+            for task in small.index[:SHOWN]
+        )
+        more = f", ... ({len(small)} tasks in all)" if len(small) > SHOWN else ""
+        raise DataError(
+            f"{path}: task(s) with fewer than dataset.table.min_rows_per_split = "
+            f"{spec.min_rows_per_split} rows in a split (column {spec.task_column!r}): "
+            f"{listed}{more}. Leave them out (dataset.table.tasks) or lower min_rows_per_split"
+        )
+
+
+def _check_classes(path, spec: TableSpec, frame: pd.DataFrame) -> None:
+    whole = frame.groupby("task", sort=False)["label"].agg(["nunique", "first", "size"])
+    single = whole[whole["nunique"] < 2]
+    if len(single):
+        listed = ", ".join(
+            f"{task!r} (only label {row['first']:g} in {int(row['size'])} rows)"
+            for task, row in single.head(SHOWN).iterrows()
+        )
+        raise DataError(
+            f"{path}: binary task(s) with a single class in column {spec.label_column!r}: "
+            f"{listed}{'' if len(single) <= SHOWN else f', ... ({len(single)} in all)'}. "
+            "A binary task needs both labels; leave it out (dataset.table.tasks)"
+        )
+    per_split = frame.groupby(["task", "split"], sort=False)["label"].agg(
+        ["nunique", "first", "size"]
+    )
+    single = per_split[per_split["nunique"] < 2]
+    if len(single):
+        listed = ", ".join(
+            f"{task!r} {split} (only label {row['first']:g} in {int(row['size'])} rows)"
+            for (task, split), row in single.head(SHOWN).iterrows()
+        )
+        raise DataError(
+            f"{path}: binary task(s) with a single class in one split of column "
+            f"{spec.label_column!r}: {listed}"
+            f"{'' if len(single) <= SHOWN else f', ... ({len(single)} in all)'}. Every "
+            "split needs both labels (for the ROC AUC and the validation loss); leave the "
+            "task out, or give it more rows of its rarer class in that split"
+        )
+
+
+def _planted_groups(spec: TableSpec, tasks: list[str]) -> pd.Series:
+    """The known group of every task (Int64, in ``tasks`` order), or all null."""
+    if spec.groups_path is None:
+        return pd.Series(pd.NA, index=tasks, dtype="Int64")
+    path = spec.groups_path
+    _check_exists(path, "dataset.table.groups_path")
+    _require_columns(
+        path,
+        table_columns(path),
+        {
+            spec.task_column: "dataset.table.task_column, also in the groups file",
+            spec.group_column: "dataset.table.group_column",
+        },
+    )
+    frame = read_columns(path, [spec.task_column, spec.group_column])
+    names, _ = _task_names(path, frame[spec.task_column], spec.task_column)
+    groups = frame[spec.group_column]
+    missing = groups.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"{path}: column {spec.group_column!r} is empty for task(s) "
+            f"{_shown(names[missing])}"
+        )
+    repeated = names[names.duplicated()]
+    if len(repeated):
+        raise DataError(
+            f"{path}: column {spec.task_column!r} lists task(s) {_shown(pd.unique(repeated))} "
+            "more than once; a groups file has one row per task"
+        )
+    lacking = [task for task in tasks if task not in set(names)]
+    if lacking:
+        raise DataError(
+            f"{path}: no {spec.group_column!r} for task(s) {_shown(lacking)}; the groups file "
+            "needs a row for every task"
+        )
+    numeric = pd.api.types.is_numeric_dtype(groups) and not pd.api.types.is_bool_dtype(groups)
+    if numeric and np.all(np.mod(groups.to_numpy(dtype=float), 1) == 0):
+        codes = groups.to_numpy(dtype=np.int64)
+    else:  # labels such as "foliated": numbered in sorted order of their text
+        text = groups.astype(str)
+        codes = text.map({label: i for i, label in enumerate(sorted(set(text)))}).to_numpy()
+    by_task = pd.Series(codes, index=names.to_numpy())
+    return by_task.loc[tasks].astype("Int64")
+
+
+def _standardize(values: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Columns of ``values`` minus their mean over the ``train`` rows, divided by their
+    standard deviation there (1 for a constant column), as float32."""
+    mean = values[train].mean(axis=0)
+    std = values[train].std(axis=0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return ((values - mean) / std).astype(np.float32)
+
+
+def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read, check and convert the user's table (module docstring).
+
+    Returns
+    -------
+    examples : DataFrame, columns task, split, feature_<column>.. (float32, standardized),
+        label (float32; standardized for regression with ``standardize_label``); rows by
+        task in canonical order, then split, then file order.
+    tasks : DataFrame, one row per task: task, task_index, task_type, n_train, n_val,
+        n_test, planted_group (from groups_path / group_column, else null).
+    """
+    path = spec.path
+    _check_exists(path, "dataset.table.path")
+    available = table_columns(path)
+    wanted = {
+        spec.task_column: "dataset.table.task_column",
+        spec.label_column: "dataset.table.label_column",
+    }
+    if spec.split_column is not None:
+        wanted[spec.split_column] = "dataset.table.split_column"
+    _require_columns(path, available, wanted)
+    frame = read_columns(path, available)
+    features = _feature_names(path, spec, available, frame.dtypes)
+
+    row_names, ordered = _task_names(path, frame[spec.task_column], spec.task_column)
+    tasks = _selected_tasks(path, spec, ordered)
+    keep = row_names.isin(tasks).to_numpy()
+    file_rows = np.flatnonzero(keep)
+    frame = frame.loc[keep].reset_index(drop=True)
+    row_names = row_names[keep].reset_index(drop=True)
+
+    _check_numeric(path, frame, features, "feature")
+    _check_numeric(path, frame, [spec.label_column], "label")
+    _check_finite(path, frame, features + [spec.label_column], file_rows)
+    labels = frame[spec.label_column].to_numpy(dtype=np.float64)
+    task_type = _task_type(path, spec, labels)
+
+    work = pd.DataFrame({"task": row_names, "label": labels.astype(np.float32)})
+    raw_split = None if spec.split_column is None else frame[spec.split_column]
+    work["split"] = _splits(path, spec, work, task_type, raw_split)
+    counts = (
+        work.groupby(["task", "split"]).size().unstack(fill_value=0)
+        .reindex(index=tasks, columns=list(SPLITS), fill_value=0)
+    )
+    _check_task_sizes(path, spec, counts)
+    if task_type == "binary":
+        _check_classes(path, spec, work)
+
+    train = (work["split"] == "train").to_numpy()
+    standardized = _standardize(frame[features].to_numpy(dtype=np.float64), train)
+    if task_type == "regression" and spec.standardize_label:
+        work["label"] = _standardize(labels[:, None], train)[:, 0]
+
+    examples = pd.DataFrame(
+        standardized, columns=[f"{FEATURE_PREFIX}{column}" for column in features]
+    )
+    examples.insert(0, "split", work["split"].astype(str))
+    examples.insert(0, "task", work["task"])
+    examples["label"] = work["label"]
+    task_rank = {task: i for i, task in enumerate(tasks)}
+    split_rank = {split: i for i, split in enumerate(SPLITS)}
+    order = np.lexsort(
+        (
+            np.arange(len(examples)),
+            examples["split"].map(split_rank).to_numpy(),
+            examples["task"].map(task_rank).to_numpy(),
+        )
+    )
+    examples = examples.iloc[order].reset_index(drop=True)
+
+    task_table = pd.DataFrame(
+        {
+            "task": tasks,
+            "task_index": np.arange(len(tasks), dtype=np.int64),
+            "task_type": task_type,
+            "n_train": counts["train"].to_numpy(dtype=np.int64),
+            "n_val": counts["val"].to_numpy(dtype=np.int64),
+            "n_test": counts["test"].to_numpy(dtype=np.int64),
+            "planted_group": _planted_groups(spec, tasks).to_numpy(),
+        }
+    )
+    task_table["planted_group"] = task_table["planted_group"].astype("Int64")
+    log.info(
+        "%s: %d rows, %d tasks (%s), %d features %s, splits %s",
+        path, len(examples), len(tasks), task_type, len(features), features,
+        "from column " + repr(spec.split_column) if spec.split_column
+        else f"drawn with seed {spec.seed}",
+    )
+    return examples, task_table
