@@ -23,7 +23,6 @@ off-diagonal entries z-scored, diagonal 0.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -33,8 +32,9 @@ from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 
 from taskgroup.data import SplitTensors, TaskData
+from taskgroup.metrics import example_losses
 from taskgroup.model import MultiHeadNet
-from taskgroup.train import TrainSettings, per_task_losses
+from taskgroup.train import TrainSettings, train_new_model
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,11 @@ def _task_mean_losses(
     task_index: torch.Tensor,
     membership: torch.Tensor,
     counts: torch.Tensor,
+    regression: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean BCE (nats) of each task's examples, (k,), with the trunk replaced by
+    """Mean loss (BCE in nats, squared error for regression examples: see
+    :func:`taskgroup.metrics.example_losses`) of each task's examples, (k,), with the trunk
+    replaced by
     ``trunk_params`` and the heads of ``model``. Tasks without examples get 0.
 
     Written without in-place ops so it can be differentiated and vmapped over parameters.
@@ -79,7 +82,7 @@ def _task_mean_losses(
     logits = (hidden * model.head_weight[task_index].detach()).sum(-1) + model.head_bias[
         task_index
     ].detach()
-    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    losses = example_losses(logits, labels, regression)
     return (losses @ membership) / counts.clamp(min=1)
 
 
@@ -96,14 +99,12 @@ class LookaheadRun:
     counts: (k, k) int64, the number of recorded steps averaged into each entry.
     n_recorded: recorded steps (every ``every``-th optimizer step, the first one included).
     model: the trained network, identical to ``train_new_model`` with the same arguments.
-    history: mean training loss per epoch, as returned by ``fit``.
     """
 
     affinity: np.ndarray
     counts: np.ndarray
     n_recorded: int
     model: MultiHeadNet
-    history: list[float]
 
 
 def _lookahead_step(
@@ -118,7 +119,8 @@ def _lookahead_step(
     params = _trunk_parameters(model)
     membership = _one_hot(batch.task_index, n_tasks)
     counts = membership.sum(0)
-    args = (batch.features, batch.labels, batch.task_index, membership, counts)
+    args = (batch.features, batch.labels, batch.task_index, membership, counts,
+            batch.regression)
 
     def losses_of(trunk):
         return _task_mean_losses(model, trunk, *args)
@@ -144,17 +146,17 @@ def lookahead_training(
     every: int = 10,
     lookahead_lr: float | None = None,
 ) -> LookaheadRun:
-    """Train a fresh network on all tasks exactly as ``train_new_model`` does (same seeding,
-    Adam, shuffled minibatches, optional best-epoch selection) and record TAG lookaheads.
+    """Train a fresh network on all tasks with ``train_new_model`` (same seeding, Adam,
+    shuffled minibatches, optional best-epoch selection) and record TAG lookaheads.
 
     Every ``every`` optimizer steps (steps 0, every, 2 every, ...; counted over the whole run),
     before the step, and for every task i present in the minibatch: take an SGD step of size
     ``lookahead_lr`` (default ``settings.lr``) on the shared trunk parameters only (heads
     fixed) along the gradient of task i's mean minibatch loss, and record for every task j
-    present Z[i, j] = 1 - L_j(theta'_i) / L_j(theta), both losses the mean BCE of task j's
-    examples in the same minibatch. The recorded Z are averaged per pair. The lookahead
-    touches neither the parameters nor any random generator, so the trained model equals
-    ``train_new_model(data, all tasks, hidden_sizes, settings, seed, device)``.
+    present Z[i, j] = 1 - L_j(theta'_i) / L_j(theta), both losses the mean loss (BCE or
+    squared error, by task type) of task j's examples in the same minibatch. The recorded Z
+    are averaged per pair. The lookahead touches neither the parameters nor any random
+    generator, so the trained model equals ``train_new_model`` without it.
 
     Each example here belongs to one task, so a minibatch of b examples holds about b / k
     of each task; pairs missing from a minibatch skip that step (see ``counts``).
@@ -164,75 +166,39 @@ def lookahead_training(
     step_size = settings.lr if lookahead_lr is None else float(lookahead_lr)
     n_tasks = data.n_tasks
     data = data.to(device)
-    all_tasks = torch.arange(n_tasks)
-    train = data.splits["train"].select_tasks(all_tasks)
-    val = data.splits["val"].select_tasks(all_tasks)
-    n_examples = train.labels.shape[0]
-    if n_examples == 0:
-        raise ValueError("no training examples")
-
-    # The same sequence of random draws as train_new_model + fit.
-    torch.manual_seed(seed)
-    model = MultiHeadNet(data.n_features, n_tasks, hidden_sizes).to(device)
-    _trunk_parameters(model)  # fail early without a trunk
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-
-    total = torch.zeros(n_tasks, n_tasks, dtype=torch.float64, device=device)
-    counts = torch.zeros(n_tasks, n_tasks, dtype=torch.int64, device=device)
+    n_examples = data.splits["train"].labels.shape[0]
     steps_per_epoch = -(-n_examples // settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
     log.info(
         "TAG lookahead: %d tasks, %d examples, %d epochs x %d steps, recording every %d "
         "(%d recordings), lookahead lr %g",
         n_tasks, n_examples, settings.epochs, steps_per_epoch, every,
-        -(-settings.epochs * steps_per_epoch // every), step_size,
+        -(-total_steps // every), step_size,
     )
-    best_loss, best_state = float("inf"), None
-    history: list[float] = []
-    step, n_recorded = 0, 0
-    report_every = max(settings.epochs // 5, 1)
-    for epoch in range(settings.epochs):
-        model.train()
-        order = torch.randperm(n_examples, generator=generator).to(train.labels.device)
-        epoch_loss = 0.0
-        for start in range(0, n_examples, settings.batch_size):
-            batch = order[start : start + settings.batch_size]
-            if step % every == 0:
-                minibatch = SplitTensors(
-                    train.features[batch], train.labels[batch], train.task_index[batch]
-                )
-                gain, valid = _lookahead_step(model, minibatch, n_tasks, step_size)
-                total += gain.to(torch.float64)
-                counts += valid.to(torch.int64)
-                n_recorded += 1
-            logits = model(train.features[batch], train.task_index[batch])
-            loss = F.binary_cross_entropy_with_logits(logits, train.labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_loss += loss.item() * batch.numel()
-            step += 1
-        history.append(epoch_loss / n_examples)
-        if settings.select_best_epoch:
-            model.eval()
-            val_loss, _, val_counts = per_task_losses(model, val, n_tasks)
-            score = float(val_loss[val_counts > 0].mean())
-            if score < best_loss:
-                best_loss, best_state = score, copy.deepcopy(model.state_dict())
-        if (epoch + 1) % report_every == 0 or epoch + 1 == settings.epochs:
-            log.info(
-                "TAG lookahead: epoch %d/%d, %d steps, %d recordings, train loss %.4f",
-                epoch + 1, settings.epochs, step, n_recorded, history[-1],
-            )
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    total = torch.zeros(n_tasks, n_tasks, dtype=torch.float64, device=device)
+    counts = torch.zeros(n_tasks, n_tasks, dtype=torch.int64, device=device)
+    recorded = [0]
+    report_every = max(total_steps // 5, 1)
+
+    def record(step: int, model: MultiHeadNet, minibatch: SplitTensors) -> None:
+        if step % every == 0:
+            _trunk_parameters(model)  # fail early without a trunk
+            gain, valid = _lookahead_step(model, minibatch, n_tasks, step_size)
+            total.add_(gain.to(torch.float64))
+            counts.add_(valid.to(torch.int64))
+            recorded[0] += 1
+        if (step + 1) % report_every == 0:
+            log.info("TAG lookahead: step %d/%d, %d recordings", step + 1, total_steps,
+                     recorded[0])
+
+    all_tasks = torch.arange(n_tasks, device=device)
+    model = train_new_model(
+        data, all_tasks, hidden_sizes, settings, seed, device, before_step=record
+    )
     counts_np = counts.cpu().numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         affinity = np.where(counts_np > 0, total.cpu().numpy() / counts_np, np.nan)
-    return LookaheadRun(affinity, counts_np, n_recorded, model, history)
+    return LookaheadRun(affinity, counts_np, recorded[0], model)
 
 
 def lookahead_affinity(
@@ -269,7 +235,8 @@ def task_trunk_gradients(model: MultiHeadNet, split: SplitTensors, n_tasks: int)
     params = _trunk_parameters(model)
     membership = _one_hot(split.task_index, n_tasks)
     counts = membership.sum(0)
-    args = (split.features, split.labels, split.task_index, membership, counts)
+    args = (split.features, split.labels, split.task_index, membership, counts,
+            split.regression)
     jacobian = jacrev(lambda trunk: _task_mean_losses(model, trunk, *args))(params)
     return torch.cat([jacobian[name].reshape(n_tasks, -1) for name in params], dim=1).double()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,10 +70,14 @@ def fit(
     task_indices: torch.Tensor,
     settings: TrainSettings,
     seed: int,
+    before_step: Callable[[int, MultiHeadNet, SplitTensors], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on the training examples of ``task_indices``.
 
     Returns the mean training loss of each epoch. ``data`` must be on the model's device.
+    ``before_step(step, model, minibatch)``, if given, is called before every optimizer step
+    (step counts from 0 over the whole run); it must not change the model or draw random
+    numbers, so training is the same with or without it (e.g. TAG's lookahead).
     """
     train = data.splits["train"].select_tasks(task_indices)
     val = data.splits["val"].select_tasks(task_indices)
@@ -85,14 +90,22 @@ def fit(
     )
     best_loss, best_state = float("inf"), None
     history = []
+    step = 0
     for _ in range(settings.epochs):
         model.train()
         order = torch.randperm(n_examples, generator=generator).to(train.labels.device)
         epoch_loss = 0.0
         for start in range(0, n_examples, settings.batch_size):
             batch = order[start : start + settings.batch_size]
-            outputs = model(train.features[batch], train.task_index[batch])
             regression = None if train.regression is None else train.regression[batch]
+            if before_step is not None:
+                minibatch = SplitTensors(
+                    train.features[batch], train.labels[batch], train.task_index[batch],
+                    regression,
+                )
+                before_step(step, model, minibatch)
+            step += 1
+            outputs = model(train.features[batch], train.task_index[batch])
             loss = example_losses(outputs, train.labels[batch], regression).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -147,9 +160,11 @@ def evaluate(
 def train_new_model(
     data: TaskData, task_indices: torch.Tensor, hidden_sizes: list[int],
     settings: TrainSettings, seed: int, device: torch.device,
+    before_step: Callable[[int, MultiHeadNet, SplitTensors], None] | None = None,
 ) -> MultiHeadNet:
-    """A freshly initialized network (seeded) trained on ``task_indices``."""
+    """A freshly initialized network (seeded) trained on ``task_indices`` (``before_step``:
+    see :func:`fit`)."""
     torch.manual_seed(seed)
     model = MultiHeadNet(data.n_features, data.n_tasks, hidden_sizes).to(device)
-    fit(model, data, task_indices, settings, seed=seed)
+    fit(model, data, task_indices, settings, seed=seed, before_step=before_step)
     return model
