@@ -11,6 +11,7 @@ from taskgroup.surrogates import (
     pairwise_transfer,
     score_negative_transfer,
     selected_sources,
+    with_singletons,
 )
 
 NAMES = [f"t{i}" for i in range(8)]
@@ -203,3 +204,20 @@ def test_tables_mixing_designs_are_refused():
     )
     with pytest.raises(ValueError, match=r"several designs \['pairs', 'random'\]"):
         pairwise_transfer(values, ["a", "b", "c"])
+
+
+def test_singletons_anchor_a_fixed_size_design_to_absolute_effects(planted_theta):
+    base, theta = planted_theta
+    subsets = sample_subsets(NAMES, size=4, count=60, seed=2).assign(design="random")
+    values = additive_values(subsets, NAMES, base, theta, noise=0.0, seed=0)
+    pairs = design_table(pair_design(len(NAMES)), NAMES)
+    pair_values = additive_values(pairs, NAMES, base, theta, noise=0.0, seed=1)
+    anchored_subsets, anchored_values = with_singletons(subsets, values, pair_values)
+    assert anchored_subsets["subset_id"].is_unique is False  # long table, one row per member
+    assert anchored_subsets["subset_id"].nunique() == 60 + len(NAMES)
+    assert (anchored_values["design"] == "random+singletons").all()
+    coefficients, _ = fit_surrogates(anchored_subsets, anchored_values, NAMES, alpha=1e-8)
+    off = ~np.eye(len(NAMES), dtype=bool)
+    np.testing.assert_allclose(as_matrix(coefficients)[off], theta[off], atol=1e-5)
+    scores = score_negative_transfer(coefficients, pairwise_transfer(pair_values, NAMES), 0.0)
+    assert scores[scores["level"] == "overall"]["f1"].iloc[0] == 1.0
