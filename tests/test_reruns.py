@@ -111,7 +111,7 @@ def test_a_parameter_change_reruns_its_stage_and_what_follows_only(repository, s
     jobs = dry_run_with(repository, change)
     assert set(jobs) == downstream(*stages), jobs
     if "finetune_subsets" in jobs:
-        assert jobs["finetune_subsets"] == 3 + 5  # random design 30 / 10, pairs 45 / 10
+        assert jobs["finetune_subsets"] == 2 + 3  # random design 30 / 15, pairs 45 / 15
     if stages == ["train_group_model"]:
         assert jobs["train_group_model"] == distinct_groups(repository)
 

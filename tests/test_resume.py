@@ -23,8 +23,8 @@ from workflow_helpers import (
 
 pytestmark = pytest.mark.workflow
 
-# smoke config, chunks of 10 subsets: 30 random subsets, 9 singletons + 36 pairs
-CHUNKS = {"random": 3, "pairs": 5}
+# smoke config, chunks of 15 subsets: 30 random subsets, 9 singletons + 36 pairs
+CHUNKS = {"random": 2, "pairs": 3}
 KILL_DEADLINE_SECONDS = 600
 
 

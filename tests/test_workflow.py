@@ -104,7 +104,7 @@ def test_changing_n_clusters_reruns_only_clustering_and_what_follows(finished_ru
 
 def test_changing_finetune_epochs_keeps_the_meta_initialization(finished_run):
     jobs = dry_run_with(finished_run, lambda c: c["finetune"].update(epochs=3))
-    assert jobs.get("finetune_subsets") == 3 + 5  # both designs
+    assert jobs.get("finetune_subsets") == 2 + 3  # both designs, 15 subsets per chunk
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets"} & set(jobs), jobs
 
 
