@@ -15,6 +15,7 @@ from taskgroup.config import (
 )
 from taskgroup.groupings import group_keys
 from taskgroup.subsets import n_chunks
+from taskgroup.within_group import enabled_options
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
@@ -157,6 +158,26 @@ def training_params(section):
         "batch_size": settings["batch_size"],
         "weight_decay": settings.get("weight_decay", 0.0),
     }
+
+
+def training_options(stage):
+    """The enabled options of training_options.<stage> (meta_init or final), with their
+    defaults filled in, as params: {"options": {...}}; nothing when every option is off,
+    so that the default (plain) training jobs keep their params and outputs."""
+    options = enabled_options(config.get("training_options", {}).get(stage, {}))
+    return {"options": options} if options else {}
+
+
+def training_option_outputs(stage, directory):
+    """The extra Parquet outputs of a training job under ``directory``: task_weights
+    (reweighting) and diagnostics (diagnostics), each only when its option is on."""
+    options = training_options(stage).get("options", {})
+    outputs = {}
+    if "reweighting" in options:
+        outputs["weights"] = f"{directory}/task_weights.parquet"
+    if "diagnostics" in options:
+        outputs["diagnostics"] = f"{directory}/diagnostics.parquet"
+    return outputs
 
 
 def validation_clustering():

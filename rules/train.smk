@@ -4,6 +4,7 @@ rule train_group_model:
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("train_group_model.py"),
     output:
+        **training_option_outputs("final", "results/{dataset}/final/groups/{key}"),
         results="results/{dataset}/final/groups/{key}.parquet",
         models=expand(
             "results/{{dataset}}/final/groups/{{key}}/model_seed{seed}.pt",
@@ -17,6 +18,8 @@ rule train_group_model:
     resources:
         gpu=1,
     params:
+        # Enabled training_options.final only (none: plain training, no extra outputs).
+        **training_options("final"),
         # The group's tasks; {key} is a hash of them, so a group's job and model are shared
         # by every grouping that has the group and do not rerun when other groups change.
         members=group_members,

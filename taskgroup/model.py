@@ -47,13 +47,19 @@ def save_checkpoint(model: MultiHeadNet, task_names: list[str], path) -> None:
 
 
 def load_checkpoint(path, task_names: list[str]) -> MultiHeadNet:
-    """Load a checkpoint, checking that it was trained on ``task_names`` in that order."""
+    """Load a checkpoint, checking that it was trained on ``task_names`` in that order (an
+    :class:`taskgroup.alignment.AlignedNet` when it was trained with covariance alignment)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload["task_names"] != task_names:
         raise ValueError(
             f"{path}: checkpoint was trained on tasks {payload['task_names'][:5]}..., "
             f"the dataset has {task_names[:5]}... (rerun train_meta_init)"
         )
-    model = MultiHeadNet(**payload["config"])
+    config = dict(payload["config"])
+    model = MultiHeadNet(**{key: value for key, value in config.items() if key != "aligned"})
+    if config.get("aligned"):  # trained with covariance alignment (taskgroup.alignment)
+        from taskgroup.alignment import AlignedNet
+
+        model = AlignedNet(model)
     model.load_state_dict(payload["state_dict"])
     return model

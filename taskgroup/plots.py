@@ -131,3 +131,34 @@ def estimator_validation(per_subset: pd.DataFrame, curve: pd.DataFrame, path) ->
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def transfer_diagnostics(diagnostics: pd.DataFrame, path) -> None:
+    """Transfer diagnostics of one run (a diagnostics table, :mod:`taskgroup.diagnostics`;
+    several seeds are averaged): per-task training and validation loss (left, middle) and
+    the cosine between each task's trunk gradient and the summed gradient on the training
+    split (right), against the epoch. The kept model ("final") is left out; a dotted line
+    marks the start of the alignment phase when there is one."""
+    trajectory = diagnostics[diagnostics["phase"] != "final"]
+    mean = trajectory.groupby(["task", "split", "epoch"], as_index=False)[
+        ["loss", "grad_cosine"]
+    ].mean()
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    panels = [("train", "loss", "training loss"), ("val", "loss", "validation loss"),
+              ("train", "grad_cosine", "cos(g_i, sum_j g_j), trunk, training split")]
+    aligned = trajectory.loc[trajectory["phase"] == "alignment", "epoch"]
+    start = None if aligned.empty else trajectory.loc[
+        trajectory["phase"] == "joint", "epoch"].max()
+    for axis, (split, column, title) in zip(axes, panels):
+        for task, rows in mean[mean["split"] == split].groupby("task"):
+            axis.plot(rows["epoch"], rows[column], marker=".", linewidth=1, label=task)
+        if start is not None:
+            axis.axvline(start, color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+    axes[2].axhline(0.0, color="black", linewidth=0.6)
+    if mean["task"].nunique() <= 12:
+        axes[0].legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

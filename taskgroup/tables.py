@@ -43,6 +43,20 @@ group_results one row per (seed, task, split) of the models of one group (a set 
            seed (int64), task (str), split ("val" | "test"), loss, metric (float64, see above).
 meta-init metrics (meta_init/val_metrics.parquet) one row per task: task, split ("val"),
            loss, metric (float64, see above), n_examples (int64).
+task_weights (training_options.*.reweighting; meta_init/task_weights.parquet,
+           final/groups/<key>/task_weights.parquet) one row per trained task: [group_key
+           (str, final models),] task (str), weight (float64, the loss weight, mean 1 over
+           the trained tasks), alpha (float64, ||U_r^T theta_i||), theta_norm (float64,
+           ||theta_i||), rank (int64, r used), component (int64, the row's position j),
+           singular_value (float64, the j-th largest singular value of Theta; NaN past
+           min(p, number of tasks)). Definitions in :mod:`taskgroup.reweighting`.
+diagnostics (training_options.*.diagnostics; meta_init/diagnostics.parquet,
+           final/groups/<key>/diagnostics.parquet) one row per (recorded epoch, phase,
+           task, split): [group_key (str), seed (int64), final models,] epoch (int64),
+           phase ("joint" | "alignment" | "final"), task (str), split ("train" | "val"),
+           loss (float64, unweighted mean loss, see above), grad_cosine (float64, cosine
+           of the task's trunk gradient and the summed gradient of the trained tasks),
+           grad_norm (float64). Definitions in :mod:`taskgroup.diagnostics`.
 """
 
 from __future__ import annotations
@@ -104,6 +118,25 @@ GROUP_RESULTS = {
     "split": "str",
     "loss": "float",
     "metric": "float",
+}
+
+TASK_WEIGHTS = {
+    "task": "str",
+    "weight": "float",
+    "alpha": "float",
+    "theta_norm": "float",
+    "rank": "int",
+    "component": "int",
+    "singular_value": "float",
+}
+DIAGNOSTICS = {
+    "epoch": "int",
+    "phase": "str",
+    "task": "str",
+    "split": "str",
+    "loss": "float",
+    "grad_cosine": "float",
+    "grad_norm": "float",
 }
 
 

@@ -71,6 +71,8 @@ def fit(
     settings: TrainSettings,
     seed: int,
     before_step: Callable[[int, MultiHeadNet, SplitTensors], None] | None = None,
+    task_weights: torch.Tensor | None = None,
+    after_epoch: Callable[[int, MultiHeadNet], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on the training examples of ``task_indices``.
 
@@ -78,6 +80,13 @@ def fit(
     ``before_step(step, model, minibatch)``, if given, is called before every optimizer step
     (step counts from 0 over the whole run); it must not change the model or draw random
     numbers, so training is the same with or without it (e.g. TAG's lookahead).
+
+    ``task_weights`` (n_tasks,), if given, weights each example's loss by its task's weight:
+    the minibatch loss is (1 / |B|) sum_{x in B} w_task(x) loss(x) (the returned history is
+    that weighted loss; the best-epoch selection still uses the unweighted mean validation
+    loss). ``after_epoch(epoch, model)``, if given, is called after every epoch's steps
+    (epoch counts from 1), before the best-epoch selection; like ``before_step`` it must not
+    change the model or draw random numbers. Without either, training is unchanged.
     """
     train = data.splits["train"].select_tasks(task_indices)
     val = data.splits["val"].select_tasks(task_indices)
@@ -106,12 +115,20 @@ def fit(
                 before_step(step, model, minibatch)
             step += 1
             outputs = model(train.features[batch], train.task_index[batch])
-            loss = example_losses(outputs, train.labels[batch], regression).mean()
+            if task_weights is None:
+                loss = example_losses(outputs, train.labels[batch], regression).mean()
+            else:
+                loss = (
+                    example_losses(outputs, train.labels[batch], regression)
+                    * task_weights[train.task_index[batch]]
+                ).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             epoch_loss += loss.item() * batch.numel()
         history.append(epoch_loss / n_examples)
+        if after_epoch is not None:
+            after_epoch(len(history), model)
         if settings.select_best_epoch:
             model.eval()
             val_loss, counts, _ = per_task_losses(model, val, data.n_tasks)
@@ -161,10 +178,19 @@ def train_new_model(
     data: TaskData, task_indices: torch.Tensor, hidden_sizes: list[int],
     settings: TrainSettings, seed: int, device: torch.device,
     before_step: Callable[[int, MultiHeadNet, SplitTensors], None] | None = None,
+    task_weights: torch.Tensor | None = None,
+    after_epoch: Callable[[int, MultiHeadNet], None] | None = None,
+    before_training: Callable[[MultiHeadNet], None] | None = None,
 ) -> MultiHeadNet:
-    """A freshly initialized network (seeded) trained on ``task_indices`` (``before_step``:
-    see :func:`fit`)."""
+    """A freshly initialized network (seeded) trained on ``task_indices`` (``before_step``,
+    ``task_weights``, ``after_epoch``: see :func:`fit`; ``before_training(model)``, if given,
+    sees the initialized model before the first step and must not change it)."""
     torch.manual_seed(seed)
     model = MultiHeadNet(data.n_features, data.n_tasks, hidden_sizes).to(device)
-    fit(model, data, task_indices, settings, seed=seed, before_step=before_step)
+    if before_training is not None:
+        before_training(model)
+    fit(
+        model, data, task_indices, settings, seed=seed, before_step=before_step,
+        task_weights=task_weights, after_epoch=after_epoch,
+    )
     return model

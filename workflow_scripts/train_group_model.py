@@ -14,4 +14,7 @@ train_group_model(
     seeds=snakemake.params.seeds,
     threads=snakemake.threads,
     metric=snakemake.params.metric,
+    options=snakemake.params.get("options"),
+    weights_path=snakemake.output.get("weights"),
+    diagnostics_path=snakemake.output.get("diagnostics"),
 )

@@ -12,4 +12,7 @@ train_meta_init(
     seed=snakemake.params.seed,
     threads=snakemake.threads,
     metric=snakemake.params.metric,
+    options=snakemake.params.get("options"),
+    weights_path=snakemake.output.get("weights"),
+    diagnostics_path=snakemake.output.get("diagnostics"),
 )

@@ -8,24 +8,46 @@ import time
 import pandas as pd
 import torch
 
-from taskgroup import groupings
+from taskgroup import groupings, reweighting
 from taskgroup import subsets as subsets_lib
 from taskgroup.finetune import finetune_subsets
 from taskgroup.metrics import resolve_metrics
 from taskgroup.model import load_checkpoint
 from taskgroup.stages.common import load_task_data, prepare_torch, save_model_atomically
 from taskgroup.tables import write_table
-from taskgroup.train import TrainSettings, derived_seed, evaluate, train_new_model
+from taskgroup.train import TrainSettings, derived_seed, evaluate
+from taskgroup.within_group import TrainingOptions, train_with_options
 
 log = logging.getLogger(__name__)
 
 
+def _check_option_outputs(options: TrainingOptions, weights_path, diagnostics_path) -> None:
+    """The extra outputs must be given exactly when their option is on."""
+    for name, on, path in (
+        ("reweighting", options.reweighting.enabled, weights_path),
+        ("diagnostics", options.diagnostics.enabled, diagnostics_path),
+    ):
+        if on != (path is not None):
+            raise ValueError(
+                f"training_options {name}: enabled={on} but its output path is {path!r}"
+            )
+
+
 def train_meta_init(
     examples_path, tasks_path, model_path, metrics_path, hidden_sizes, training: dict,
-    seed: int, threads: int = 1, metric: str = "auto",
+    seed: int, threads: int = 1, metric: str = "auto", options: dict | None = None,
+    weights_path=None, diagnostics_path=None,
 ) -> None:
     """Train the multi-head model on all tasks; save it and its per-task validation metrics
-    (columns task, split, loss, metric (``metric``, evaluation.metric), n_examples)."""
+    (columns task, split, loss, metric (``metric``, evaluation.metric), n_examples).
+
+    ``options``: the enabled ``training_options.meta_init`` (reweighting, diagnostics; see
+    :mod:`taskgroup.within_group`); their tables go to ``weights_path`` (task weights) and
+    ``diagnostics_path``."""
+    options = TrainingOptions.from_dict(options)
+    if options.alignment.enabled:
+        raise ValueError("training_options.meta_init: alignment is only for final models")
+    _check_option_outputs(options, weights_path, diagnostics_path)
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
@@ -33,7 +55,16 @@ def train_meta_init(
     every_task = torch.arange(data.n_tasks, device=device)
     resolve_metrics(metric, data.types, data.task_names)  # fail before training
     started = time.perf_counter()
-    model = train_new_model(data, every_task, hidden_sizes, settings, seed, device)
+    trained = train_with_options(
+        data, every_task, hidden_sizes, settings, seed, device, options
+    )
+    model = trained.model
+    if trained.weights is not None:
+        log.info("task weights (rank %d): %s", options.reweighting.rank,
+                 trained.weights.set_index("task")["weight"].round(3).to_dict())
+        write_table(trained.weights, weights_path)
+    if trained.diagnostics is not None:
+        write_table(trained.diagnostics, diagnostics_path)
     metrics = evaluate(model, data, every_task, splits=("val",), metric=metric)
     log.info(
         "meta-initialization: %d tasks, %d epochs in %.1f s; mean val loss %.4f, %s %.4f",
@@ -65,6 +96,7 @@ def finetune_chunk(
 def train_group_model(
     examples_path, tasks_path, members: list, group_key: str, results_path, model_paths: list,
     hidden_sizes, training: dict, seeds: list, threads: int = 1, metric: str = "auto",
+    options: dict | None = None, weights_path=None, diagnostics_path=None,
 ) -> None:
     """Train one multi-head model per seed on the tasks ``members``; write their per-task
     val and test loss and metric (``metric``, evaluation.metric; group_results table) and
@@ -72,7 +104,14 @@ def train_group_model(
 
     Each model's seed is derived from (seed, sorted member names), so a group gets the same
     models in whichever grouping it appears.
+
+    ``options``: the enabled ``training_options.final`` (reweighting, alignment,
+    diagnostics; see :mod:`taskgroup.within_group`). The task weights (the same for every
+    seed: they depend on the data only) go to ``weights_path``, the diagnostics of all seeds
+    (with group_key and seed columns) to ``diagnostics_path``.
     """
+    options = TrainingOptions.from_dict(options)
+    _check_option_outputs(options, weights_path, diagnostics_path)
     if groupings.group_key(members) != group_key:
         raise ValueError(
             f"group {group_key}: its members {sorted(members)[:5]}... hash to "
@@ -86,12 +125,25 @@ def train_group_model(
     indices = data.task_indices(list(members)).to(device)
     resolve_metrics(metric, data.types, data.task_names)  # fail before training
     settings = TrainSettings(**training, select_best_epoch=True)
-    frames = []
+    weights = None
+    if options.reweighting.enabled:
+        weights = reweighting.task_weights(data, indices, options.reweighting.rank)
+        weights.insert(0, "group_key", group_key)
+        log.info("group %s task weights (rank %d): %s", group_key, options.reweighting.rank,
+                 weights.set_index("task")["weight"].round(3).to_dict())
+    frames, diagnostics = [], []
     for seed, model_path in zip(seeds, model_paths):
         started = time.perf_counter()
-        model = train_new_model(
-            data, indices, hidden_sizes, settings, derived_seed(seed, *sorted(members)), device
+        trained = train_with_options(
+            data, indices, hidden_sizes, settings, derived_seed(seed, *sorted(members)),
+            device, options, weights=weights,
         )
+        model = trained.model
+        if trained.diagnostics is not None:
+            table = trained.diagnostics
+            table.insert(0, "seed", int(seed))
+            table.insert(0, "group_key", group_key)
+            diagnostics.append(table)
         results = evaluate(model, data, indices, ("val", "test"), metric)
         results = results.drop(columns="n_examples")
         results.insert(0, "seed", int(seed))
@@ -103,4 +155,8 @@ def train_group_model(
         )
         save_model_atomically(model.cpu(), data.task_names, model_path)
         frames.append(results)
+    if weights is not None:
+        write_table(weights, weights_path)
+    if diagnostics:
+        write_table(pd.concat(diagnostics, ignore_index=True), diagnostics_path)
     write_table(pd.concat(frames, ignore_index=True), results_path)
