@@ -51,17 +51,22 @@ READERS = {
 }
 
 
+CHECKPOINTS = {"cluster_tasks", "baseline_grouping", "random_grouping"}
+
+
 def downstream(*rules: str) -> set[str]:
     """The rules a dry run schedules after a change to ``rules``: they, every rule that
-    depends on them, and the target rule ``all``. Group models depend on no grouping file:
-    each is named by the hash of its tasks, so a rerun grouping adds jobs only for groups
-    that no model exists for yet (decided after the checkpoint has run)."""
+    depends on them, and the target rule ``all``. When a checkpoint reruns, the group models
+    are not listed: which groups exist is decided after the checkpoint has run (each model is
+    named by the hash of its tasks, and only groups without a model are then trained)."""
     found, pending = set(), list(rules)
     while pending:
         rule = pending.pop()
         if rule not in found:
             found.add(rule)
             pending += READERS[rule]
+    if found & CHECKPOINTS and "train_group_model" not in rules:
+        found.discard("train_group_model")
     return found | {"all"}
 
 
