@@ -58,8 +58,8 @@ def cluster_tasks(
 ) -> None:
     """Cluster one source's normalized affinity with every method (``grouping_paths`` in
     the order of ``methods``); write each grouping and one table with a row per method:
-    source, method, n_clusters, average_density (on this source's matrix), ari_vs_planted,
-    seconds."""
+    source, method, n_clusters, average_density (on this source's matrix), ari_vs_planted.
+    (Solve times go to the log only, so that reruns write identical tables.)"""
     if len(grouping_paths) != len(methods):
         raise ValueError(f"{len(methods)} methods but {len(grouping_paths)} grouping paths")
     tasks = read_table(tasks_path, TASKS)
@@ -91,7 +91,6 @@ def cluster_tasks(
                 "n_clusters": int(labels.max() + 1),
                 "average_density": objective,
                 "ari_vs_planted": ari_against_planted(grouping, tasks),
-                "seconds": seconds,
             }
         )
     write_table(pd.DataFrame(rows), objective_path)
