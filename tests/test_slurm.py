@@ -21,14 +21,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import ROOT, TIMEOUT_SECONDS, make_workdir, snakemake
+from workflow_helpers import ROOT, TIMEOUT_SECONDS, make_workdir, shared_smoke_repository
 
 pytestmark = pytest.mark.slurm
 
@@ -151,31 +150,16 @@ def accounting(job_ids) -> dict[str, dict]:
     return rows
 
 
-def test_smoke_workflow_on_slurm_matches_a_local_run(slurm_cluster, tmp_path, record_property):
+def test_smoke_workflow_on_slurm_matches_a_local_run(
+    slurm_cluster, tmp_path, tmp_path_factory, record_property
+):
     slurm_dir = make_workdir(tmp_path / "slurm")
-    local_dir = make_workdir(tmp_path / "local")
-
-    # The local reference run goes on meanwhile: the SLURM run mostly waits for the queue.
-    local_error = []
-
-    def local_run():
-        try:
-            snakemake(local_dir)
-        except BaseException as error:  # re-raised in the test's thread
-            local_error.append(error)
-
-    local = threading.Thread(target=local_run, daemon=True)
-    local.start()
-    try:
-        check_slurm_run(slurm_dir, tmp_path, record_property)
-    finally:
-        local.join(timeout=TIMEOUT_SECONDS)
-    assert not local.is_alive(), "the local reference run did not finish"
-    if local_error:
-        raise local_error[0]
+    check_slurm_run(slurm_dir, tmp_path, record_property)
+    # The reference: the session's local run of the same config (shared with other modules).
+    local_results = shared_smoke_repository(tmp_path_factory) / "results/smoke/evaluation"
     for name in OUTPUTS:
         on_slurm = pd.read_parquet(slurm_dir / "results/smoke/evaluation" / f"{name}.parquet")
-        locally = pd.read_parquet(local_dir / "results/smoke/evaluation" / f"{name}.parquet")
+        locally = pd.read_parquet(local_results / f"{name}.parquet")
         pd.testing.assert_frame_equal(on_slurm, locally, check_exact=True)
 
 
