@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import ROOT, TIMEOUT_SECONDS, make_workdir, shared_smoke_repository
+from workflow_helpers import ROOT, make_workdir, shared_smoke_repository
 
 pytestmark = pytest.mark.slurm
 
@@ -42,6 +42,9 @@ ACCOUNT = os.environ.get("TASKGROUP_SLURM_ACCOUNT", "taskgroup")
 STATUS_CHECK_SECONDS = int(os.environ.get("TASKGROUP_SLURM_STATUS_SECONDS", "15"))
 # Installing the packages on a fresh machine takes ~20 s; stopping ~10 s.
 SCRIPT_TIMEOUT_SECONDS = 900
+# The smoke config on SLURM: about 13 submissions, each waiting for the queue and its status
+# checks; a generous bound, since a loaded CI machine runs the jobs slowly.
+RUN_TIMEOUT_SECONDS = 1800
 TRAINING_RULES = (
     "train_meta_init", "finetune_subsets", "lookahead_affinity", "train_group_model",
 )
@@ -174,7 +177,7 @@ def check_slurm_run(slurm_dir: Path, tmp_path: Path, record_property) -> None:
         "--slurm-keep-successful-logs",
     ]
     start = time.monotonic()
-    returncode, output = run_with_hard_timeout(command, slurm_dir, TIMEOUT_SECONDS)
+    returncode, output = run_with_hard_timeout(command, slurm_dir, RUN_TIMEOUT_SECONDS)
     seconds = time.monotonic() - start
     (tmp_path / "slurm_run.log").write_text(output)
     assert returncode == 0, f"snakemake on SLURM failed ({returncode}):\n{output[-6000:]}"
