@@ -15,7 +15,7 @@ from taskgroup.config import (
 )
 from taskgroup.groupings import group_keys
 from taskgroup.subsets import n_chunks
-from taskgroup.within_group import enabled_options
+from taskgroup.training_options import enabled_options
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)

@@ -1,0 +1,68 @@
+"""The ``training_options`` config sections as dataclasses (no torch: the rules read them
+when Snakemake parses the workflow). Training with them is in :mod:`taskgroup.within_group`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Reweighting:
+    enabled: bool = False
+    rank: int = 1
+
+
+@dataclass(frozen=True)
+class Alignment:
+    enabled: bool = False
+    epochs: int = 20
+    lr: float = 0.001
+    head_lr: float | None = None  # None = the training's lr
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    enabled: bool = False
+    every: int = 10
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    reweighting: Reweighting = field(default_factory=Reweighting)
+    alignment: Alignment = field(default_factory=Alignment)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    @classmethod
+    def from_dict(cls, options: dict | None) -> "TrainingOptions":
+        """From a (possibly partial or empty) ``training_options.<stage>`` section."""
+        options = options or {}
+        unknown = sorted(set(options) - {"reweighting", "alignment", "diagnostics"})
+        if unknown:
+            raise ValueError(f"training_options: unknown option(s) {unknown}")
+        return cls(
+            Reweighting(**options.get("reweighting", {})),
+            Alignment(**options.get("alignment", {})),
+            Diagnostics(**options.get("diagnostics", {})),
+        )
+
+    @property
+    def any_enabled(self) -> bool:
+        return self.reweighting.enabled or self.alignment.enabled or self.diagnostics.enabled
+
+
+_CLASSES = {"reweighting": Reweighting, "alignment": Alignment, "diagnostics": Diagnostics}
+
+
+def enabled_options(options: dict | None) -> dict:
+    """Only the enabled options of a ``training_options.<stage>`` section, each with its
+    defaults filled in and keys sorted (what the rules pass as params:, so that disabled
+    options leave the jobs unchanged and an omitted default equals the written value)."""
+    options = options or {}
+    enabled = {}
+    for name in sorted(options):
+        if name not in _CLASSES:
+            raise ValueError(f"training_options: unknown option {name!r}")
+        if options[name].get("enabled", False):
+            full = {**asdict(_CLASSES[name]()), **options[name]}
+            enabled[name] = {key: full[key] for key in sorted(full)}
+    return enabled
