@@ -14,12 +14,8 @@ checkpoint cluster_tasks:
     conda:
         "../envs/taskgroup.yaml"
     params:
+        **clustering_params(),
         methods=METHODS,
-        similarity=config["clustering"].get("similarity", "profile"),
-        rounding=config["clustering"].get("rounding", "kmeans"),
-        n_clusters=config["clustering"]["n_clusters"],
-        max_clusters=config["clustering"].get("max_clusters", 10),
-        seed=config["clustering"]["seed"],
     script:
         "../workflow_scripts/cluster_tasks.py"
 

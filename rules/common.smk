@@ -180,19 +180,20 @@ def training_option_outputs(stage, directory):
     return outputs
 
 
+def clustering_params():
+    """The clustering settings shared by cluster_tasks and validate_estimator (the schema
+    fills in the defaults)."""
+    return {
+        key: config["clustering"][key]
+        for key in ("similarity", "rounding", "n_clusters", "max_clusters", "seed")
+    }
+
+
 def validation_clustering():
     """How validate_estimator clusters the estimated and real affinities: the primary
     method with the configured number of clusters ("auto" is resolved on the real one).
     """
-    clustering = config["clustering"]
-    return {
-        "method": METHODS[0],
-        "similarity": clustering.get("similarity", "profile"),
-        "rounding": clustering.get("rounding", "kmeans"),
-        "n_clusters": clustering["n_clusters"],
-        "max_clusters": clustering.get("max_clusters", 10),
-        "seed": clustering["seed"],
-    }
+    return {"method": METHODS[0], **clustering_params()}
 
 
 def subset_value_chunks(wildcards):
@@ -226,34 +227,57 @@ def grouping_file(dataset, grouping):
     ]
 
 
+_MEMBERS_CACHE = {}
+
+
+def group_members_by_key(dataset):
+    """group_key -> sorted member tasks over every grouping table of ``dataset`` on disk.
+
+    Read once per state of the tables (their paths and modification times), not once per
+    job: every train_group_model job asks for its members at DAG-building time, and the
+    tables change only when a checkpoint rewrites them."""
+    paths = [
+        Path(f"results/{dataset}/groupings/{grouping}.parquet")
+        for grouping in GROUPINGS
+    ]
+    state = tuple(
+        (str(path), path.stat().st_mtime_ns) for path in paths if path.exists()
+    )
+    if state not in _MEMBERS_CACHE:
+        members = {}
+        for path, _ in state:
+            table = group_keys(pd.read_parquet(path))
+            for key, tasks in table.groupby("group_key")["task"]:
+                members.setdefault(key, sorted(tasks))
+        _MEMBERS_CACHE.clear()
+        _MEMBERS_CACHE[state] = members
+    return _MEMBERS_CACHE[state]
+
+
 def group_result_files(wildcards):
     """One result file per distinct group (set of tasks) over every grouping: groups that
     several groupings share are trained once."""
-    keys = set()
     for grouping in GROUPINGS:
-        table = pd.read_parquet(grouping_file(wildcards.dataset, grouping))
-        keys.update(group_keys(table)["group_key"])
+        grouping_file(
+            wildcards.dataset, grouping
+        )  # waits for the grouping's checkpoint
     return expand(
         "results/{dataset}/final/groups/{key}.parquet",
         dataset=wildcards.dataset,
-        key=sorted(keys),
+        key=sorted(group_members_by_key(wildcards.dataset)),
     )
 
 
 def group_members(wildcards):
     """The member tasks of group ``key``, found in the grouping tables on disk (they exist:
     the group's job is only requested once every grouping has been written)."""
-    for grouping in GROUPINGS:
-        path = Path(f"results/{wildcards.dataset}/groupings/{grouping}.parquet")
-        if path.exists():
-            table = group_keys(pd.read_parquet(path))
-            members = table.loc[table["group_key"] == wildcards.key, "task"]
-            if len(members):
-                return sorted(members)
-    raise ValueError(
-        f"no grouping table under results/{wildcards.dataset}/groupings/ has a group with "
-        f"key {wildcards.key}; run the workflow from its final target instead"
-    )
+    members = group_members_by_key(wildcards.dataset).get(wildcards.key)
+    if members is None:
+        raise ValueError(
+            f"no grouping table under results/{wildcards.dataset}/groupings/ has a group "
+            f"with key {wildcards.key}; run the workflow from its final target instead"
+        )
+    return members
 
 
 def grouping_files(wildcards):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from taskgroup import affinity as affinity_lib
-from taskgroup import clustering, groupings
+from taskgroup import clustering, groupings, plots
 from taskgroup.evaluation import ari_against_planted
 from taskgroup.tables import AFFINITY, GROUPING, SUBSET_VALUES, TASKS, read_table, write_table
 
@@ -98,8 +98,6 @@ def cluster_tasks(
 
 def gather_clustering(objective_paths: list, table_path, figure_path) -> None:
     """One table (and a figure) of every method's objective on every source."""
-    from taskgroup import plots
-
     table = pd.concat([pd.read_parquet(path) for path in objective_paths], ignore_index=True)
     log.info("clustering objective by method:\n%s", table.to_string(index=False))
     write_table(table, table_path)
