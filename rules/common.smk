@@ -15,7 +15,7 @@ from taskgroup.config import (
 )
 from taskgroup.groupings import group_keys
 from taskgroup.subsets import n_chunks
-from taskgroup.training_options import enabled_options
+from taskgroup.training_options import enabled_options, variant_options
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
@@ -43,6 +43,12 @@ RANDOM = (
     else []
 )
 GROUPINGS = CLUSTERED + BASELINES + RANDOM
+# Trainings of every group model (training_options.final.variants); the first is the one
+# the figures show.
+FINAL_OPTIONS = config.get("training_options", {}).get("final", {})
+VARIANTS = FINAL_OPTIONS.get("variants", ["plain"])
+COMPARE_VARIANTS = "plain" in VARIANTS and len(VARIANTS) > 1
+FINAL_DIAGNOSTICS = FINAL_OPTIONS.get("diagnostics", {}).get("enabled", False)
 TRAINING_SEEDS = [
     config["final"]["seed"] + offset
     for offset in range(config["evaluation"]["n_seeds"])
@@ -57,6 +63,7 @@ wildcard_constraints:
     source="|".join(SOURCES),
     method="|".join(METHODS),
     grouping="|".join(GROUPINGS),
+    variant="|".join(VARIANTS),
     key=r"[0-9a-f]{16}",
 
 
@@ -161,16 +168,17 @@ def training_params(section):
 
 
 def training_options(stage):
-    """The enabled options of training_options.<stage> (meta_init or final), with their
-    defaults filled in, as params: {"options": {...}}; nothing when every option is off,
-    so that the default (plain) training jobs keep their params and outputs."""
+    """The enabled options of training_options.meta_init, with their defaults filled in,
+    as params: {"options": {...}}; nothing when every option is off, so that the default
+    (plain) training job keeps its params and outputs."""
     options = enabled_options(config.get("training_options", {}).get(stage, {}))
     return {"options": options} if options else {}
 
 
 def training_option_outputs(stage, directory):
-    """The extra Parquet outputs of a training job under ``directory``: task_weights
-    (reweighting) and diagnostics (diagnostics), each only when its option is on."""
+    """The extra Parquet outputs of the meta-initialization under ``directory``:
+    task_weights (reweighting) and diagnostics (diagnostics), each only when its option is
+    on."""
     options = training_options(stage).get("options", {})
     outputs = {}
     if "reweighting" in options:
@@ -178,6 +186,22 @@ def training_option_outputs(stage, directory):
     if "diagnostics" in options:
         outputs["diagnostics"] = f"{directory}/diagnostics.parquet"
     return outputs
+
+
+def final_variant_options(wildcards):
+    """The enabled options of the final-training variant {variant} (settings from
+    training_options.final; see taskgroup.training_options.variant_options)."""
+    return variant_options(FINAL_OPTIONS, wildcards.variant)
+
+
+def final_diagnostics_output():
+    """The diagnostics output of a group model job, when training_options.final.diagnostics
+    is on."""
+    if FINAL_DIAGNOSTICS:
+        return {
+            "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet"
+        }
+    return {}
 
 
 def clustering_params():
@@ -254,18 +278,28 @@ def group_members_by_key(dataset):
     return _MEMBERS_CACHE[state]
 
 
-def group_result_files(wildcards):
-    """One result file per distinct group (set of tasks) over every grouping: groups that
-    several groupings share are trained once."""
+def group_model_files(wildcards, kind="results"):
+    """One file per distinct group (set of tasks) over every grouping and per variant:
+    groups that several groupings share are trained once. ``kind``: "results" (the group
+    results tables) or "diagnostics"."""
     for grouping in GROUPINGS:
         grouping_file(
             wildcards.dataset, grouping
         )  # waits for the grouping's checkpoint
+    pattern = {
+        "results": "results/{dataset}/final/{variant}/{key}.parquet",
+        "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet",
+    }[kind]
     return expand(
-        "results/{dataset}/final/groups/{key}.parquet",
+        pattern,
         dataset=wildcards.dataset,
+        variant=VARIANTS,
         key=sorted(group_members_by_key(wildcards.dataset)),
     )
+
+
+def group_diagnostics_files(wildcards):
+    return group_model_files(wildcards, "diagnostics")
 
 
 def group_members(wildcards):
@@ -294,6 +328,21 @@ def affinity_files(wildcards):
     }
 
 
+def variant_comparison_outputs():
+    """The comparison tables of the final-training variants, when there is one to make."""
+    if not COMPARE_VARIANTS:
+        return {}
+    return {
+        "variants": "results/{dataset}/evaluation/variants.parquet",
+        "variant_changes": "results/{dataset}/evaluation/variant_changes.parquet",
+        "variants_html": report(
+            "results/{dataset}/evaluation/variants.html",
+            caption="../report/variants_table.rst",
+            category="Within-group training",
+        ),
+    }
+
+
 def final_outputs():
     outputs = [
         "results/{dataset}/evaluation/summary.parquet",
@@ -305,6 +354,16 @@ def final_outputs():
         "results/{dataset}/subsets/pair_counts.parquet",
         "results/{dataset}/meta_init/val_metrics.parquet",
     ]
+    if COMPARE_VARIANTS:
+        outputs += [
+            "results/{dataset}/evaluation/variants.parquet",
+            "results/{dataset}/evaluation/variant_changes.png",
+        ]
+    if FINAL_DIAGNOSTICS:
+        outputs += [
+            "results/{dataset}/evaluation/generalization_gap.parquet",
+            "results/{dataset}/evaluation/transfer_diagnostics.png",
+        ]
     if config["surrogates"]["enabled"]:
         outputs += [
             "results/{dataset}/surrogates/coefficients.parquet",
@@ -334,3 +393,5 @@ localrules:
     random_grouping,
     evaluate_groupings,
     plot_figures,
+    plot_variants,
+    diagnose_transfer,

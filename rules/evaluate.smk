@@ -1,10 +1,11 @@
 rule evaluate_groupings:
     input:
         unpack(grouping_files),
-        results=group_result_files,
+        results=group_model_files,
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("evaluate_groupings.py"),
     output:
+        **variant_comparison_outputs(),
         per_task="results/{dataset}/evaluation/per_task.parquet",
         summary="results/{dataset}/evaluation/summary.parquet",
         summary_html=report(
@@ -46,5 +47,57 @@ rule plot_figures:
         "../envs/taskgroup.yaml"
     params:
         primary=PRIMARY,
+        variant=VARIANTS[0],
     script:
         "../workflow_scripts/plot_figures.py"
+
+
+# With "plain" and another variant in training_options.final.variants.
+if COMPARE_VARIANTS:
+
+    rule plot_variants:
+        input:
+            changes="results/{dataset}/evaluation/variant_changes.parquet",
+            clusters=f"results/{{dataset}}/groupings/{PRIMARY}.parquet",
+            code=library_code("plot_variants.py"),
+        output:
+            report(
+                "results/{dataset}/evaluation/variant_changes.png",
+                caption="../report/variants.rst",
+                category="Within-group training",
+            ),
+        log:
+            "results/{dataset}/logs/plot_variants.log",
+        conda:
+            "../envs/taskgroup.yaml"
+        params:
+            primary=PRIMARY,
+        script:
+            "../workflow_scripts/plot_variants.py"
+
+
+# With training_options.final.diagnostics enabled.
+if FINAL_DIAGNOSTICS:
+
+    rule diagnose_transfer:
+        input:
+            unpack(grouping_files),
+            diagnostics=group_diagnostics_files,
+            code=library_code("diagnose_transfer.py"),
+        output:
+            gap="results/{dataset}/evaluation/generalization_gap.parquet",
+            figure=report(
+                "results/{dataset}/evaluation/transfer_diagnostics.png",
+                caption="../report/diagnostics.rst",
+                category="Within-group training",
+            ),
+        log:
+            "results/{dataset}/logs/diagnose_transfer.log",
+        conda:
+            "../envs/taskgroup.yaml"
+        params:
+            groupings=GROUPINGS,
+            primary=PRIMARY,
+            variant=VARIANTS[0],
+        script:
+            "../workflow_scripts/diagnose_transfer.py"

@@ -4,22 +4,22 @@ rule train_group_model:
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("train_group_model.py"),
     output:
-        **training_option_outputs("final", "results/{dataset}/final/groups/{key}"),
-        results="results/{dataset}/final/groups/{key}.parquet",
+        **final_diagnostics_output(),
+        results="results/{dataset}/final/{variant}/{key}.parquet",
         models=expand(
-            "results/{{dataset}}/final/groups/{{key}}/model_seed{seed}.pt",
+            "results/{{dataset}}/final/{{variant}}/{{key}}/model_seed{seed}.pt",
             seed=TRAINING_SEEDS,
         ),
     log:
-        "results/{dataset}/logs/train_group_model/{key}.log",
+        "results/{dataset}/logs/train_group_model/{variant}/{key}.log",
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
         gpu=1,
     params:
-        # Enabled training_options.final only (none: plain training, no extra outputs).
-        **training_options("final"),
+        # The options the variant {variant} turns on, with their settings ({} = plain).
+        options=final_variant_options,
         # The group's tasks; {key} is a hash of them, so a group's job and model are shared
         # by every grouping that has the group and do not rerun when other groups change.
         members=group_members,

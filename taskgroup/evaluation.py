@@ -19,31 +19,37 @@ def ari_against_planted(grouping: pd.DataFrame, tasks: pd.DataFrame) -> float:
 
 
 def per_task_table(groupings: dict[str, pd.DataFrame], results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (grouping, seed, task): grouping, seed, task, cluster, group_key,
-    test_loss, test_metric, val_loss, val_metric.
+    """One row per (grouping, variant, seed, task): grouping, variant, seed, task, cluster,
+    group_key, loss_weight, test_loss, test_metric, val_loss, val_metric.
 
     groupings: name -> grouping table (task, group); results: the group_results tables of
-    every trained group, concatenated (one row per group_key, seed, task, split)."""
-    wide = results.pivot_table(
-        index=["group_key", "seed", "task"], columns="split", values=["loss", "metric"]
-    )
+    every trained group and final-training variant, concatenated (one row per variant,
+    group_key, seed, task, split)."""
+    index = ["variant", "group_key", "seed", "task"]
+    wide = results.pivot_table(index=index, columns="split", values=["loss", "metric"])
     wide.columns = [f"{split}_{value}" for value, split in wide.columns]
-    wide = wide.reset_index()
+    weights = results.groupby(index)["loss_weight"].first()
+    wide = wide.join(weights).reset_index()
     frames = []
-    for name, grouping in groupings.items():
-        keyed = group_keys(grouping).rename(columns={"group": "cluster"})
-        joined = keyed.merge(wide, on=["group_key", "task"], how="left")
-        missing = joined.loc[joined["seed"].isna(), "task"].tolist()
-        if missing:
-            raise ValueError(f"grouping {name!r}: no group results for tasks {missing[:5]}")
-        frames.append(joined.assign(grouping=name))
+    for variant in sorted(results["variant"].unique()):
+        trained = wide[wide["variant"] == variant]
+        for name, grouping in groupings.items():
+            keyed = group_keys(grouping).rename(columns={"group": "cluster"})
+            joined = keyed.merge(trained, on=["group_key", "task"], how="left")
+            missing = joined.loc[joined["seed"].isna(), "task"].tolist()
+            if missing:
+                raise ValueError(
+                    f"grouping {name!r}, variant {variant!r}: no group results for tasks "
+                    f"{missing[:5]}"
+                )
+            frames.append(joined.assign(grouping=name, variant=variant))
     columns = [
-        "grouping", "seed", "task", "cluster", "group_key",
+        "grouping", "variant", "seed", "task", "cluster", "group_key", "loss_weight",
         "test_loss", "test_metric", "val_loss", "val_metric",
     ]
     table = pd.concat(frames, ignore_index=True)[columns]
     table["seed"] = table["seed"].astype(np.int64)
-    return table.sort_values(["grouping", "seed", "task"], ignore_index=True)
+    return table.sort_values(["grouping", "variant", "seed", "task"], ignore_index=True)
 
 
 def describe_grouping(name: str) -> dict:
@@ -57,8 +63,8 @@ def describe_grouping(name: str) -> dict:
     return {"kind": "baseline", "affinity_source": "", "method": name}
 
 
-def _per_seed_means(per_task: pd.DataFrame, name: str) -> pd.Series:
-    chosen = per_task[per_task["grouping"] == name]
+def _per_seed_means(per_task: pd.DataFrame, name: str, variant: str) -> pd.Series:
+    chosen = per_task[(per_task["grouping"] == name) & (per_task["variant"] == variant)]
     return chosen.groupby("seed")["test_metric"].mean()
 
 
@@ -67,66 +73,136 @@ def _spread(values) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
+def _grouping_row(
+    per_task: pd.DataFrame, name: str, variant: str, grouping: pd.DataFrame,
+    tasks: pd.DataFrame, reference: str, reference_means: pd.Series | None,
+) -> dict:
+    chosen = per_task[(per_task["grouping"] == name) & (per_task["variant"] == variant)]
+    means = _per_seed_means(per_task, name, variant)
+    row = {
+        "grouping": name,
+        "variant": variant,
+        **describe_grouping(name),
+        "n_groups": int(grouping["group"].nunique()),
+        "n_seeds": int(len(means)),
+        "mean_test_metric": float(means.mean()),
+        "sd_test_metric": _spread(means),
+        "mean_test_loss": float(chosen["test_loss"].mean()),
+        "mean_val_metric": float(chosen["val_metric"].mean()),
+        "ari_vs_planted": ari_against_planted(grouping, tasks),
+    }
+    if reference_means is not None:
+        paired = (means - reference_means).dropna()
+        row[f"gain_vs_{reference}"] = float(paired.mean())
+        row["sd_gain"] = _spread(paired)
+    return row
+
+
+def _random_mean_row(random_rows: pd.DataFrame, reference: str) -> dict:
+    """The random partitions of one variant pooled: means of their rows, spreads across
+    partitions."""
+    pooled = random_rows.iloc[0].to_dict()
+    pooled.update(grouping="random_mean", kind="random_mean")
+    averaged = ["mean_test_metric", "mean_test_loss", "mean_val_metric", "ari_vs_planted"]
+    gain = f"gain_vs_{reference}"
+    if gain in random_rows:
+        averaged.append(gain)
+        pooled["sd_gain"] = _spread(random_rows[gain])
+    pooled.update({column: float(random_rows[column].mean()) for column in averaged})
+    pooled["sd_test_metric"] = _spread(random_rows["mean_test_metric"])
+    return pooled
+
+
 def summary_table(
     per_task: pd.DataFrame, groupings: dict[str, pd.DataFrame], tasks: pd.DataFrame,
     reference: str = "naive_mtl",
 ) -> pd.DataFrame:
-    """One row per grouping, plus one "random_mean" row averaging the random partitions.
+    """One row per (grouping, final-training variant), plus per variant one "random_mean"
+    row averaging the random partitions.
 
-    Columns: grouping, kind, affinity_source, method, n_groups, n_seeds, mean_test_metric
-    (mean over training seeds of the mean over tasks), sd_test_metric (standard deviation of
-    that mean across seeds; across partitions for random_mean), mean_test_loss,
-    mean_val_metric, ari_vs_planted (NaN without planted groups), gain_vs_<reference>
-    (mean over seeds of the paired per-seed difference in mean test metric), sd_gain (its
-    spread across seeds) and within_spread (|gain| <= sd_gain: the difference is not
+    Columns: grouping, variant, kind, affinity_source, method, n_groups, n_seeds,
+    mean_test_metric (mean over training seeds of the mean over tasks), sd_test_metric
+    (standard deviation of that mean across seeds; across partitions for random_mean),
+    mean_test_loss, mean_val_metric, ari_vs_planted (NaN without planted groups),
+    gain_vs_<reference> (mean over seeds of the paired per-seed difference in mean test
+    metric, against the reference grouping trained the same way), sd_gain (its spread
+    across seeds) and within_spread (|gain| <= sd_gain: the difference is not
     distinguishable from seed noise; NA with one seed or without the reference)."""
-    reference_means = (
-        _per_seed_means(per_task, reference) if reference in groupings else None
-    )
     rows = []
-    for name, grouping in groupings.items():
-        chosen = per_task[per_task["grouping"] == name]
-        means = _per_seed_means(per_task, name)
-        row = {
-            "grouping": name,
-            **describe_grouping(name),
-            "n_groups": int(grouping["group"].nunique()),
-            "n_seeds": int(len(means)),
-            "mean_test_metric": float(means.mean()),
-            "sd_test_metric": _spread(means),
-            "mean_test_loss": float(chosen["test_loss"].mean()),
-            "mean_val_metric": float(chosen["val_metric"].mean()),
-            "ari_vs_planted": ari_against_planted(grouping, tasks),
-        }
-        if reference_means is not None:
-            paired = (means - reference_means).dropna()
-            row[f"gain_vs_{reference}"] = float(paired.mean())
-            row["sd_gain"] = _spread(paired)
-        rows.append(row)
+    for variant in sorted(per_task["variant"].unique()):
+        reference_means = (
+            _per_seed_means(per_task, reference, variant) if reference in groupings else None
+        )
+        variant_rows = [
+            _grouping_row(per_task, name, variant, grouping, tasks, reference, reference_means)
+            for name, grouping in groupings.items()
+        ]
+        random_rows = pd.DataFrame(variant_rows)
+        random_rows = random_rows[random_rows["kind"] == "random"]
+        if len(random_rows):
+            variant_rows.append(_random_mean_row(random_rows, reference))
+        rows += variant_rows
     summary = pd.DataFrame(rows)
-    random_rows = summary[summary["kind"] == "random"]
-    if len(random_rows):
-        pooled = {
-            "grouping": "random_mean",
-            "kind": "random_mean",
-            "affinity_source": "",
-            "method": "random",
-            "n_groups": int(random_rows["n_groups"].iloc[0]),
-            "n_seeds": int(random_rows["n_seeds"].iloc[0]),
-            "mean_test_metric": float(random_rows["mean_test_metric"].mean()),
-            "sd_test_metric": _spread(random_rows["mean_test_metric"]),
-            "mean_test_loss": float(random_rows["mean_test_loss"].mean()),
-            "mean_val_metric": float(random_rows["mean_val_metric"].mean()),
-            "ari_vs_planted": float(random_rows["ari_vs_planted"].mean()),
-        }
-        if reference_means is not None:
-            gains = random_rows[f"gain_vs_{reference}"]
-            pooled[f"gain_vs_{reference}"] = float(gains.mean())
-            pooled["sd_gain"] = _spread(gains)
-        summary = pd.concat([summary, pd.DataFrame([pooled])], ignore_index=True)
-    if reference_means is not None:
+    if f"gain_vs_{reference}" in summary:
         gain, spread = summary[f"gain_vs_{reference}"], summary["sd_gain"]
         within = (gain.abs() <= spread).astype("boolean")
         within[spread.isna() | (summary["grouping"] == reference)] = pd.NA
         summary["within_spread"] = within
     return summary
+
+
+def variant_task_changes(per_task: pd.DataFrame, baseline: str = "plain") -> pd.DataFrame:
+    """Per (grouping, variant other than ``baseline``, task): grouping, variant, task,
+    cluster, loss_weight, baseline_test_metric and test_metric (each the mean over training
+    seeds), change (test_metric - baseline_test_metric: positive = the variant helped the
+    task). Empty when ``baseline`` was not trained."""
+    means = per_task.groupby(["grouping", "variant", "task"], as_index=False).agg(
+        cluster=("cluster", "first"), loss_weight=("loss_weight", "mean"),
+        test_metric=("test_metric", "mean"),
+    )
+    base = means[means["variant"] == baseline][["grouping", "task", "test_metric"]]
+    base = base.rename(columns={"test_metric": "baseline_test_metric"})
+    others = means[means["variant"] != baseline].merge(base, on=["grouping", "task"])
+    others["change"] = others["test_metric"] - others["baseline_test_metric"]
+    columns = [
+        "grouping", "variant", "task", "cluster", "loss_weight", "baseline_test_metric",
+        "test_metric", "change",
+    ]
+    return others[columns].sort_values(["grouping", "variant", "task"], ignore_index=True)
+
+
+def variant_comparison(per_task: pd.DataFrame, baseline: str = "plain") -> pd.DataFrame:
+    """Per (grouping, variant other than ``baseline``): grouping, variant, n_seeds,
+    baseline_test_metric and mean_test_metric (means over seeds of the mean over tasks),
+    change (mean over seeds of the paired per-seed difference: the same seeds start both
+    trainings from the same initialization), sd_change (its spread across seeds),
+    within_spread (|change| <= sd_change; NA with one seed), n_tasks_better and
+    n_tasks_worse (tasks whose seed-averaged test metric rose or fell)."""
+    seed_means = per_task.groupby(["grouping", "variant", "seed"])["test_metric"].mean()
+    seed_means = seed_means.unstack("variant")
+    changes = variant_task_changes(per_task, baseline)
+    rows = []
+    for (grouping, variant), tasks in changes.groupby(["grouping", "variant"], sort=True):
+        pair = seed_means.loc[grouping, [baseline, variant]].dropna()
+        paired = pair[variant] - pair[baseline]
+        spread = _spread(paired)
+        rows.append(
+            {
+                "grouping": grouping,
+                "variant": variant,
+                "n_seeds": int(len(pair)),
+                "baseline_test_metric": float(pair[baseline].mean()),
+                "mean_test_metric": float(pair[variant].mean()),
+                "change": float(paired.mean()),
+                "sd_change": spread,
+                "within_spread": pd.NA if np.isnan(spread) else bool(
+                    abs(paired.mean()) <= spread
+                ),
+                "n_tasks_better": int((tasks["change"] > 0).sum()),
+                "n_tasks_worse": int((tasks["change"] < 0).sum()),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["within_spread"] = table["within_spread"].astype("boolean")
+    return table

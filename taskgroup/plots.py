@@ -133,19 +133,14 @@ def estimator_validation(per_subset: pd.DataFrame, curve: pd.DataFrame, path) ->
     plt.close(figure)
 
 
-def transfer_diagnostics(diagnostics: pd.DataFrame, path) -> None:
-    """Transfer diagnostics of one run (a diagnostics table, :mod:`taskgroup.diagnostics`;
-    several seeds are averaged): per-task training and validation loss (left, middle) and
-    the cosine between each task's trunk gradient and the summed gradient on the training
-    split (right), against the epoch. The kept model ("final") is left out; a dotted line
+def _trajectory_panels(axes, diagnostics: pd.DataFrame, panels) -> None:
+    """Draw per-task trajectories of a diagnostics table (seeds averaged, the kept "final"
+    rows left out) on ``axes``, one (split, column, title) of ``panels`` each; a dotted line
     marks the start of the alignment phase when there is one."""
     trajectory = diagnostics[diagnostics["phase"] != "final"]
     mean = trajectory.groupby(["task", "split", "epoch"], as_index=False)[
         ["loss", "grad_cosine"]
     ].mean()
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
-    panels = [("train", "loss", "training loss"), ("val", "loss", "validation loss"),
-              ("train", "grad_cosine", "cos(g_i, sum_j g_j), trunk, training split")]
     aligned = trajectory.loc[trajectory["phase"] == "alignment", "epoch"]
     start = None if aligned.empty else trajectory.loc[
         trajectory["phase"] == "joint", "epoch"].max()
@@ -155,10 +150,92 @@ def transfer_diagnostics(diagnostics: pd.DataFrame, path) -> None:
         if start is not None:
             axis.axvline(start, color="grey", linestyle=":", linewidth=1)
         axis.set_xlabel("epoch")
-        axis.set_title(title)
-    axes[2].axhline(0.0, color="black", linewidth=0.6)
+        axis.set_title(title, fontsize=9)
+        if column == "grad_cosine":
+            axis.axhline(0.0, color="black", linewidth=0.6)
     if mean["task"].nunique() <= 12:
         axes[0].legend(fontsize=6)
+
+
+COSINE_PANEL = ("train", "grad_cosine", "cos(g_i, sum_j g_j), trunk, training split")
+
+
+def transfer_diagnostics(diagnostics: pd.DataFrame, path) -> None:
+    """Transfer diagnostics of one run (a diagnostics table, :mod:`taskgroup.diagnostics`;
+    several seeds are averaged): per-task training and validation loss (left, middle) and
+    the cosine between each task's trunk gradient and the summed gradient on the training
+    split (right), against the epoch."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    _trajectory_panels(
+        axes, diagnostics,
+        [("train", "loss", "training loss"), ("val", "loss", "validation loss"),
+         COSINE_PANEL],
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def generalization_diagnostics(
+    diagnostics: pd.DataFrame, gaps: dict[str, pd.DataFrame], path, title: str
+) -> None:
+    """One model's validation loss and gradient cosine against the epoch (left, middle;
+    ``diagnostics`` table, seeds averaged), and the generalization gap per task against the
+    single-task models at matched training loss (right; ``gaps``: grouping name ->
+    generalization-gap rows, averaged over seeds; above 0 = worse than the task alone)."""
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    _trajectory_panels(
+        axes[:2], diagnostics, [("val", "loss", f"validation loss, {title}"), COSINE_PANEL]
+    )
+    right = axes[2]
+    for number, (name, rows) in enumerate(sorted(gaps.items())):
+        if rows.empty:
+            continue
+        per_task = rows.groupby("task")["gap"].mean().sort_index()
+        right.scatter(per_task.to_numpy(), np.arange(len(per_task)) + 0.15 * number,
+                      s=14, color=f"C{number}", label=name)
+        right.set_yticks(np.arange(len(per_task)), per_task.index, fontsize=6)
+    right.axvline(0.0, color="black", linewidth=0.8)
+    right.set_xlabel("val loss minus the single-task model's at matched training loss")
+    right.set_title("generalization gap per task (mean over seeds)", fontsize=9)
+    if gaps and any(not rows.empty for rows in gaps.values()):
+        right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def variant_changes(
+    changes: pd.DataFrame, clusters: pd.DataFrame, path, title: str
+) -> None:
+    """Per-task change in test metric of each variant over plain training (top; a
+    variant_changes table of one grouping) and the tasks' loss weights in the reweighted
+    variants (bottom), tasks ordered by ``clusters`` (grouping table)."""
+    order = clusters.sort_values(["group", "task"])["task"].tolist()
+    variants = sorted(changes["variant"].unique())
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(max(7.0, 0.28 * len(order) + 2), 6.5), sharex=True
+    )
+    width = 0.8 / max(1, len(variants))
+    positions = np.arange(len(order))
+    for number, variant in enumerate(variants):
+        rows = changes[changes["variant"] == variant].set_index("task").reindex(order)
+        offset = positions + (number - (len(variants) - 1) / 2) * width
+        top.bar(offset, rows["change"], width, color=f"C{number}",
+                label=f"{variant} (mean {rows['change'].mean():+.4f})")
+        if rows["loss_weight"].ne(1.0).any():
+            bottom.bar(offset, rows["loss_weight"], width, color=f"C{number}", label=variant)
+    boundaries = np.flatnonzero(np.diff(clusters.set_index("task").loc[order, "group"]))
+    for axis in (top, bottom):
+        for boundary in boundaries:
+            axis.axvline(boundary + 0.5, color="grey", linewidth=0.6)
+    top.axhline(0.0, color="black", linewidth=0.8)
+    top.set_ylabel("test metric minus plain's")
+    top.set_title(title)
+    top.legend(fontsize=7)
+    bottom.axhline(1.0, color="black", linewidth=0.8)
+    bottom.set_ylabel("loss weight (1 = plain)")
+    bottom.set_xticks(positions, order, rotation=90, fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -39,20 +39,24 @@ projection one row: structure, kind (str), seed, dim, factor_dim, projected_dim,
            n_parameters (int64), theta_norm (float64, ||theta*||), seconds (float64).
 grouping   one row per task: task (str), group (int64).
 group_results one row per (seed, task, split) of the models of one group (a set of tasks,
-           trained once per training seed): group_key (str, hash of the member task names),
-           seed (int64), task (str), split ("val" | "test"), loss, metric (float64, see above).
+           trained once per training seed and final-training variant): variant (str,
+           "plain" | "reweighted" | "aligned" | "reweighted_aligned"), group_key (str, hash
+           of the member task names), seed (int64), task (str), split ("val" | "test"),
+           loss, metric (float64, see above), loss_weight (float64, the weight of the
+           task's loss in training: 1 unless reweighted, mean 1 over the group's tasks).
 meta-init metrics (meta_init/val_metrics.parquet) one row per task: task, split ("val"),
            loss, metric (float64, see above), n_examples (int64).
-task_weights (training_options.*.reweighting; meta_init/task_weights.parquet,
-           final/groups/<key>/task_weights.parquet) one row per trained task: [group_key
-           (str, final models),] task (str), weight (float64, the loss weight, mean 1 over
+task_weights (training_options.meta_init.reweighting; meta_init/task_weights.parquet; the
+           final models' weights are the loss_weight column of group_results) one row per
+           trained task: task (str), weight (float64, the loss weight, mean 1 over
            the trained tasks), alpha (float64, ||U_r^T theta_i||), theta_norm (float64,
            ||theta_i||), rank (int64, r used), component (int64, the row's position j),
            singular_value (float64, the j-th largest singular value of Theta; NaN past
            min(p, number of tasks)). Definitions in :mod:`taskgroup.reweighting`.
 diagnostics (training_options.*.diagnostics; meta_init/diagnostics.parquet,
-           final/groups/<key>/diagnostics.parquet) one row per (recorded epoch, phase,
-           task, split): [group_key (str), seed (int64), final models,] epoch (int64),
+           final/<variant>/<key>/diagnostics.parquet) one row per (recorded epoch, phase,
+           task, split): [variant (str), group_key (str), seed (int64), final models,]
+           epoch (int64),
            phase ("joint" | "alignment" | "final"), task (str), split ("train" | "val"),
            loss (float64, unweighted mean loss, see above), grad_cosine (float64, cosine
            of the task's trunk gradient and the summed gradient of the trained tasks),
@@ -112,12 +116,14 @@ PROJECTION = {
 }
 GROUPING = {"task": "str", "group": "int"}
 GROUP_RESULTS = {
+    "variant": "str",
     "group_key": "str",
     "seed": "int",
     "task": "str",
     "split": "str",
     "loss": "float",
     "metric": "float",
+    "loss_weight": "float",
 }
 
 TASK_WEIGHTS = {

@@ -53,6 +53,35 @@ class TrainingOptions:
 _CLASSES = {"reweighting": Reweighting, "alignment": Alignment, "diagnostics": Diagnostics}
 
 
+# Trainings of the final group models that the workflow can compare (training_options.final
+# .variants): each name turns on these options, with the settings of training_options.final.
+FINAL_VARIANTS = {
+    "plain": (),
+    "reweighted": ("reweighting",),
+    "aligned": ("alignment",),
+    "reweighted_aligned": ("reweighting", "alignment"),
+}
+
+
+def variant_options(final: dict | None, variant: str) -> dict:
+    """The enabled options (as :func:`enabled_options` gives them) of the final-training
+    ``variant``, from the ``training_options.final`` section ``final``: the variant's own
+    options (FINAL_VARIANTS) with their settings there, plus diagnostics when enabled."""
+    if variant not in FINAL_VARIANTS:
+        raise ValueError(
+            f"training_options.final.variants: unknown variant {variant!r}; expected one of "
+            f"{sorted(FINAL_VARIANTS)}"
+        )
+    final = final or {}
+    resolved = {
+        name: {**final.get(name, {}), "enabled": name in FINAL_VARIANTS[variant]}
+        for name in ("reweighting", "alignment")
+    }
+    if "diagnostics" in final:
+        resolved["diagnostics"] = final["diagnostics"]
+    return enabled_options(resolved)
+
+
 def enabled_options(options: dict | None) -> dict:
     """Only the enabled options of a ``training_options.<stage>`` section, each with its
     defaults filled in and keys sorted (what the rules pass as params:, so that disabled

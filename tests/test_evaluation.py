@@ -5,7 +5,12 @@ import pandas as pd
 import pytest
 
 from taskgroup.affinity import pairwise_matrices
-from taskgroup.evaluation import per_task_table, summary_table
+from taskgroup.evaluation import (
+    per_task_table,
+    summary_table,
+    variant_comparison,
+    variant_task_changes,
+)
 from taskgroup.groupings import group_key, group_keys, random_partition
 from taskgroup.subsets import design_table, pair_design
 
@@ -34,17 +39,19 @@ def test_random_partition_keeps_group_sizes_and_is_seeded():
     assert not first.equals(random_partition(reference, seed=4))
 
 
-def results_for(groupings, metric_of):
-    """Group results for every distinct group of ``groupings``: metric_of(key, seed, task)."""
+def results_for(groupings, metric_of, variant="plain", loss_weight=1.0):
+    """Group results for every distinct group of ``groupings``: metric_of(size, seed,
+    task)."""
     rows = []
     for grouping in groupings.values():
         for key, members in group_keys(grouping).groupby("group_key")["task"]:
             for seed in (0, 1):
                 for task in members:
                     for split in ("val", "test"):
-                        rows.append({"group_key": key, "seed": seed, "task": task,
-                                     "split": split, "loss": 0.5,
-                                     "metric": metric_of(len(members), seed, task)})
+                        rows.append({"variant": variant, "group_key": key, "seed": seed,
+                                     "task": task, "split": split, "loss": 0.5,
+                                     "metric": metric_of(len(members), seed, task),
+                                     "loss_weight": loss_weight})
     return pd.DataFrame(rows).drop_duplicates(["group_key", "seed", "task", "split"])
 
 
@@ -83,10 +90,48 @@ def test_summary_pairs_seeds_against_naive_mtl_and_flags_gains_within_the_spread
     assert clustered["affinity_source"] == "higher_order" and clustered["method"] == "sdp"
 
 
+def test_variants_are_compared_with_plain_training_paired_by_seed():
+    groupings = {
+        "higher_order-sdp": pd.DataFrame({"task": list("abcd"), "group": [0, 0, 1, 1]}),
+        "naive_mtl": pd.DataFrame({"task": list("abcd"), "group": [0, 0, 0, 0]}),
+        "random_0": pd.DataFrame({"task": list("abcd"), "group": [0, 1, 0, 1]}),
+    }
+    plain = results_for(groupings, lambda size, seed, task: 0.7 + 0.1 * seed)
+    # reweighted: task a +0.04 on both seeds, task b -0.02 on seed 0, others unchanged
+    shifts = {("a", 0): 0.04, ("a", 1): 0.04, ("b", 0): -0.02}
+    reweighted = results_for(
+        groupings, lambda size, seed, task: 0.7 + 0.1 * seed + shifts.get((task, seed), 0.0),
+        variant="reweighted", loss_weight=0.5,
+    )
+    per_task = per_task_table(groupings, pd.concat([plain, reweighted]))
+    assert len(per_task) == 3 * 2 * 2 * 4  # groupings x variants x seeds x tasks
+    assert set(per_task.query("variant == 'reweighted'")["loss_weight"]) == {0.5}
+    summary = summary_table(per_task, groupings, TASKS)
+    assert len(summary) == 2 * (3 + 1)  # per variant: three groupings and random_mean
+    reweighted_mtl = summary.query("variant == 'reweighted' and grouping == 'naive_mtl'")
+    assert reweighted_mtl["mean_test_metric"].item() == pytest.approx(0.75 + 0.06 / 8)
+
+    changes = variant_task_changes(per_task).set_index(["grouping", "task"])
+    assert changes.loc[("naive_mtl", "a"), "change"] == pytest.approx(0.04)
+    assert changes.loc[("naive_mtl", "b"), "change"] == pytest.approx(-0.01)
+    assert changes.loc[("naive_mtl", "c"), "change"] == pytest.approx(0.0)
+    comparison = variant_comparison(per_task).set_index("grouping")
+    row = comparison.loc["naive_mtl"]
+    assert row["variant"] == "reweighted" and row["n_seeds"] == 2
+    # per-seed changes of the mean over tasks: (0.04 - 0.02) / 4 and 0.04 / 4
+    assert row["change"] == pytest.approx(np.mean([0.005, 0.01]))
+    assert row["sd_change"] == pytest.approx(np.std([0.005, 0.01], ddof=1))
+    assert not row["within_spread"]
+    assert (row["n_tasks_better"], row["n_tasks_worse"]) == (1, 1)
+    assert row["baseline_test_metric"] == pytest.approx(0.75)
+
+
 def test_per_task_table_names_a_task_without_results():
     groupings = {"naive_mtl": pd.DataFrame({"task": list("abcd"), "group": [0, 0, 0, 0]})}
     results = results_for(groupings, lambda *_: 0.5)
-    with pytest.raises(ValueError, match=r"grouping 'naive_mtl': no group results for tasks"):
+    with pytest.raises(
+        ValueError, match=r"grouping 'naive_mtl', variant 'plain': no group results for tasks"
+    ):
         per_task_table(groupings, results[results["task"] != "d"])
 
 

@@ -71,7 +71,7 @@ def downstream(*rules: str) -> set[str]:
 
 
 def distinct_groups(repository) -> int:
-    return len(list((repository / "results" / "smoke" / "final" / "groups").glob("*.parquet")))
+    return len(list((repository / "results" / "smoke" / "final" / "plain").glob("*.parquet")))
 
 
 @pytest.fixture(scope="module")

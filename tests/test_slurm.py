@@ -208,6 +208,6 @@ def check_slurm_run(slurm_dir: Path, tmp_path: Path, record_property) -> None:
         for job_id in ran:
             assert tres[job_id]["tres"].get("gres/gpu") == "1", (rule, tres[job_id])
     # The profile bundles the group models (one job per distinct group, 8 per submission).
-    groups = len(list((slurm_dir / "results/smoke/final/groups").glob("*.parquet")))
+    groups = len(list((slurm_dir / "results/smoke/final/plain").glob("*.parquet")))
     final_model_jobs = [j for j, what in jobs.items() if "train_group_model" in what]
     assert len(final_model_jobs) < groups, jobs

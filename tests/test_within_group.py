@@ -15,8 +15,10 @@ from taskgroup.data import SplitTensors, TaskData
 from taskgroup.diagnostics import DIAGNOSTICS, generalization_gap, gradient_cosines
 from taskgroup.model import MultiHeadNet, load_checkpoint, save_checkpoint
 from taskgroup.stages.training import train_group_model
+from taskgroup.stages.transfer import generalization_gaps
 from taskgroup.tables import GROUP_RESULTS, read_table, write_table
 from taskgroup.train import TrainSettings, evaluate, fit, train_new_model
+from taskgroup.training_options import variant_options
 from taskgroup.within_group import (
     TrainingOptions,
     enabled_options,
@@ -209,14 +211,17 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
         tmp_path / "examples.parquet", tmp_path / "tasks.parquet", members, key,
         tmp_path / "results.parquet", [tmp_path / "m0.pt", tmp_path / "m1.pt"], [4],
         {"epochs": 3, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0, 1],
-        options=options, weights_path=tmp_path / "w.parquet",
-        diagnostics_path=tmp_path / "d.parquet",
+        options=options, variant="reweighted_aligned", diagnostics_path=tmp_path / "d.parquet",
     )
-    read_table(tmp_path / "results.parquet", GROUP_RESULTS)
-    weights = pd.read_parquet(tmp_path / "w.parquet")
-    assert sorted(weights["task"]) == members
-    assert weights["weight"].mean() == pytest.approx(1.0)
+    results = read_table(tmp_path / "results.parquet", GROUP_RESULTS)
+    assert set(results["variant"]) == {"reweighted_aligned"}
+    weights = results.groupby("task")["loss_weight"].agg(["min", "max"])
+    assert sorted(weights.index) == members
+    assert (weights["min"] == weights["max"]).all()  # the same weight on every seed, split
+    assert weights["min"].mean() == pytest.approx(1.0)
+    assert weights["min"].std() > 0  # the tasks differ, so do their weights
     diagnostics = read_table(tmp_path / "d.parquet", DIAGNOSTICS)
+    assert set(diagnostics["variant"]) == {"reweighted_aligned"}
     assert set(diagnostics["seed"]) == {0, 1}
     assert set(diagnostics["phase"]) == {"joint", "alignment", "final"}
     assert sorted(diagnostics.query("phase == 'joint'")["epoch"].unique()) == [0, 2, 3]
@@ -226,7 +231,6 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
             tmp_path / "examples.parquet", tmp_path / "tasks.parquet", members, key,
             tmp_path / "r.parquet", [tmp_path / "m.pt"], [4],
             {"epochs": 1, "lr": 0.02, "batch_size": 32}, [0], options=options,
-            weights_path=tmp_path / "w.parquet",
         )
 
 
@@ -242,6 +246,12 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
          r"Additional properties are not allowed \('alignment' was unexpected\)"),
         (lambda o: o["final"]["alignment"].update(lr=-1.0),
          r"-1.0 is less than the minimum of 0[\s\S]*\['alignment'\]\['lr'\]"),
+        (lambda o: o["final"].update(variants=["plain", "boosted"]),
+         r"'boosted' is not one of \['plain', 'reweighted', 'aligned', 'reweighted_aligned'\]"),
+        (lambda o: o["final"].update(variants=[]),
+         r"\[\] should be non-empty|\[\] is too short"),
+        (lambda o: o["final"]["reweighting"].update(enabled=True),
+         r"Additional properties are not allowed \('enabled' was unexpected\)"),
     ],
 )
 def test_training_options_are_validated(mutate, message):
@@ -254,8 +264,39 @@ def test_training_options_are_validated(mutate, message):
 
 def test_default_options_are_off_and_enabled_ones_get_defaults():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    for stage in ("meta_init", "final"):
-        assert enabled_options(config["training_options"][stage]) == {}
+    assert enabled_options(config["training_options"]["meta_init"]) == {}
+    final = config["training_options"]["final"]
+    assert final["variants"] == ["plain"]
+    assert variant_options(final, "plain") == {}
+    assert variant_options(final, "reweighted") == {"reweighting": {"enabled": True, "rank": 1}}
+    both = variant_options({**final, "diagnostics": {"enabled": True}}, "reweighted_aligned")
+    assert sorted(both) == ["alignment", "diagnostics", "reweighting"]
+    assert both["alignment"] == {"enabled": True, "epochs": 20, "head_lr": 0.001, "lr": 0.001}
+    with pytest.raises(ValueError, match="unknown variant 'boosted'"):
+        variant_options(final, "boosted")
     assert enabled_options({"diagnostics": {"enabled": True}}) == {
         "diagnostics": {"enabled": True, "every": 10}
     }
+
+
+def test_generalization_gaps_pair_each_group_task_with_its_single_task_model():
+    def run(variant, key, *tasks_and_trajectories):
+        table = pd.concat([_diag(task, trajectory, final)
+                           for task, trajectory, final in tasks_and_trajectories])
+        return table.assign(variant=variant, group_key=key, seed=0)
+
+    group = run("plain", "ab", ("a", {0: (0.7, 0.7), 10: (0.5, 0.6)}, (10, 0.5, 0.6)),
+                ("b", {0: (0.7, 0.7), 10: (0.3, 0.4)}, (10, 0.3, 0.4)))
+    alone_a = run("plain", "a", ("a", {0: (0.7, 0.7), 10: (0.45, 0.5)}, (10, 0.45, 0.5)))
+    alone_b = run("plain", "b", ("b", {0: (0.7, 0.7), 10: (0.3, 0.45)}, (10, 0.3, 0.45)))
+    other_variant = run("aligned", "ab", ("a", {0: (0.7, 0.7)}, (0, 0.7, 0.7)),
+                        ("b", {0: (0.7, 0.7)}, (0, 0.7, 0.7)))
+    gaps = generalization_gaps({
+        ("plain", "ab"): group, ("plain", "a"): alone_a, ("plain", "b"): alone_b,
+        ("aligned", "ab"): other_variant,  # no aligned single-task models: no rows
+    }).set_index("task")
+    assert list(gaps.index) == ["a", "b"]
+    assert (gaps["variant"] == "plain").all() and (gaps["n_tasks"] == 2).all()
+    assert gaps.loc["a", "gap"] == pytest.approx(0.1)  # matched at epoch 10: 0.6 - 0.5
+    assert gaps.loc["b", "gap"] == pytest.approx(-0.05)
+    assert generalization_gaps({("plain", "ab"): group}).empty

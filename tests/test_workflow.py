@@ -62,11 +62,11 @@ def test_full_run_writes_every_artifact(finished_run):
     assert summary.loc["random_mean", "mean_test_metric"] == pytest.approx(random.mean())
     per_task = pd.read_parquet(results / "evaluation" / "per_task.parquet")
     assert len(per_task) == len(GROUPINGS) * 2 * 9
-    assert set(per_task.columns) >= {"grouping", "seed", "task", "cluster", "group_key",
+    assert set(per_task.columns) >= {"grouping", "variant", "seed", "task", "cluster", "group_key",
                                      "test_loss", "test_metric"}
     # a group shared by several groupings is trained once: one model per distinct task set
     keys = per_task["group_key"].unique()
-    assert sorted(keys) == sorted(p.stem for p in (results / "final" / "groups").glob("*.parquet"))
+    assert sorted(keys) == sorted(p.stem for p in (results / "final" / "plain").glob("*.parquet"))
     for design, n_subsets in (("random", 30), ("pairs", 9 + 36)):
         values = pd.read_parquet(results / "subset_values" / "finetune" / f"{design}.parquet")
         assert values["subset_id"].nunique() == n_subsets
@@ -110,9 +110,22 @@ def test_changing_finetune_epochs_keeps_the_meta_initialization(finished_run):
 
 def test_changing_final_epochs_retrains_only_group_models(finished_run):
     jobs = dry_run_with(finished_run, lambda c: c["final"].update(epochs=5))
-    groups = finished_run / "results" / "smoke" / "final" / "groups"
+    groups = finished_run / "results" / "smoke" / "final" / "plain"
     assert jobs.get("train_group_model") == len(list(groups.glob("*.parquet")))
     assert set(jobs) == {"train_group_model", "evaluate_groupings", "plot_figures", "all"}
+
+
+def test_adding_a_training_variant_trains_only_that_variant(finished_run):
+    jobs = dry_run_with(
+        finished_run,
+        lambda c: c.setdefault("training_options", {}).update(
+            final={"variants": ["plain", "reweighted"]}
+        ),
+    )
+    groups = finished_run / "results" / "smoke" / "final" / "plain"
+    assert jobs.get("train_group_model") == len(list(groups.glob("*.parquet")))
+    assert set(jobs) == {"train_group_model", "evaluate_groupings", "plot_figures",
+                         "plot_variants", "all"}
 
 
 @pytest.mark.parametrize(

@@ -9,4 +9,7 @@ evaluate_groupings(
     per_task_path=snakemake.output.per_task,
     summary_path=snakemake.output.summary,
     summary_html_path=snakemake.output.summary_html,
+    variants_path=snakemake.output.get("variants"),
+    variant_changes_path=snakemake.output.get("variant_changes"),
+    variants_html_path=snakemake.output.get("variants_html"),
 )

@@ -10,4 +10,5 @@ plot_figures(
     heatmap_path=snakemake.output.heatmap,
     gain_path=snakemake.output.gain,
     primary=snakemake.params.primary,
+    variant=snakemake.params.variant,
 )

@@ -15,6 +15,6 @@ train_group_model(
     threads=snakemake.threads,
     metric=snakemake.params.metric,
     options=snakemake.params.get("options"),
-    weights_path=snakemake.output.get("weights"),
+    variant=snakemake.wildcards.variant,
     diagnostics_path=snakemake.output.get("diagnostics"),
 )

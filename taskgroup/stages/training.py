@@ -96,22 +96,28 @@ def finetune_chunk(
 def train_group_model(
     examples_path, tasks_path, members: list, group_key: str, results_path, model_paths: list,
     hidden_sizes, training: dict, seeds: list, threads: int = 1, metric: str = "auto",
-    options: dict | None = None, weights_path=None, diagnostics_path=None,
+    options: dict | None = None, variant: str = "plain", diagnostics_path=None,
 ) -> None:
     """Train one multi-head model per seed on the tasks ``members``; write their per-task
-    val and test loss and metric (``metric``, evaluation.metric; group_results table) and
-    the models (one per seed, in the order of ``seeds``).
+    val and test loss and metric (``metric``, evaluation.metric; group_results table, with
+    the ``variant`` name and each task's loss weight) and the models (one per seed, in the
+    order of ``seeds``).
 
     Each model's seed is derived from (seed, sorted member names), so a group gets the same
-    models in whichever grouping it appears.
+    models in whichever grouping it appears, and every variant starts from the same
+    initialization (paired comparisons).
 
-    ``options``: the enabled ``training_options.final`` (reweighting, alignment,
-    diagnostics; see :mod:`taskgroup.within_group`). The task weights (the same for every
-    seed: they depend on the data only) go to ``weights_path``, the diagnostics of all seeds
-    (with group_key and seed columns) to ``diagnostics_path``.
+    ``options``: the enabled options of the final-training ``variant`` (reweighting,
+    alignment, diagnostics; see :func:`taskgroup.training_options.variant_options`). The
+    diagnostics of all seeds (with variant, group_key and seed columns) go to
+    ``diagnostics_path``.
     """
     options = TrainingOptions.from_dict(options)
-    _check_option_outputs(options, weights_path, diagnostics_path)
+    if options.diagnostics.enabled != (diagnostics_path is not None):
+        raise ValueError(
+            f"training_options diagnostics: enabled={options.diagnostics.enabled} but its "
+            f"output path is {diagnostics_path!r}"
+        )
     if groupings.group_key(members) != group_key:
         raise ValueError(
             f"group {group_key}: its members {sorted(members)[:5]}... hash to "
@@ -128,9 +134,11 @@ def train_group_model(
     weights = None
     if options.reweighting.enabled:
         weights = reweighting.task_weights(data, indices, options.reweighting.rank)
-        weights.insert(0, "group_key", group_key)
         log.info("group %s task weights (rank %d): %s", group_key, options.reweighting.rank,
                  weights.set_index("task")["weight"].round(3).to_dict())
+    loss_weights = (
+        {} if weights is None else weights.set_index("task")["weight"].to_dict()
+    )
     frames, diagnostics = [], []
     for seed, model_path in zip(seeds, model_paths):
         started = time.perf_counter()
@@ -143,20 +151,21 @@ def train_group_model(
             table = trained.diagnostics
             table.insert(0, "seed", int(seed))
             table.insert(0, "group_key", group_key)
+            table.insert(0, "variant", variant)
             diagnostics.append(table)
         results = evaluate(model, data, indices, ("val", "test"), metric)
         results = results.drop(columns="n_examples")
         results.insert(0, "seed", int(seed))
         results.insert(0, "group_key", group_key)
+        results.insert(0, "variant", variant)
+        results["loss_weight"] = results["task"].map(loss_weights).fillna(1.0)
         log.info(
-            "group %s (%d tasks), seed %d: trained in %.1f s; mean test %s %.4f",
-            group_key, len(members), seed, time.perf_counter() - started, metric,
+            "group %s (%d tasks), %s, seed %d: trained in %.1f s; mean test %s %.4f",
+            group_key, len(members), variant, seed, time.perf_counter() - started, metric,
             results.loc[results["split"] == "test", "metric"].mean(),
         )
         save_model_atomically(model.cpu(), data.task_names, model_path)
         frames.append(results)
-    if weights is not None:
-        write_table(weights, weights_path)
     if diagnostics:
         write_table(pd.concat(diagnostics, ignore_index=True), diagnostics_path)
     write_table(pd.concat(frames, ignore_index=True), results_path)
