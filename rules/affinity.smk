@@ -74,12 +74,15 @@ rule meta_init_affinity:
 
 rule fit_surrogates:
     input:
+        # Forward selection's sets, to compare (only with subsets.forward_selection on).
+        **forward_comparison_inputs(),
         values=subset_values("random"),
         subsets="results/{dataset}/subsets/random.parquet",
         pairs=subset_values("pairs"),
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("fit_surrogates.py"),
     output:
+        **forward_comparison_outputs(),
         coefficients="results/{dataset}/surrogates/coefficients.parquet",
         quality="results/{dataset}/surrogates/quality.parquet",
         negative_transfer="results/{dataset}/surrogates/negative_transfer.parquet",

@@ -9,6 +9,7 @@ from taskgroup.config import (
     check_config,
     dataset_files,
     dataset_section,
+    forward_selection_settings,
     n_tasks,
     needs_pair_design,
     pair_design_size,
@@ -32,6 +33,9 @@ CHUNKS = {
     design: list(range(n_chunks(size, config["subsets"]["chunk_size"])))
     for design, size in DESIGN_SIZES.items()
 }
+# Forward selection (subsets.forward_selection; None when off): greedy per target, valued
+# by the configured estimator in one job, compared with the surrogates' selected sources.
+FORWARD = forward_selection_settings(config)
 SOURCES = config["affinity"]["sources"]
 METHODS = config["clustering"]["methods"]
 CLUSTERED = [f"{source}-{method}" for source in SOURCES for method in METHODS]
@@ -236,6 +240,41 @@ def subset_values(design):
     return f"results/{{dataset}}/subset_values/{config['estimator']}/{design}.parquet"
 
 
+def estimator_inputs():
+    """The inputs of a job that values subsets itself with the configured estimator: the
+    projected gradients (gradient) or the examples (finetune), besides the tasks table and
+    the meta-initialization that both need."""
+    if config["estimator"] == "gradient":
+        return {
+            "projected": "results/{dataset}/gradients/projected.parquet",
+            "projection": "results/{dataset}/gradients/projection.parquet",
+        }
+    return {"examples": "results/{dataset}/data/examples.parquet"}
+
+
+def estimator_params():
+    """The configured estimator's settings, for params: (only the active one's, so that
+    the other's keys do not rerun the job): gradient_estimate (gradient), or the fine-tuning
+    and its seed (finetune)."""
+    if config["estimator"] == "gradient":
+        return {"estimate": sorted_params(config["gradient_estimate"])}
+    return {"training": training_params("finetune"), "seed": config["finetune"]["seed"]}
+
+
+def forward_comparison_inputs():
+    """fit_surrogates' forward-selection table, when forward selection is enabled."""
+    if FORWARD is None:
+        return {}
+    return {"forward": "results/{dataset}/surrogates/forward_selection.parquet"}
+
+
+def forward_comparison_outputs():
+    """fit_surrogates' comparison with forward selection, when it is enabled."""
+    if FORWARD is None:
+        return {}
+    return {"comparison": "results/{dataset}/surrogates/forward_comparison.parquet"}
+
+
 def grouping_file(dataset, grouping):
     """The grouping table of ``grouping``, after the checkpoint that writes it has run."""
     if grouping in CLUSTERED:
@@ -370,6 +409,13 @@ def final_outputs():
             "results/{dataset}/surrogates/negative_transfer.parquet",
             "results/{dataset}/surrogates/coefficients.png",
         ]
+    if FORWARD is not None:
+        outputs += [
+            subset_values("forward"),
+            "results/{dataset}/surrogates/forward_selection.parquet",
+        ]
+        if config["surrogates"]["enabled"]:
+            outputs.append("results/{dataset}/surrogates/forward_comparison.parquet")
     if config["estimator"] == "gradient":
         outputs += [
             "results/{dataset}/validation/summary.parquet",

@@ -99,6 +99,12 @@ def check_config(config: dict) -> None:
         check_subset_design(k, subsets["size"], subsets["count"])
     except ValueError as error:
         raise ConfigError(f"config: {error}") from None
+    forward = forward_selection_settings(config)
+    if forward is not None and not 1 <= forward["max_size"] <= k:
+        raise ConfigError(
+            f"config: subsets.forward_selection.max_size = {forward['max_size']} must be "
+            f"between 1 and the number of tasks k = {k} (it counts the target task)"
+        )
     clustering = config["clustering"]
     n_clusters = clustering["n_clusters"]
     if n_clusters != "auto" and n_clusters > k:
@@ -122,6 +128,13 @@ def check_config(config: dict) -> None:
             f"{config['dataset']['kind']!r} has no planted groups (for a table: set "
             "dataset.table.groups_path and group_column)"
         )
+
+
+def forward_selection_settings(config: dict) -> dict | None:
+    """The ``subsets.forward_selection`` section (enabled, max_size, min_improvement) when
+    forward selection is enabled, else None (also when the section is absent)."""
+    section = config["subsets"].get("forward_selection") or {}
+    return section if section.get("enabled", False) else None
 
 
 def needs_pair_design(config: dict) -> bool:

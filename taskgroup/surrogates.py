@@ -37,7 +37,7 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
-from taskgroup.tables import check_columns
+from taskgroup.tables import FORWARD_COMPARISON, FORWARD_SELECTION, check_columns
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,56 @@ def selected_sources(
     chosen = chosen.assign(_order=rank[chosen["target"]].to_numpy())
     chosen = chosen.sort_values(["_order", "coefficient"], kind="stable")
     return chosen[["target", "source", "coefficient"]].reset_index(drop=True)
+
+
+def _jaccard(first: set, second: set) -> float:
+    """|A & B| / |A | B|, 1 for two empty sets."""
+    union = first | second
+    return len(first & second) / len(union) if union else 1.0
+
+
+def compare_with_forward(
+    coefficients: pd.DataFrame, selection: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD
+) -> pd.DataFrame:
+    """Per target, the surrogate's selected sources against forward selection's.
+
+    coefficients: from :func:`fit_surrogates` (target, source, coefficient, intercept); the
+    surrogate's set is :func:`selected_sources` at ``threshold`` (loss units). selection: the
+    forward_selection table (target, step, added, size, subset_id, loss; see
+    :mod:`taskgroup.stages.forward`), whose set per target is the sources added at steps >= 1.
+
+    Returns the forward_comparison table (one row per target of ``coefficients``, in its
+    order; columns documented in :mod:`taskgroup.tables`). Raises ValueError naming the
+    target if the selection has no path for it.
+    """
+    check_columns(coefficients, COEFFICIENT_COLUMNS | {"intercept": "float"}, "coefficients")
+    check_columns(selection, FORWARD_SELECTION, "forward selection")
+    chosen = selected_sources(coefficients, threshold)
+    rows = []
+    for target, mine in coefficients.groupby("target", sort=False):
+        path = selection[selection["target"] == target].sort_values("step")
+        if path.empty:
+            raise ValueError(
+                f"forward selection: no path for target {target!r}; its targets are "
+                f"{sorted(selection['target'].unique())[:5]}..."
+            )
+        forward = set(path.loc[path["step"] > 0, "added"])
+        surrogate = set(chosen.loc[chosen["target"] == target, "source"])
+        coefficient = mine.set_index("source")["coefficient"]
+        top = set(coefficient.sort_values(kind="stable").index[: len(forward)])
+        intercept = float(mine["intercept"].iloc[0])
+        rows.append(
+            (
+                target, len(surrogate), len(forward), len(surrogate & forward),
+                _jaccard(surrogate, forward), _jaccard(top, forward),
+                float(path["loss"].iloc[0]), float(path["loss"].iloc[-1]),
+                intercept + float(coefficient[sorted(surrogate)].sum()),
+                intercept + float(coefficient[sorted(forward)].sum()),
+            )
+        )
+    return pd.DataFrame(rows, columns=list(FORWARD_COMPARISON)).astype(
+        {column: np.int64 for column in ("n_surrogate", "n_forward", "n_both")}
+    )
 
 
 def with_singletons(

@@ -19,7 +19,8 @@ tasks      one row per task, in the canonical task order: task (str), task_index
            (int64, 0..k-1), task_type ("binary" | "regression"), n_train, n_val, n_test (int64),
            planted_group (Int64, null when the dataset has no planted groups).
 subsets    one row per (subset, member task): subset_id (int64), task (str), design (str:
-           "random" = uniform subsets of a fixed size, "pairs" = every singleton and pair).
+           "random" = uniform subsets of a fixed size, "pairs" = every singleton and pair;
+           "forward" = the subsets forward selection evaluated, which have values only).
 pair_counts one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
            the number of sampled subsets that contain both (task_i == task_j: that
            contain the task).
@@ -28,6 +29,30 @@ subset_values one row per (subset, member task, split): subset_id (int64), task 
            (float64, the configured metric, see above), estimator (str: "finetune" or "gradient"),
            design (str, the design of the subset);
            estimator "gradient" adds relative_shift (float64, ||P w|| / ||theta*||).
+           Design "forward" (subset_values/<estimator>/forward.parquet): every subset that
+           forward selection evaluated for any target, accepted or not, each valued once,
+           subset ids 0..n-1 in order of first evaluation (targets, then candidates, in task
+           order); rows for every member task (the estimator values all members at once),
+           though only the target's loss steered the selection.
+forward_selection (surrogates/forward_selection.parquet) one row per (target, step) of each
+           target's accepted path, targets in task order: target (str), step (int64, 0 =
+           the target alone), added (str, the source added at this step; the target itself
+           at step 0), size (int64, tasks in the subset after the step, target included,
+           step + 1), subset_id (int64, the subset in the forward values table), loss
+           (float64, the target's validation loss on that subset, strictly decreasing along
+           the path). The selected set of a target is the ``added`` of its steps >= 1.
+forward_comparison (surrogates/forward_comparison.parquet, with forward selection enabled)
+           one row per target, in task order: target (str); n_surrogate, n_forward, n_both
+           (int64: sources the surrogate selects (coefficient < -threshold), sources forward
+           selection added, sources in both); jaccard (float64, n_both / |union|; 1 when both
+           sets are empty); top_jaccard (float64, the Jaccard overlap of the forward set with
+           the surrogate's n_forward most helpful sources, lowest coefficients first: an
+           equal-size comparison; 1 when n_forward = 0); alone_loss, forward_loss (float64,
+           the estimator's loss of the target alone and on its forward-selected subset);
+           predicted_surrogate, predicted_forward (float64, the surrogate's prediction
+           intercept + sum of coefficients for the target with the surrogate's, resp.
+           forward selection's, sources; an extrapolation where the set's size is far from
+           the random design's).
 affinity   one row per ordered task pair: task_i, task_j (str), n_subsets (int64),
            raw (float64, mean validation loss of task_i over subsets holding both),
            normalized (float64, sign-flipped, z-scored per target, symmetrized).
@@ -94,6 +119,26 @@ SUBSET_VALUES = {
     "metric": "float",
     "estimator": "str",
     "design": "str",
+}
+FORWARD_SELECTION = {
+    "target": "str",
+    "step": "int",
+    "added": "str",
+    "size": "int",
+    "subset_id": "int",
+    "loss": "float",
+}
+FORWARD_COMPARISON = {
+    "target": "str",
+    "n_surrogate": "int",
+    "n_forward": "int",
+    "n_both": "int",
+    "jaccard": "float",
+    "top_jaccard": "float",
+    "alone_loss": "float",
+    "forward_loss": "float",
+    "predicted_surrogate": "float",
+    "predicted_forward": "float",
 }
 AFFINITY = {
     "task_i": "str",

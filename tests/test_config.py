@@ -39,6 +39,26 @@ def test_more_clusters_than_tasks_is_rejected(config):
         check_config(config)
 
 
+def test_forward_selection_larger_than_the_task_count_is_rejected_only_when_enabled(config):
+    config["subsets"]["forward_selection"].update(max_size=31)
+    check_config(config)  # disabled: the size is not used
+    config["subsets"]["forward_selection"].update(enabled=True)
+    with pytest.raises(
+        ConfigError,
+        match=r"subsets.forward_selection.max_size = 31 must be between 1 and the number of "
+        r"tasks k = 30",
+    ):
+        check_config(config)
+
+
+def test_forward_selection_defaults_fill_in_when_the_section_is_absent(config):
+    del config["subsets"]["forward_selection"]
+    validate(config, SCHEMA)
+    assert config["subsets"]["forward_selection"] == {
+        "enabled": False, "max_size": 5, "min_improvement": 0.0,
+    }
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -46,6 +66,10 @@ def test_more_clusters_than_tasks_is_rejected(config):
         (lambda c: c["subsets"].update(sizes=3), "Additional properties are not allowed"),
         (lambda c: c.update(estimater="finetune"), "Additional properties are not allowed"),
         (lambda c: c["clustering"].update(methods=["kmeans"]), "'kmeans' is not one of"),
+        (lambda c: c["subsets"]["forward_selection"].update(max_size=0),
+         "0 is less than the minimum of 1"),
+        (lambda c: c["subsets"]["forward_selection"].update(steps=3),
+         "Additional properties are not allowed"),
     ],
 )
 def test_schema_rejects_bad_values(config, mutate, message):

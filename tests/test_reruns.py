@@ -27,9 +27,9 @@ READERS = {
         "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
         "compute_affinity", "pairwise_affinity", "lookahead_affinity", "meta_init_affinity",
         "fit_surrogates", "cluster_tasks", "baseline_grouping", "train_group_model",
-        "evaluate_groupings", "plot_figures",
+        "evaluate_groupings", "plot_figures", "forward_selection",
     },
-    "train_meta_init": {"finetune_subsets", "meta_init_affinity"},
+    "train_meta_init": {"finetune_subsets", "meta_init_affinity", "forward_selection"},
     "sample_subsets": {"finetune_subsets", "fit_surrogates"},
     "pair_design": {"finetune_subsets"},
     "finetune_subsets": {"gather_subset_values"},
@@ -38,6 +38,7 @@ READERS = {
     "pairwise_affinity": {"cluster_tasks"},
     "lookahead_affinity": {"cluster_tasks"},
     "meta_init_affinity": {"cluster_tasks"},
+    "forward_selection": {"fit_surrogates"},
     "fit_surrogates": set(),
     "cluster_tasks": {
         "random_grouping", "gather_clustering", "evaluate_groupings", "plot_figures",
@@ -106,7 +107,11 @@ def test_complete_run_has_nothing_left_to_do(repository):
          set()),
         # only the random design changes: the pair design's values and affinity stay
         (["sample_subsets"], lambda c: c["subsets"].update(seed=1), {"pairwise_affinity"}),
-        (["finetune_subsets"], lambda c: c["finetune"].update(lr=0.02), set()),
+        # forward selection fine-tunes its subsets with the same settings
+        (["finetune_subsets", "forward_selection"], lambda c: c["finetune"].update(lr=0.02),
+         set()),
+        (["forward_selection"],
+         lambda c: c["subsets"]["forward_selection"].update(min_improvement=0.01), set()),
         # a non-primary source: the random partitions follow the primary grouping only
         (["lookahead_affinity"], lambda c: c["affinity"]["lookahead"].update(every=3),
          {"random_grouping"}),

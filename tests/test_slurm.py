@@ -47,6 +47,7 @@ SCRIPT_TIMEOUT_SECONDS = 900
 RUN_TIMEOUT_SECONDS = 1800
 TRAINING_RULES = (
     "train_meta_init", "finetune_subsets", "lookahead_affinity", "train_group_model",
+    "forward_selection",
 )
 OUTPUTS = ("summary", "per_task")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.?$", re.M)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.workflow
 UPSTREAM_OF_CLUSTERING = {
     "prepare_dataset", "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
     "gather_subset_values", "compute_affinity", "pairwise_affinity", "lookahead_affinity",
-    "meta_init_affinity", "fit_surrogates",
+    "meta_init_affinity", "fit_surrogates", "forward_selection",
 }
 SOURCES = ["higher_order", "pairwise", "lookahead", "gradient_cosine", "covariance"]
 METHODS = ["sdp", "spectral", "lloyd"]
@@ -78,6 +78,12 @@ def test_full_run_writes_every_artifact(finished_run):
         np.testing.assert_allclose(normalized.to_numpy(), normalized.to_numpy().T)
     objective = pd.read_parquet(results / "clustering" / "objective.parquet")
     assert len(objective) == len(CLUSTERED) and np.isfinite(objective["average_density"]).all()
+    forward = pd.read_parquet(results / "subset_values" / "finetune" / "forward.parquet")
+    assert (forward["design"] == "forward").all() and forward["subset_id"].nunique() >= 9
+    selection = pd.read_parquet(results / "surrogates" / "forward_selection.parquet")
+    assert selection["target"].nunique() == 9 and selection["size"].max() <= 3
+    comparison = pd.read_parquet(results / "surrogates" / "forward_comparison.parquet")
+    assert len(comparison) == 9 and comparison["jaccard"].between(0, 1).all()
     scores = pd.read_parquet(results / "surrogates" / "negative_transfer.parquet")
     overall = scores[scores["level"] == "overall"].iloc[0]
     assert overall["n_pairs"] == 72 and 0 <= overall["f1"] <= 1

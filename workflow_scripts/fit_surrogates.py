@@ -18,4 +18,6 @@ fit_surrogates(
     threshold=settings["threshold"],
     seed=settings["seed"],
     anchor_singletons=settings["anchor_singletons"],
+    forward_path=snakemake.input.get("forward"),
+    comparison_path=snakemake.output.get("comparison"),
 )

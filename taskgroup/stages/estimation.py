@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -107,13 +108,15 @@ def load_projected(
     return splits
 
 
-def estimate_chunk(
-    projected_path, projection_path, model_path, subsets_path, tasks_path, output_path,
-    chunk: int, chunk_size: int, l2: float, newton_steps: int, max_relative_shift,
-    threads: int = 1, metric: str = "auto",
-) -> None:
-    """Value every subset of one chunk with the linearized model (estimator "gradient");
-    the metric column holds ``metric`` (evaluation.metric)."""
+def gradient_valuer(
+    projected_path, projection_path, model_path, tasks_path, l2: float, newton_steps: int,
+    max_relative_shift, threads: int = 1, metric: str = "auto",
+) -> tuple[list[str], Callable[[pd.DataFrame], pd.DataFrame]]:
+    """The estimator "gradient" as a function: load the projected gradients, the projection
+    and the meta-initialization once, and return ``(task_names, value)``, where
+    ``value(subsets)`` maps a long subsets table (subset_id, task; any number of subsets) to
+    its subset_values table (estimator "gradient", no design column; see
+    :func:`taskgroup.linearized.estimate_subsets`). ``metric``: evaluation.metric."""
     device = prepare_torch(threads)
     tasks = read_table(tasks_path, TASKS).sort_values("task_index")
     names, types = tasks["task"].tolist(), tasks["task_type"].tolist()
@@ -124,11 +127,29 @@ def estimate_chunk(
         int(description["factor_dim"]), description["kind"], int(description["seed"]),
     ).to(device)
     splits = load_projected(projected_path, names, device, types)
-    mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
-    values = estimate_subsets(
-        splits["train"], splits["val"], mine, names, l2, newton_steps,
-        shift_norm=projector.shift_norms, theta_norm=float(description["theta_norm"]),
-        max_relative_shift=max_relative_shift, metric=metric, task_types=types,
+
+    def value(subsets: pd.DataFrame) -> pd.DataFrame:
+        return estimate_subsets(
+            splits["train"], splits["val"], subsets, names, l2, newton_steps,
+            shift_norm=projector.shift_norms, theta_norm=float(description["theta_norm"]),
+            max_relative_shift=max_relative_shift, metric=metric, task_types=types,
+        )
+
+    return names, value
+
+
+def estimate_chunk(
+    projected_path, projection_path, model_path, subsets_path, tasks_path, output_path,
+    chunk: int, chunk_size: int, l2: float, newton_steps: int, max_relative_shift,
+    threads: int = 1, metric: str = "auto",
+) -> None:
+    """Value every subset of one chunk with the linearized model (estimator "gradient");
+    the metric column holds ``metric`` (evaluation.metric)."""
+    _, value = gradient_valuer(
+        projected_path, projection_path, model_path, tasks_path, l2, newton_steps,
+        max_relative_shift, threads, metric,
     )
+    mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
+    values = value(mine)
     values["design"] = subsets_lib.design_of(mine, subsets_path)
     write_table(values, output_path)

@@ -6,7 +6,14 @@ import logging
 
 from taskgroup import plots
 from taskgroup import surrogates as surrogates_lib
-from taskgroup.tables import SUBSET_VALUES, SUBSETS, TASKS, read_table, write_table
+from taskgroup.tables import (
+    FORWARD_SELECTION,
+    SUBSET_VALUES,
+    SUBSETS,
+    TASKS,
+    read_table,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -14,11 +21,21 @@ log = logging.getLogger(__name__)
 def fit_surrogates(
     values_path, subsets_path, pairs_path, tasks_path, coefficients_path, quality_path,
     negative_transfer_path, selected_path, figure_path, alpha: float, n_folds: int,
-    threshold: float, seed: int, anchor_singletons: bool = True,
+    threshold: float, seed: int, anchor_singletons: bool = True, forward_path=None,
+    comparison_path=None,
 ) -> None:
     """Fit the per-target surrogates on the random design (plus the singletons when
     ``anchor_singletons``), score their negative-transfer
-    calls against the pairwise design, and write the tables and the coefficient heatmap."""
+    calls against the pairwise design, and write the tables and the coefficient heatmap.
+
+    With ``forward_path`` (the forward_selection table) also compare, per target, the
+    surrogate's selected sources with forward selection's (forward_comparison table, to
+    ``comparison_path``)."""
+    if (forward_path is None) != (comparison_path is None):
+        raise ValueError(
+            f"forward_path = {forward_path!r} and comparison_path = {comparison_path!r}: give "
+            f"both (forward selection enabled) or neither"
+        )
     tasks = read_table(tasks_path, TASKS)
     names = tasks.sort_values("task_index")["task"].tolist()
     subsets = read_table(subsets_path, SUBSETS)
@@ -44,4 +61,15 @@ def fit_surrogates(
     write_table(quality, quality_path)
     write_table(scores, negative_transfer_path)
     write_table(surrogates_lib.selected_sources(coefficients, threshold), selected_path)
+    if forward_path is not None:
+        comparison = surrogates_lib.compare_with_forward(
+            coefficients, read_table(forward_path, FORWARD_SELECTION), threshold
+        )
+        log.info(
+            "surrogate vs forward selection: mean Jaccard %.3f (equal-size top sources %.3f); "
+            "mean sources selected: surrogate %.1f, forward %.1f",
+            comparison["jaccard"].mean(), comparison["top_jaccard"].mean(),
+            comparison["n_surrogate"].mean(), comparison["n_forward"].mean(),
+        )
+        write_table(comparison, comparison_path)
     plots.surrogate_coefficients(coefficients, names, figure_path)

@@ -1,0 +1,27 @@
+rule forward_selection:
+    input:
+        # The projected gradients (estimator gradient) or the examples (finetune).
+        **estimator_inputs(),
+        tasks="results/{dataset}/data/tasks.parquet",
+        model="results/{dataset}/meta_init/model.pt",
+        code=library_code("forward_selection.py"),
+    output:
+        values=subset_values("forward"),
+        selection="results/{dataset}/surrogates/forward_selection.parquet",
+    log:
+        "results/{dataset}/logs/forward_selection.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    resources:
+        # Fine-tunes every evaluated subset with estimator finetune; gradient only solves.
+        gpu=1 if config["estimator"] == "finetune" else 0,
+    params:
+        # The active estimator's settings only: gradient_estimate, or finetune and its seed.
+        **estimator_params(),
+        estimator=config["estimator"],
+        max_size=config["subsets"]["forward_selection"]["max_size"],
+        min_improvement=config["subsets"]["forward_selection"]["min_improvement"],
+        metric=config["evaluation"]["metric"],
+    script:
+        "../workflow_scripts/forward_selection.py"
