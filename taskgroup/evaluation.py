@@ -18,6 +18,11 @@ def ari_against_planted(grouping: pd.DataFrame, tasks: pd.DataFrame) -> float:
     return float(adjusted_rand_score(truth, grouping["group"].to_numpy()))
 
 
+def variant_order(variants) -> list[str]:
+    """Final-training variants in reporting order: plain first, then by name."""
+    return sorted(set(variants), key=lambda variant: (variant != "plain", variant))
+
+
 def per_task_table(groupings: dict[str, pd.DataFrame], results: pd.DataFrame) -> pd.DataFrame:
     """One row per (grouping, variant, seed, task): grouping, variant, seed, task, cluster,
     group_key, loss_weight, test_loss, test_metric, val_loss, val_metric.
@@ -31,7 +36,7 @@ def per_task_table(groupings: dict[str, pd.DataFrame], results: pd.DataFrame) ->
     weights = results.groupby(index)["loss_weight"].first()
     wide = wide.join(weights).reset_index()
     frames = []
-    for variant in sorted(results["variant"].unique()):
+    for variant in variant_order(results["variant"]):
         trained = wide[wide["variant"] == variant]
         for name, grouping in groupings.items():
             keyed = group_keys(grouping).rename(columns={"group": "cluster"})
@@ -49,7 +54,10 @@ def per_task_table(groupings: dict[str, pd.DataFrame], results: pd.DataFrame) ->
     ]
     table = pd.concat(frames, ignore_index=True)[columns]
     table["seed"] = table["seed"].astype(np.int64)
-    return table.sort_values(["grouping", "variant", "seed", "task"], ignore_index=True)
+    table["variant"] = pd.Categorical(table["variant"], variant_order(table["variant"]))
+    table = table.sort_values(["grouping", "variant", "seed", "task"], ignore_index=True)
+    table["variant"] = table["variant"].astype(str)
+    return table
 
 
 def describe_grouping(name: str) -> dict:
@@ -129,7 +137,7 @@ def summary_table(
     across seeds) and within_spread (|gain| <= sd_gain: the difference is not
     distinguishable from seed noise; NA with one seed or without the reference)."""
     rows = []
-    for variant in sorted(per_task["variant"].unique()):
+    for variant in variant_order(per_task["variant"]):
         reference_means = (
             _per_seed_means(per_task, reference, variant) if reference in groupings else None
         )

@@ -133,10 +133,11 @@ def estimator_validation(per_subset: pd.DataFrame, curve: pd.DataFrame, path) ->
     plt.close(figure)
 
 
-def _trajectory_panels(axes, diagnostics: pd.DataFrame, panels) -> None:
+def _trajectory_panels(axes, diagnostics: pd.DataFrame, panels, groups=None) -> None:
     """Draw per-task trajectories of a diagnostics table (seeds averaged, the kept "final"
-    rows left out) on ``axes``, one (split, column, title) of ``panels`` each; a dotted line
-    marks the start of the alignment phase when there is one."""
+    rows left out) on ``axes``, one (split, column, title) of ``panels`` each, colored by
+    ``groups`` (task -> cluster) when given; a dotted line marks the start of the alignment
+    phase when there is one."""
     trajectory = diagnostics[diagnostics["phase"] != "final"]
     mean = trajectory.groupby(["task", "split", "epoch"], as_index=False)[
         ["loss", "grad_cosine"]
@@ -146,7 +147,9 @@ def _trajectory_panels(axes, diagnostics: pd.DataFrame, panels) -> None:
         trajectory["phase"] == "joint", "epoch"].max()
     for axis, (split, column, title) in zip(axes, panels):
         for task, rows in mean[mean["split"] == split].groupby("task"):
-            axis.plot(rows["epoch"], rows[column], marker=".", linewidth=1, label=task)
+            color = None if groups is None else f"C{int(groups[task]) % 10}"
+            axis.plot(rows["epoch"], rows[column], marker=".", linewidth=1, label=task,
+                      color=color)
         if start is not None:
             axis.axvline(start, color="grey", linestyle=":", linewidth=1)
         axis.set_xlabel("epoch")
@@ -177,15 +180,18 @@ def transfer_diagnostics(diagnostics: pd.DataFrame, path) -> None:
 
 
 def generalization_diagnostics(
-    diagnostics: pd.DataFrame, gaps: dict[str, pd.DataFrame], path, title: str
+    diagnostics: pd.DataFrame, gaps: dict[str, pd.DataFrame], path, title: str,
+    groups: dict | None = None,
 ) -> None:
     """One model's validation loss and gradient cosine against the epoch (left, middle;
-    ``diagnostics`` table, seeds averaged), and the generalization gap per task against the
-    single-task models at matched training loss (right; ``gaps``: grouping name ->
-    generalization-gap rows, averaged over seeds; above 0 = worse than the task alone)."""
+    ``diagnostics`` table, seeds averaged; tasks colored by ``groups``, task -> cluster),
+    and the generalization gap per task against the single-task models at matched training
+    loss (right; ``gaps``: grouping name -> generalization-gap rows, averaged over seeds;
+    above 0 = worse than the task alone)."""
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     _trajectory_panels(
-        axes[:2], diagnostics, [("val", "loss", f"validation loss, {title}"), COSINE_PANEL]
+        axes[:2], diagnostics, [("val", "loss", f"validation loss, {title}"), COSINE_PANEL],
+        groups,
     )
     right = axes[2]
     for number, (name, rows) in enumerate(sorted(gaps.items())):
@@ -198,8 +204,11 @@ def generalization_diagnostics(
     right.axvline(0.0, color="black", linewidth=0.8)
     right.set_xlabel("val loss minus the single-task model's at matched training loss")
     right.set_title("generalization gap per task (mean over seeds)", fontsize=9)
-    if gaps and any(not rows.empty for rows in gaps.values()):
+    if any(not rows.empty for rows in gaps.values()):
         right.legend(fontsize=7)
+    else:
+        right.text(0.5, 0.5, "no single-task models:\nadd stl to evaluation.baselines",
+                   ha="center", va="center", transform=right.transAxes)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -63,8 +63,9 @@ def diagnose_transfer(
 ) -> None:
     """The generalization gap of every task of every multi-task group model against its
     single-task model (``gap_path``), and a figure: the transfer diagnostics of the naive
-    MTL model (or the primary grouping's largest group) and the gap per task for the
-    primary grouping and naive MTL, for the final-training ``variant``."""
+    MTL model (or the primary grouping's largest group), its tasks colored by their primary
+    cluster, and the gap per task for the primary grouping and naive MTL, for the
+    final-training ``variant``."""
     diagnostics = _diagnostics_by_group(diagnostics_paths)
     gaps = generalization_gaps(diagnostics)
     n_multi = sum(table["task"].nunique() > 1 for table in diagnostics.values())
@@ -94,4 +95,5 @@ def diagnose_transfer(
     plots.generalization_diagnostics(
         trajectory, per_grouping, figure_path,
         title=f"{shown} model ({variant}, {trajectory['task'].nunique()} tasks)",
+        groups=keyed[primary].set_index("task")["group"].to_dict(),
     )
