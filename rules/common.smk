@@ -321,10 +321,9 @@ def group_model_files(wildcards, kind="results"):
     """One file per distinct group (set of tasks) over every grouping and per variant:
     groups that several groupings share are trained once. ``kind``: "results" (the group
     results tables) or "diagnostics"."""
+    # Asking for every grouping's file waits for the checkpoints that write them.
     for grouping in GROUPINGS:
-        grouping_file(
-            wildcards.dataset, grouping
-        )  # waits for the grouping's checkpoint
+        grouping_file(wildcards.dataset, grouping)
     pattern = {
         "results": "results/{dataset}/final/{variant}/{key}.parquet",
         "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet",
