@@ -81,6 +81,14 @@ def _spread(values) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
+def _within_spread(change: pd.Series, spread: pd.Series) -> pd.Series:
+    """|change| <= spread per row (the change is not distinguishable from seed noise), NA
+    where the spread is undefined (one seed)."""
+    within = (change.abs() <= spread).astype("boolean")
+    within[spread.isna()] = pd.NA
+    return within
+
+
 def _grouping_row(
     per_task: pd.DataFrame, name: str, variant: str, grouping: pd.DataFrame,
     tasks: pd.DataFrame, reference: str, reference_means: pd.Series | None,
@@ -152,9 +160,8 @@ def summary_table(
         rows += variant_rows
     summary = pd.DataFrame(rows)
     if f"gain_vs_{reference}" in summary:
-        gain, spread = summary[f"gain_vs_{reference}"], summary["sd_gain"]
-        within = (gain.abs() <= spread).astype("boolean")
-        within[spread.isna() | (summary["grouping"] == reference)] = pd.NA
+        within = _within_spread(summary[f"gain_vs_{reference}"], summary["sd_gain"])
+        within[summary["grouping"] == reference] = pd.NA
         summary["within_spread"] = within
     return summary
 
@@ -193,7 +200,6 @@ def variant_comparison(per_task: pd.DataFrame, baseline: str = "plain") -> pd.Da
     for (grouping, variant), tasks in changes.groupby(["grouping", "variant"], sort=True):
         pair = seed_means.loc[grouping, [baseline, variant]].dropna()
         paired = pair[variant] - pair[baseline]
-        spread = _spread(paired)
         rows.append(
             {
                 "grouping": grouping,
@@ -202,15 +208,13 @@ def variant_comparison(per_task: pd.DataFrame, baseline: str = "plain") -> pd.Da
                 "baseline_test_metric": float(pair[baseline].mean()),
                 "mean_test_metric": float(pair[variant].mean()),
                 "change": float(paired.mean()),
-                "sd_change": spread,
-                "within_spread": pd.NA if np.isnan(spread) else bool(
-                    abs(paired.mean()) <= spread
-                ),
+                "sd_change": _spread(paired),
                 "n_tasks_better": int((tasks["change"] > 0).sum()),
                 "n_tasks_worse": int((tasks["change"] < 0).sum()),
             }
         )
     table = pd.DataFrame(rows)
     if len(table):
-        table["within_spread"] = table["within_spread"].astype("boolean")
+        within = _within_spread(table["change"], table["sd_change"])
+        table.insert(table.columns.get_loc("sd_change") + 1, "within_spread", within)
     return table
