@@ -171,24 +171,23 @@ def training_params(section):
     }
 
 
-def training_options(stage):
+def meta_init_options():
     """The enabled options of training_options.meta_init, with their defaults filled in,
     as params: {"options": {...}}; nothing when every option is off, so that the default
     (plain) training job keeps its params and outputs."""
-    options = enabled_options(config.get("training_options", {}).get(stage, {}))
+    options = enabled_options(config.get("training_options", {}).get("meta_init", {}))
     return {"options": options} if options else {}
 
 
-def training_option_outputs(stage, directory):
-    """The extra Parquet outputs of the meta-initialization under ``directory``:
-    task_weights (reweighting) and diagnostics (diagnostics), each only when its option is
-    on."""
-    options = training_options(stage).get("options", {})
+def meta_init_option_outputs():
+    """The extra Parquet outputs of the meta-initialization: task_weights (reweighting)
+    and diagnostics (diagnostics), each only when its option is on."""
+    options = meta_init_options().get("options", {})
     outputs = {}
     if "reweighting" in options:
-        outputs["weights"] = f"{directory}/task_weights.parquet"
+        outputs["weights"] = "results/{dataset}/meta_init/task_weights.parquet"
     if "diagnostics" in options:
-        outputs["diagnostics"] = f"{directory}/diagnostics.parquet"
+        outputs["diagnostics"] = "results/{dataset}/meta_init/diagnostics.parquet"
     return outputs
 
 

@@ -4,7 +4,7 @@ rule train_meta_init:
         tasks="results/{dataset}/data/tasks.parquet",
         code=library_code("train_meta_init.py"),
     output:
-        **training_option_outputs("meta_init", "results/{dataset}/meta_init"),
+        **meta_init_option_outputs(),
         model="results/{dataset}/meta_init/model.pt",
         metrics="results/{dataset}/meta_init/val_metrics.parquet",
     log:
@@ -19,7 +19,7 @@ rule train_meta_init:
         gpu=1,
     params:
         # Enabled training_options.meta_init only (none: plain training, no extra outputs).
-        **training_options("meta_init"),
+        **meta_init_options(),
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("meta_init"),
         seed=config["meta_init"]["seed"],

@@ -45,10 +45,6 @@ class TrainingOptions:
             Diagnostics(**options.get("diagnostics", {})),
         )
 
-    @property
-    def any_enabled(self) -> bool:
-        return self.reweighting.enabled or self.alignment.enabled or self.diagnostics.enabled
-
 
 _CLASSES = {"reweighting": Reweighting, "alignment": Alignment, "diagnostics": Diagnostics}
 

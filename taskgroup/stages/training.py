@@ -22,16 +22,12 @@ from taskgroup.within_group import TrainingOptions, train_with_options
 log = logging.getLogger(__name__)
 
 
-def _check_option_outputs(options: TrainingOptions, weights_path, diagnostics_path) -> None:
-    """The extra outputs must be given exactly when their option is on."""
-    for name, on, path in (
-        ("reweighting", options.reweighting.enabled, weights_path),
-        ("diagnostics", options.diagnostics.enabled, diagnostics_path),
-    ):
-        if on != (path is not None):
-            raise ValueError(
-                f"training_options {name}: enabled={on} but its output path is {path!r}"
-            )
+def _check_option_output(name: str, enabled: bool, path) -> None:
+    """An option's extra output must be given exactly when the option is on."""
+    if enabled != (path is not None):
+        raise ValueError(
+            f"training_options {name}: enabled={enabled} but its output path is {path!r}"
+        )
 
 
 def train_meta_init(
@@ -48,7 +44,8 @@ def train_meta_init(
     options = TrainingOptions.from_dict(options)
     if options.alignment.enabled:
         raise ValueError("training_options.meta_init: alignment is only for final models")
-    _check_option_outputs(options, weights_path, diagnostics_path)
+    _check_option_output("reweighting", options.reweighting.enabled, weights_path)
+    _check_option_output("diagnostics", options.diagnostics.enabled, diagnostics_path)
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
@@ -132,11 +129,7 @@ def train_group_model(
     ``diagnostics_path``.
     """
     options = TrainingOptions.from_dict(options)
-    if options.diagnostics.enabled != (diagnostics_path is not None):
-        raise ValueError(
-            f"training_options diagnostics: enabled={options.diagnostics.enabled} but its "
-            f"output path is {diagnostics_path!r}"
-        )
+    _check_option_output("diagnostics", options.diagnostics.enabled, diagnostics_path)
     if groupings.group_key(members) != group_key:
         raise ValueError(
             f"group {group_key}: its members {sorted(members)[:5]}... hash to "
