@@ -68,6 +68,7 @@ if RANDOM:
             expand("results/{{dataset}}/groupings/{grouping}.parquet", grouping=RANDOM),
         log:
             "results/{dataset}/logs/random_grouping.log",
+        localrule: True
         conda:
             "../envs/taskgroup.yaml"
         script:

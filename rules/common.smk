@@ -423,7 +423,9 @@ def final_outputs():
 
 
 # Cheap steps that only read and write small tables: on a cluster they run in the main
-# Snakemake process instead of being submitted as jobs (no effect on local runs).
+# Snakemake process instead of being submitted as jobs (no effect on local runs). The
+# rules that exist only with some configs (random_grouping, plot_variants,
+# diagnose_transfer) say so themselves (localrule: True).
 localrules:
     sample_subsets,
     pair_design,
@@ -434,8 +436,5 @@ localrules:
     cluster_tasks,
     gather_clustering,
     baseline_grouping,
-    random_grouping,
     evaluate_groupings,
     plot_figures,
-    plot_variants,
-    diagnose_transfer,

@@ -68,6 +68,7 @@ if COMPARE_VARIANTS:
             ),
         log:
             "results/{dataset}/logs/plot_variants.log",
+        localrule: True
         conda:
             "../envs/taskgroup.yaml"
         params:
@@ -93,6 +94,7 @@ if FINAL_DIAGNOSTICS:
             ),
         log:
             "results/{dataset}/logs/diagnose_transfer.log",
+        localrule: True
         conda:
             "../envs/taskgroup.yaml"
         params:
