@@ -86,6 +86,14 @@ diagnostics (training_options.*.diagnostics; meta_init/diagnostics.parquet,
            loss (float64, unweighted mean loss, see above), grad_cosine (float64, cosine
            of the task's trunk gradient and the summed gradient of the trained tasks),
            grad_norm (float64). Definitions in :mod:`taskgroup.diagnostics`.
+generalization_gap (evaluation/generalization_gap.parquet) one row per (variant, multi-task
+           group model, seed, member task with a single-task model): variant, group_key
+           (str), n_tasks (int64, the group's size), seed (int64), task (str), mtl_epoch
+           (int64, the kept epoch), mtl_train_loss, mtl_val_loss (float64), stl_epoch (int64,
+           the single-task run's epoch of closest training loss), stl_train_loss,
+           stl_val_loss, gap (float64, mtl_val_loss - stl_val_loss), final_difference
+           (float64, mtl_val_loss minus the single-task model's final val loss).
+           Definitions in :mod:`taskgroup.diagnostics`.
 """
 
 from __future__ import annotations
@@ -188,6 +196,21 @@ DIAGNOSTICS = {
     "loss": "float",
     "grad_cosine": "float",
     "grad_norm": "float",
+}
+GENERALIZATION_GAP = {
+    "variant": "str",
+    "group_key": "str",
+    "n_tasks": "int",
+    "seed": "int",
+    "task": "str",
+    "mtl_epoch": "int",
+    "mtl_train_loss": "float",
+    "mtl_val_loss": "float",
+    "stl_epoch": "int",
+    "stl_train_loss": "float",
+    "stl_val_loss": "float",
+    "gap": "float",
+    "final_difference": "float",
 }
 
 

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from workflow_helpers import make_workdir, smoke_config, snakemake
 
+from taskgroup.tables import GENERALIZATION_GAP, read_table
+
 pytestmark = pytest.mark.workflow
 
 VARIANTS = ["plain", "reweighted_aligned"]
@@ -71,7 +73,8 @@ def test_every_variant_is_summarized_and_compared_with_plain(variants_run):
 
 
 def test_diagnostics_give_generalization_gaps_against_single_task_models(variants_run):
-    gaps = pd.read_parquet(variants_run / "evaluation" / "generalization_gap.parquet")
+    gaps = read_table(variants_run / "evaluation" / "generalization_gap.parquet",
+                      GENERALIZATION_GAP)
     assert sorted(gaps["variant"].unique()) == sorted(VARIANTS)
     naive = gaps[gaps["n_tasks"] == 4]
     assert len(naive) == 2 * 2 * 4  # variants x seeds x tasks of the naive MTL model

@@ -10,7 +10,13 @@ import pandas as pd
 from taskgroup import plots
 from taskgroup.diagnostics import generalization_gap
 from taskgroup.groupings import group_keys
-from taskgroup.tables import DIAGNOSTICS, GROUPING, read_table, write_table
+from taskgroup.tables import (
+    DIAGNOSTICS,
+    GENERALIZATION_GAP,
+    GROUPING,
+    read_table,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +37,8 @@ def generalization_gaps(diagnostics: dict) -> pd.DataFrame:
     task of every multi-task group model against the single-task model of the same task
     and variant, paired by seed. ``diagnostics``: (variant, group_key) -> table.
 
-    Columns: variant, group_key, n_tasks, then generalization_gap's (seed, task, ...). A
-    task whose single-task model was not trained (no stl baseline) has no row."""
+    Schema generalization_gap (:mod:`taskgroup.tables`). A task whose single-task model
+    was not trained (no stl baseline) has no row."""
     single = {}
     for (variant, _), table in diagnostics.items():
         if table["task"].nunique() == 1:
@@ -49,12 +55,8 @@ def generalization_gaps(diagnostics: dict) -> pd.DataFrame:
         gap.insert(0, "variant", variant)
         frames.append(gap)
     if not frames:
-        return pd.DataFrame(
-            columns=["variant", "group_key", "n_tasks", "seed", "task", "mtl_epoch",
-                     "mtl_train_loss", "mtl_val_loss", "stl_epoch", "stl_train_loss",
-                     "stl_val_loss", "gap", "final_difference"]
-        )
-    return pd.concat(frames, ignore_index=True)
+        return pd.DataFrame(columns=list(GENERALIZATION_GAP))
+    return pd.concat(frames, ignore_index=True)[list(GENERALIZATION_GAP)]
 
 
 def diagnose_transfer(
