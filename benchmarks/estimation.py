@@ -25,14 +25,14 @@ import torch
 import yaml
 
 from taskgroup.config import planted_spec
-from taskgroup.data import build_task_data
-from taskgroup.datasets.planted import generate_planted
-from taskgroup.finetune import finetune_subsets
-from taskgroup.linearized import ProjectedSplit, estimate_subsets
-from taskgroup.projection import make_projector, project_examples
-from taskgroup.subsets import sample_subsets
-from taskgroup.train import TrainSettings, evaluate, fit, train_new_model
-from taskgroup.validation import agreement
+from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.designs import sample_subsets
+from taskgroup.data.examples import build_task_data
+from taskgroup.estimate.finetune import finetune_subsets
+from taskgroup.estimate.linearized import ProjectedSplit, estimate_subsets
+from taskgroup.estimate.projection import make_projector, project_examples
+from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
+from taskgroup.report.validation import agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,10 +33,11 @@ import torch
 import yaml
 
 from taskgroup.config import planted_spec
-from taskgroup.data import build_task_data
-from taskgroup.datasets.planted import generate_planted
-from taskgroup.train import TrainSettings, derived_seed, evaluate
-from taskgroup.within_group import TrainingOptions, train_with_options
+from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.examples import build_task_data
+from taskgroup.models.training import TrainSettings, evaluate
+from taskgroup.models.within_group import TrainingOptions, train_with_options
+from taskgroup.seeding import derived_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from taskgroup.config import (
     needs_pair_design,
     pair_design_size,
 )
-from taskgroup.groupings import group_keys
-from taskgroup.subsets import n_chunks
-from taskgroup.training_options import enabled_options, variant_options
+from taskgroup.group.groupings import group_keys
+from taskgroup.data.designs import n_chunks
+from taskgroup.models.options import enabled_options, variant_options
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
@@ -193,7 +193,7 @@ def meta_init_option_outputs():
 
 def final_variant_options(wildcards):
     """The enabled options of the final-training variant {variant} (settings from
-    training_options.final; see taskgroup.training_options.variant_options)."""
+    training_options.final; see taskgroup.models.options.variant_options)."""
     return variant_options(FINAL_OPTIONS, wildcards.variant)
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 
-from taskgroup.datasets.planted import PlantedSpec
-from taskgroup.datasets.table import table_spec, table_task_names
-from taskgroup.groupings import BASELINES
-from taskgroup.subsets import check_subset_design
-from taskgroup.task_types import check_metric
+from taskgroup.data.datasets.planted import PlantedSpec
+from taskgroup.data.datasets.table import table_spec, table_task_names
+from taskgroup.data.designs import check_subset_design
+from taskgroup.data.task_types import check_metric
+from taskgroup.group.groupings import BASELINES
 
 
 class ConfigError(ValueError):
@@ -27,12 +27,12 @@ def planted_spec(planted: dict) -> PlantedSpec:
 
 def graph_module():
     """The graph-community dataset module, or ConfigError if this version lacks it."""
-    if importlib.util.find_spec("taskgroup.datasets.graph") is None:
+    if importlib.util.find_spec("taskgroup.data.datasets.graph") is None:
         raise ConfigError(
             "config: dataset.kind = 'graph_communities' is not available in this version "
-            "(taskgroup/datasets/graph.py is missing); use 'planted' or 'table'"
+            "(taskgroup/data/datasets/graph.py is missing); use 'planted' or 'table'"
         )
-    import taskgroup.datasets.graph as graph
+    import taskgroup.data.datasets.graph as graph
 
     return graph
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from taskgroup.data import build_task_data
-from taskgroup.datasets.planted import PlantedSpec, generate_planted
+from taskgroup.data.datasets.planted import PlantedSpec, generate_planted
+from taskgroup.data.examples import build_task_data
 
 
 @pytest.fixture(autouse=True)

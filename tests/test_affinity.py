@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.affinity import affinity_matrices, affinity_table, square
+from taskgroup.group.affinity import affinity_matrices, affinity_table, square
 
 NAMES = ["a", "b", "c"]
 

@@ -4,7 +4,9 @@ import torch
 from conftest import small_spec
 from torch.nn import functional as F
 
-from taskgroup.affinity_baselines import (
+from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.examples import SplitTensors, TaskData, build_task_data
+from taskgroup.estimate.affinity_sources import (
     covariance_factor,
     covariance_score,
     covariance_similarity,
@@ -13,10 +15,8 @@ from taskgroup.affinity_baselines import (
     lookahead_training,
     normalize_affinity,
 )
-from taskgroup.data import SplitTensors, TaskData, build_task_data
-from taskgroup.datasets.planted import generate_planted
-from taskgroup.model import MultiHeadNet
-from taskgroup.train import TrainSettings, train_new_model
+from taskgroup.models.network import MultiHeadNet
+from taskgroup.models.training import TrainSettings, train_new_model
 
 CPU = torch.device("cpu")
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from taskgroup.clustering import (
+from taskgroup.group.clustering import (
     METHODS,
     ROUNDINGS,
     average_density,

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.subsets import design_table, forward_selection, pair_design
+from taskgroup.data.designs import design_table, forward_selection, pair_design
 
 
 def test_pair_design_lists_singletons_then_pairs_in_lexicographic_order():

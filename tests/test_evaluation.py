@@ -4,15 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.affinity import pairwise_matrices
-from taskgroup.evaluation import (
+from taskgroup.data.designs import design_table, pair_design
+from taskgroup.group.affinity import pairwise_matrices
+from taskgroup.group.groupings import group_key, group_keys, random_partition
+from taskgroup.report.evaluation import (
     per_task_table,
     summary_table,
     variant_comparison,
     variant_task_changes,
 )
-from taskgroup.groupings import group_key, group_keys, random_partition
-from taskgroup.subsets import design_table, pair_design
 
 TASKS = pd.DataFrame(
     {

@@ -7,12 +7,12 @@ import pytest
 from conftest import small_spec
 from workflow_helpers import make_workdir, scheduled_jobs, smoke_config, snakemake
 
-from taskgroup.datasets.planted import generate_planted
+from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.tables import FORWARD_SELECTION, SUBSET_VALUES, read_table, write_table
+from taskgroup.group.surrogates import compare_with_forward
 from taskgroup.stages.estimation import estimate_chunk, project_gradients
 from taskgroup.stages.forward import forward_selection_stage, select_forward
 from taskgroup.stages.training import finetune_chunk, train_meta_init
-from taskgroup.surrogates import compare_with_forward
-from taskgroup.tables import FORWARD_SELECTION, SUBSET_VALUES, read_table, write_table
 
 ESTIMATE = {"l2": 0.03, "newton_steps": 1, "max_relative_shift": None}
 FINETUNE = {"epochs": 1, "lr": 0.01, "batch_size": 64, "weight_decay": 0.0}

@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from taskgroup.gradients import layer_factors, layer_parameters, per_example_gradients
-from taskgroup.model import MultiHeadNet
-from taskgroup.projection import (
+from taskgroup.estimate.gradients import layer_factors, layer_parameters, per_example_gradients
+from taskgroup.estimate.projection import (
     DenseProjector,
     KroneckerProjector,
     make_projector,
     project_examples,
     random_matrix,
 )
+from taskgroup.models.network import MultiHeadNet
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_dense_projection_preserves_inner_products_within_jl_tolerance(kind):
 def test_kronecker_projection_preserves_inner_products_on_average(kind):
     torch.manual_seed(2)
     deltas, inputs = torch.randn(30, 40), torch.randn(30, 50)
-    from taskgroup.gradients import LayerFactors
+    from taskgroup.estimate.gradients import LayerFactors
 
     projector = KroneckerProjector([(40, 50), (2, 3)], factor_dim=32, kind=kind, seed=0)
     heads = LayerFactors(torch.randn(30, 3), None)
@@ -136,7 +136,7 @@ def test_shift_norms_match_an_explicit_projection():
 
 
 def test_layer_parameters_follow_layer_shapes(tiny):
-    from taskgroup.gradients import layer_shapes
+    from taskgroup.estimate.gradients import layer_shapes
 
     model, _, _ = tiny
     assert [tuple(m.shape) for m in layer_parameters(model)] == layer_shapes(model)

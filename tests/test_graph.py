@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.datasets.graph import (
+from taskgroup.data.datasets.graph import (
     DataError,
     GraphCommunitySpec,
     generate_graph,
@@ -13,7 +13,7 @@ from taskgroup.datasets.graph import (
     normalized_adjacency,
     propagate_features,
 )
-from taskgroup.tables import EXAMPLES, TASKS, check_columns, feature_columns
+from taskgroup.data.tables import EXAMPLES, TASKS, check_columns, feature_columns
 
 
 def tiny_spec(**overrides) -> GraphCommunitySpec:

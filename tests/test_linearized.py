@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from taskgroup.linearized import (
+from taskgroup.estimate.linearized import (
     ProjectedSplit,
     cap_shifts,
     estimate_subsets,

@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
 from torch.nn import functional as F
 
-from taskgroup.metrics import check_metric, example_losses, per_task_metric, resolve_metrics
+from taskgroup.models.metrics import check_metric, example_losses, per_task_metric, resolve_metrics
 
 
 def ranking_example():
@@ -61,7 +61,7 @@ def test_undefined_metrics_are_nan_with_a_warning(caplog):
     task_index = np.array([0, 0, 0, 1, 1, 1])
     labels = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
     scores = np.array([0.1, 0.2, -0.3, 0.5, 0.7, -1.0])
-    with caplog.at_level(logging.WARNING, logger="taskgroup.metrics"):
+    with caplog.at_level(logging.WARNING, logger="taskgroup.models.metrics"):
         values = per_task_metric(
             scores, labels, task_index, ["roc_auc", "roc_auc", "roc_auc"],
             ["only_ones", "fine", "empty"], context="split 'val'",

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from conftest import small_spec
 
-from taskgroup.datasets.planted import generate_planted
-from taskgroup.tables import EXAMPLES, TASKS, check_columns, feature_columns
+from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.tables import EXAMPLES, TASKS, check_columns, feature_columns
 
 
 def test_tables_follow_their_schemas_and_sizes():

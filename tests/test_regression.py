@@ -10,14 +10,19 @@ import torch
 from sklearn.metrics import accuracy_score, r2_score
 from torch.nn import functional as F
 
-from taskgroup.data import build_task_data
-from taskgroup.finetune import finetune_subsets
-from taskgroup.linearized import ProjectedSplit, estimate_subsets, fit_shifts, linearized_values
-from taskgroup.model import MultiHeadNet
-from taskgroup.projection import make_projector, project_examples
-from taskgroup.subsets import sample_subsets
-from taskgroup.train import TrainSettings, evaluate, fit, train_new_model
-from taskgroup.validation import first_order_validity, per_task_relative_error
+from taskgroup.data.designs import sample_subsets
+from taskgroup.data.examples import build_task_data
+from taskgroup.estimate.finetune import finetune_subsets
+from taskgroup.estimate.linearized import (
+    ProjectedSplit,
+    estimate_subsets,
+    fit_shifts,
+    linearized_values,
+)
+from taskgroup.estimate.projection import make_projector, project_examples
+from taskgroup.models.network import MultiHeadNet
+from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
+from taskgroup.report.validation import first_order_validity, per_task_relative_error
 
 
 def linear_tables(

@@ -136,7 +136,7 @@ def test_a_parameter_change_reruns_its_stage_and_what_follows_only(
 
 def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_path):
     """Library files are inputs (code=) of the rules whose scripts import them: editing
-    taskgroup/clustering.py reruns the stages of taskgroup/stages/grouping.py and what
+    taskgroup/group/clustering.py reruns the stages of taskgroup/stages/grouping.py and what
     follows; the same bytes with a newer time rerun nothing; a touched script reruns its rule
     (Snakemake's own code trigger compares the script's time with the outputs')."""
     clone = tmp_path / "clone"
@@ -156,7 +156,7 @@ def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_
     library.write_text(library.read_text() + "\n\n# an edit\n")
     jobs = dry_run(clone)
     # every rule whose script imports taskgroup.stages.grouping (which imports
-    # taskgroup.clustering) reruns.
+    # taskgroup.group.clustering) reruns.
     assert set(jobs) == downstream(
         "compute_affinity", "pairwise_affinity", "baseline_grouping"
     ), jobs

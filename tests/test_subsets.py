@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.subsets import (
+from taskgroup.data.designs import (
     chunk_of,
     expected_pair_count,
     n_chunks,

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.subsets import design_table, pair_design, sample_subsets
-from taskgroup.surrogates import (
+from taskgroup.data.designs import design_table, pair_design, sample_subsets
+from taskgroup.group.surrogates import (
     fit_surrogates,
     membership_design,
     pairwise_transfer,
@@ -102,7 +102,7 @@ def test_surrogate_on_the_pair_design_is_the_pairwise_transfer(planted_theta, ca
     base, theta = planted_theta
     subsets = design_table(pair_design(len(NAMES)), NAMES)
     values = additive_values(subsets, NAMES, base, theta, noise=0.0, seed=0)
-    with caplog.at_level(logging.WARNING, logger="taskgroup.surrogates"):
+    with caplog.at_level(logging.WARNING, logger="taskgroup.group.surrogates"):
         coefficients, quality = fit_surrogates(subsets, values, NAMES, alpha=1e-9)
     # 8 subsets per target are too few for 5-fold hold-out
     assert quality["r2"].isna().all() and quality["spearman"].isna().all()

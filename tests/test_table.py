@@ -1,4 +1,4 @@
-"""The user-table loader (taskgroup.datasets.table): conversion, splits and bad input."""
+"""The user-table loader (taskgroup.data.datasets.table): conversion, splits and bad input."""
 
 import copy
 from pathlib import Path
@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from taskgroup.config import ConfigError, check_config, n_tasks
-from taskgroup.data import build_task_data
-from taskgroup.datasets.table import DataError, load_table, normalize_task_name, table_spec
-from taskgroup.tables import EXAMPLES, TASKS, check_columns
+from taskgroup.data.datasets.table import DataError, load_table, normalize_task_name, table_spec
+from taskgroup.data.examples import build_task_data
+from taskgroup.data.tables import EXAMPLES, TASKS, check_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from taskgroup.finetune import finetune_subsets
-from taskgroup.model import MultiHeadNet, load_checkpoint, save_checkpoint
-from taskgroup.train import TrainSettings, derived_seed, evaluate, fit, train_new_model
+from taskgroup.estimate.finetune import finetune_subsets
+from taskgroup.models.network import MultiHeadNet, load_checkpoint, save_checkpoint
+from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
+from taskgroup.seeding import derived_seed
 
 CPU = torch.device("cpu")
 

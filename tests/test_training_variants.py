@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from workflow_helpers import make_workdir, smoke_config, snakemake
 
-from taskgroup.tables import GENERALIZATION_GAP, read_table
+from taskgroup.data.tables import GENERALIZATION_GAP, read_table
 
 pytestmark = pytest.mark.workflow
 

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from taskgroup.model import MultiHeadNet
-from taskgroup.train import TrainSettings, fit
-from taskgroup.validation import (
+from taskgroup.models.network import MultiHeadNet
+from taskgroup.models.training import TrainSettings, fit
+from taskgroup.report.validation import (
     first_order_validity,
     per_task_relative_error,
     within_task_spearman,

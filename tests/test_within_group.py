@@ -9,21 +9,21 @@ import yaml
 from snakemake.utils import validate
 from torch.nn import functional as F
 
-from taskgroup import reweighting
-from taskgroup.alignment import AlignedNet, AlignmentSettings, train_alignment
-from taskgroup.data import SplitTensors, TaskData
-from taskgroup.diagnostics import DIAGNOSTICS, generalization_gap, gradient_cosines
-from taskgroup.model import MultiHeadNet, load_checkpoint, save_checkpoint
-from taskgroup.stages.training import train_group_model
-from taskgroup.stages.transfer import generalization_gaps
-from taskgroup.tables import GROUP_RESULTS, read_table, write_table
-from taskgroup.train import TrainSettings, evaluate, fit, train_new_model
-from taskgroup.training_options import variant_options
-from taskgroup.within_group import (
+from taskgroup.data.examples import SplitTensors, TaskData
+from taskgroup.data.tables import GROUP_RESULTS, read_table, write_table
+from taskgroup.models import reweighting
+from taskgroup.models.alignment import AlignmentSettings, train_alignment
+from taskgroup.models.diagnostics import DIAGNOSTICS, generalization_gap, gradient_cosines
+from taskgroup.models.network import AlignedNet, MultiHeadNet, load_checkpoint, save_checkpoint
+from taskgroup.models.options import variant_options
+from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
+from taskgroup.models.within_group import (
     TrainingOptions,
     enabled_options,
     train_with_options,
 )
+from taskgroup.stages.training import train_group_model
+from taskgroup.stages.transfer import generalization_gaps
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config" / "config.schema.yaml")
@@ -200,7 +200,7 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
     write_table(examples, tmp_path / "examples.parquet")
     write_table(tasks, tmp_path / "tasks.parquet")
     members = ["task_0", "task_1", "task_2"]
-    from taskgroup.groupings import group_key
+    from taskgroup.group.groupings import group_key
 
     key = group_key(members)
     options = enabled_options(

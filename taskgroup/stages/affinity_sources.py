@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 
-from taskgroup import affinity_baselines
-from taskgroup.affinity import long_table
-from taskgroup.model import load_checkpoint
+from taskgroup.data.tables import write_table
+from taskgroup.estimate import affinity_sources
+from taskgroup.group.affinity import long_table
+from taskgroup.models.network import load_checkpoint
+from taskgroup.models.training import TrainSettings
 from taskgroup.stages.common import load_task_data, prepare_torch
-from taskgroup.tables import write_table
-from taskgroup.train import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def write_matrix_affinity(matrix: np.ndarray, task_names: list[str], output_path
     """Write a (k, k) "higher = train together" matrix as an affinity table: raw = the
     matrix, normalized = symmetrized with z-scored off-diagonal entries, n_subsets = 0 (no
     subsets are involved)."""
-    normalized = affinity_baselines.normalize_affinity(matrix)
+    normalized = affinity_sources.normalize_affinity(matrix)
     counts = np.zeros(matrix.shape, dtype=np.int64)
     write_table(long_table(matrix, normalized, counts, task_names), output_path)
 
@@ -36,7 +36,7 @@ def lookahead_affinity(
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
     started = time.perf_counter()
-    matrix = affinity_baselines.lookahead_affinity(
+    matrix = affinity_sources.lookahead_affinity(
         data, hidden_sizes, TrainSettings(**training), seed, device, every=every,
         lookahead_lr=lookahead_lr,
     )
@@ -55,10 +55,10 @@ def meta_init_affinity(
     model = load_checkpoint(model_path, data.task_names)
     started = time.perf_counter()
     if source == "gradient_cosine":
-        matrix = affinity_baselines.gradient_cosine_affinity(model.to(device), data.to(device))
+        matrix = affinity_sources.gradient_cosine_affinity(model.to(device), data.to(device))
     elif source == "covariance":
         trunk = model if covariance_features == "trunk" else None
-        matrix = affinity_baselines.covariance_similarity(data, model=trunk)
+        matrix = affinity_sources.covariance_similarity(data, model=trunk)
     else:
         raise ValueError(
             f"affinity source {source!r}: expected 'gradient_cosine' or 'covariance'"

@@ -7,10 +7,10 @@ import logging
 import pandas as pd
 import torch
 
-from taskgroup.data import TaskData, build_task_data
-from taskgroup.model import save_checkpoint
-from taskgroup.tables import EXAMPLES, TASKS, read_table, write_atomically
-from taskgroup.train import pick_device
+from taskgroup.data.examples import TaskData, build_task_data
+from taskgroup.data.tables import EXAMPLES, TASKS, read_table, write_atomically
+from taskgroup.models.network import save_checkpoint
+from taskgroup.seeding import pick_device
 
 log = logging.getLogger(__name__)
 

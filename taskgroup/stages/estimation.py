@@ -10,12 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskgroup import subsets as subsets_lib
-from taskgroup.linearized import ProjectedSplit, estimate_subsets
-from taskgroup.model import load_checkpoint
-from taskgroup.projection import make_projector, project_examples
-from taskgroup.stages.common import load_task_data, prepare_torch
-from taskgroup.tables import (
+from taskgroup.data import designs as subsets_lib
+from taskgroup.data.tables import (
     PROJECTED,
     PROJECTION,
     TASKS,
@@ -23,6 +19,10 @@ from taskgroup.tables import (
     read_table,
     write_table,
 )
+from taskgroup.estimate.linearized import ProjectedSplit, estimate_subsets
+from taskgroup.estimate.projection import make_projector, project_examples
+from taskgroup.models.network import load_checkpoint
+from taskgroup.stages.common import load_task_data, prepare_torch
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def gradient_valuer(
     and the meta-initialization once, and return ``(task_names, value)``, where
     ``value(subsets)`` maps a long subsets table (subset_id, task; any number of subsets) to
     its subset_values table (estimator "gradient", no design column; see
-    :func:`taskgroup.linearized.estimate_subsets`). ``metric``: evaluation.metric."""
+    :func:`taskgroup.estimate.linearized.estimate_subsets`). ``metric``: evaluation.metric."""
     device = prepare_torch(threads)
     tasks = read_table(tasks_path, TASKS).sort_values("task_index")
     names, types = tasks["task"].tolist(), tasks["task_type"].tolist()

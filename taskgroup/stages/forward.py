@@ -1,7 +1,7 @@
 """Stage of the forward-selection design: greedy source selection per target task, valued
 by the configured estimator.
 
-For every target task i (in task order), :func:`taskgroup.subsets.forward_selection` starts
+For every target task i (in task order), :func:`taskgroup.data.designs.forward_selection` starts
 from {i} and adds, one at a time, the other task whose addition gives the lowest f_i(S),
 while that lowers f_i(S) by more than ``min_improvement`` and S has fewer than ``max_size``
 tasks. The oracle f_i(S) is the configured estimator (``gradient``: the linearized estimate
@@ -25,10 +25,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from taskgroup import subsets as subsets_lib
+from taskgroup.data import designs as subsets_lib
+from taskgroup.data.tables import SUBSET_VALUES, check_columns, write_table
 from taskgroup.stages.estimation import gradient_valuer
 from taskgroup.stages.training import finetune_valuer
-from taskgroup.tables import SUBSET_VALUES, check_columns, write_table
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def select_forward(
     (accepted or not), subset ids 0..n-1 in order of first evaluation, with design
     "forward" (schema subset_values).
     selection: the accepted path of every target (schema forward_selection, see
-    :mod:`taskgroup.tables`).
+    :mod:`taskgroup.data.tables`).
     """
     if not 1 <= max_size <= len(task_names):
         raise ValueError(

@@ -8,10 +8,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from taskgroup import affinity as affinity_lib
-from taskgroup import clustering, groupings, plots
-from taskgroup.evaluation import ari_against_planted
-from taskgroup.tables import AFFINITY, GROUPING, SUBSET_VALUES, TASKS, read_table, write_table
+from taskgroup.data.tables import AFFINITY, GROUPING, SUBSET_VALUES, TASKS, read_table, write_table
+from taskgroup.group import affinity as affinity_lib
+from taskgroup.group import clustering, groupings
+from taskgroup.report import plots
+from taskgroup.report.evaluation import ari_against_planted
 
 log = logging.getLogger(__name__)
 

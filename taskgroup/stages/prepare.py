@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from taskgroup.config import graph_module, planted_spec
-from taskgroup.datasets.planted import generate_planted
-from taskgroup.datasets.table import load_table, table_spec
-from taskgroup.tables import write_table
+from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.datasets.table import load_table, table_spec
+from taskgroup.data.tables import write_table
 
 
 def prepare_dataset(

@@ -6,15 +6,7 @@ import logging
 
 import pandas as pd
 
-from taskgroup import affinity as affinity_lib
-from taskgroup import plots
-from taskgroup.evaluation import (
-    per_task_table,
-    summary_table,
-    variant_comparison,
-    variant_task_changes,
-)
-from taskgroup.tables import (
+from taskgroup.data.tables import (
     AFFINITY,
     GROUP_RESULTS,
     GROUPING,
@@ -22,6 +14,14 @@ from taskgroup.tables import (
     read_table,
     write_atomically,
     write_table,
+)
+from taskgroup.group import affinity as affinity_lib
+from taskgroup.report import plots
+from taskgroup.report.evaluation import (
+    per_task_table,
+    summary_table,
+    variant_comparison,
+    variant_task_changes,
 )
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import logging
 
 import pandas as pd
 
-from taskgroup import subsets as subsets_lib
-from taskgroup.tables import SUBSET_VALUES, TASKS, read_table, write_table
+from taskgroup.data import designs as subsets_lib
+from taskgroup.data.tables import SUBSET_VALUES, TASKS, read_table, write_table
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from taskgroup import plots
-from taskgroup import surrogates as surrogates_lib
-from taskgroup.tables import (
+from taskgroup.data.tables import (
     FORWARD_SELECTION,
     SUBSET_VALUES,
     SUBSETS,
@@ -14,6 +12,8 @@ from taskgroup.tables import (
     read_table,
     write_table,
 )
+from taskgroup.group import surrogates as surrogates_lib
+from taskgroup.report import plots
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,17 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
-from taskgroup import groupings, reweighting
-from taskgroup import subsets as subsets_lib
-from taskgroup.finetune import finetune_subsets
-from taskgroup.metrics import resolve_metrics
-from taskgroup.model import load_checkpoint
+from taskgroup.data import designs as subsets_lib
+from taskgroup.data.tables import write_table
+from taskgroup.estimate.finetune import finetune_subsets
+from taskgroup.group import groupings
+from taskgroup.models import reweighting
+from taskgroup.models.metrics import resolve_metrics
+from taskgroup.models.network import load_checkpoint
+from taskgroup.models.training import TrainSettings, evaluate
+from taskgroup.models.within_group import TrainingOptions, train_with_options
+from taskgroup.seeding import derived_seed
 from taskgroup.stages.common import load_task_data, prepare_torch, save_model_atomically
-from taskgroup.tables import write_table
-from taskgroup.train import TrainSettings, derived_seed, evaluate
-from taskgroup.within_group import TrainingOptions, train_with_options
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def train_meta_init(
     (columns task, split, loss, metric (``metric``, evaluation.metric), n_examples).
 
     ``options``: the enabled ``training_options.meta_init`` (reweighting, diagnostics; see
-    :mod:`taskgroup.within_group`); their tables go to ``weights_path`` (task weights) and
+    :mod:`taskgroup.models.within_group`); their tables go to ``weights_path`` (task weights) and
     ``diagnostics_path``."""
     options = TrainingOptions.from_dict(options)
     if options.alignment.enabled:
@@ -81,7 +83,7 @@ def finetune_valuer(
     once and return ``(task_names, value)``, where ``value(subsets)`` fine-tunes a copy of the
     meta-initialization on each subset of a long subsets table (subset_id, task) and returns
     its subset_values table (estimator "finetune", no design column; each subset's seed is
-    derived from (seed, subset_id), see :func:`taskgroup.finetune.finetune_subsets`)."""
+    derived from (seed, subset_id), see :func:`taskgroup.estimate.finetune.finetune_subsets`)."""
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
@@ -124,7 +126,7 @@ def train_group_model(
     initialization (paired comparisons).
 
     ``options``: the enabled options of the final-training ``variant`` (reweighting,
-    alignment, diagnostics; see :func:`taskgroup.training_options.variant_options`). The
+    alignment, diagnostics; see :func:`taskgroup.models.options.variant_options`). The
     diagnostics of all seeds (with variant, group_key and seed columns) go to
     ``diagnostics_path``.
     """

@@ -7,16 +7,16 @@ import logging
 
 import pandas as pd
 
-from taskgroup import plots
-from taskgroup.diagnostics import generalization_gap
-from taskgroup.groupings import group_keys
-from taskgroup.tables import (
+from taskgroup.data.tables import (
     DIAGNOSTICS,
     GENERALIZATION_GAP,
     GROUPING,
     read_table,
     write_table,
 )
+from taskgroup.group.groupings import group_keys
+from taskgroup.models.diagnostics import generalization_gap
+from taskgroup.report import plots
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,11 @@ def _diagnostics_by_group(paths: list) -> dict:
 
 
 def generalization_gaps(diagnostics: dict) -> pd.DataFrame:
-    """The generalization gap (:func:`taskgroup.diagnostics.generalization_gap`) of every
+    """The generalization gap (:func:`taskgroup.models.diagnostics.generalization_gap`) of every
     task of every multi-task group model against the single-task model of the same task
     and variant, paired by seed. ``diagnostics``: (variant, group_key) -> table.
 
-    Schema generalization_gap (:mod:`taskgroup.tables`). A task whose single-task model
+    Schema generalization_gap (:mod:`taskgroup.data.tables`). A task whose single-task model
     was not trained (no stl baseline) has no row."""
     single = {}
     for (variant, _), table in diagnostics.items():

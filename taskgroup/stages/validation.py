@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskgroup.finetune import finetune_subsets
-from taskgroup.model import load_checkpoint
+from taskgroup.data.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
+from taskgroup.estimate.finetune import finetune_subsets
+from taskgroup.models.network import load_checkpoint
+from taskgroup.models.training import TrainSettings, evaluate, fit
+from taskgroup.report.validation import agreement, first_order_validity, per_task_relative_error
+from taskgroup.seeding import derived_seed
 from taskgroup.stages.common import load_task_data, prepare_torch
-from taskgroup.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
-from taskgroup.train import TrainSettings, derived_seed, evaluate, fit
-from taskgroup.validation import agreement, first_order_validity, per_task_relative_error
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,6 @@ def validate_estimator(
     write_table(pd.concat(per_subset, ignore_index=True), per_subset_path)
     write_table(summary, summary_path)
     write_table(curve, validity_path)
-    from taskgroup.plots import estimator_validation
+    from taskgroup.report.plots import estimator_validation
 
     estimator_validation(pd.concat(per_subset, ignore_index=True), curve, figure_path)

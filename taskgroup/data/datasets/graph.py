@@ -53,7 +53,7 @@ the generator keys (the fields of :data:`GENERATOR_KEYS`) or ``edges_path`` + ``
 ``hops``, ``propagation``, ``standardize``, ``train_fraction``, ``val_fraction``, ``seed``.
 
 Errors in the user's data or in the section raise :class:`DataError` (a ValueError), the one
-of :mod:`taskgroup.datasets.table`, so a caller catches one exception for every user dataset.
+of :mod:`taskgroup.data.datasets.table`, so a caller catches one exception for every user dataset.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from taskgroup.datasets.table import DataError
-from taskgroup.tables import FEATURE_PREFIX, SPLITS
+from taskgroup.data.datasets.table import DataError
+from taskgroup.data.tables import FEATURE_PREFIX, SPLITS
 
 __all__ = [
     "DataError",
@@ -285,7 +285,7 @@ def community_tables(
     seed: int = 0,
     groups: dict[str, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The examples and tasks tables of the community tasks (schemas in taskgroup.tables).
+    """The examples and tasks tables of the community tasks (schemas in taskgroup.data.tables).
 
     adjacency: normalized adjacency S (n x n); features: raw node features (n x p);
     membership: n rows, one 0/1 column per community (the column name is the task name);

@@ -8,9 +8,10 @@ import time
 
 import pandas as pd
 
-from taskgroup.data import TaskData
-from taskgroup.model import MultiHeadNet
-from taskgroup.train import TrainSettings, derived_seed, evaluate, fit
+from taskgroup.data.examples import TaskData
+from taskgroup.models.network import MultiHeadNet
+from taskgroup.models.training import TrainSettings, evaluate, fit
+from taskgroup.seeding import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,8 @@ def finetune_subsets(
     Each subset starts from a copy of ``meta_model`` and is trained on its members' training
     examples with a seed derived from (seed, subset_id), so a subset's value does not depend
     on which chunk it was computed in. Returns the subset_values table (see
-    :mod:`taskgroup.tables`) with split "val", estimator "finetune"; its metric column
-    holds ``metric`` (evaluation.metric, see :func:`taskgroup.train.evaluate`).
+    :mod:`taskgroup.data.tables`) with split "val", estimator "finetune"; its metric column
+    holds ``metric`` (evaluation.metric, see :func:`taskgroup.models.training.evaluate`).
     """
     rows = []
     grouped = list(subsets.groupby("subset_id", sort=True)["task"])

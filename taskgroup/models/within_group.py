@@ -1,7 +1,7 @@
 """Training within a group with the config's ``training_options``: SVD task reweighting
-(:mod:`taskgroup.reweighting`), covariance alignment (:mod:`taskgroup.alignment`) and
-transfer diagnostics (:mod:`taskgroup.diagnostics`). All are off by default; with all off,
-:func:`train_with_options` is exactly :func:`taskgroup.train.train_new_model`.
+(:mod:`taskgroup.models.reweighting`), covariance alignment (:mod:`taskgroup.models.alignment`) and
+transfer diagnostics (:mod:`taskgroup.models.diagnostics`). All are off by default; with all off,
+:func:`train_with_options` is exactly :func:`taskgroup.models.training.train_new_model`.
 
 Config (``training_options.<stage>``, stage ``meta_init`` or ``final``; alignment only for
 ``final``)::
@@ -18,18 +18,20 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from taskgroup import reweighting
-from taskgroup.alignment import AlignedNet, AlignmentSettings, train_alignment
-from taskgroup.data import TaskData
-from taskgroup.diagnostics import DiagnosticsRecorder
-from taskgroup.train import TrainSettings, derived_seed, train_new_model
-from taskgroup.training_options import (  # noqa: F401  (re-exported)
+from taskgroup.data.examples import TaskData
+from taskgroup.models import reweighting
+from taskgroup.models.alignment import AlignmentSettings, train_alignment
+from taskgroup.models.diagnostics import DiagnosticsRecorder
+from taskgroup.models.network import AlignedNet
+from taskgroup.models.options import (  # noqa: F401  (re-exported)
     Alignment,
     Diagnostics,
     Reweighting,
     TrainingOptions,
     enabled_options,
 )
+from taskgroup.models.training import TrainSettings, train_new_model
+from taskgroup.seeding import derived_seed
 
 
 @dataclass

@@ -7,7 +7,7 @@ f(x; theta*) as a fixed offset,
 
     L_S(w) = (1 / n_S) sum_{x in S} l(y(x), f(x; theta*) + z(x)^T w) + (l2 / 2) ||w||^2,
 
-with l the loss of the example's task type (:mod:`taskgroup.metrics`): logistic regression
+with l the loss of the example's task type (:mod:`taskgroup.models.metrics`): logistic regression
 for binary tasks, least squares for regression tasks; f_i(S) is task i's validation loss
 under the linearized outputs f_val + Z_val w_S.
 
@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskgroup.metrics import example_losses, per_task_metric, resolve_metrics
-from taskgroup.subsets import membership_matrix
+from taskgroup.data.designs import membership_matrix
+from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def linearized_values(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation loss and metric (s, k) of every task under every subset's shift, from the
     linearized outputs f_val + Z_val w (all subsets in one product). ``metrics``: each
-    task's metric name (see :func:`taskgroup.metrics.resolve_metrics`); None = "auto" with
+    task's metric name (see :func:`taskgroup.models.metrics.resolve_metrics`); None = "auto" with
     every task binary."""
     n_tasks = members.shape[1]
     outputs = val.base.double().unsqueeze(1) + val.z.double() @ weights.T  # (n_val, s)

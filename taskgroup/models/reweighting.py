@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskgroup.data import TaskData
-from taskgroup.tables import TASK_WEIGHTS
+from taskgroup.data.examples import TaskData
+from taskgroup.data.tables import TASK_WEIGHTS
 
 WEIGHTS = TASK_WEIGHTS  # the task-weights table's columns
 

@@ -38,6 +38,42 @@ class MultiHeadNet(nn.Module):
         return (hidden * self.head_weight[task_index]).sum(dim=-1) + self.head_bias[task_index]
 
 
+class AlignedNet(nn.Module):
+    """A :class:`MultiHeadNet` with one alignment matrix per task before the trunk:
+    output = base(x R_task(x), task). ``alignment`` has shape (n_tasks, p, p)."""
+
+    def __init__(self, base: MultiHeadNet):
+        super().__init__()
+        self.base = base
+        n_tasks, n_features = base.config["n_tasks"], base.config["n_features"]
+        eye = torch.eye(n_features, device=base.head_weight.device)
+        self.alignment = nn.Parameter(eye.expand(n_tasks, n_features, n_features).clone())
+        self.config = {**base.config, "aligned": True}
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self.base.trunk
+
+    @property
+    def head_weight(self) -> nn.Parameter:
+        return self.base.head_weight
+
+    @property
+    def head_bias(self) -> nn.Parameter:
+        return self.base.head_bias
+
+    def align(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """The aligned inputs x R_task(x), (n, p); one matrix product per task present."""
+        aligned = torch.empty_like(features)
+        for task in torch.unique(task_index).tolist():
+            rows = task_index == task
+            aligned[rows] = features[rows] @ self.alignment[task]
+        return aligned
+
+    def forward(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        return self.base(self.align(features, task_index), task_index)
+
+
 def save_checkpoint(model: MultiHeadNet, task_names: list[str], path) -> None:
     """Save weights, architecture and task order, so the checkpoint is self-describing."""
     torch.save(
@@ -48,7 +84,7 @@ def save_checkpoint(model: MultiHeadNet, task_names: list[str], path) -> None:
 
 def load_checkpoint(path, task_names: list[str]) -> MultiHeadNet:
     """Load a checkpoint, checking that it was trained on ``task_names`` in that order (an
-    :class:`taskgroup.alignment.AlignedNet` when it was trained with covariance alignment)."""
+    :class:`AlignedNet` when it was trained with covariance alignment)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload["task_names"] != task_names:
         raise ValueError(
@@ -57,9 +93,7 @@ def load_checkpoint(path, task_names: list[str]) -> MultiHeadNet:
         )
     config = dict(payload["config"])
     model = MultiHeadNet(**{key: value for key, value in config.items() if key != "aligned"})
-    if config.get("aligned"):  # trained with covariance alignment (taskgroup.alignment)
-        from taskgroup.alignment import AlignedNet
-
+    if config.get("aligned"):  # trained with covariance alignment (taskgroup.models.alignment)
         model = AlignedNet(model)
     model.load_state_dict(payload["state_dict"])
     return model

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskgroup.metrics import TASK_TYPES
-from taskgroup.tables import EXAMPLES, SPLITS, TASKS, check_columns, feature_columns
+from taskgroup.data.tables import EXAMPLES, SPLITS, TASKS, check_columns, feature_columns
+from taskgroup.data.task_types import TASK_TYPES
 
 
 @dataclass

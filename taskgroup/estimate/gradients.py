@@ -4,7 +4,7 @@ Two ways, same mathematics: the gradient of the output f(x; theta) of example x'
 head with respect to every parameter, taken in eval mode. The output is a logit for a
 binary task and the prediction for a regression task; no loss enters the gradient, so both
 task types share this code (the loss only enters the per-subset fit in
-:mod:`taskgroup.linearized`).
+:mod:`taskgroup.estimate.linearized`).
 
 - :func:`per_example_gradients` uses ``torch.func`` (vmap over grad) and returns the full
   per-example gradient of every parameter tensor: general, costs memory n x p.
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from taskgroup.model import MultiHeadNet
+from taskgroup.models.network import MultiHeadNet
 
 
 def per_example_gradients(

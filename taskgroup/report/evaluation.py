@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from taskgroup.groupings import group_keys
+from taskgroup.group.groupings import group_keys
 
 
 def ari_against_planted(grouping: pd.DataFrame, tasks: pd.DataFrame) -> float:

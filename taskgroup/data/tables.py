@@ -10,7 +10,7 @@ squared error). metric is the configured ``evaluation.metric`` of the task: accu
 roc_auc or average_precision (binary tasks), r2 (regression tasks), or with "auto" (the
 default) accuracy for binary and R^2 for regression tasks; higher is better for all of
 them; NaN where undefined (one class in the split, constant labels). Definitions in
-:mod:`taskgroup.metrics`.
+:mod:`taskgroup.models.metrics`.
 
 examples   one row per example: task (str), split ("train" | "val" | "test"),
            feature_* (float32, one column per input feature), label (float32: 0/1 for
@@ -77,7 +77,7 @@ task_weights (training_options.meta_init.reweighting; meta_init/task_weights.par
            the trained tasks), alpha (float64, ||U_r^T theta_i||), theta_norm (float64,
            ||theta_i||), rank (int64, r used), component (int64, the row's position j),
            singular_value (float64, the j-th largest singular value of Theta; NaN past
-           min(p, number of tasks)). Definitions in :mod:`taskgroup.reweighting`.
+           min(p, number of tasks)). Definitions in :mod:`taskgroup.models.reweighting`.
 diagnostics (training_options.*.diagnostics; meta_init/diagnostics.parquet,
            final/<variant>/<key>/diagnostics.parquet) one row per (recorded epoch, phase,
            task, split): [variant (str), group_key (str), seed (int64), final models,]
@@ -85,7 +85,7 @@ diagnostics (training_options.*.diagnostics; meta_init/diagnostics.parquet,
            phase ("joint" | "alignment" | "final"), task (str), split ("train" | "val"),
            loss (float64, unweighted mean loss, see above), grad_cosine (float64, cosine
            of the task's trunk gradient and the summed gradient of the trained tasks),
-           grad_norm (float64). Definitions in :mod:`taskgroup.diagnostics`.
+           grad_norm (float64). Definitions in :mod:`taskgroup.models.diagnostics`.
 generalization_gap (evaluation/generalization_gap.parquet) one row per (variant, multi-task
            group model, seed, member task with a single-task model): variant, group_key
            (str), n_tasks (int64, the group's size), seed (int64), task (str), mtl_epoch
@@ -93,7 +93,7 @@ generalization_gap (evaluation/generalization_gap.parquet) one row per (variant,
            the single-task run's epoch of closest training loss), stl_train_loss,
            stl_val_loss, gap (float64, mtl_val_loss - stl_val_loss), final_difference
            (float64, mtl_val_loss minus the single-task model's final val loss).
-           Definitions in :mod:`taskgroup.diagnostics`.
+           Definitions in :mod:`taskgroup.models.diagnostics`.
 """
 
 from __future__ import annotations

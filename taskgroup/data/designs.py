@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from taskgroup.tables import SUBSETS, read_table
+from taskgroup.data.tables import SUBSETS, read_table
 
 
 def check_subset_design(n_tasks: int, size: int, count: int) -> None:
@@ -124,7 +124,8 @@ def pair_design(n_tasks: int) -> list[tuple[int, ...]]:
     Order (fixed): ``(0,), (1,), ..., (k-1,)``, then the pairs ``(i, j)`` with ``i < j`` in
     lexicographic order ``(0, 1), (0, 2), ..., (0, k-1), (1, 2), ..., (k-2, k-1)``.
     k + k(k-1)/2 subsets in all; each tuple is sorted. Training on all of them gives, for every
-    ordered pair, f_i({i}) and f_i({i, j}) (see :func:`taskgroup.surrogates.pairwise_transfer`).
+    ordered pair, f_i({i}) and f_i({i, j}) (see
+    :func:`taskgroup.group.surrogates.pairwise_transfer`).
     """
     if n_tasks < 1:
         raise ValueError(f"pair_design needs at least one task, got n_tasks = {n_tasks}")

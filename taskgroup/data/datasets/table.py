@@ -2,7 +2,7 @@
 
 The table has a task column, a label column, feature columns and optionally a split column
 (values ``train`` / ``val`` / ``test``). :func:`load_table` turns it into the examples and
-tasks tables of :mod:`taskgroup.tables`, the same as the planted generator's, checking it on
+tasks tables of :mod:`taskgroup.data.tables`, the same as the planted generator's, checking it on
 the way: every problem raises :class:`DataError` with a message that names the file, the
 column and the offending values.
 
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskgroup.tables import FEATURE_PREFIX, SPLITS
+from taskgroup.data.tables import FEATURE_PREFIX, SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
-from taskgroup.affinity import affinity_table, square
-from taskgroup.clustering import choose_n_clusters, cluster_tasks
+from taskgroup.group.affinity import affinity_table, square
+from taskgroup.group.clustering import choose_n_clusters, cluster_tasks
 
 
 def per_task_relative_error(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -115,7 +115,7 @@ def first_order_validity(
     import torch
     from torch.func import functional_call, jvp
 
-    from taskgroup.metrics import example_losses
+    from taskgroup.models.metrics import example_losses
 
     val = data.splits["val"].select_tasks(task_indices)
     regression = val.regression

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from taskgroup.tables import FEATURE_PREFIX
+from taskgroup.data.tables import FEATURE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def _train_sizes(spec: PlantedSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Draw the examples and tasks tables (schemas in :mod:`taskgroup.tables`).
+    """Draw the examples and tasks tables (schemas in :mod:`taskgroup.data.tables`).
 
     Returns
     -------

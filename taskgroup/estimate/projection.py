@@ -18,13 +18,13 @@ import math
 
 import torch
 
-from taskgroup.gradients import (
+from taskgroup.estimate.gradients import (
     LayerFactors,
     layer_factors,
     layer_shapes,
     per_example_gradients,
 )
-from taskgroup.train import derived_seed
+from taskgroup.seeding import derived_seed
 
 KINDS = ("rademacher", "gaussian")
 STRUCTURES = ("kronecker", "dense")
@@ -45,7 +45,7 @@ class KroneckerProjector:
     """Per-layer Kronecker-factored projection of linear-layer gradients.
 
     layer_shapes: (out, in + 1) per linear layer, heads last (see
-    :func:`taskgroup.gradients.layer_shapes`).
+    :func:`taskgroup.estimate.gradients.layer_shapes`).
     """
 
     def __init__(self, layer_shapes, factor_dim: int, kind: str, seed: int):

@@ -20,7 +20,8 @@ solution, whose coefficients sum to zero over the sources (for any alpha > 0: th
 in the null space of the centred indicators). theta_ij is
 then the effect of j *relative to the average source*, and its sign is not the sign of
 f_i({i, j}) - f_i({i}). Designs with subsets of several sizes (e.g. singletons, as in
-:func:`taskgroup.subsets.pair_design`) pin the intercept to f_i({i}) and make the signs absolute.
+:func:`taskgroup.data.designs.pair_design`) pin the intercept to f_i({i}) and make the signs
+absolute.
 
 Ground truth for the negative-transfer report is pairwise: transfer_ij = f_i({i, j}) - f_i({i})
 from the pair design (:func:`pairwise_transfer`); negative transfer means transfer_ij > 0.
@@ -37,11 +38,11 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
-from taskgroup.tables import FORWARD_COMPARISON, FORWARD_SELECTION, check_columns
+from taskgroup.data.tables import FORWARD_COMPARISON, FORWARD_SELECTION, check_columns
 
 log = logging.getLogger(__name__)
 
-# The columns this module reads (the full schemas are in taskgroup.tables; an optional
+# The columns this module reads (the full schemas are in taskgroup.data.tables; an optional
 # ``design`` column, if present, must hold a single design because subset ids restart per design).
 SUBSET_COLUMNS = {"subset_id": "int", "task": "str"}
 VALUE_COLUMNS = {"subset_id": "int", "task": "str", "split": "str", "loss": "float"}
@@ -409,7 +410,7 @@ def compare_with_forward(
     :mod:`taskgroup.stages.forward`), whose set per target is the sources added at steps >= 1.
 
     Returns the forward_comparison table (one row per target of ``coefficients``, in its
-    order; columns documented in :mod:`taskgroup.tables`). Raises ValueError naming the
+    order; columns documented in :mod:`taskgroup.data.tables`). Raises ValueError naming the
     target if the selection has no path for it.
     """
     check_columns(coefficients, COEFFICIENT_COLUMNS | {"intercept": "float"}, "coefficients")

@@ -7,7 +7,7 @@ modules A_i (our heads: head weight and bias) and the R_i "by alternately applyi
 gradient descent update on A_i and R_i, given a sampled data batch".
 
 The schedule implemented here (:func:`train_alignment`), run after the usual joint training
-of trunk and heads (phase 1, :func:`taskgroup.train.fit`):
+of trunk and heads (phase 1, :func:`taskgroup.models.training.fit`):
 
 - phase 2 runs ``epochs`` passes over the group's training examples in shuffled minibatches
   of the training's batch size (mixed tasks, as in phase 1; the shuffling is seeded by
@@ -36,46 +36,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from taskgroup.data import TaskData
-from taskgroup.metrics import example_losses
-from taskgroup.model import MultiHeadNet
-from taskgroup.train import per_task_losses
-
-
-class AlignedNet(nn.Module):
-    """A :class:`MultiHeadNet` with one alignment matrix per task before the trunk:
-    output = base(x R_task(x), task). ``alignment`` has shape (n_tasks, p, p)."""
-
-    def __init__(self, base: MultiHeadNet):
-        super().__init__()
-        self.base = base
-        n_tasks, n_features = base.config["n_tasks"], base.config["n_features"]
-        eye = torch.eye(n_features, device=base.head_weight.device)
-        self.alignment = nn.Parameter(eye.expand(n_tasks, n_features, n_features).clone())
-        self.config = {**base.config, "aligned": True}
-
-    @property
-    def trunk(self) -> nn.Module:
-        return self.base.trunk
-
-    @property
-    def head_weight(self) -> nn.Parameter:
-        return self.base.head_weight
-
-    @property
-    def head_bias(self) -> nn.Parameter:
-        return self.base.head_bias
-
-    def align(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
-        """The aligned inputs x R_task(x), (n, p); one matrix product per task present."""
-        aligned = torch.empty_like(features)
-        for task in torch.unique(task_index).tolist():
-            rows = task_index == task
-            aligned[rows] = features[rows] @ self.alignment[task]
-        return aligned
-
-    def forward(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
-        return self.base(self.align(features, task_index), task_index)
+from taskgroup.data.examples import TaskData
+from taskgroup.models.metrics import example_losses
+from taskgroup.models.network import AlignedNet
+from taskgroup.models.training import per_task_losses
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The ``training_options`` config sections as dataclasses (no torch: the rules read them
-when Snakemake parses the workflow). Training with them is in :mod:`taskgroup.within_group`."""
+when Snakemake parses the workflow). Training with them is in
+:mod:`taskgroup.models.within_group`."""
 
 from __future__ import annotations
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 
-from taskgroup.data import SplitTensors, TaskData
-from taskgroup.metrics import example_losses, per_task_metric, resolve_metrics
-from taskgroup.model import MultiHeadNet
+from taskgroup.data.examples import SplitTensors, TaskData
+from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
+from taskgroup.models.network import MultiHeadNet
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +31,12 @@ class TrainSettings:
     select_best_epoch: bool = False
 
 
-def pick_device() -> torch.device:
-    """CUDA when available (respecting CUDA_VISIBLE_DEVICES), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def derived_seed(*parts: int | str) -> int:
-    """A 63-bit seed derived from integers and strings, stable across runs and platforms."""
-    entropy = [p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
-    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
 def per_task_losses(
     model: MultiHeadNet, split: SplitTensors, n_tasks: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean loss, example count and outputs: loss (n_tasks,) per task (binary cross-entropy
     in nats for binary tasks, mean squared error in label units squared for regression
-    tasks, see :mod:`taskgroup.metrics`), counts (n_tasks,), and the outputs (n,) of the
+    tasks, see :mod:`taskgroup.models.metrics`), counts (n_tasks,), and the outputs (n,) of the
     split's examples (logits or predictions).
 
     Tasks without examples in ``split`` get NaN loss."""
@@ -148,7 +135,7 @@ def evaluate(
     """Per-task loss and metric of the tasks in ``task_indices``: columns task, split,
     loss (mean binary cross-entropy in nats for binary tasks, mean squared error for
     regression tasks), metric (``metric``, the value of evaluation.metric; "auto": accuracy
-    for binary tasks, R^2 for regression tasks; see :mod:`taskgroup.metrics`), n_examples."""
+    for binary tasks, R^2 for regression tasks; see :mod:`taskgroup.models.metrics`), n_examples."""
     model.eval()
     metrics = resolve_metrics(metric, data.types, data.task_names)
     rows = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from taskgroup.subsets import membership_matrix
+from taskgroup.data.designs import membership_matrix
 
 
 def value_matrix(values: pd.DataFrame, task_names: list[str], split: str = "val") -> tuple[

@@ -34,7 +34,7 @@ import torch
 from scipy.stats import rankdata
 from torch.nn import functional as F
 
-from taskgroup.task_types import (  # noqa: F401  (re-exported)
+from taskgroup.data.task_types import (  # noqa: F401  (re-exported)
     AUTO_METRIC,
     METRIC_KEY,
     METRIC_TASK_TYPES,

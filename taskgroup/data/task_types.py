@@ -1,5 +1,5 @@
 """Task types and the metric names that fit them (no torch: the config check at parse time
-uses this module). The losses and metrics themselves are in :mod:`taskgroup.metrics`."""
+uses this module). The losses and metrics themselves are in :mod:`taskgroup.models.metrics`."""
 
 from __future__ import annotations
 

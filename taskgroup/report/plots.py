@@ -164,7 +164,7 @@ COSINE_PANEL = ("train", "grad_cosine", "cos(g_i, sum_j g_j), trunk, training sp
 
 
 def transfer_diagnostics(diagnostics: pd.DataFrame, path) -> None:
-    """Transfer diagnostics of one run (a diagnostics table, :mod:`taskgroup.diagnostics`;
+    """Transfer diagnostics of one run (a diagnostics table, :mod:`taskgroup.models.diagnostics`;
     several seeds are averaged): per-task training and validation loss (left, middle) and
     the cosine between each task's trunk gradient and the summed gradient on the training
     split (right), against the epoch."""

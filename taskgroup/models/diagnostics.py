@@ -39,10 +39,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from taskgroup.data import SplitTensors, TaskData
-from taskgroup.metrics import example_losses
-from taskgroup.tables import DIAGNOSTICS
-from taskgroup.train import per_task_losses
+from taskgroup.data.examples import SplitTensors, TaskData
+from taskgroup.data.tables import DIAGNOSTICS
+from taskgroup.models.metrics import example_losses
+from taskgroup.models.training import per_task_losses
 
 SPLITS = ("train", "val")
 
@@ -116,7 +116,7 @@ def diagnostics_rows(
 
 class DiagnosticsRecorder:
     """Collects diagnostics during a run: pass :meth:`joint` as ``fit``'s ``after_epoch`` and
-    :meth:`alignment` as :func:`taskgroup.alignment.train_alignment`'s; call
+    :meth:`alignment` as :func:`taskgroup.models.alignment.train_alignment`'s; call
     :meth:`record_start` before training and :meth:`record_final` on the kept model.
 
     With ``select_best_epoch`` it also tracks which joint epoch fit keeps (the same mean

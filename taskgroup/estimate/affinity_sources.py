@@ -31,10 +31,10 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 
-from taskgroup.data import SplitTensors, TaskData
-from taskgroup.metrics import example_losses
-from taskgroup.model import MultiHeadNet
-from taskgroup.train import TrainSettings, train_new_model
+from taskgroup.data.examples import SplitTensors, TaskData
+from taskgroup.models.metrics import example_losses
+from taskgroup.models.network import MultiHeadNet
+from taskgroup.models.training import TrainSettings, train_new_model
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _task_mean_losses(
     regression: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean loss (BCE in nats, squared error for regression examples: see
-    :func:`taskgroup.metrics.example_losses`) of each task's examples, (k,), with the trunk
+    :func:`taskgroup.models.metrics.example_losses`) of each task's examples, (k,), with the trunk
     replaced by
     ``trunk_params`` and the heads of ``model``. Tasks without examples get 0.
 
@@ -367,7 +367,7 @@ def covariance_similarity(
 def normalize_affinity(matrix: np.ndarray) -> np.ndarray:
     """(M + M^T) / 2 with the off-diagonal entries z-scored (mean 0, population std 1, NaN
     ignored and kept) and the diagonal set to 0: the input scale of
-    ``taskgroup.clustering.cluster_tasks``. Constant off-diagonal entries become 0."""
+    ``taskgroup.group.clustering.cluster_tasks``. Constant off-diagonal entries become 0."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected a square matrix, got shape {matrix.shape}")
