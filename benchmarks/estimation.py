@@ -26,10 +26,10 @@ import yaml
 
 from taskgroup.config import planted_spec
 from taskgroup.data.datasets.planted import generate_planted
-from taskgroup.data.designs import sample_subsets
+from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
-from taskgroup.estimate.finetune import finetune_subsets
-from taskgroup.estimate.linearized import ProjectedSplit, estimate_subsets
+from taskgroup.estimate.finetune import finetune_values
+from taskgroup.estimate.linearized import ProjectedSplit, estimate_values
 from taskgroup.estimate.projection import make_projector, project_examples
 from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
 from taskgroup.report.validation import agreement
@@ -76,7 +76,7 @@ def gradient_path(config, data, meta, subsets):
         return None, projection_seconds, projection_seconds, projected_mb
     theta = float(torch.cat([p.detach().flatten() for p in meta.parameters()]).norm())
     estimate = config["gradient_estimate"]
-    values = estimate_subsets(splits["train"], splits["val"], subsets, data.task_names,
+    values = estimate_values(splits["train"], splits["val"], subsets, data.task_names,
                               estimate["l2"], estimate["newton_steps"], projector.shift_norms,
                               theta, estimate["max_relative_shift"])
     total = time.perf_counter() - started
@@ -97,12 +97,12 @@ def one_epoch_seconds(config, data, meta):
 
 def _child(job, config, count, queue):
     data, tasks, meta = setup(config)
-    subsets = sample_subsets(data.task_names, config["subsets"]["size"], count,
+    subsets = random_design(data.task_names, config["subsets"]["size"], count,
                              config["subsets"]["seed"])
     baseline = peak_rss_mb()
     warm_up = subsets[subsets["subset_id"] < 2]  # first calls pay one-off library set-up
     if job == "finetune":
-        finetune_subsets(meta, data, warm_up, training(config["finetune"]), 99)
+        finetune_values(meta, data, warm_up, training(config["finetune"]), 99)
     elif job == "gradient":
         gradient_path(config, data, meta, warm_up)
     if job in ("projection", "gradient"):
@@ -114,7 +114,7 @@ def _child(job, config, count, queue):
     else:
         seed = config["finetune"]["seed"] + (1 if job == "finetune_other_seed" else 0)
         started = time.perf_counter()
-        values = finetune_subsets(meta, data, subsets, training(config["finetune"]), seed)
+        values = finetune_values(meta, data, subsets, training(config["finetune"]), seed)
         seconds, extra = time.perf_counter() - started, {}
     base = evaluate(meta, data, torch.arange(data.n_tasks), splits=("val",))
     queue.put({"values": values, "seconds": seconds, "peak_mb": peak_rss_mb() - baseline,

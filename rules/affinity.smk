@@ -1,16 +1,16 @@
-rule compute_affinity:
+rule higher_order_affinity:
     input:
         values=subset_values("random"),
         tasks="results/{dataset}/data/tasks.parquet",
-        code=library_code("compute_affinity.py"),
+        code=library_code("higher_order_affinity.py"),
     output:
         "results/{dataset}/affinity/higher_order.parquet",
     log:
-        "results/{dataset}/logs/compute_affinity.log",
+        "results/{dataset}/logs/higher_order_affinity.log",
     conda:
         "../envs/taskgroup.yaml"
     script:
-        "../workflow_scripts/compute_affinity.py"
+        "../workflow_scripts/higher_order_affinity.py"
 
 
 rule pairwise_affinity:
@@ -70,33 +70,3 @@ rule meta_init_affinity:
         covariance_features=config["affinity"].get("covariance_features", "inputs"),
     script:
         "../workflow_scripts/meta_init_affinity.py"
-
-
-rule fit_surrogates:
-    input:
-        # Forward selection's sets, to compare (only with subsets.forward_selection on).
-        **forward_comparison_inputs(),
-        values=subset_values("random"),
-        subsets="results/{dataset}/subsets/random.parquet",
-        pairs=subset_values("pairs"),
-        tasks="results/{dataset}/data/tasks.parquet",
-        code=library_code("fit_surrogates.py"),
-    output:
-        **forward_comparison_outputs(),
-        coefficients="results/{dataset}/surrogates/coefficients.parquet",
-        quality="results/{dataset}/surrogates/quality.parquet",
-        negative_transfer="results/{dataset}/surrogates/negative_transfer.parquet",
-        selected="results/{dataset}/surrogates/selected_sources.parquet",
-        figure=report(
-            "results/{dataset}/surrogates/coefficients.png",
-            caption="../report/surrogates.rst",
-            category="Task modeling",
-        ),
-    log:
-        "results/{dataset}/logs/fit_surrogates.log",
-    conda:
-        "../envs/taskgroup.yaml"
-    params:
-        surrogates=sorted_params(config["surrogates"]),
-    script:
-        "../workflow_scripts/fit_surrogates.py"

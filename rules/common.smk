@@ -430,7 +430,7 @@ localrules:
     sample_subsets,
     pair_design,
     gather_subset_values,
-    compute_affinity,
+    higher_order_affinity,
     pairwise_affinity,
     fit_surrogates,
     cluster_tasks,

@@ -21,17 +21,3 @@ rule finetune_subsets:
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/finetune_subsets.py"
-
-
-rule gather_subset_values:
-    input:
-        chunks=subset_value_chunks,
-        code=library_code("gather_subset_values.py"),
-    output:
-        "results/{dataset}/subset_values/{estimator}/{design}.parquet",
-    log:
-        "results/{dataset}/logs/gather_subset_values/{estimator}_{design}.log",
-    conda:
-        "../envs/taskgroup.yaml"
-    script:
-        "../workflow_scripts/gather_subset_values.py"

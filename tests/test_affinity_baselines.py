@@ -11,7 +11,7 @@ from taskgroup.estimate.affinity_sources import (
     covariance_score,
     covariance_similarity,
     gradient_cosine_affinity,
-    lookahead_affinity,
+    lookahead_matrix,
     lookahead_training,
     normalize_affinity,
 )
@@ -117,7 +117,7 @@ def test_lookahead_trains_the_same_model_as_train_new_model(four_tasks):
 
 def test_same_teacher_tasks_have_higher_lookahead(teacher_tasks):
     settings = TrainSettings(epochs=40, lr=0.05, batch_size=240)  # full batch: no sampling noise
-    z = lookahead_affinity(teacher_tasks, [2], settings, 0, CPU, every=1, lookahead_lr=0.1)
+    z = lookahead_matrix(teacher_tasks, [2], settings, 0, CPU, every=1, lookahead_lr=0.1)
     assert z.shape == (4, 4) and z.dtype == np.float64 and np.isfinite(z).all()
     same = [z[0, 1], z[1, 0], z[2, 3], z[3, 2]]
     cross = [z[i, j] for i in (0, 1) for j in (2, 3)] + [z[j, i] for i in (0, 1) for j in (2, 3)]

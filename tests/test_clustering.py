@@ -9,7 +9,7 @@ from taskgroup.group.clustering import (
     average_density,
     canonical_labels,
     choose_n_clusters,
-    cluster_tasks,
+    partition,
     repair_partition,
     round_sdp_solution,
     similarity_kernel,
@@ -30,23 +30,23 @@ def block_matrix(sizes, within=1.0, between=-0.5, noise=0.0, seed=0):
 def test_spectral_recovers_noisy_blocks(similarity):
     matrix, truth = block_matrix([4, 5, 3], noise=0.3, seed=1)
     order = np.random.default_rng(2).permutation(len(truth))
-    labels = cluster_tasks(matrix[np.ix_(order, order)], 3, "spectral", similarity, seed=0)
+    labels = partition(matrix[np.ix_(order, order)], 3, "spectral", similarity, seed=0)
     assert adjusted_rand_score(truth[order], labels) == 1.0
 
 
 def test_labels_are_canonical_and_deterministic():
     matrix, _ = block_matrix([3, 3, 3], noise=0.1)
-    first = cluster_tasks(matrix, 3, "spectral", "profile", seed=0)
+    first = partition(matrix, 3, "spectral", "profile", seed=0)
     assert first.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert canonical_labels(np.array([5, 5, 2, 7, 2])).tolist() == [0, 0, 1, 2, 1]
 
 
 def test_trivial_cluster_counts_and_bad_counts():
     matrix, _ = block_matrix([2, 2])
-    assert cluster_tasks(matrix, 1, "spectral", "profile", 0).tolist() == [0, 0, 0, 0]
-    assert cluster_tasks(matrix, 4, "spectral", "profile", 0).tolist() == [0, 1, 2, 3]
+    assert partition(matrix, 1, "spectral", "profile", 0).tolist() == [0, 0, 0, 0]
+    assert partition(matrix, 4, "spectral", "profile", 0).tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="n_clusters = 5"):
-        cluster_tasks(matrix, 5, "spectral", "profile", 0)
+        partition(matrix, 5, "spectral", "profile", 0)
 
 
 def test_similarity_is_symmetric_positive_and_tolerates_nan():
@@ -133,9 +133,9 @@ def noisy_blocks():
 )
 def test_methods_recover_noisy_blocks(method, rounding):
     matrix, truth = noisy_blocks()
-    labels = cluster_tasks(matrix, 3, method, "profile", seed=0, rounding=rounding)
+    labels = partition(matrix, 3, method, "profile", seed=0, rounding=rounding)
     assert adjusted_rand_score(truth, labels) == 1.0
-    assert cluster_tasks(matrix, 3, method, "profile", 0, rounding).tolist() == labels.tolist()
+    assert partition(matrix, 3, method, "profile", 0, rounding).tolist() == labels.tolist()
     # No partition beats the SDP relaxation's value on the same kernel.
     kernel = similarity_kernel(matrix, "profile")
     bound = np.sum(kernel * solve_sdp(kernel, 3))
@@ -145,8 +145,8 @@ def test_methods_recover_noisy_blocks(method, rounding):
 @pytest.mark.parametrize("method", METHODS)
 def test_trivial_counts_for_every_method(method):
     matrix, _ = block_matrix([2, 2])
-    assert cluster_tasks(matrix, 1, method, "profile", 0).tolist() == [0, 0, 0, 0]
-    assert cluster_tasks(matrix, 4, method, "profile", 0).tolist() == [0, 1, 2, 3]
+    assert partition(matrix, 1, method, "profile", 0).tolist() == [0, 0, 0, 0]
+    assert partition(matrix, 4, method, "profile", 0).tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -172,9 +172,9 @@ def test_choose_n_clusters_edge_cases():
 def test_bad_names_raise_naming_the_key_and_the_choices():
     matrix, _ = block_matrix([2, 2])
     with pytest.raises(ValueError, match=r"clustering.method = 'kmeans'.*'spectral', 'lloyd'"):
-        cluster_tasks(matrix, 2, "kmeans", "profile", 0)
+        partition(matrix, 2, "kmeans", "profile", 0)
     with pytest.raises(ValueError, match=r"clustering.rounding = 'round'.*'kmeans', 'threshold'"):
-        cluster_tasks(matrix, 2, "sdp", "profile", 0, rounding="round")
+        partition(matrix, 2, "sdp", "profile", 0, rounding="round")
     with pytest.raises(ValueError, match="clustering.rounding = 'round'"):
         round_sdp_solution(np.eye(4), matrix, 2, "round")
     with pytest.raises(ValueError, match="clustering.method = 'sdpp'"):

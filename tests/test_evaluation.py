@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.data.designs import design_table, pair_design
+from taskgroup.data.designs import design_table, singletons_and_pairs
 from taskgroup.group.affinity import pairwise_matrices
 from taskgroup.group.groupings import group_key, group_keys, random_partition
 from taskgroup.report.evaluation import (
@@ -137,7 +137,7 @@ def test_per_task_table_names_a_task_without_results():
 
 def test_pairwise_affinity_is_the_change_from_training_alone():
     names = ["a", "b", "c"]
-    table = design_table(pair_design(3), names).assign(split="val")
+    table = design_table(singletons_and_pairs(3), names).assign(split="val")
     sizes = table.groupby("subset_id")["task"].transform("size")
     partner = table.groupby("subset_id")["task"].transform(lambda t: t.iloc[::-1].to_numpy())
     index = {name: i for i, name in enumerate(names)}

@@ -10,9 +10,10 @@ from workflow_helpers import make_workdir, scheduled_jobs, smoke_config, snakema
 from taskgroup.data.datasets.planted import generate_planted
 from taskgroup.data.tables import FORWARD_SELECTION, SUBSET_VALUES, read_table, write_table
 from taskgroup.group.surrogates import compare_with_forward
-from taskgroup.stages.estimation import estimate_chunk, project_gradients
-from taskgroup.stages.forward import forward_selection_stage, select_forward
-from taskgroup.stages.training import finetune_chunk, train_meta_init
+from taskgroup.stages.estimate import estimate_subsets, project_gradients
+from taskgroup.stages.finetune import finetune_subsets
+from taskgroup.stages.forward import forward_selection, select_forward
+from taskgroup.stages.meta_init import train_meta_init
 
 ESTIMATE = {"l2": 0.03, "newton_steps": 1, "max_relative_shift": None}
 FINETUNE = {"epochs": 1, "lr": 0.01, "batch_size": 64, "weight_decay": 0.0}
@@ -42,7 +43,7 @@ def prepared(tmp_path_factory):
 
 
 def run_stage(paths, estimator, out, max_size, min_improvement=0.0):
-    forward_selection_stage(
+    forward_selection(
         estimator, paths["tasks"], paths["model"], out / "values.parquet",
         out / "selection.parquet", max_size, min_improvement,
         projected_path=paths["projected"], projection_path=paths["projection"],
@@ -108,7 +109,7 @@ def test_gradient_oracle_matches_the_regular_estimate_and_records_every_evaluati
     check_paths_and_coverage(values, selection, names, 3, 0.0)
     assert selection.groupby("target")["step"].max().max() >= 1  # some source helps
     subsets_path, count = value_again(values, tmp_path)
-    estimate_chunk(
+    estimate_subsets(
         prepared["projected"], prepared["projection"], prepared["model"], subsets_path,
         prepared["tasks"], tmp_path / "regular.parquet", chunk=0, chunk_size=count,
         l2=ESTIMATE["l2"], newton_steps=1, max_relative_shift=None,
@@ -131,7 +132,7 @@ def test_finetune_oracle_matches_the_regular_finetuning(prepared, tmp_path):
     values, selection = run_stage(prepared, "finetune", tmp_path, max_size=2)
     check_paths_and_coverage(values, selection, names, 2, 0.0)
     subsets_path, count = value_again(values, tmp_path)
-    finetune_chunk(
+    finetune_subsets(
         prepared["examples"], prepared["tasks"], prepared["model"], subsets_path,
         tmp_path / "regular.parquet", chunk=0, chunk_size=count, training=FINETUNE, seed=0,
     )
@@ -208,4 +209,4 @@ def test_forward_selection_is_scheduled_only_when_enabled(tmp_path, enabled):
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert ("forward_selection" in jobs) == enabled, jobs
     assert ("surrogates/forward_comparison.parquet" in result.stdout) == enabled
-    assert jobs["fit_surrogates"] == 1
+    assert jobs["fit"] == 1

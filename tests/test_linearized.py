@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from taskgroup.estimate.linearized import (
     ProjectedSplit,
     cap_shifts,
-    estimate_subsets,
+    estimate_values,
     fit_shifts,
     linearized_values,
 )
@@ -77,8 +77,8 @@ def test_estimates_do_not_depend_on_chunking():
     names = ["a", "b", "c", "d"]
     subsets = pd.DataFrame({"subset_id": [0, 0, 1, 1, 2, 2],
                             "task": ["a", "b", "b", "c", "a", "d"]})
-    whole = estimate_subsets(train, val, subsets, names, l2=0.05)
-    parts = pd.concat([estimate_subsets(train, val, part, names, l2=0.05)
+    whole = estimate_values(train, val, subsets, names, l2=0.05)
+    parts = pd.concat([estimate_values(train, val, part, names, l2=0.05)
                        for _, part in subsets.groupby(subsets["subset_id"] == 2)])
     parts = parts.sort_values(["subset_id", "task"], ignore_index=True)
     whole = whole.sort_values(["subset_id", "task"], ignore_index=True)

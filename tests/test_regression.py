@@ -10,12 +10,12 @@ import torch
 from sklearn.metrics import accuracy_score, r2_score
 from torch.nn import functional as F
 
-from taskgroup.data.designs import sample_subsets
+from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
-from taskgroup.estimate.finetune import finetune_subsets
+from taskgroup.estimate.finetune import finetune_values
 from taskgroup.estimate.linearized import (
     ProjectedSplit,
-    estimate_subsets,
+    estimate_values,
     fit_shifts,
     linearized_values,
 )
@@ -189,11 +189,11 @@ def gradient_against_finetuning(tables, n_subsets=16, seed=0):
         z, base = project_examples(meta, projector, tensors.features, tensors.task_index)
         splits[split] = ProjectedSplit(z, base, tensors.labels, tensors.task_index,
                                        tensors.regression)
-    subsets = sample_subsets(data.task_names, 3, n_subsets, seed)
-    estimate = estimate_subsets(splits["train"], splits["val"], subsets, data.task_names,
+    subsets = random_design(data.task_names, 3, n_subsets, seed)
+    estimate = estimate_values(splits["train"], splits["val"], subsets, data.task_names,
                                 l2=0.2, task_types=data.types)
     settings = TrainSettings(epochs=5, lr=0.01, batch_size=32)
-    real = finetune_subsets(meta, data, subsets, settings, seed=0)
+    real = finetune_values(meta, data, subsets, settings, seed=0)
     base = evaluate(meta, data, every, ("val",)).set_index("task")["loss"]
     trivial = real.assign(loss=base.loc[real["task"]].to_numpy())
     types = dict(zip(data.task_names, data.types))
@@ -221,10 +221,10 @@ def test_estimate_subsets_with_task_types_and_a_configured_metric():
         split.regression[first] = False
     names, types = ["a", "b", "c"], ["binary", "regression", "regression"]
     subsets = pd.DataFrame({"subset_id": [0, 0, 1, 1], "task": ["a", "b", "b", "c"]})
-    table = estimate_subsets(train, val, subsets, names, l2=0.1, task_types=types)
+    table = estimate_values(train, val, subsets, names, l2=0.1, task_types=types)
     assert np.isfinite(table["loss"]).all() and np.isfinite(table["metric"]).all()
     assert table.loc[table["task"] == "a", "metric"].between(0, 1).all()
     with pytest.raises(ValueError, match=r"evaluation.metric = 'roc_auc' .* task 'b'"):
-        estimate_subsets(train, val, subsets, names, l2=0.1, task_types=types, metric="roc_auc")
+        estimate_values(train, val, subsets, names, l2=0.1, task_types=types, metric="roc_auc")
     with pytest.raises(ValueError, match="regression mask disagrees with task_types"):
-        estimate_subsets(train, val, subsets, names, l2=0.1)
+        estimate_values(train, val, subsets, names, l2=0.1)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.workflow
 READERS = {
     "prepare_dataset": {
         "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
-        "compute_affinity", "pairwise_affinity", "lookahead_affinity", "meta_init_affinity",
+        "higher_order_affinity", "pairwise_affinity", "lookahead_affinity", "meta_init_affinity",
         "fit_surrogates", "cluster_tasks", "baseline_grouping", "train_group_model",
         "evaluate_groupings", "plot_figures", "forward_selection",
     },
@@ -33,8 +33,8 @@ READERS = {
     "sample_subsets": {"finetune_subsets", "fit_surrogates"},
     "pair_design": {"finetune_subsets"},
     "finetune_subsets": {"gather_subset_values"},
-    "gather_subset_values": {"compute_affinity", "pairwise_affinity", "fit_surrogates"},
-    "compute_affinity": {"cluster_tasks", "plot_figures"},
+    "gather_subset_values": {"higher_order_affinity", "pairwise_affinity", "fit_surrogates"},
+    "higher_order_affinity": {"cluster_tasks", "plot_figures"},
     "pairwise_affinity": {"cluster_tasks"},
     "lookahead_affinity": {"cluster_tasks"},
     "meta_init_affinity": {"cluster_tasks"},
@@ -136,14 +136,14 @@ def test_a_parameter_change_reruns_its_stage_and_what_follows_only(
 
 def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_path):
     """Library files are inputs (code=) of the rules whose scripts import them: editing
-    taskgroup/group/clustering.py reruns the stages of taskgroup/stages/grouping.py and what
+    taskgroup/group/clustering.py reruns the stages of taskgroup/stages/cluster.py and what
     follows; the same bytes with a newer time rerun nothing; a touched script reruns its rule
     (Snakemake's own code trigger compares the script's time with the outputs')."""
     clone = tmp_path / "clone"
     shutil.copytree(repository, clone, symlinks=True)  # results and metadata included
     assert dry_run(clone) == {}, "a copied repository with its results is up to date"
 
-    library = clone / "taskgroup" / "clustering.py"
+    library = clone / "taskgroup" / "group" / "clustering.py"
     os.utime(library)
     assert dry_run(clone) == {}, "a newer library file with the same bytes reruns nothing"
 
@@ -155,13 +155,11 @@ def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_
 
     library.write_text(library.read_text() + "\n\n# an edit\n")
     jobs = dry_run(clone)
-    # every rule whose script imports taskgroup.stages.grouping (which imports
-    # taskgroup.group.clustering) reruns.
-    assert set(jobs) == downstream(
-        "compute_affinity", "pairwise_affinity", "baseline_grouping"
-    ), jobs
+    # every rule whose script imports taskgroup.stages.cluster (which imports
+    # taskgroup.group.clustering) reruns; the affinity stages do not import it.
+    assert set(jobs) == downstream("cluster_tasks", "baseline_grouping"), jobs
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets", "finetune_subsets",
-                "gather_subset_values"} & set(jobs)
+                "gather_subset_values", "higher_order_affinity", "pairwise_affinity"} & set(jobs)
 
 
 def test_touching_inputs_with_identical_content_reruns_nothing(repository):

@@ -91,7 +91,7 @@ def test_resuming_redoes_only_what_the_crash_left_undone(resumed_run):
     expected = sum(CHUNKS.values()) - resumed_run["finished_at_kill"]
     assert jobs.get("finetune_subsets") == expected, jobs
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets"} & set(jobs), jobs
-    assert {"gather_subset_values", "compute_affinity", "cluster_tasks"} <= set(jobs), jobs
+    assert {"gather_subset_values", "higher_order_affinity", "cluster_tasks"} <= set(jobs), jobs
 
 
 def test_resumed_run_leaves_no_partial_file_and_every_table_reads(resumed_run):

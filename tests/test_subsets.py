@@ -10,37 +10,37 @@ from taskgroup.data.designs import (
     expected_pair_count,
     n_chunks,
     pair_counts,
-    sample_subsets,
+    random_design,
 )
 
 NAMES = [f"t{i}" for i in range(8)]
 
 
 def test_subsets_are_distinct_of_fixed_size_and_seeded():
-    table = sample_subsets(NAMES, size=3, count=20, seed=1)
+    table = random_design(NAMES, size=3, count=20, seed=1)
     assert table["subset_id"].nunique() == 20
     members = table.groupby("subset_id")["task"].apply(tuple)
     assert (members.map(len) == 3).all()
     assert members.nunique() == 20
-    pd.testing.assert_frame_equal(table, sample_subsets(NAMES, 3, 20, seed=1))
-    assert not table.equals(sample_subsets(NAMES, 3, 20, seed=2))
+    pd.testing.assert_frame_equal(table, random_design(NAMES, 3, 20, seed=1))
+    assert not table.equals(random_design(NAMES, 3, 20, seed=2))
 
 
 def test_near_exhaustive_design_enumerates_every_subset():
-    table = sample_subsets(NAMES, size=7, count=8, seed=0)
+    table = random_design(NAMES, size=7, count=8, seed=0)
     members = set(table.groupby("subset_id")["task"].apply(tuple))
     assert members == set(itertools.combinations(NAMES, 7))
 
 
 def test_impossible_designs_fail_with_the_key_name():
     with pytest.raises(ValueError, match=r"subsets.size \(alpha\) = 9"):
-        sample_subsets(NAMES, size=9, count=1, seed=0)
+        random_design(NAMES, size=9, count=1, seed=0)
     with pytest.raises(ValueError, match=r"subsets.count \(m\) = 57 exceeds the 56"):
-        sample_subsets(NAMES, size=3, count=57, seed=0)
+        random_design(NAMES, size=3, count=57, seed=0)
 
 
 def test_pair_counts_match_a_direct_count():
-    table = sample_subsets(NAMES, size=4, count=30, seed=5)
+    table = random_design(NAMES, size=4, count=30, seed=5)
     counts = pair_counts(table, NAMES).set_index(["task_i", "task_j"])["n_subsets"]
     groups = table.groupby("subset_id")["task"].apply(set)
     for first, second in itertools.product(NAMES, repeat=2):
@@ -49,7 +49,7 @@ def test_pair_counts_match_a_direct_count():
 
 
 def test_mean_pair_coverage_equals_its_expectation():
-    table = sample_subsets(NAMES, size=4, count=60, seed=0)
+    table = random_design(NAMES, size=4, count=60, seed=0)
     counts = pair_counts(table, NAMES)
     off_diagonal = counts.loc[counts["task_i"] != counts["task_j"], "n_subsets"]
     # Every subset holds exactly a (a - 1) ordered pairs, so the mean is exact.

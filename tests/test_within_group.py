@@ -22,8 +22,8 @@ from taskgroup.models.within_group import (
     enabled_options,
     train_with_options,
 )
-from taskgroup.stages.training import train_group_model
-from taskgroup.stages.transfer import generalization_gaps
+from taskgroup.stages.evaluate import generalization_gaps
+from taskgroup.stages.train import train_group_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config" / "config.schema.yaml")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.workflow
 
 UPSTREAM_OF_CLUSTERING = {
     "prepare_dataset", "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
-    "gather_subset_values", "compute_affinity", "pairwise_affinity", "lookahead_affinity",
+    "gather_subset_values", "higher_order_affinity", "pairwise_affinity", "lookahead_affinity",
     "meta_init_affinity", "fit_surrogates", "forward_selection",
 }
 SOURCES = ["higher_order", "pairwise", "lookahead", "gradient_cosine", "covariance"]

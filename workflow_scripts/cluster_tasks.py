@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.grouping import cluster_tasks
+from taskgroup.stages.cluster import cluster_tasks
 
 log_to_file(snakemake.log[0])
 cluster_tasks(

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.transfer import diagnose_transfer
+from taskgroup.stages.evaluate import diagnose_transfer
 
 log_to_file(snakemake.log[0])
 diagnose_transfer(

@@ -1,9 +1,9 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.estimation import estimate_chunk
+from taskgroup.stages.estimate import estimate_subsets
 
 log_to_file(snakemake.log[0])
 estimate = snakemake.params.estimate
-estimate_chunk(
+estimate_subsets(
     projected_path=snakemake.input.projected,
     projection_path=snakemake.input.projection,
     model_path=snakemake.input.model,

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.report import evaluate_groupings
+from taskgroup.stages.evaluate import evaluate_groupings
 
 log_to_file(snakemake.log[0])
 evaluate_groupings(

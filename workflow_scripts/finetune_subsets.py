@@ -1,8 +1,8 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.training import finetune_chunk
+from taskgroup.stages.finetune import finetune_subsets
 
 log_to_file(snakemake.log[0])
-finetune_chunk(
+finetune_subsets(
     examples_path=snakemake.input.examples,
     tasks_path=snakemake.input.tasks,
     model_path=snakemake.input.model,

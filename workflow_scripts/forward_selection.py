@@ -1,9 +1,9 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.forward import forward_selection_stage
+from taskgroup.stages.forward import forward_selection
 
 log_to_file(snakemake.log[0])
 params = snakemake.params
-forward_selection_stage(
+forward_selection(
     estimator=params.estimator,
     tasks_path=snakemake.input.tasks,
     model_path=snakemake.input.model,

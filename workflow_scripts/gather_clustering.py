@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.grouping import gather_clustering
+from taskgroup.stages.cluster import gather_clustering
 
 log_to_file(snakemake.log[0])
 gather_clustering(

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.affinity_sources import lookahead_affinity
+from taskgroup.stages.affinity import lookahead_affinity
 
 log_to_file(snakemake.log[0])
 lookahead = snakemake.params.lookahead

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.affinity_sources import meta_init_affinity
+from taskgroup.stages.affinity import meta_init_affinity
 
 log_to_file(snakemake.log[0])
 meta_init_affinity(

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.grouping import pairwise_affinity
+from taskgroup.stages.affinity import pairwise_affinity
 
 log_to_file(snakemake.log[0])
 pairwise_affinity(

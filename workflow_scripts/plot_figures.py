@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.report import plot_figures
+from taskgroup.stages.evaluate import plot_figures
 
 log_to_file(snakemake.log[0])
 plot_figures(

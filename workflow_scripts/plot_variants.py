@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.report import plot_variants
+from taskgroup.stages.evaluate import plot_variants
 
 log_to_file(snakemake.log[0])
 plot_variants(

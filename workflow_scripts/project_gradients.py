@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.estimation import project_gradients
+from taskgroup.stages.estimate import project_gradients
 
 log_to_file(snakemake.log[0])
 projection = snakemake.params.projection

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.training import train_group_model
+from taskgroup.stages.train import train_group_model
 
 log_to_file(snakemake.log[0])
 train_group_model(

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.training import train_meta_init
+from taskgroup.stages.meta_init import train_meta_init
 
 log_to_file(snakemake.log[0])
 train_meta_init(

@@ -1,5 +1,5 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.validation import validate_estimator
+from taskgroup.stages.validate import validate_estimator
 
 log_to_file(snakemake.log[0])
 validation = snakemake.params.validation

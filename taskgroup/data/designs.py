@@ -26,7 +26,7 @@ def check_subset_design(n_tasks: int, size: int, count: int) -> None:
         )
 
 
-def sample_subsets(task_names: list[str], size: int, count: int, seed: int) -> pd.DataFrame:
+def random_design(task_names: list[str], size: int, count: int, seed: int) -> pd.DataFrame:
     """Draw ``count`` distinct subsets of ``size`` tasks, uniformly without replacement.
 
     Returns the long subsets table: one row per (subset_id, task), subset ids 0..count-1 in
@@ -118,7 +118,7 @@ def n_chunks(count: int, chunk_size: int) -> int:
     return math.ceil(count / chunk_size)
 
 
-def pair_design(n_tasks: int) -> list[tuple[int, ...]]:
+def singletons_and_pairs(n_tasks: int) -> list[tuple[int, ...]]:
     """Every singleton, then every unordered pair of the task indices 0..n_tasks-1.
 
     Order (fixed): ``(0,), (1,), ..., (k-1,)``, then the pairs ``(i, j)`` with ``i < j`` in
@@ -128,7 +128,7 @@ def pair_design(n_tasks: int) -> list[tuple[int, ...]]:
     :func:`taskgroup.group.surrogates.pairwise_transfer`).
     """
     if n_tasks < 1:
-        raise ValueError(f"pair_design needs at least one task, got n_tasks = {n_tasks}")
+        raise ValueError(f"singletons_and_pairs needs at least one task, got n_tasks = {n_tasks}")
     singletons = [(i,) for i in range(n_tasks)]
     return singletons + list(itertools.combinations(range(n_tasks), 2))
 
@@ -137,7 +137,7 @@ def design_table(design: list[tuple[int, ...]], task_names: list[str]) -> pd.Dat
     """The long subsets table (subset_id, task) of an explicit design of task-index tuples.
 
     Subset ids are 0..len(design)-1 in the order of ``design``; tasks of a subset in the order of
-    its tuple. For example ``design_table(pair_design(k), names)``.
+    its tuple. For example ``design_table(singletons_and_pairs(k), names)``.
     """
     sizes = [len(subset) for subset in design]
     flat = [index for subset in design for index in subset]

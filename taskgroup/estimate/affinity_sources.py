@@ -4,7 +4,7 @@ Every function returns a (k, k) float64 numpy matrix in the canonical task order
 ``data.task_names``, with the convention HIGHER = more compatible: entry [i, j] says how much
 task j (column) gains from task i (row). NaN marks a pair the data cannot score.
 
-- :func:`lookahead_affinity`: TAG (Fifty et al., NeurIPS'21) inter-task lookahead
+- :func:`lookahead_matrix`: TAG (Fifty et al., NeurIPS'21) inter-task lookahead
   Z[i, j] = 1 - L_j(theta'_i) / L_j(theta), theta'_i = theta with the shared trunk moved by one
   SGD step on task i's minibatch loss; averaged over the recorded steps of one training run on
   all tasks. Dimensionless (relative loss reduction); asymmetric; diagonal = a task's own
@@ -201,7 +201,7 @@ def lookahead_training(
     return LookaheadRun(affinity, counts_np, recorded[0], model)
 
 
-def lookahead_affinity(
+def lookahead_matrix(
     data: TaskData,
     hidden_sizes: list[int],
     settings: TrainSettings,
@@ -367,7 +367,7 @@ def covariance_similarity(
 def normalize_affinity(matrix: np.ndarray) -> np.ndarray:
     """(M + M^T) / 2 with the off-diagonal entries z-scored (mean 0, population std 1, NaN
     ignored and kept) and the diagonal set to 0: the input scale of
-    ``taskgroup.group.clustering.cluster_tasks``. Constant off-diagonal entries become 0."""
+    ``taskgroup.group.clustering.partition``. Constant off-diagonal entries become 0."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected a square matrix, got shape {matrix.shape}")

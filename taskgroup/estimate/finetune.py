@@ -16,7 +16,7 @@ from taskgroup.seeding import derived_seed
 log = logging.getLogger(__name__)
 
 
-def finetune_subsets(
+def finetune_values(
     meta_model: MultiHeadNet,
     data: TaskData,
     subsets: pd.DataFrame,

@@ -169,7 +169,7 @@ def linearized_values(
     return (loss / counts[:, None]).T, metric.T
 
 
-def estimate_subsets(
+def estimate_values(
     train: ProjectedSplit,
     val: ProjectedSplit,
     subsets: pd.DataFrame,

@@ -327,7 +327,7 @@ def _spectral_labels(kernel: np.ndarray, n_clusters: int, seed: int) -> np.ndarr
         return model.fit_predict(kernel)
 
 
-def cluster_tasks(
+def partition(
     affinity: np.ndarray, n_clusters: int, method: str, similarity: str, seed: int,
     rounding: str = "kmeans",
 ) -> np.ndarray:
@@ -377,7 +377,7 @@ def choose_n_clusters(
 ) -> tuple[int, pd.DataFrame]:
     """The number of clusters for ``clustering.n_clusters: auto``, and the scan behind it.
 
-    Rule: cluster with ``cluster_tasks`` (same method, similarity, seed, rounding) for every
+    Rule: cluster with ``partition`` (same method, similarity, seed, rounding) for every
     candidate n (default 2 .. min(k - 1, MAX_AUTO_CLUSTERS)), score each partition by its
     mean silhouette under the distance log(max K) - log(K_ij) of the similarity kernel K
     (for "profile": the correlation distance of affinity rows, scaled), and pick the best
@@ -409,7 +409,7 @@ def choose_n_clusters(
     distance = _kernel_distance(similarity_kernel(affinity, similarity))
     scores = [
         float(silhouette_score(
-            distance, cluster_tasks(affinity, n, method, similarity, seed, rounding),
+            distance, partition(affinity, n, method, similarity, seed, rounding),
             metric="precomputed",
         ))
         for n in candidates

@@ -10,7 +10,7 @@ import pandas as pd
 BASELINES = ("naive_mtl", "stl", "planted")
 
 
-def baseline_grouping(name: str, tasks: pd.DataFrame) -> pd.DataFrame:
+def baseline_partition(name: str, tasks: pd.DataFrame) -> pd.DataFrame:
     """The grouping table (task, group) of a baseline.
 
     naive_mtl: every task in one group; stl: one group per task; planted: the dataset's

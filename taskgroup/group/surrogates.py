@@ -20,8 +20,8 @@ solution, whose coefficients sum to zero over the sources (for any alpha > 0: th
 in the null space of the centred indicators). theta_ij is
 then the effect of j *relative to the average source*, and its sign is not the sign of
 f_i({i, j}) - f_i({i}). Designs with subsets of several sizes (e.g. singletons, as in
-:func:`taskgroup.data.designs.pair_design`) pin the intercept to f_i({i}) and make the signs
-absolute.
+:func:`taskgroup.data.designs.singletons_and_pairs`) pin the intercept to f_i({i}) and make the
+signs absolute.
 
 Ground truth for the negative-transfer report is pairwise: transfer_ij = f_i({i, j}) - f_i({i})
 from the pair design (:func:`pairwise_transfer`); negative transfer means transfer_ij > 0.
@@ -158,7 +158,7 @@ def _held_out_quality(design: Design, alpha: float, n_folds: int, seed: int):
     return mse, r2, spearman
 
 
-def fit_surrogates(
+def fit(
     subsets: pd.DataFrame,
     values: pd.DataFrame,
     task_names: list[str],
@@ -319,7 +319,7 @@ def score_negative_transfer(
 ) -> pd.DataFrame:
     """Precision, recall and F1 of "coefficient > threshold" as a predictor of negative transfer.
 
-    coefficients: long (target, source, coefficient, ...) from :func:`fit_surrogates`.
+    coefficients: long (target, source, coefficient, ...) from :func:`fit`.
     pairwise: long (target, source, negative, ...) from :func:`pairwise_transfer` (or any
     table with a boolean ``negative`` ground truth per ordered pair).
     threshold: in loss units; predicted negative = coefficient > threshold.
@@ -376,7 +376,7 @@ def selected_sources(
 ) -> pd.DataFrame:
     """Per target, the sources the surrogate predicts to help: coefficient < -threshold.
 
-    coefficients: long (target, source, coefficient, ...) from :func:`fit_surrogates`;
+    coefficients: long (target, source, coefficient, ...) from :func:`fit`;
     threshold in loss units (>= 0 is the usual choice; a source with |coefficient| <= threshold
     is neither selected nor predicted harmful).
 
@@ -404,7 +404,7 @@ def compare_with_forward(
 ) -> pd.DataFrame:
     """Per target, the surrogate's selected sources against forward selection's.
 
-    coefficients: from :func:`fit_surrogates` (target, source, coefficient, intercept); the
+    coefficients: from :func:`fit` (target, source, coefficient, intercept); the
     surrogate's set is :func:`selected_sources` at ``threshold`` (loss units). selection: the
     forward_selection table (target, step, added, size, subset_id, loss; see
     :mod:`taskgroup.stages.forward`), whose set per target is the sources added at steps >= 1.

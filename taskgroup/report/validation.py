@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.group.affinity import affinity_table, square
-from taskgroup.group.clustering import choose_n_clusters, cluster_tasks
+from taskgroup.group.clustering import choose_n_clusters, partition
 
 
 def per_task_relative_error(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +79,7 @@ def agreement(
             rounding=clustering.get("rounding", "kmeans"),
         )
     labels = [
-        cluster_tasks(
+        partition(
             matrix, n_clusters, clustering["method"], clustering["similarity"],
             clustering["seed"], rounding=clustering.get("rounding", "kmeans"),
         )

@@ -32,3 +32,11 @@ def prepare_torch(threads: int) -> torch.device:
 
 def save_model_atomically(model, task_names, path) -> None:
     write_atomically(path, lambda partial: save_checkpoint(model, task_names, partial))
+
+
+def check_option_output(name: str, enabled: bool, path) -> None:
+    """An option's extra output must be given exactly when the option is on."""
+    if enabled != (path is not None):
+        raise ValueError(
+            f"training_options {name}: enabled={enabled} but its output path is {path!r}"
+        )

@@ -5,9 +5,9 @@ For every target task i (in task order), :func:`taskgroup.data.designs.forward_s
 from {i} and adds, one at a time, the other task whose addition gives the lowest f_i(S),
 while that lowers f_i(S) by more than ``min_improvement`` and S has fewer than ``max_size``
 tasks. The oracle f_i(S) is the configured estimator (``gradient``: the linearized estimate
-from the projected gradients, as in :func:`taskgroup.stages.estimation.estimate_chunk`;
+from the projected gradients, as in :func:`taskgroup.stages.estimate.estimate_subsets`;
 ``finetune``: fine-tuning the meta-initialization, as in
-:func:`taskgroup.stages.training.finetune_chunk`), called once per step on the batch of
+:func:`taskgroup.stages.finetune.finetune_subsets`), called once per step on the batch of
 candidate subsets.
 
 Every distinct subset is valued once and numbered in order of first evaluation (targets in
@@ -27,8 +27,8 @@ import pandas as pd
 
 from taskgroup.data import designs as subsets_lib
 from taskgroup.data.tables import SUBSET_VALUES, check_columns, write_table
-from taskgroup.stages.estimation import gradient_valuer
-from taskgroup.stages.training import finetune_valuer
+from taskgroup.stages.estimate import gradient_valuer
+from taskgroup.stages.finetune import finetune_valuer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def select_forward(
     return values, selection
 
 
-def forward_selection_stage(
+def forward_selection(
     estimator: str, tasks_path, model_path, values_path, selection_path, max_size: int,
     min_improvement: float, projected_path=None, projection_path=None, examples_path=None,
     estimate: dict | None = None, training: dict | None = None, seed: int | None = None,

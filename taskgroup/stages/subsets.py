@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 
-import pandas as pd
-
 from taskgroup.data import designs as subsets_lib
-from taskgroup.data.tables import SUBSET_VALUES, TASKS, read_table, write_table
+from taskgroup.data.tables import TASKS, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +14,7 @@ def sample_subsets(tasks_path, subsets_path, pair_counts_path, size, count, seed
     """Draw the subsets table and its pair-coverage counts."""
     tasks = read_table(tasks_path, TASKS)
     names = tasks.sort_values("task_index")["task"].tolist()
-    table = subsets_lib.sample_subsets(names, size, count, seed).assign(design="random")
+    table = subsets_lib.random_design(names, size, count, seed).assign(design="random")
     counts = subsets_lib.pair_counts(table, names)
     off_diagonal = counts.loc[counts["task_i"] != counts["task_j"], "n_subsets"]
     log.info(
@@ -34,20 +32,10 @@ def pair_design(tasks_path, subsets_path) -> None:
     """Write the design of every singleton and every pair of tasks."""
     tasks = read_table(tasks_path, TASKS)
     names = tasks.sort_values("task_index")["task"].tolist()
-    design = subsets_lib.pair_design(len(names))
+    design = subsets_lib.singletons_and_pairs(len(names))
     table = subsets_lib.design_table(design, names).assign(design="pairs")
     log.info("%d singletons and %d pairs over %d tasks", len(names), len(design) - len(names),
              len(names))
     write_table(table, subsets_path)
 
 
-def gather_subset_values(chunk_paths: list, output_path) -> None:
-    """Concatenate the per-chunk subset values into one table, sorted by subset and task."""
-    frames = [read_table(path, SUBSET_VALUES) for path in chunk_paths]
-    table = pd.concat(frames, ignore_index=True)
-    duplicated = table.duplicated(["subset_id", "task", "split", "estimator", "design"])
-    if duplicated.any():
-        raise ValueError(f"subset values: {int(duplicated.sum())} duplicated rows across chunks")
-    table = table.sort_values(["subset_id", "task", "split"], ignore_index=True)
-    log.info("gathered %d rows from %d chunks", len(table), len(chunk_paths))
-    write_table(table, output_path)

@@ -43,7 +43,7 @@ def fit_surrogates(
     pair_values = read_table(pairs_path, SUBSET_VALUES)
     if anchor_singletons:
         subsets, values = surrogates_lib.with_singletons(subsets, values, pair_values)
-    coefficients, quality = surrogates_lib.fit_surrogates(
+    coefficients, quality = surrogates_lib.fit(
         subsets, values, names, alpha=alpha, n_folds=n_folds, seed=seed
     )
     pairwise = surrogates_lib.pairwise_transfer(pair_values, names)

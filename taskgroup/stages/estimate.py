@@ -19,7 +19,7 @@ from taskgroup.data.tables import (
     read_table,
     write_table,
 )
-from taskgroup.estimate.linearized import ProjectedSplit, estimate_subsets
+from taskgroup.estimate.linearized import ProjectedSplit, estimate_values
 from taskgroup.estimate.projection import make_projector, project_examples
 from taskgroup.models.network import load_checkpoint
 from taskgroup.stages.common import load_task_data, prepare_torch
@@ -129,7 +129,7 @@ def gradient_valuer(
     splits = load_projected(projected_path, names, device, types)
 
     def value(subsets: pd.DataFrame) -> pd.DataFrame:
-        return estimate_subsets(
+        return estimate_values(
             splits["train"], splits["val"], subsets, names, l2, newton_steps,
             shift_norm=projector.shift_norms, theta_norm=float(description["theta_norm"]),
             max_relative_shift=max_relative_shift, metric=metric, task_types=types,
@@ -138,7 +138,7 @@ def gradient_valuer(
     return names, value
 
 
-def estimate_chunk(
+def estimate_subsets(
     projected_path, projection_path, model_path, subsets_path, tasks_path, output_path,
     chunk: int, chunk_size: int, l2: float, newton_steps: int, max_relative_shift,
     threads: int = 1, metric: str = "auto",

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from taskgroup.data.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
-from taskgroup.estimate.finetune import finetune_subsets
+from taskgroup.estimate.finetune import finetune_values
 from taskgroup.models.network import load_checkpoint
 from taskgroup.models.training import TrainSettings, evaluate, fit
 from taskgroup.report.validation import agreement, first_order_validity, per_task_relative_error
@@ -47,8 +47,8 @@ def validate_estimator(
         columns=["relative_shift"], errors="ignore"
     )
     settings = TrainSettings(**training)
-    real = finetune_subsets(meta, data, held_out, settings, finetune_seed, metric)
-    other = finetune_subsets(meta, data, held_out, settings, finetune_seed + 1, metric)
+    real = finetune_values(meta, data, held_out, settings, finetune_seed, metric)
+    other = finetune_values(meta, data, held_out, settings, finetune_seed + 1, metric)
     base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
     base_loss = base.set_index("task")["loss"]
     trivial = real.copy()

@@ -1,4 +1,5 @@
-"""Stages from per-subset values to groupings: affinity, clustering, baselines."""
+"""Stages from an affinity to groupings: cluster_tasks, gather_clustering, baseline_grouping,
+random_grouping."""
 
 from __future__ import annotations
 
@@ -8,33 +9,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from taskgroup.data.tables import AFFINITY, GROUPING, SUBSET_VALUES, TASKS, read_table, write_table
+from taskgroup.data.tables import AFFINITY, GROUPING, TASKS, read_table, write_table
 from taskgroup.group import affinity as affinity_lib
 from taskgroup.group import clustering, groupings
 from taskgroup.report import plots
 from taskgroup.report.evaluation import ari_against_planted
 
 log = logging.getLogger(__name__)
-
-
-def compute_affinity(values_path, tasks_path, output_path) -> None:
-    """The long higher-order affinity table from the random design's validation losses."""
-    tasks = read_table(tasks_path, TASKS)
-    values = read_table(values_path, SUBSET_VALUES)
-    names = tasks.sort_values("task_index")["task"].tolist()
-    table = affinity_lib.affinity_table(values, names)
-    uncovered = int((table["n_subsets"] == 0).sum())
-    if uncovered:
-        log.warning("%d ordered task pairs share no subset: their affinity is NaN", uncovered)
-    write_table(table, output_path)
-
-
-def pairwise_affinity(values_path, tasks_path, output_path) -> None:
-    """The long pairwise affinity table from the singletons-and-pairs design."""
-    tasks = read_table(tasks_path, TASKS)
-    names = tasks.sort_values("task_index")["task"].tolist()
-    values = read_table(values_path, SUBSET_VALUES)
-    write_table(affinity_lib.pairwise_affinity_table(values, names), output_path)
 
 
 def _resolve_n_clusters(
@@ -72,7 +53,7 @@ def cluster_tasks(
             normalized, n_clusters, max_clusters, method, similarity, seed, rounding
         )
         started = time.perf_counter()
-        labels = clustering.cluster_tasks(
+        labels = clustering.partition(
             normalized, chosen, method, similarity, seed, rounding=rounding
         )
         seconds = time.perf_counter() - started
@@ -107,7 +88,7 @@ def gather_clustering(objective_paths: list, table_path, figure_path) -> None:
 
 def baseline_grouping(name, tasks_path, output_path) -> None:
     """Write a baseline grouping (naive_mtl, stl or planted)."""
-    write_table(groupings.baseline_grouping(name, read_table(tasks_path, TASKS)), output_path)
+    write_table(groupings.baseline_partition(name, read_table(tasks_path, TASKS)), output_path)
 
 
 def random_grouping(reference_path, output_paths: list) -> None:

@@ -1,5 +1,6 @@
-"""Stages that build the baseline affinity sources: TAG lookahead, gradient cosine and
-covariance similarity (each written as a long affinity table)."""
+"""Stages that build the affinity sources, each written as a long affinity table:
+higher_order_affinity (mean f_i(S) over the random design), pairwise_affinity (the pair
+design), lookahead_affinity (TAG), meta_init_affinity (gradient cosine, covariance)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import time
 
 import numpy as np
 
-from taskgroup.data.tables import write_table
+from taskgroup.data.tables import SUBSET_VALUES, TASKS, read_table, write_table
 from taskgroup.estimate import affinity_sources
+from taskgroup.group import affinity as affinity_lib
 from taskgroup.group.affinity import long_table
 from taskgroup.models.network import load_checkpoint
 from taskgroup.models.training import TrainSettings
@@ -36,7 +38,7 @@ def lookahead_affinity(
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
     started = time.perf_counter()
-    matrix = affinity_sources.lookahead_affinity(
+    matrix = affinity_sources.lookahead_matrix(
         data, hidden_sizes, TrainSettings(**training), seed, device, every=every,
         lookahead_lr=lookahead_lr,
     )
@@ -66,3 +68,25 @@ def meta_init_affinity(
     log.info("%s affinity of %d tasks in %.2f s", source, data.n_tasks,
              time.perf_counter() - started)
     write_matrix_affinity(matrix, data.task_names, output_path)
+
+
+def higher_order_affinity(values_path, tasks_path, output_path) -> None:
+    """The long higher-order affinity table from the random design's validation losses."""
+    tasks = read_table(tasks_path, TASKS)
+    values = read_table(values_path, SUBSET_VALUES)
+    names = tasks.sort_values("task_index")["task"].tolist()
+    table = affinity_lib.affinity_table(values, names)
+    uncovered = int((table["n_subsets"] == 0).sum())
+    if uncovered:
+        log.warning("%d ordered task pairs share no subset: their affinity is NaN", uncovered)
+    write_table(table, output_path)
+
+
+def pairwise_affinity(values_path, tasks_path, output_path) -> None:
+    """The long pairwise affinity table from the singletons-and-pairs design."""
+    tasks = read_table(tasks_path, TASKS)
+    names = tasks.sort_values("task_index")["task"].tolist()
+    values = read_table(values_path, SUBSET_VALUES)
+    write_table(affinity_lib.pairwise_affinity_table(values, names), output_path)
+
+

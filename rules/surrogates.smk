@@ -1,0 +1,28 @@
+rule fit_surrogates:
+    input:
+        # Forward selection's sets, to compare (only with subsets.forward_selection on).
+        **forward_comparison_inputs(),
+        values=subset_values("random"),
+        subsets="results/{dataset}/subsets/random.parquet",
+        pairs=subset_values("pairs"),
+        tasks="results/{dataset}/data/tasks.parquet",
+        code=library_code("fit_surrogates.py"),
+    output:
+        **forward_comparison_outputs(),
+        coefficients="results/{dataset}/surrogates/coefficients.parquet",
+        quality="results/{dataset}/surrogates/quality.parquet",
+        negative_transfer="results/{dataset}/surrogates/negative_transfer.parquet",
+        selected="results/{dataset}/surrogates/selected_sources.parquet",
+        figure=report(
+            "results/{dataset}/surrogates/coefficients.png",
+            caption="../report/surrogates.rst",
+            category="Task modeling",
+        ),
+    log:
+        "results/{dataset}/logs/fit_surrogates.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    params:
+        surrogates=sorted_params(config["surrogates"]),
+    script:
+        "../workflow_scripts/fit_surrogates.py"
