@@ -10,6 +10,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/groups.smk"
 include: "rules/prepare.smk"
 include: "rules/meta_init.smk"
 include: "rules/subsets.smk"

@@ -1,7 +1,7 @@
 rule higher_order_affinity:
     input:
         values=subset_values("random"),
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("higher_order_affinity.py"),
     output:
         "results/{dataset}/affinity/higher_order.parquet",
@@ -16,7 +16,7 @@ rule higher_order_affinity:
 rule pairwise_affinity:
     input:
         values=subset_values("pairs"),
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("pairwise_affinity.py"),
     output:
         "results/{dataset}/affinity/pairwise.parquet",
@@ -30,8 +30,8 @@ rule pairwise_affinity:
 
 rule lookahead_affinity:
     input:
-        examples="results/{dataset}/data/examples.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
         code=library_code("lookahead_affinity.py"),
     output:
         "results/{dataset}/affinity/lookahead.parquet",
@@ -53,9 +53,9 @@ rule lookahead_affinity:
 
 rule meta_init_affinity:
     input:
-        examples="results/{dataset}/data/examples.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
-        model="results/{dataset}/meta_init/model.pt",
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
+        model=META_INIT_MODEL,
         code=library_code("meta_init_affinity.py"),
     output:
         "results/{dataset}/affinity/{source}.parquet",
@@ -63,10 +63,12 @@ rule meta_init_affinity:
         "results/{dataset}/logs/meta_init_affinity/{source}.log",
     wildcard_constraints:
         source="gradient_cosine|covariance",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
     params:
-        covariance_features=config["affinity"].get("covariance_features", "inputs"),
+        covariance_features=config["affinity"]["covariance_features"],
     script:
         "../workflow_scripts/meta_init_affinity.py"

@@ -1,7 +1,7 @@
 checkpoint cluster_tasks:
     input:
         affinity="results/{dataset}/affinity/{source}.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("cluster_tasks.py"),
     output:
         # one grouping per clustering method of this affinity source
@@ -43,7 +43,7 @@ rule gather_clustering:
 
 checkpoint baseline_grouping:
     input:
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("baseline_grouping.py"),
     output:
         "results/{dataset}/groupings/{grouping}.parquet",
@@ -73,3 +73,10 @@ if RANDOM:
             "../envs/taskgroup.yaml"
         script:
             "../workflow_scripts/random_grouping.py"
+
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True

@@ -1,8 +1,6 @@
-import ast
 import os
 from pathlib import Path
 
-import pandas as pd
 from snakemake.utils import validate
 
 from taskgroup.config import (
@@ -13,10 +11,10 @@ from taskgroup.config import (
     n_tasks,
     needs_pair_design,
     pair_design_size,
+    sorted_deep,
 )
-from taskgroup.group.groupings import group_keys
 from taskgroup.data.designs import n_chunks
-from taskgroup.models.options import enabled_options, variant_options
+from taskgroup.imports import library_files
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
@@ -49,14 +47,19 @@ RANDOM = (
 GROUPINGS = CLUSTERED + BASELINES + RANDOM
 # Trainings of every group model (training_options.final.variants); the first is the one
 # the figures show.
-FINAL_OPTIONS = config.get("training_options", {}).get("final", {})
-VARIANTS = FINAL_OPTIONS.get("variants", ["plain"])
+FINAL_OPTIONS = config["training_options"]["final"]
+VARIANTS = FINAL_OPTIONS["variants"]
 COMPARE_VARIANTS = "plain" in VARIANTS and len(VARIANTS) > 1
-FINAL_DIAGNOSTICS = FINAL_OPTIONS.get("diagnostics", {}).get("enabled", False)
+FINAL_DIAGNOSTICS = FINAL_OPTIONS["diagnostics"]["enabled"]
 TRAINING_SEEDS = [
     config["final"]["seed"] + offset
     for offset in range(config["evaluation"]["n_seeds"])
 ]
+
+# Paths that many rules read.
+EXAMPLES_TABLE = "results/{dataset}/data/examples.parquet"
+TASKS_TABLE = "results/{dataset}/data/tasks.parquet"
+META_INIT_MODEL = "results/{dataset}/meta_init/model.pt"
 
 
 wildcard_constraints:
@@ -71,87 +74,31 @@ wildcard_constraints:
     key=r"[0-9a-f]{16}",
 
 
-LIBRARY = "taskgroup"
-REPOSITORY = Path(workflow.basedir)
-
-
-def _library_file(module):
-    """The source file of library module ``module`` (dotted name), or None."""
-    parts = module.split(".")
-    if parts[0] != LIBRARY:
-        return None
-    base = REPOSITORY.joinpath(*parts)
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_library_files(source, package):
-    """Library files imported anywhere in ``source`` (also inside functions), with the
-    ``__init__.py`` of every package on the way, since importing a module runs them."""
-    modules = set()
-    for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative to ``package``, the importer's __package__
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module
-            modules.add(base)
-            modules.update(f"{base}.{alias.name}" for alias in node.names)
-    files = set()
-    for module in modules:
-        parts = module.split(".")
-        for depth in range(1, len(parts) + 1):
-            path = _library_file(".".join(parts[:depth]))
-            if path is not None:
-                files.add(path)
-    return files
-
-
 def library_code(script):
     """The library source files that ``workflow_scripts/<script>`` imports, directly or
-    through other library modules, found by parsing the imports (ast) at parse time.
+    through other library modules (taskgroup.imports.library_files, read at parse time).
 
     Each job lists them as its ``code`` input, because Snakemake's code trigger only
     watches the script file itself, so an edit to the library would otherwise leave
     stale results. As inputs, the files rerun a job when their content changes (checksum;
     a newer mtime with the same bytes reruns nothing), and they enter the provenance hash
     of the between-workflow cache."""
-    seen = set()
-    pending = [(REPOSITORY / "workflow_scripts" / script, "")]
-    while pending:
-        source, package = pending.pop()
-        for path in _imported_library_files(source, package):
-            if path not in seen:
-                seen.add(path)
-                package = path.relative_to(REPOSITORY).parent
-                pending.append((path, ".".join(package.parts)))
-    return sorted(os.path.relpath(path) for path in seen)
+    repository = Path(workflow.basedir)
+    files = library_files(repository / "workflow_scripts" / script, repository)
+    return [os.path.relpath(path) for path in files]
 
 
 def sorted_params(mapping):
-    """A config section with its keys sorted: Snakemake compares params: by their text, so
-    reordering keys in the config file must not look like a change."""
-    return {key: mapping[key] for key in sorted(mapping)}
-
-
-def sorted_deep(value):
-    """``value`` with the keys of every mapping in it sorted (see sorted_params)."""
-    if isinstance(value, dict):
-        return {key: sorted_deep(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [sorted_deep(item) for item in value]
-    return value
+    """A config section with the keys of every mapping in it sorted: Snakemake compares
+    params: by their text, so reordering keys in the config file must not look like a
+    change."""
+    return sorted_deep(mapping)
 
 
 def dataset_params():
     """The section of the configured dataset kind (dataset.<kind>), keys sorted at every
     level: only the active kind's settings change the prepared data."""
-    return sorted_deep(dataset_section(config["dataset"]))
+    return sorted_params(dataset_section(config["dataset"]))
 
 
 def dataset_inputs():
@@ -167,44 +114,8 @@ def training_params(section):
         "epochs": settings["epochs"],
         "lr": settings["lr"],
         "batch_size": settings["batch_size"],
-        "weight_decay": settings.get("weight_decay", 0.0),
+        "weight_decay": settings["weight_decay"],
     }
-
-
-def meta_init_options():
-    """The enabled options of training_options.meta_init, with their defaults filled in,
-    as params: {"options": {...}}; nothing when every option is off, so that the default
-    (plain) training job keeps its params and outputs."""
-    options = enabled_options(config.get("training_options", {}).get("meta_init", {}))
-    return {"options": options} if options else {}
-
-
-def meta_init_option_outputs():
-    """The extra Parquet outputs of the meta-initialization: task_weights (reweighting)
-    and diagnostics (diagnostics), each only when its option is on."""
-    options = meta_init_options().get("options", {})
-    outputs = {}
-    if "reweighting" in options:
-        outputs["weights"] = "results/{dataset}/meta_init/task_weights.parquet"
-    if "diagnostics" in options:
-        outputs["diagnostics"] = "results/{dataset}/meta_init/diagnostics.parquet"
-    return outputs
-
-
-def final_variant_options(wildcards):
-    """The enabled options of the final-training variant {variant} (settings from
-    training_options.final; see taskgroup.models.options.variant_options)."""
-    return variant_options(FINAL_OPTIONS, wildcards.variant)
-
-
-def final_diagnostics_output():
-    """The diagnostics output of a group model job, when training_options.final.diagnostics
-    is on."""
-    if FINAL_DIAGNOSTICS:
-        return {
-            "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet"
-        }
-    return {}
 
 
 def clustering_params():
@@ -223,17 +134,6 @@ def validation_clustering():
     return {"method": METHODS[0], **clustering_params()}
 
 
-def subset_value_chunks(wildcards):
-    """Every chunk of the per-subset stage for one design."""
-    return expand(
-        "results/{dataset}/subset_values/{estimator}/{design}/chunk_{chunk}.parquet",
-        dataset=wildcards.dataset,
-        estimator=wildcards.estimator,
-        design=wildcards.design,
-        chunk=CHUNKS[wildcards.design],
-    )
-
-
 def subset_values(design):
     """The gathered per-subset values of ``design`` under the configured estimator."""
     return f"results/{{dataset}}/subset_values/{config['estimator']}/{design}.parquet"
@@ -248,7 +148,7 @@ def estimator_inputs():
             "projected": "results/{dataset}/gradients/projected.parquet",
             "projection": "results/{dataset}/gradients/projection.parquet",
         }
-    return {"examples": "results/{dataset}/data/examples.parquet"}
+    return {"examples": EXAMPLES_TABLE}
 
 
 def estimator_params():
@@ -258,126 +158,6 @@ def estimator_params():
     if config["estimator"] == "gradient":
         return {"estimate": sorted_params(config["gradient_estimate"])}
     return {"training": training_params("finetune"), "seed": config["finetune"]["seed"]}
-
-
-def forward_comparison_inputs():
-    """fit_surrogates' forward-selection table, when forward selection is enabled."""
-    if FORWARD is None:
-        return {}
-    return {"forward": "results/{dataset}/surrogates/forward_selection.parquet"}
-
-
-def forward_comparison_outputs():
-    """fit_surrogates' comparison with forward selection, when it is enabled."""
-    if FORWARD is None:
-        return {}
-    return {"comparison": "results/{dataset}/surrogates/forward_comparison.parquet"}
-
-
-def grouping_file(dataset, grouping):
-    """The grouping table of ``grouping``, after the checkpoint that writes it has run."""
-    if grouping in CLUSTERED:
-        source, method = grouping.split("-")
-        job = checkpoints.cluster_tasks.get(dataset=dataset, source=source)
-        return job.output.groupings[METHODS.index(method)]
-    if grouping in RANDOM:
-        return checkpoints.random_grouping.get(dataset=dataset).output[
-            RANDOM.index(grouping)
-        ]
-    return checkpoints.baseline_grouping.get(dataset=dataset, grouping=grouping).output[
-        0
-    ]
-
-
-_MEMBERS_CACHE = {}
-
-
-def group_members_by_key(dataset):
-    """group_key -> sorted member tasks over every grouping table of ``dataset`` on disk.
-
-    Read once per state of the tables (their paths and modification times), not once per
-    job: every train_group_model job asks for its members at DAG-building time, and the
-    tables change only when a checkpoint rewrites them."""
-    paths = [
-        Path(f"results/{dataset}/groupings/{grouping}.parquet")
-        for grouping in GROUPINGS
-    ]
-    state = tuple(
-        (str(path), path.stat().st_mtime_ns) for path in paths if path.exists()
-    )
-    if state not in _MEMBERS_CACHE:
-        members = {}
-        for path, _ in state:
-            table = group_keys(pd.read_parquet(path))
-            for key, tasks in table.groupby("group_key")["task"]:
-                members.setdefault(key, sorted(tasks))
-        _MEMBERS_CACHE.clear()
-        _MEMBERS_CACHE[state] = members
-    return _MEMBERS_CACHE[state]
-
-
-def group_model_files(wildcards, kind="results"):
-    """One file per distinct group (set of tasks) over every grouping and per variant:
-    groups that several groupings share are trained once. ``kind``: "results" (the group
-    results tables) or "diagnostics"."""
-    # Asking for every grouping's file waits for the checkpoints that write them.
-    for grouping in GROUPINGS:
-        grouping_file(wildcards.dataset, grouping)
-    pattern = {
-        "results": "results/{dataset}/final/{variant}/{key}.parquet",
-        "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet",
-    }[kind]
-    return expand(
-        pattern,
-        dataset=wildcards.dataset,
-        variant=VARIANTS,
-        key=sorted(group_members_by_key(wildcards.dataset)),
-    )
-
-
-def group_diagnostics_files(wildcards):
-    return group_model_files(wildcards, "diagnostics")
-
-
-def group_members(wildcards):
-    """The member tasks of group ``key``, found in the grouping tables on disk (they exist:
-    the group's job is only requested once every grouping has been written)."""
-    members = group_members_by_key(wildcards.dataset).get(wildcards.key)
-    if members is None:
-        raise ValueError(
-            f"no grouping table under results/{wildcards.dataset}/groupings/ has a group "
-            f"with key {wildcards.key}; run the workflow from its final target instead"
-        )
-    return members
-
-
-def grouping_files(wildcards):
-    return {
-        grouping: f"results/{wildcards.dataset}/groupings/{grouping}.parquet"
-        for grouping in GROUPINGS
-    }
-
-
-def affinity_files(wildcards):
-    return {
-        source: f"results/{wildcards.dataset}/affinity/{source}.parquet"
-        for source in SOURCES
-    }
-
-
-def variant_comparison_outputs():
-    """The comparison tables of the final-training variants, when there is one to make."""
-    if not COMPARE_VARIANTS:
-        return {}
-    return {
-        "variants": "results/{dataset}/evaluation/variants.parquet",
-        "variant_changes": "results/{dataset}/evaluation/variant_changes.parquet",
-        "variants_html": report(
-            "results/{dataset}/evaluation/variants.html",
-            caption="../report/variants_table.rst",
-            category="Within-group training",
-        ),
-    }
 
 
 def final_outputs():
@@ -420,21 +200,3 @@ def final_outputs():
             "results/{dataset}/validation/estimator_validation.png",
         ]
     return expand(outputs, dataset=DATASET)
-
-
-# Cheap steps that only read and write small tables: on a cluster they run in the main
-# Snakemake process instead of being submitted as jobs (no effect on local runs). The
-# rules that exist only with some configs (random_grouping, plot_variants,
-# diagnose_transfer) say so themselves (localrule: True).
-localrules:
-    sample_subsets,
-    pair_design,
-    gather_subset_values,
-    higher_order_affinity,
-    pairwise_affinity,
-    fit_surrogates,
-    cluster_tasks,
-    gather_clustering,
-    baseline_grouping,
-    evaluate_groupings,
-    plot_figures,

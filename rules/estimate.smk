@@ -1,8 +1,8 @@
 rule project_gradients:
     input:
-        examples="results/{dataset}/data/examples.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
-        model="results/{dataset}/meta_init/model.pt",
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
+        model=META_INIT_MODEL,
         code=library_code("project_gradients.py"),
     output:
         projected="results/{dataset}/gradients/projected.parquet",
@@ -27,9 +27,9 @@ rule estimate_subsets:
     input:
         projected="results/{dataset}/gradients/projected.parquet",
         projection="results/{dataset}/gradients/projection.parquet",
-        model="results/{dataset}/meta_init/model.pt",
+        model=META_INIT_MODEL,
         subsets="results/{dataset}/subsets/{design}.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("estimate_subsets.py"),
     output:
         "results/{dataset}/subset_values/gradient/{design}/chunk_{chunk}.parquet",

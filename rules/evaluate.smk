@@ -1,8 +1,23 @@
+def variant_comparison_outputs():
+    """The comparison tables of the final-training variants, when there is one to make."""
+    if not COMPARE_VARIANTS:
+        return {}
+    return {
+        "variants": "results/{dataset}/evaluation/variants.parquet",
+        "variant_changes": "results/{dataset}/evaluation/variant_changes.parquet",
+        "variants_html": report(
+            "results/{dataset}/evaluation/variants.html",
+            caption="../report/variants_table.rst",
+            category="Within-group training",
+        ),
+    }
+
+
 rule evaluate_groupings:
     input:
         unpack(grouping_files),
         results=group_model_files,
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("evaluate_groupings.py"),
     output:
         **variant_comparison_outputs(),
@@ -28,7 +43,7 @@ rule plot_figures:
         affinity=f"results/{{dataset}}/affinity/{SOURCES[0]}.parquet",
         clusters=f"results/{{dataset}}/groupings/{PRIMARY}.parquet",
         per_task="results/{dataset}/evaluation/per_task.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("plot_figures.py"),
     output:
         heatmap=report(
@@ -103,3 +118,8 @@ if FINAL_DIAGNOSTICS:
             variant=VARIANTS[0],
         script:
             "../workflow_scripts/diagnose_transfer.py"
+
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True

@@ -1,8 +1,8 @@
 rule finetune_subsets:
     input:
-        examples="results/{dataset}/data/examples.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
-        model="results/{dataset}/meta_init/model.pt",
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
+        model=META_INIT_MODEL,
         subsets="results/{dataset}/subsets/{design}.parquet",
         code=library_code("finetune_subsets.py"),
     output:

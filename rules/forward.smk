@@ -2,8 +2,8 @@ rule forward_selection:
     input:
         # The projected gradients (estimator gradient) or the examples (finetune).
         **estimator_inputs(),
-        tasks="results/{dataset}/data/tasks.parquet",
-        model="results/{dataset}/meta_init/model.pt",
+        tasks=TASKS_TABLE,
+        model=META_INIT_MODEL,
         code=library_code("forward_selection.py"),
     output:
         values=subset_values("forward"),

@@ -3,8 +3,8 @@ rule prepare_dataset:
         data=dataset_inputs(),
         code=library_code("prepare_dataset.py"),
     output:
-        examples="results/{dataset}/data/examples.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
     log:
         "results/{dataset}/logs/prepare_dataset.log",
     conda:

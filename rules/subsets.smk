@@ -1,6 +1,6 @@
 rule sample_subsets:
     input:
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("sample_subsets.py"),
     output:
         subsets="results/{dataset}/subsets/random.parquet",
@@ -19,12 +19,14 @@ rule sample_subsets:
 
 rule pair_design:
     input:
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("pair_design.py"),
     output:
         "results/{dataset}/subsets/pairs.parquet",
     log:
         "results/{dataset}/logs/pair_design.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     script:

@@ -1,3 +1,17 @@
+def forward_comparison_inputs():
+    """fit_surrogates' forward-selection table, when forward selection is enabled."""
+    if FORWARD is None:
+        return {}
+    return {"forward": "results/{dataset}/surrogates/forward_selection.parquet"}
+
+
+def forward_comparison_outputs():
+    """fit_surrogates' comparison with forward selection, when it is enabled."""
+    if FORWARD is None:
+        return {}
+    return {"comparison": "results/{dataset}/surrogates/forward_comparison.parquet"}
+
+
 rule fit_surrogates:
     input:
         # Forward selection's sets, to compare (only with subsets.forward_selection on).
@@ -5,7 +19,7 @@ rule fit_surrogates:
         values=subset_values("random"),
         subsets="results/{dataset}/subsets/random.parquet",
         pairs=subset_values("pairs"),
-        tasks="results/{dataset}/data/tasks.parquet",
+        tasks=TASKS_TABLE,
         code=library_code("fit_surrogates.py"),
     output:
         **forward_comparison_outputs(),
@@ -20,6 +34,8 @@ rule fit_surrogates:
         ),
     log:
         "results/{dataset}/logs/fit_surrogates.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     params:

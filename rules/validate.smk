@@ -1,8 +1,8 @@
 rule validate_estimator:
     input:
-        examples="results/{dataset}/data/examples.parquet",
-        tasks="results/{dataset}/data/tasks.parquet",
-        model="results/{dataset}/meta_init/model.pt",
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
+        model=META_INIT_MODEL,
         subsets="results/{dataset}/subsets/random.parquet",
         estimate="results/{dataset}/subset_values/gradient/random.parquet",
         code=library_code("validate_estimator.py"),

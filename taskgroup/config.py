@@ -146,3 +146,14 @@ def needs_pair_design(config: dict) -> bool:
 def pair_design_size(n_tasks: int) -> int:
     """k singletons + k (k - 1) / 2 pairs."""
     return n_tasks + n_tasks * (n_tasks - 1) // 2
+
+
+def sorted_deep(value):
+    """``value`` with the keys of every mapping in it sorted, at every level (lists keep
+    their order). Snakemake compares a rule's params by their text, so a config whose keys
+    are only reordered must give the same params."""
+    if isinstance(value, dict):
+        return {key: sorted_deep(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_deep(item) for item in value]
+    return value
