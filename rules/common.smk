@@ -1,3 +1,7 @@
+# What every rule file shares: config validation, derived constants, shared paths and
+# wildcard constraints; then the params/input functions, the shared ones first, then those
+# of one rule file each (Snakemake's linter wants functions and rules in separate files).
+# Which group models exist is discovered in rules/groups.smk.
 import os
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from taskgroup.config import (
 )
 from taskgroup.data.designs import n_chunks
 from taskgroup.imports import library_files
+from taskgroup.models.options import enabled_options, variant_options
 
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
@@ -72,6 +77,9 @@ wildcard_constraints:
     grouping="|".join(GROUPINGS),
     variant="|".join(VARIANTS),
     key=r"[0-9a-f]{16}",
+
+
+# --- Functions that several rule files use ---
 
 
 def library_code(script):
@@ -200,3 +208,94 @@ def final_outputs():
             "results/{dataset}/validation/estimator_validation.png",
         ]
     return expand(outputs, dataset=DATASET)
+
+
+# --- Input, output and params functions of rules/meta_init.smk (its only user) ---
+
+
+def meta_init_options():
+    """The enabled options of training_options.meta_init, with their defaults filled in,
+    as params: {"options": {...}}; nothing when every option is off, so that the default
+    (plain) training job keeps its params and outputs."""
+    options = enabled_options(config["training_options"]["meta_init"])
+    return {"options": options} if options else {}
+
+
+def meta_init_option_outputs():
+    """The extra Parquet outputs of the meta-initialization: task_weights (reweighting)
+    and diagnostics (diagnostics), each only when its option is on."""
+    options = meta_init_options().get("options", {})
+    outputs = {}
+    if "reweighting" in options:
+        outputs["weights"] = "results/{dataset}/meta_init/task_weights.parquet"
+    if "diagnostics" in options:
+        outputs["diagnostics"] = "results/{dataset}/meta_init/diagnostics.parquet"
+    return outputs
+
+
+# --- Input, output and params functions of rules/train.smk (its only user) ---
+
+
+def final_variant_options(wildcards):
+    """The enabled options of the final-training variant {variant} (settings from
+    training_options.final; see taskgroup.models.options.variant_options)."""
+    return variant_options(FINAL_OPTIONS, wildcards.variant)
+
+
+def final_diagnostics_output():
+    """The diagnostics output of a group model job, when training_options.final.diagnostics
+    is on."""
+    if FINAL_DIAGNOSTICS:
+        return {
+            "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet"
+        }
+    return {}
+
+
+# --- Input, output and params functions of rules/subset_values.smk (its only user) ---
+
+
+def subset_value_chunks(wildcards):
+    """Every chunk of the per-subset stage for one design."""
+    return expand(
+        "results/{dataset}/subset_values/{estimator}/{design}/chunk_{chunk}.parquet",
+        dataset=wildcards.dataset,
+        estimator=wildcards.estimator,
+        design=wildcards.design,
+        chunk=CHUNKS[wildcards.design],
+    )
+
+
+# --- Input, output and params functions of rules/surrogates.smk (its only user) ---
+
+
+def forward_comparison_inputs():
+    """fit_surrogates' forward-selection table, when forward selection is enabled."""
+    if FORWARD is None:
+        return {}
+    return {"forward": "results/{dataset}/surrogates/forward_selection.parquet"}
+
+
+def forward_comparison_outputs():
+    """fit_surrogates' comparison with forward selection, when it is enabled."""
+    if FORWARD is None:
+        return {}
+    return {"comparison": "results/{dataset}/surrogates/forward_comparison.parquet"}
+
+
+# --- Input, output and params functions of rules/evaluate.smk (its only user) ---
+
+
+def variant_comparison_outputs():
+    """The comparison tables of the final-training variants, when there is one to make."""
+    if not COMPARE_VARIANTS:
+        return {}
+    return {
+        "variants": "results/{dataset}/evaluation/variants.parquet",
+        "variant_changes": "results/{dataset}/evaluation/variant_changes.parquet",
+        "variants_html": report(
+            "results/{dataset}/evaluation/variants.html",
+            caption="../report/variants_table.rst",
+            category="Within-group training",
+        ),
+    }

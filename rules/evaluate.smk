@@ -1,18 +1,3 @@
-def variant_comparison_outputs():
-    """The comparison tables of the final-training variants, when there is one to make."""
-    if not COMPARE_VARIANTS:
-        return {}
-    return {
-        "variants": "results/{dataset}/evaluation/variants.parquet",
-        "variant_changes": "results/{dataset}/evaluation/variant_changes.parquet",
-        "variants_html": report(
-            "results/{dataset}/evaluation/variants.html",
-            caption="../report/variants_table.rst",
-            category="Within-group training",
-        ),
-    }
-
-
 rule evaluate_groupings:
     input:
         unpack(grouping_files),

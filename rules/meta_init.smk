@@ -1,26 +1,3 @@
-from taskgroup.models.options import enabled_options
-
-
-def meta_init_options():
-    """The enabled options of training_options.meta_init, with their defaults filled in,
-    as params: {"options": {...}}; nothing when every option is off, so that the default
-    (plain) training job keeps its params and outputs."""
-    options = enabled_options(config["training_options"]["meta_init"])
-    return {"options": options} if options else {}
-
-
-def meta_init_option_outputs():
-    """The extra Parquet outputs of the meta-initialization: task_weights (reweighting)
-    and diagnostics (diagnostics), each only when its option is on."""
-    options = meta_init_options().get("options", {})
-    outputs = {}
-    if "reweighting" in options:
-        outputs["weights"] = "results/{dataset}/meta_init/task_weights.parquet"
-    if "diagnostics" in options:
-        outputs["diagnostics"] = "results/{dataset}/meta_init/diagnostics.parquet"
-    return outputs
-
-
 rule train_meta_init:
     input:
         examples=EXAMPLES_TABLE,

@@ -1,14 +1,3 @@
-def subset_value_chunks(wildcards):
-    """Every chunk of the per-subset stage for one design."""
-    return expand(
-        "results/{dataset}/subset_values/{estimator}/{design}/chunk_{chunk}.parquet",
-        dataset=wildcards.dataset,
-        estimator=wildcards.estimator,
-        design=wildcards.design,
-        chunk=CHUNKS[wildcards.design],
-    )
-
-
 rule gather_subset_values:
     input:
         chunks=subset_value_chunks,

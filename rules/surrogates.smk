@@ -1,17 +1,3 @@
-def forward_comparison_inputs():
-    """fit_surrogates' forward-selection table, when forward selection is enabled."""
-    if FORWARD is None:
-        return {}
-    return {"forward": "results/{dataset}/surrogates/forward_selection.parquet"}
-
-
-def forward_comparison_outputs():
-    """fit_surrogates' comparison with forward selection, when it is enabled."""
-    if FORWARD is None:
-        return {}
-    return {"comparison": "results/{dataset}/surrogates/forward_comparison.parquet"}
-
-
 rule fit_surrogates:
     input:
         # Forward selection's sets, to compare (only with subsets.forward_selection on).

@@ -1,22 +1,3 @@
-from taskgroup.models.options import variant_options
-
-
-def final_variant_options(wildcards):
-    """The enabled options of the final-training variant {variant} (settings from
-    training_options.final; see taskgroup.models.options.variant_options)."""
-    return variant_options(FINAL_OPTIONS, wildcards.variant)
-
-
-def final_diagnostics_output():
-    """The diagnostics output of a group model job, when training_options.final.diagnostics
-    is on."""
-    if FINAL_DIAGNOSTICS:
-        return {
-            "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet"
-        }
-    return {}
-
-
 rule train_group_model:
     input:
         examples=EXAMPLES_TABLE,
