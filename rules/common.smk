@@ -1,4 +1,4 @@
-# What every rule file shares: config validation, derived constants, shared paths and
+# Shared by every rule file. Config validation, derived constants, shared paths and
 # wildcard constraints; then the params/input functions, the shared ones first, then those
 # of one rule file each (Snakemake's linter wants functions and rules in separate files).
 # Which group models exist is discovered in rules/groups.smk.
