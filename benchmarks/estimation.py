@@ -24,8 +24,7 @@ import pandas as pd
 import torch
 import yaml
 
-from taskgroup.config import planted_spec
-from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.datasets.planted import generate_planted, planted_spec
 from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
 from taskgroup.estimate.finetune import finetune_values

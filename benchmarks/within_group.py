@@ -32,8 +32,7 @@ import pandas as pd
 import torch
 import yaml
 
-from taskgroup.config import planted_spec
-from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.datasets.planted import generate_planted, planted_spec
 from taskgroup.data.examples import build_task_data
 from taskgroup.models.training import TrainSettings, evaluate
 from taskgroup.models.within_group import TrainingOptions, train_with_options

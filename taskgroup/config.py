@@ -7,10 +7,7 @@ of tasks. Both run when Snakemake parses the workflow, before any job starts.
 
 from __future__ import annotations
 
-import importlib.util
-
-from taskgroup.data.datasets.planted import PlantedSpec
-from taskgroup.data.datasets.table import table_spec, table_task_names
+from taskgroup.data.datasets import DatasetKind, dataset_kind
 from taskgroup.data.designs import check_subset_design
 from taskgroup.data.task_types import check_metric
 from taskgroup.group.groupings import BASELINES
@@ -20,53 +17,35 @@ class ConfigError(ValueError):
     """A config value that is valid on its own but inconsistent with the others."""
 
 
-def planted_spec(planted: dict) -> PlantedSpec:
-    """The generator spec from the ``dataset.planted`` config section."""
-    return PlantedSpec(**planted)
-
-
-def graph_module():
-    """The graph-community dataset module, or ConfigError if this version lacks it."""
-    if importlib.util.find_spec("taskgroup.data.datasets.graph") is None:
-        raise ConfigError(
-            "config: dataset.kind = 'graph_communities' is not available in this version "
-            "(taskgroup/data/datasets/graph.py is missing); use 'planted' or 'table'"
-        )
-    import taskgroup.data.datasets.graph as graph
-
-    return graph
+def configured_dataset(dataset: dict) -> tuple[DatasetKind, object]:
+    """The kind named by ``dataset.kind`` (:data:`taskgroup.data.datasets.DATASET_KINDS`)
+    and its spec from the section ``dataset.<kind>``."""
+    try:
+        kind = dataset_kind(dataset["kind"])
+    except ValueError as error:
+        raise ConfigError(f"config: {error}") from None
+    return kind, kind.spec(dataset_section(dataset))
 
 
 def n_tasks(config: dict) -> int:
-    """The number of tasks k that the configured dataset will have. For ``table`` only the
-    task column is read (and checked: task names, the ``tasks`` list)."""
-    dataset = config["dataset"]
-    if dataset["kind"] == "planted":
-        return planted_spec(dataset["planted"]).n_tasks
-    if dataset["kind"] == "table":
-        return len(table_task_names(table_spec(dataset["table"])))
-    if dataset["kind"] == "graph_communities":
-        return graph_module().graph_n_tasks(dataset["graph_communities"])
-    raise ConfigError(f"dataset.kind = {dataset['kind']!r} is not supported")
+    """The number of tasks k that the configured dataset will have. For a user's data only
+    the header or the task column is read (and checked: task names, the ``tasks`` list)."""
+    kind, spec = configured_dataset(config["dataset"])
+    return kind.n_tasks(spec)
 
 
 def has_planted_groups(dataset: dict) -> bool:
     """Whether the configured dataset knows a grouping of its tasks (the tasks table's
-    planted_group): the generators do, a user table when it names groups_path."""
-    if dataset["kind"] == "table":
-        return dataset["table"].get("groups_path") is not None
-    if dataset["kind"] == "graph_communities":
-        return graph_module().graph_has_planted_groups(dataset["graph_communities"])
-    return dataset["kind"] == "planted"
+    planted_group): the generators do, a user's data when it names its groups."""
+    kind, spec = configured_dataset(dataset)
+    return kind.has_planted_groups(spec)
 
 
 def declared_task_type(dataset: dict) -> str | None:
     """The task type every task has, when the config alone tells it (the generators make
     binary tasks; a table with an explicit task_type); None when only the data can."""
-    if dataset["kind"] == "table":
-        declared = dataset["table"].get("task_type", "auto")
-        return None if declared == "auto" else declared
-    return "binary"
+    kind, spec = configured_dataset(dataset)
+    return kind.declared_task_type(spec)
 
 
 def dataset_section(dataset: dict) -> dict:
@@ -76,13 +55,8 @@ def dataset_section(dataset: dict) -> dict:
 
 def dataset_files(dataset: dict) -> list[str]:
     """The data files the configured dataset reads (inputs of the preparation)."""
-    section = dataset_section(dataset)
-    keys = {
-        "planted": [],
-        "table": ["path", "groups_path"],
-        "graph_communities": ["edges_path", "nodes_path"],
-    }[dataset["kind"]]
-    return [section[key] for key in keys if section.get(key) is not None]
+    kind, spec = configured_dataset(dataset)
+    return kind.files(spec)
 
 
 def check_config(config: dict) -> None:

@@ -2,18 +2,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.data.datasets.graph import (
-    DataError,
-    GraphCommunitySpec,
-    generate_graph,
-    generated_dataset,
+from taskgroup.data.datasets import DATASET_KINDS, DataError
+from taskgroup.data.datasets.graph_generator import GraphCommunitySpec, generate_graph
+from taskgroup.data.datasets.graph_tasks import (
     graph_dataset,
-    graph_has_planted_groups,
-    graph_n_tasks,
     normalized_adjacency,
     propagate_features,
 )
 from taskgroup.data.tables import EXAMPLES, TASKS, check_columns, feature_columns
+
+GRAPH = DATASET_KINDS["graph_communities"]
+
+
+def section_n_tasks(section: dict) -> int:
+    return GRAPH.n_tasks(GRAPH.spec(section))
+
+
+def section_dataset(section: dict):
+    return GRAPH.load(GRAPH.spec(section))
+
+
+def section_has_planted_groups(section: dict) -> bool:
+    return GRAPH.has_planted_groups(GRAPH.spec(section))
 
 
 def tiny_spec(**overrides) -> GraphCommunitySpec:
@@ -36,7 +46,7 @@ def write_graph(tmp_path, spec, suffix=".parquet"):
 
 def test_same_seed_same_tables_byte_for_byte(tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        examples, tasks = generated_dataset(tiny_spec(seed=seed))
+        examples, tasks = graph_dataset(tiny_spec(seed=seed))
         examples.to_parquet(tmp_path / f"{name}_examples.parquet", index=False)
         tasks.to_parquet(tmp_path / f"{name}_tasks.parquet", index=False)
         edges, nodes = generate_graph(tiny_spec(seed=seed))
@@ -62,7 +72,7 @@ def test_communities_nest_in_blocks_and_edges_follow_the_partition():
     block = nodes.set_index("node")["block"]
     assert (block[edges["source"]].to_numpy() == block[edges["target"]].to_numpy()).all()
     assert (edges["source"] < edges["target"]).all()
-    _, tasks = generated_dataset(spec)
+    _, tasks = graph_dataset(spec)
     assert tasks["planted_group"].tolist() == [0, 0, 1, 1, 2, 2]
 
 
@@ -88,7 +98,7 @@ def test_propagation_matches_a_dense_hand_computation():
 
 def test_tables_follow_the_schemas_with_one_row_per_node_and_task():
     spec = tiny_spec(hops=2)
-    examples, tasks = generated_dataset(spec)
+    examples, tasks = graph_dataset(spec)
     check_columns(examples, EXAMPLES, "examples")
     check_columns(tasks, TASKS, "tasks")
     assert len(examples) == spec.n_tasks * spec.n_nodes
@@ -105,14 +115,14 @@ def test_tables_follow_the_schemas_with_one_row_per_node_and_task():
 
 
 def test_stratified_splits_hold_both_classes_in_every_split():
-    examples, _ = generated_dataset(tiny_spec(nodes_per_community=5))
+    examples, _ = graph_dataset(tiny_spec(nodes_per_community=5))
     classes = examples.groupby(["task", "split"])["label"].nunique()
     assert len(classes) == 4 * 3 and (classes == 2).all()
     shares = examples.groupby("split").size() / len(examples)
     assert shares["train"] == pytest.approx(0.2, abs=0.05)
     assert shares["val"] == pytest.approx(0.2, abs=0.05)
     with pytest.raises(DataError, match="community_0.*too few"):
-        generated_dataset(tiny_spec(nodes_per_community=3, train_fraction=0.5, val_fraction=0.4))
+        graph_dataset(tiny_spec(nodes_per_community=3, train_fraction=0.5, val_fraction=0.4))
 
 
 def test_user_graph_round_trip_equals_the_generator(tmp_path):
@@ -120,14 +130,14 @@ def test_user_graph_round_trip_equals_the_generator(tmp_path):
     edges_path, nodes_path = write_graph(tmp_path, spec, ".csv")
     section = {"edges_path": str(edges_path), "nodes_path": str(nodes_path),
                "community_groups": {f"community_{i}": i // 2 for i in range(4)}}
-    assert graph_n_tasks(section) == 4
-    examples, tasks = graph_dataset(section)
-    expected_examples, expected_tasks = generated_dataset(spec)
+    assert section_n_tasks(section) == 4
+    examples, tasks = section_dataset(section)
+    expected_examples, expected_tasks = graph_dataset(spec)
     pd.testing.assert_frame_equal(examples, expected_examples, check_exact=False, atol=1e-5)
     pd.testing.assert_frame_equal(tasks, expected_tasks)
     generator_section = {"n_blocks": 2, "communities_per_block": 3}
-    assert graph_n_tasks(generator_section) == 6
-    _, plain = graph_dataset({"edges_path": str(edges_path), "nodes_path": str(nodes_path)})
+    assert section_n_tasks(generator_section) == 6
+    _, plain = section_dataset({"edges_path": str(edges_path), "nodes_path": str(nodes_path)})
     assert plain["planted_group"].isna().all()
 
 
@@ -138,7 +148,7 @@ def test_unknown_nodes_in_the_edge_table_are_named(tmp_path):
     edges.to_csv(edges_path, index=False)
     section = {"edges_path": str(edges_path), "nodes_path": str(nodes_path)}
     with pytest.raises(DataError) as error:
-        graph_dataset(section)
+        section_dataset(section)
     message = str(error.value)
     assert str(edges_path) in message and "'target'" in message and "7 node id(s)" in message
     assert "'900', '901', '902', '903', '904', ..." in message and "'905'" not in message
@@ -149,23 +159,23 @@ def test_user_graph_errors_name_the_file_and_the_column(tmp_path):
     section = {"edges_path": str(edges_path), "nodes_path": str(nodes_path)}
     pd.read_parquet(edges_path).rename(columns={"target": "dst"}).to_parquet(edges_path)
     with pytest.raises(DataError, match=r"edges\.parquet: missing column\(s\) \['target'\]"):
-        graph_dataset(section)
+        section_dataset(section)
 
     edges_path, nodes_path = write_graph(tmp_path, tiny_spec())
     nodes = pd.read_parquet(nodes_path)
     nodes.loc[[2, 5], "feature_001"] = np.nan
     nodes.to_parquet(nodes_path)
     with pytest.raises(DataError, match=r"nodes\.parquet: NaN .*\['feature_001'\], 2 node"):
-        graph_dataset(section)
+        section_dataset(section)
 
     with pytest.raises(DataError, match="both user-graph key"):
-        graph_dataset({**section, "n_blocks": 2})
+        section_dataset({**section, "n_blocks": 2})
     with pytest.raises(DataError, match="unknown key"):
-        graph_n_tasks({"n_blockz": 2})
+        section_n_tasks({"n_blockz": 2})
 
 
 def test_planted_groups_only_when_known():
-    assert graph_has_planted_groups({})
+    assert section_has_planted_groups({})
     files = {"edges_path": "e.csv", "nodes_path": "n.csv"}
-    assert not graph_has_planted_groups(files)
-    assert graph_has_planted_groups({**files, "community_groups": {"community_a": 0}})
+    assert not section_has_planted_groups(files)
+    assert section_has_planted_groups({**files, "community_groups": {"community_a": 0}})

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from taskgroup.config import ConfigError, check_config, n_tasks
-from taskgroup.data.datasets.table import DataError, load_table, normalize_task_name, table_spec
+from taskgroup.data.datasets import DataError
+from taskgroup.data.datasets.table import load_table, normalize_task_name, table_spec
 from taskgroup.data.examples import build_task_data
 from taskgroup.data.tables import EXAMPLES, TASKS, check_columns
 

@@ -99,8 +99,10 @@ generalization_gap (evaluation/generalization_gap.parquet) one row per (variant,
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 FEATURE_PREFIX = "feature_"
@@ -212,6 +214,30 @@ GENERALIZATION_GAP = {
     "gap": "float",
     "final_difference": "float",
 }
+
+
+def tasks_table(
+    tasks: Sequence[str],
+    task_types: str | Sequence[str],
+    counts: Sequence[Sequence[int]] | np.ndarray,
+    planted_groups: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """The tasks table (schema :data:`TASKS`) of ``tasks``, in the given (canonical) order.
+
+    tasks: the k task names; task_types: one type for every task or one per task;
+    counts: (k, 3) the examples of every task in train, val, test (the order of SPLITS);
+    planted_groups: k group ids, or None when the dataset has no planted groups (null).
+    task_index is 0..k-1; the integer columns are int64, planted_group Int64.
+    """
+    k = len(tasks)
+    counts = np.asarray(counts, dtype=np.int64).reshape(k, len(SPLITS))
+    groups = [pd.NA] * k if planted_groups is None else list(planted_groups)
+    table = pd.DataFrame({"task": list(tasks), "task_index": np.arange(k, dtype=np.int64)})
+    table["task_type"] = task_types if isinstance(task_types, str) else list(task_types)
+    for column, split in enumerate(SPLITS):
+        table[f"n_{split}"] = counts[:, column]
+    table["planted_group"] = pd.array(groups, dtype="Int64")
+    return table
 
 
 def _kind_matches(series: pd.Series, kind: str) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from taskgroup.data.tables import FEATURE_PREFIX
+from taskgroup.data.tables import FEATURE_PREFIX, tasks_table
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,11 @@ class PlantedSpec:
         return sum(self.group_sizes)
 
 
+def planted_spec(section: dict) -> PlantedSpec:
+    """The generator spec from the ``dataset.planted`` config section."""
+    return PlantedSpec(**section)
+
+
 def _random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
     return q * np.sign(np.diag(r))
@@ -107,7 +112,7 @@ def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     width = len(str(spec.n_tasks - 1))
     group_of_task = np.repeat(np.arange(spec.n_groups), spec.group_sizes)
-    frames, task_rows = [], []
+    frames, tasks, counts = [], [], []
     for task_index in range(spec.n_tasks):
         group = int(group_of_task[task_index])
         task = f"task_{task_index:0{width}d}"
@@ -130,20 +135,7 @@ def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame.insert(0, "task", task)
         frame["label"] = labels
         frames.append(frame)
-        task_rows.append(
-            {
-                "task": task,
-                "task_index": task_index,
-                "task_type": "binary",
-                "n_train": sizes["train"],
-                "n_val": sizes["val"],
-                "n_test": sizes["test"],
-                "planted_group": group,
-            }
-        )
+        tasks.append(task)
+        counts.append([sizes["train"], sizes["val"], sizes["test"]])
     examples = pd.concat(frames, ignore_index=True)
-    tasks = pd.DataFrame(task_rows).astype(
-        {"task_index": "int64", "n_train": "int64", "n_val": "int64", "n_test": "int64"}
-    )
-    tasks["planted_group"] = tasks["planted_group"].astype("Int64")
-    return examples, tasks
+    return examples, tasks_table(tasks, "binary", counts, group_of_task.tolist())

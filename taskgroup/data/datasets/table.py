@@ -40,16 +40,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taskgroup.data.tables import FEATURE_PREFIX, SPLITS
+from taskgroup.data.datasets.errors import DataError
+from taskgroup.data.datasets.splits import stratified_split
+from taskgroup.data.tables import FEATURE_PREFIX, SPLITS, tasks_table
 
 log = logging.getLogger(__name__)
 
 TASK_TYPES = ("auto", "binary", "regression")
 SHOWN = 5  # offending values listed in a message
-
-
-class DataError(ValueError):
-    """The user's data table (or its grouping file) cannot be used as configured."""
 
 
 @dataclass(frozen=True)
@@ -363,21 +361,14 @@ def _splits(
             )
         return split.to_numpy(dtype=object)
     split = np.empty(len(frame), dtype=object)
-    fractions = spec.split_fractions
+    labels = frame["label"].to_numpy()
     for task, rows in frame.groupby("task", sort=False).indices.items():
         rng = np.random.default_rng([spec.seed, zlib.crc32(task.encode())])
-        if task_type == "binary":
-            labels = frame["label"].to_numpy()[rows]
-            strata = [rows[labels == value] for value in np.unique(labels)]
-        else:
-            strata = [rows]
-        for stratum in strata:
-            stratum = rng.permutation(stratum)
-            n_train = int(round(fractions["train"] * len(stratum)))
-            n_val = int(round(fractions["val"] * len(stratum)))
-            split[stratum[:n_train]] = "train"
-            split[stratum[n_train : n_train + n_val]] = "val"
-            split[stratum[n_train + n_val :]] = "test"
+        # binary tasks are split within each label class; regression tasks in one stratum
+        strata = labels[rows] if task_type == "binary" else np.zeros(len(rows))
+        split[rows] = stratified_split(
+            strata, spec.split_fractions["train"], spec.split_fractions["val"], rng
+        )
     return split
 
 
@@ -428,9 +419,7 @@ def _check_classes(path, spec: TableSpec, frame: pd.DataFrame) -> None:
 
 
 def _planted_groups(spec: TableSpec, tasks: list[str]) -> pd.Series:
-    """The known group of every task (Int64, in ``tasks`` order), or all null."""
-    if spec.groups_path is None:
-        return pd.Series(pd.NA, index=tasks, dtype="Int64")
+    """The known group of every task (Int64, in ``tasks`` order) from ``groups_path``."""
     path = spec.groups_path
     _check_exists(path, "dataset.table.groups_path")
     _require_columns(
@@ -551,18 +540,8 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
     examples = examples.iloc[order].reset_index(drop=True)
 
-    task_table = pd.DataFrame(
-        {
-            "task": tasks,
-            "task_index": np.arange(len(tasks), dtype=np.int64),
-            "task_type": task_type,
-            "n_train": counts["train"].to_numpy(dtype=np.int64),
-            "n_val": counts["val"].to_numpy(dtype=np.int64),
-            "n_test": counts["test"].to_numpy(dtype=np.int64),
-            "planted_group": _planted_groups(spec, tasks).to_numpy(),
-        }
-    )
-    task_table["planted_group"] = task_table["planted_group"].astype("Int64")
+    planted = None if spec.groups_path is None else _planted_groups(spec, tasks).tolist()
+    task_table = tasks_table(tasks, task_type, counts[list(SPLITS)].to_numpy(), planted)
     log.info(
         "%s: %d rows, %d tasks (%s), %d features %s, splits %s",
         path, len(examples), len(tasks), task_type, len(features), features,
