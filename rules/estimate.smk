@@ -1,3 +1,13 @@
+from taskgroup.estimate.settings import ProjectionSettings
+
+
+def projection_params():
+    """The projection settings its structure uses (structure, kind, seed, and factor_dim for
+    kronecker or dim for dense), keys sorted: editing the other structure's size must not
+    rerun project_gradients."""
+    return ProjectionSettings.from_mapping(config["projection"]).description()
+
+
 rule project_gradients:
     input:
         examples="results/{dataset}/data/examples.parquet",
@@ -18,7 +28,9 @@ rule project_gradients:
     resources:
         gpu=1,
     params:
-        projection=sorted_params(config["projection"]),
+        projection=projection_params(),
+        # Examples projected at a time: memory only, the result does not depend on it.
+        batch_size=config["projection"]["batch_size"],
     script:
         "../workflow_scripts/project_gradients.py"
 
