@@ -96,9 +96,11 @@ def splits_from_table(
             base=torch.from_numpy(rows["base_output"].to_numpy(np.float32).copy()).to(device),
             labels=torch.from_numpy(rows["label"].to_numpy(np.float32).copy()).to(device),
             task_index=torch.from_numpy(
-                rows["task"].map(index_of).to_numpy(np.int64)
+                rows["task"].map(index_of).to_numpy(np.int64).copy()
             ).to(device),
-            regression=torch.from_numpy(rows["task"].map(regression).to_numpy(bool)).to(device),
+            regression=torch.from_numpy(
+                rows["task"].map(regression).to_numpy(bool).copy()
+            ).to(device),
         )
     return splits
 
