@@ -239,6 +239,27 @@ def subset_values(design):
     return f"results/{{dataset}}/subset_values/{config['estimator']}/{design}.parquet"
 
 
+def estimator_inputs():
+    """The inputs of a job that values subsets itself with the configured estimator: the
+    projected gradients (gradient) or the examples (finetune), besides the tasks table and
+    the meta-initialization that both need."""
+    if config["estimator"] == "gradient":
+        return {
+            "projected": "results/{dataset}/gradients/projected.parquet",
+            "projection": "results/{dataset}/gradients/projection.parquet",
+        }
+    return {"examples": "results/{dataset}/data/examples.parquet"}
+
+
+def estimator_params():
+    """The configured estimator's settings, for params: (only the active one's, so that
+    the other's keys do not rerun the job): gradient_estimate (gradient), or finetune (its
+    training settings and seed)."""
+    if config["estimator"] == "gradient":
+        return {"estimate": sorted_params(config["gradient_estimate"])}
+    return {"finetune": sorted_params(config["finetune"])}
+
+
 def forward_comparison_inputs():
     """fit_surrogates' forward-selection table, when forward selection is enabled."""
     if FORWARD is None:

@@ -1,13 +1,6 @@
 from taskgroup.estimate.settings import ProjectionSettings
 
 
-def projection_params():
-    """The projection settings its structure uses (structure, kind, seed, and factor_dim for
-    kronecker or dim for dense), keys sorted: editing the other structure's size must not
-    rerun project_gradients."""
-    return ProjectionSettings.from_mapping(config["projection"]).description()
-
-
 rule project_gradients:
     input:
         examples="results/{dataset}/data/examples.parquet",
@@ -28,8 +21,11 @@ rule project_gradients:
     resources:
         gpu=1,
     params:
-        projection=projection_params(),
-        # Examples projected at a time: memory only, the result does not depend on it.
+        # Only the settings the structure uses (factor_dim for kronecker, dim for dense),
+        # keys sorted, so that editing the other structure's size reruns nothing.
+        projection=ProjectionSettings.from_mapping(config["projection"]).description(),
+        # Examples projected at a time: memory only, yet a params entry for now, so that
+        # changing it still reruns the job.
         batch_size=config["projection"]["batch_size"],
     script:
         "../workflow_scripts/project_gradients.py"
