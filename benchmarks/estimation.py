@@ -15,6 +15,7 @@ Prints a table and the ratios; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import resource
 import time
@@ -23,13 +24,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from snakemake.utils import validate
 
 from taskgroup.data.datasets.planted import generate_planted, planted_spec
 from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
-from taskgroup.estimate.finetune import finetune_values
-from taskgroup.estimate.linearized import ProjectedSplit, estimate_values
-from taskgroup.estimate.projection import make_projector, project_examples
+from taskgroup.estimate.finetune import FinetuneSettings
+from taskgroup.estimate.projection import make_projector, parameter_norm
+from taskgroup.estimate.settings import GradientEstimateSettings, ProjectionSettings
+from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
 from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
 from taskgroup.report.validation import agreement
 
@@ -42,7 +45,12 @@ def peak_rss_mb() -> float:
 
 def training(section: dict) -> TrainSettings:
     return TrainSettings(section["epochs"], section["lr"], section["batch_size"],
-                         section.get("weight_decay", 0.0))
+                         section["weight_decay"])
+
+
+def finetuning(config: dict, seed_offset: int = 0) -> FinetuneSettings:
+    settings = FinetuneSettings.from_mapping(config["finetune"])
+    return dataclasses.replace(settings, seed=settings.seed + seed_offset)
 
 
 def setup(config: dict):
@@ -58,28 +66,30 @@ def setup(config: dict):
 
 
 def gradient_path(config, data, meta, subsets):
-    """Projection of every train/val example, then the estimate of every subset."""
+    """Projection of every train/val example, then the estimate of every subset: the
+    library's projection and valuer, as the stages project_gradients and estimate_subsets
+    call them (without the Parquet round trip)."""
     projection = config["projection"]
     started = time.perf_counter()
-    projector = make_projector(meta, projection["structure"], projection["dim"],
-                               projection["factor_dim"], projection["kind"], projection["seed"])
-    splits = {}
-    for split in ("train", "val"):
-        tensors = data.splits[split]
-        z, base = project_examples(meta, projector, tensors.features, tensors.task_index,
-                                   projection["batch_size"])
-        splits[split] = ProjectedSplit(z, base, tensors.labels, tensors.task_index)
+    projector = make_projector(meta, ProjectionSettings.from_mapping(projection))
+    splits = project_data(meta, projector, data, projection["batch_size"])
     projection_seconds = time.perf_counter() - started
     projected_mb = sum(s.z.numel() * s.z.element_size() for s in splits.values()) / 2**20
     if subsets.empty:
         return None, projection_seconds, projection_seconds, projected_mb
-    theta = float(torch.cat([p.detach().flatten() for p in meta.parameters()]).norm())
-    estimate = config["gradient_estimate"]
-    values = estimate_values(splits["train"], splits["val"], subsets, data.task_names,
-                              estimate["l2"], estimate["newton_steps"], projector.shift_norms,
-                              theta, estimate["max_relative_shift"])
+    value = gradient_valuer(
+        splits, projector, parameter_norm(meta), data.task_names, data.types,
+        GradientEstimateSettings(**config["gradient_estimate"]), config["evaluation"]["metric"],
+    )
+    values = value(subsets)
     total = time.perf_counter() - started
     return values.drop(columns="relative_shift"), projection_seconds, total, projected_mb
+
+
+def finetune_path(config, data, meta, subsets, seed_offset=0):
+    """Real fine-tuning of every subset: the library's valuer, as finetune_subsets calls it."""
+    metric = config["evaluation"]["metric"]
+    return finetune_valuer(meta, data, finetuning(config, seed_offset), metric)(subsets)
 
 
 def one_epoch_seconds(config, data, meta):
@@ -101,7 +111,7 @@ def _child(job, config, count, queue):
     baseline = peak_rss_mb()
     warm_up = subsets[subsets["subset_id"] < 2]  # first calls pay one-off library set-up
     if job == "finetune":
-        finetune_values(meta, data, warm_up, training(config["finetune"]), 99)
+        finetune_path(config, data, meta, warm_up, seed_offset=99)
     elif job == "gradient":
         gradient_path(config, data, meta, warm_up)
     if job in ("projection", "gradient"):
@@ -111,11 +121,11 @@ def _child(job, config, count, queue):
         extra = {"projection_seconds": projection_s, "projected_mb": projected_mb,
                  "epoch_seconds": one_epoch_seconds(config, data, meta)}
     else:
-        seed = config["finetune"]["seed"] + (1 if job == "finetune_other_seed" else 0)
         started = time.perf_counter()
-        values = finetune_values(meta, data, subsets, training(config["finetune"]), seed)
+        values = finetune_path(config, data, meta, subsets, int(job == "finetune_other_seed"))
         seconds, extra = time.perf_counter() - started, {}
-    base = evaluate(meta, data, torch.arange(data.n_tasks), splits=("val",))
+    base = evaluate(meta, data, torch.arange(data.n_tasks), splits=("val",),
+                    metric=config["evaluation"]["metric"])
     queue.put({"values": values, "seconds": seconds, "peak_mb": peak_rss_mb() - baseline,
                "base": base.set_index("task")["loss"], "planted": tasks, **extra})
 
@@ -137,6 +147,8 @@ def main():
     parser.add_argument("--subsets", type=int, nargs="+", default=[200, 600])
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
+    # The schema fills in the defaults, as it does for the workflow.
+    validate(config, str(ROOT / "config" / "config.schema.yaml"))
     k = config["dataset"]["planted"]["n_groups"] * config["dataset"]["planted"]["tasks_per_group"]
     print(f"config {args.config}: k = {k} tasks, subset size {config['subsets']['size']}, "
           f"projection {config['projection']['structure']}, l2 "

@@ -161,11 +161,11 @@ def estimator_inputs():
 
 def estimator_params():
     """The configured estimator's settings, for params: (only the active one's, so that
-    the other's keys do not rerun the job): gradient_estimate (gradient), or the fine-tuning
-    and its seed (finetune)."""
+    the other's keys do not rerun the job): gradient_estimate (gradient), or finetune (its
+    training settings and seed)."""
     if config["estimator"] == "gradient":
         return {"estimate": sorted_params(config["gradient_estimate"])}
-    return {"training": training_params("finetune"), "seed": config["finetune"]["seed"]}
+    return {"finetune": sorted_params(config["finetune"])}
 
 
 def final_outputs():

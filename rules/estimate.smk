@@ -1,3 +1,6 @@
+from taskgroup.estimate.settings import ProjectionSettings
+
+
 rule project_gradients:
     input:
         examples=EXAMPLES_TABLE,
@@ -18,7 +21,12 @@ rule project_gradients:
     resources:
         gpu=1,
     params:
-        projection=sorted_params(config["projection"]),
+        # Only the settings the structure uses (factor_dim for kronecker, dim for dense),
+        # keys sorted, so that editing the other structure's size reruns nothing.
+        projection=ProjectionSettings.from_mapping(config["projection"]).description(),
+        # Examples projected at a time: memory only, yet a params entry for now, so that
+        # changing it still reruns the job.
+        batch_size=config["projection"]["batch_size"],
     script:
         "../workflow_scripts/project_gradients.py"
 

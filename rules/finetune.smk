@@ -16,8 +16,7 @@ rule finetune_subsets:
         gpu=1,
     params:
         chunk_size=config["subsets"]["chunk_size"],
-        training=training_params("finetune"),
-        seed=config["finetune"]["seed"],
+        finetune=sorted_params(config["finetune"]),
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/finetune_subsets.py"

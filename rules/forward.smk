@@ -20,8 +20,11 @@ rule forward_selection:
         # The active estimator's settings only: gradient_estimate, or finetune and its seed.
         **estimator_params(),
         estimator=config["estimator"],
-        max_size=config["subsets"]["forward_selection"]["max_size"],
-        min_improvement=config["subsets"]["forward_selection"]["min_improvement"],
+        # When the selection stops; not whether it is enabled.
+        selection={
+            key: config["subsets"]["forward_selection"][key]
+            for key in ("max_size", "min_improvement")
+        },
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/forward_selection.py"

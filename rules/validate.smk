@@ -24,8 +24,7 @@ rule validate_estimator:
         gpu=1,
     params:
         validation=sorted_params(config["validation"]),
-        training=training_params("finetune"),
-        finetune_seed=config["finetune"]["seed"],
+        finetune=sorted_params(config["finetune"]),
         clustering=validation_clustering(),
         metric=config["evaluation"]["metric"],
     script:

@@ -1,5 +1,6 @@
-"""The forward-selection design: the stage on tiny real data with both estimators, the
-comparison with the surrogates, and its scheduling by Snakemake."""
+"""The forward-selection design: the greedy search on an additive oracle, the stage on tiny
+real data with both estimators, the comparison with the surrogates, and its scheduling by
+Snakemake."""
 
 import numpy as np
 import pandas as pd
@@ -9,14 +10,20 @@ from workflow_helpers import make_workdir, scheduled_jobs, smoke_config, snakema
 
 from taskgroup.data.datasets.planted import generate_planted
 from taskgroup.data.tables import FORWARD_SELECTION, SUBSET_VALUES, read_table, write_table
+from taskgroup.estimate.finetune import FinetuneSettings
+from taskgroup.estimate.forward import ForwardSettings, greedy_forward, select_forward
+from taskgroup.estimate.settings import GradientEstimateSettings, ProjectionSettings
 from taskgroup.group.surrogates import compare_with_forward
+from taskgroup.models.training import TrainSettings
 from taskgroup.stages.estimate import estimate_subsets, project_gradients
 from taskgroup.stages.finetune import finetune_subsets
-from taskgroup.stages.forward import forward_selection, select_forward
+from taskgroup.stages.forward import forward_selection
 from taskgroup.stages.meta_init import train_meta_init
 
-ESTIMATE = {"l2": 0.03, "newton_steps": 1, "max_relative_shift": None}
-FINETUNE = {"epochs": 1, "lr": 0.01, "batch_size": 64, "weight_decay": 0.0}
+ESTIMATE = GradientEstimateSettings(l2=0.03, newton_steps=1, max_relative_shift=None)
+FINETUNE = FinetuneSettings(
+    TrainSettings(epochs=1, lr=0.01, batch_size=64, weight_decay=0.0), seed=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +42,8 @@ def prepared(tmp_path_factory):
     )
     project_gradients(
         paths["examples"], paths["tasks"], paths["model"], paths["projected"],
-        paths["projection"], "kronecker", 64, 64, "rademacher", 0, 4096,
+        paths["projection"],
+        ProjectionSettings("kronecker", "rademacher", 0, factor_dim=64, dim=None), 4096,
     )
     paths["folder"] = folder
     paths["names"] = tasks.sort_values("task_index")["task"].tolist()
@@ -45,9 +53,9 @@ def prepared(tmp_path_factory):
 def run_stage(paths, estimator, out, max_size, min_improvement=0.0):
     forward_selection(
         estimator, paths["tasks"], paths["model"], out / "values.parquet",
-        out / "selection.parquet", max_size, min_improvement,
+        out / "selection.parquet", ForwardSettings(max_size, min_improvement),
         projected_path=paths["projected"], projection_path=paths["projection"],
-        examples_path=paths["examples"], estimate=ESTIMATE, training=FINETUNE, seed=0,
+        examples_path=paths["examples"], estimate=ESTIMATE, finetune=FINETUNE,
     )
     return (read_table(out / "values.parquet", SUBSET_VALUES),
             read_table(out / "selection.parquet", FORWARD_SELECTION))
@@ -112,7 +120,7 @@ def test_gradient_oracle_matches_the_regular_estimate_and_records_every_evaluati
     estimate_subsets(
         prepared["projected"], prepared["projection"], prepared["model"], subsets_path,
         prepared["tasks"], tmp_path / "regular.parquet", chunk=0, chunk_size=count,
-        l2=ESTIMATE["l2"], newton_steps=1, max_relative_shift=None,
+        settings=ESTIMATE,
     )
     regular = read_table(tmp_path / "regular.parquet", SUBSET_VALUES)
     pd.testing.assert_frame_equal(
@@ -134,7 +142,7 @@ def test_finetune_oracle_matches_the_regular_finetuning(prepared, tmp_path):
     subsets_path, count = value_again(values, tmp_path)
     finetune_subsets(
         prepared["examples"], prepared["tasks"], prepared["model"], subsets_path,
-        tmp_path / "regular.parquet", chunk=0, chunk_size=count, training=FINETUNE, seed=0,
+        tmp_path / "regular.parquet", chunk=0, chunk_size=count, settings=FINETUNE,
     )
     regular = read_table(tmp_path / "regular.parquet", SUBSET_VALUES)
     pd.testing.assert_frame_equal(values, regular)
@@ -152,15 +160,65 @@ def test_min_improvement_and_max_size_one_stop_the_paths():
                 rows.append((subset_id, task, "val", loss, 0.5, "test"))
         return pd.DataFrame(rows, columns=list(SUBSET_VALUES)[:-1])
 
-    values, selection = select_forward(additive, names, max_size=3, min_improvement=0.1)
+    settings = ForwardSettings(max_size=3, min_improvement=0.1)
+    values, selection = select_forward(additive, names, settings)
     assert selection.groupby("target")["added"].apply(list).to_dict() == {
         "a": ["a"], "b": ["b", "a"], "c": ["c", "a"],
     }
     check_paths_and_coverage(values, selection, names, 3, 0.1)
-    values, selection = select_forward(additive, names, max_size=1)
+    settings = ForwardSettings(max_size=1, min_improvement=0.0)
+    values, selection = select_forward(additive, names, settings)
     assert values["subset_id"].nunique() == 3 and (selection["step"] == 0).all()
     with pytest.raises(ValueError, match="max_size = 4 must be between 1 and .* k = 3"):
-        select_forward(additive, names, max_size=4)
+        select_forward(additive, names, ForwardSettings(max_size=4, min_improvement=0.0))
+
+
+THETA = {1: -0.3, 2: 0.2, 3: -0.1, 4: 0.0, 5: -0.05, 6: 0.4}
+
+
+def additive_oracle(calls):
+    def value(batch):
+        calls.append(list(batch))
+        return np.array([1.0 + sum(THETA[j] for j in subset if j != 0) for subset in batch])
+
+    return value
+
+
+def test_greedy_forward_adds_exactly_the_helpful_sources_then_stops():
+    calls = []
+    path = greedy_forward(0, [1, 2, 3, 4, 5, 6], additive_oracle(calls), max_size=10,
+                          min_improvement=0.02)
+    steps = [step for step, _, _ in path]
+    subsets = [subset for _, subset, _ in path]
+    losses = np.array([loss for _, _, loss in path])
+    assert steps == [0, 1, 2, 3]
+    assert subsets == [(0,), (0, 1), (0, 1, 3), (0, 1, 3, 5)]
+    np.testing.assert_allclose(losses, [1.0, 0.7, 0.6, 0.55])
+    # one call for {target}, then one batch per step: 6, 5, 4 candidates, and the final
+    # rejected batch of 3 (sources 2, 4, 6 would not lower the loss)
+    assert [len(batch) for batch in calls] == [1, 6, 5, 4, 3]
+    assert calls[1] == [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (0, 6)]
+
+
+def test_greedy_forward_respects_max_size_and_min_improvement():
+    path = greedy_forward(0, [1, 2, 3, 4, 5, 6], additive_oracle([]), max_size=2,
+                          min_improvement=0.0)
+    assert [subset for _, subset, _ in path] == [(0,), (0, 1)]
+    # improvement of source 5 (0.05) is not more than 0.05: it is not added
+    path = greedy_forward(0, [1, 2, 3, 4, 5, 6], additive_oracle([]), max_size=10,
+                          min_improvement=0.05)
+    assert path[-1][1] == (0, 1, 3)
+    path = greedy_forward(0, [1, 2, 3, 4, 5, 6], additive_oracle([]), max_size=1,
+                          min_improvement=0.0)
+    assert path == [(0, (0,), 1.0)]
+
+
+def test_greedy_forward_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="the target 0 is among the candidates"):
+        greedy_forward(0, [0, 1], additive_oracle([]), max_size=3, min_improvement=0.0)
+    with pytest.raises(ValueError, match=r"returned 1 losses for 6 subsets"):
+        greedy_forward(0, [1, 2, 3, 4, 5, 6], lambda batch: [1.0], max_size=3,
+                       min_improvement=0.0)
 
 
 def test_comparison_with_the_surrogate_sets():

@@ -10,6 +10,7 @@ from taskgroup.estimate.projection import (
     project_examples,
     random_matrix,
 )
+from taskgroup.estimate.settings import ProjectionSettings
 from taskgroup.models.network import MultiHeadNet
 
 
@@ -63,10 +64,11 @@ def test_layer_factors_rebuild_the_per_example_gradients(tiny):
 
 def test_kronecker_projection_with_identity_factors_is_exact(tiny):
     model, features, task_index = tiny
-    projector = make_projector(model, "kronecker", dim=0, factor_dim=64, kind="rademacher",
-                               seed=0)
+    projector = make_projector(
+        model, ProjectionSettings("kronecker", "rademacher", 0, factor_dim=64, dim=None)
+    )
     assert projector.dim == sum(p.numel() for p in model.parameters())
-    z, _ = project_examples(model, projector, features, task_index)
+    z, _ = project_examples(model, projector, features, task_index, batch_size=4096)
     exact = loop_gradients(model, features, task_index)
     torch.testing.assert_close(z @ z.T, exact @ exact.T, rtol=1e-4, atol=1e-5)
 
@@ -77,7 +79,7 @@ def test_dense_projection_preserves_inner_products_within_jl_tolerance(kind):
     vectors = torch.randn(20, 3000)
     dim = 2000
     projector = DenseProjector([3000], dim, kind, seed=3, block_rows=700)
-    projected = projector.project([vectors])
+    projected = projector.project_gradients([vectors])
     exact, approx = vectors @ vectors.T, projected @ projected.T
     norms = vectors.norm(dim=1)
     # JL: |<Pu, Pv> - <u, v>| <= eps |u| |v| with eps ~ c sqrt(log(n) / d)
@@ -95,8 +97,8 @@ def test_kronecker_projection_preserves_inner_products_on_average(kind):
 
     projector = KroneckerProjector([(40, 50), (2, 3)], factor_dim=32, kind=kind, seed=0)
     heads = LayerFactors(torch.randn(30, 3), None)
-    z = projector.project(torch.zeros(30, dtype=torch.int64),
-                          [LayerFactors(inputs, deltas), heads])
+    z = projector.project_factors(torch.zeros(30, dtype=torch.int64),
+                                  [LayerFactors(inputs, deltas), heads])
     first = z[:, : 32 * 32]
     exact = (deltas @ deltas.T) * (inputs @ inputs.T)
     approx = first @ first.T

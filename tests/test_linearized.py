@@ -11,6 +11,7 @@ from taskgroup.estimate.linearized import (
     fit_shifts,
     linearized_values,
 )
+from taskgroup.estimate.settings import GradientEstimateSettings
 
 
 def synthetic_split(n_per_task, n_tasks, dim, shift, seed):
@@ -77,8 +78,9 @@ def test_estimates_do_not_depend_on_chunking():
     names = ["a", "b", "c", "d"]
     subsets = pd.DataFrame({"subset_id": [0, 0, 1, 1, 2, 2],
                             "task": ["a", "b", "b", "c", "a", "d"]})
-    whole = estimate_values(train, val, subsets, names, l2=0.05)
-    parts = pd.concat([estimate_values(train, val, part, names, l2=0.05)
+    settings = GradientEstimateSettings(l2=0.05, newton_steps=1, max_relative_shift=None)
+    whole = estimate_values(train, val, subsets, names, settings)
+    parts = pd.concat([estimate_values(train, val, part, names, settings)
                        for _, part in subsets.groupby(subsets["subset_id"] == 2)])
     parts = parts.sort_values(["subset_id", "task"], ignore_index=True)
     whole = whole.sort_values(["subset_id", "task"], ignore_index=True)

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
-from taskgroup.estimate.finetune import finetune_values
+from taskgroup.estimate.finetune import FinetuneSettings, finetune_values
 from taskgroup.estimate.linearized import (
     ProjectedSplit,
     estimate_values,
@@ -20,9 +20,11 @@ from taskgroup.estimate.linearized import (
     linearized_values,
 )
 from taskgroup.estimate.projection import make_projector, project_examples
+from taskgroup.estimate.settings import GradientEstimateSettings, ProjectionSettings
+from taskgroup.estimate.validity import first_order_validity
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
-from taskgroup.report.validation import first_order_validity, per_task_relative_error
+from taskgroup.report.validation import per_task_relative_error
 
 
 def linear_tables(
@@ -181,19 +183,20 @@ def gradient_against_finetuning(tables, n_subsets=16, seed=0):
     every = torch.arange(data.n_tasks)
     meta = train_new_model(data, every, [4], TrainSettings(epochs=40, lr=0.01, batch_size=32),
                            seed=seed, device=torch.device("cpu"))
-    projector = make_projector(meta, "kronecker", dim=0, factor_dim=64, kind="rademacher",
-                               seed=0)
+    projector = make_projector(
+        meta, ProjectionSettings("kronecker", "rademacher", 0, factor_dim=64, dim=None)
+    )
     splits = {}
     for split in ("train", "val"):
         tensors = data.splits[split]
-        z, base = project_examples(meta, projector, tensors.features, tensors.task_index)
+        z, base = project_examples(meta, projector, tensors.features, tensors.task_index, 4096)
         splits[split] = ProjectedSplit(z, base, tensors.labels, tensors.task_index,
                                        tensors.regression)
     subsets = random_design(data.task_names, 3, n_subsets, seed)
     estimate = estimate_values(splits["train"], splits["val"], subsets, data.task_names,
-                                l2=0.2, task_types=data.types)
+                                GradientEstimateSettings(0.2, 1, None), task_types=data.types)
     settings = TrainSettings(epochs=5, lr=0.01, batch_size=32)
-    real = finetune_values(meta, data, subsets, settings, seed=0)
+    real = finetune_values(meta, data, subsets, FinetuneSettings(settings, seed=0))
     base = evaluate(meta, data, every, ("val",)).set_index("task")["loss"]
     trivial = real.assign(loss=base.loc[real["task"]].to_numpy())
     types = dict(zip(data.task_names, data.types))
@@ -221,10 +224,11 @@ def test_estimate_subsets_with_task_types_and_a_configured_metric():
         split.regression[first] = False
     names, types = ["a", "b", "c"], ["binary", "regression", "regression"]
     subsets = pd.DataFrame({"subset_id": [0, 0, 1, 1], "task": ["a", "b", "b", "c"]})
-    table = estimate_values(train, val, subsets, names, l2=0.1, task_types=types)
+    settings = GradientEstimateSettings(l2=0.1, newton_steps=1, max_relative_shift=None)
+    table = estimate_values(train, val, subsets, names, settings, task_types=types)
     assert np.isfinite(table["loss"]).all() and np.isfinite(table["metric"]).all()
     assert table.loc[table["task"] == "a", "metric"].between(0, 1).all()
     with pytest.raises(ValueError, match=r"evaluation.metric = 'roc_auc' .* task 'b'"):
-        estimate_values(train, val, subsets, names, l2=0.1, task_types=types, metric="roc_auc")
+        estimate_values(train, val, subsets, names, settings, task_types=types, metric="roc_auc")
     with pytest.raises(ValueError, match="regression mask disagrees with task_types"):
-        estimate_values(train, val, subsets, names, l2=0.1)
+        estimate_values(train, val, subsets, names, settings)

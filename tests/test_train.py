@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from taskgroup.estimate.finetune import finetune_values
+from taskgroup.estimate.finetune import FinetuneSettings, finetune_values
 from taskgroup.models.network import MultiHeadNet, load_checkpoint, save_checkpoint
 from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
 from taskgroup.seeding import derived_seed
@@ -81,9 +81,9 @@ def test_subset_values_do_not_depend_on_chunking(small_data):
                                                    "task_3", "task_8"]}
     )
     settings = TrainSettings(epochs=2, lr=0.01, batch_size=16)
-    together = finetune_values(meta, small_data, subsets, settings, seed=0)
+    together = finetune_values(meta, small_data, subsets, FinetuneSettings(settings, seed=0))
     apart = pd.concat(
-        [finetune_values(meta, small_data, part, settings, seed=0)
+        [finetune_values(meta, small_data, part, FinetuneSettings(settings, seed=0))
          for _, part in subsets.groupby(subsets["subset_id"] >= 1)],
         ignore_index=True,
     )

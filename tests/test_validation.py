@@ -5,13 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
+from taskgroup.estimate.validity import first_order_validity
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, fit
-from taskgroup.report.validation import (
-    first_order_validity,
-    per_task_relative_error,
-    within_task_spearman,
-)
+from taskgroup.report.validation import per_task_relative_error, within_task_spearman
 
 
 def values(losses):

@@ -1,3 +1,4 @@
+from taskgroup.estimate.finetune import FinetuneSettings
 from taskgroup.logs import log_to_file
 from taskgroup.stages.finetune import finetune_subsets
 
@@ -10,8 +11,7 @@ finetune_subsets(
     output_path=snakemake.output[0],
     chunk=int(snakemake.wildcards.chunk),
     chunk_size=snakemake.params.chunk_size,
-    training=snakemake.params.training,
-    seed=snakemake.params.seed,
+    settings=FinetuneSettings.from_mapping(snakemake.params.finetune),
     threads=snakemake.threads,
     metric=snakemake.params.metric,
 )

@@ -1,3 +1,4 @@
+from taskgroup.estimate.finetune import FinetuneSettings
 from taskgroup.logs import log_to_file
 from taskgroup.stages.validate import validate_estimator
 
@@ -15,8 +16,7 @@ validate_estimator(
     figure_path=snakemake.output.figure,
     n_subsets=validation["n_subsets"],
     seed=validation["seed"],
-    training=snakemake.params.training,
-    finetune_seed=snakemake.params.finetune_seed,
+    finetune=FinetuneSettings.from_mapping(snakemake.params.finetune),
     clustering=snakemake.params.clustering,
     scales=validation["scales"],
     threads=snakemake.threads,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pandas as pd
+import torch
 
 from taskgroup.data.examples import TaskData
 from taskgroup.models.network import MultiHeadNet
@@ -16,19 +19,47 @@ from taskgroup.seeding import derived_seed
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """How the estimator "finetune" trains each subset: ``training`` (epochs, lr, batch_size,
+    weight_decay), and ``seed``, from which each subset's own seed is derived."""
+
+    training: TrainSettings
+    seed: int
+
+    @classmethod
+    def from_mapping(cls, section: Mapping) -> FinetuneSettings:
+        """From the finetune config section (epochs, lr, batch_size, weight_decay, seed).
+        Raises KeyError when a key is missing."""
+        training = TrainSettings(
+            section["epochs"], section["lr"], section["batch_size"], section["weight_decay"]
+        )
+        return cls(training, int(section["seed"]))
+
+
+def finetuned_model(
+    meta_model: MultiHeadNet, data: TaskData, task_indices: torch.Tensor,
+    settings: FinetuneSettings, subset_id: int,
+) -> MultiHeadNet:
+    """A copy of ``meta_model`` trained on the training examples of the tasks
+    ``task_indices`` with the seed derived from (settings.seed, subset_id), so a subset's
+    model does not depend on which other subsets are fine-tuned with it."""
+    model = copy.deepcopy(meta_model)
+    fit(model, data, task_indices, settings.training, seed=derived_seed(settings.seed, subset_id))
+    return model
+
+
 def finetune_values(
     meta_model: MultiHeadNet,
     data: TaskData,
     subsets: pd.DataFrame,
-    settings: TrainSettings,
-    seed: int,
+    settings: FinetuneSettings,
     metric: str = "auto",
 ) -> pd.DataFrame:
     """f_i(S) for every subset S in ``subsets`` and every member i, by real fine-tuning.
 
-    Each subset starts from a copy of ``meta_model`` and is trained on its members' training
-    examples with a seed derived from (seed, subset_id), so a subset's value does not depend
-    on which chunk it was computed in. Returns the subset_values table (see
+    Each subset is fine-tuned by :func:`finetuned_model`, so a subset's value does not
+    depend on which chunk it was computed in. Returns the subset_values table (see
     :mod:`taskgroup.data.tables`) with split "val", estimator "finetune"; its metric column
     holds ``metric`` (evaluation.metric, see :func:`taskgroup.models.training.evaluate`).
     """
@@ -37,8 +68,7 @@ def finetune_values(
     started = time.perf_counter()
     for done, (subset_id, members) in enumerate(grouped, start=1):
         indices = data.task_indices(members.tolist())
-        model = copy.deepcopy(meta_model)
-        fit(model, data, indices, settings, seed=derived_seed(seed, int(subset_id)))
+        model = finetuned_model(meta_model, data, indices, settings, int(subset_id))
         values = evaluate(model, data, indices, splits=("val",), metric=metric)
         values.insert(0, "subset_id", int(subset_id))
         rows.append(values)

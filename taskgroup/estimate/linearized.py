@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from taskgroup.data.designs import membership_matrix
+from taskgroup.estimate.settings import GradientEstimateSettings
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 
 log = logging.getLogger(__name__)
@@ -174,23 +175,22 @@ def estimate_values(
     val: ProjectedSplit,
     subsets: pd.DataFrame,
     task_names: list[str],
-    l2: float,
-    newton_steps: int = 1,
+    settings: GradientEstimateSettings,
     shift_norm=None,
     theta_norm: float | None = None,
-    max_relative_shift: float | None = None,
     batch_subsets: int = 128,
     metric: str = "auto",
     task_types: list[str] | None = None,
 ) -> pd.DataFrame:
-    """f_i(S) for every subset in ``subsets`` and member i from the linearized model.
+    """f_i(S) for every subset in ``subsets`` and member i from the linearized model, each
+    subset's shift fitted with ``settings`` (l2, newton_steps, max_relative_shift).
 
     ``shift_norm`` maps shifts (s, d) to ||P w|| (s,) (a projector's ``shift_norms``); with
     ``theta_norm`` it adds the column relative_shift = ||P w|| / ||theta*|| and applies the
-    optional cap. Subsets are processed ``batch_subsets`` at a time, so memory does not grow
-    with their number. ``task_types``: each task's type (None = all binary; the splits'
-    ``regression`` masks must agree), ``metric``: evaluation.metric. Returns the
-    subset_values table with estimator "gradient".
+    optional cap ``settings.max_relative_shift``. Subsets are processed ``batch_subsets`` at a
+    time, so memory does not grow with their number. ``task_types``: each task's type (None =
+    all binary; the splits' ``regression`` masks must agree, else ValueError), ``metric``:
+    evaluation.metric. Returns the subset_values table with estimator "gradient".
     """
     started = time.perf_counter()
     task_types = task_types or ["binary"] * len(task_names)
@@ -204,11 +204,13 @@ def estimate_values(
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
         block = members[start : start + batch_subsets]
-        weights = fit_shifts(train, block, l2, newton_steps)
+        weights = fit_shifts(train, block, settings.l2, settings.newton_steps)
         relative = torch.full((block.shape[0],), float("nan"), dtype=torch.float64)
         if shift_norm is not None and theta_norm:
             norms = shift_norm(weights).double()
-            weights, norms = cap_shifts(weights, norms, theta_norm, max_relative_shift)
+            weights, norms = cap_shifts(
+                weights, norms, theta_norm, settings.max_relative_shift
+            )
             relative = (norms / theta_norm).cpu()
         loss, accuracy = linearized_values(
             val, weights, block.to(val.z.device), metrics, task_names

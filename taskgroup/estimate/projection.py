@@ -10,11 +10,17 @@ whole: it is regenerated from its seed, one block at a time, whenever it is need
   of the layer's gradient delta [a; 1]^T is (P_out^T delta) (x) (P_in^T [a; 1]): two small
   products instead of one with a p-row matrix. A factor no larger than ``factor_dim`` is
   kept as it is (identity), so small layers are represented exactly.
+
+Both satisfy the :class:`Projector` protocol, so callers never ask which one they hold:
+:func:`make_projector` builds one from :class:`ProjectionSettings`, ``describe()`` gives the
+settings back as a dict, and :func:`from_description` rebuilds an equal projector from it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -24,10 +30,33 @@ from taskgroup.estimate.gradients import (
     layer_shapes,
     per_example_gradients,
 )
+from taskgroup.estimate.settings import KINDS, ProjectionSettings
+from taskgroup.models.network import MultiHeadNet
 from taskgroup.seeding import derived_seed
 
-KINDS = ("rademacher", "gaussian")
-STRUCTURES = ("kronecker", "dense")
+
+@runtime_checkable
+class Projector(Protocol):
+    """A seeded random projection P of a model's parameter gradients (p -> ``dim``)."""
+
+    dim: int
+
+    def to(self, device) -> Projector:
+        """The projector with its matrices on ``device`` (in place; returns itself)."""
+
+    def project(
+        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected gradients z = P^T grad f(x; theta) (n, dim) and outputs f(x; theta) (n,)
+        of n examples ``features`` (n, n_features), ``task_index`` (n,) int64, at ``model``'s
+        parameters (eval mode, no parameter is changed)."""
+
+    def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
+        """||P w|| (s,) for s projected shifts ``weights`` (s, dim)."""
+
+    def describe(self) -> dict:
+        """The settings that rebuild this projector for the same model (see
+        :meth:`ProjectionSettings.description` and :func:`from_description`)."""
 
 
 def random_matrix(rows: int, cols: int, kind: str, seed: int) -> torch.Tensor:
@@ -45,7 +74,8 @@ class KroneckerProjector:
     """Per-layer Kronecker-factored projection of linear-layer gradients.
 
     layer_shapes: (out, in + 1) per linear layer, heads last (see
-    :func:`taskgroup.estimate.gradients.layer_shapes`).
+    :func:`taskgroup.estimate.gradients.layer_shapes`); the model given to :meth:`project`
+    must have these layers.
     """
 
     def __init__(self, layer_shapes, factor_dim: int, kind: str, seed: int):
@@ -71,7 +101,17 @@ class KroneckerProjector:
         self.right = [None if m is None else m.to(device) for m in self.right]
         return self
 
-    def project(self, task_index: torch.Tensor, factors: list[LayerFactors]) -> torch.Tensor:
+    def project(
+        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`Projector.project`: one forward and one backward pass for the layer
+        factors of the batch, then :meth:`project_factors`."""
+        outputs, factors = layer_factors(model, features, task_index)
+        return self.project_factors(task_index, factors), outputs
+
+    def project_factors(
+        self, task_index: torch.Tensor, factors: list[LayerFactors]
+    ) -> torch.Tensor:
         """z (n, dim) from the gradient factors of n examples."""
         parts = []
         last = len(factors) - 1
@@ -102,6 +142,20 @@ class KroneckerProjector:
             squared += (block * gram).sum(dim=(1, 2))
         return squared.clamp(min=0).sqrt()
 
+    def describe(self) -> dict:
+        return ProjectionSettings(
+            "kronecker", self.kind, self.seed, factor_dim=self.factor_dim, dim=None
+        ).description()
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, KroneckerProjector)
+            and self.describe() == other.describe()
+            and self.layer_shapes == other.layer_shapes
+        )
+
+    __hash__ = None
+
 
 class DenseProjector:
     """Dense i.i.d. projection of flattened per-example gradients, regenerated in blocks.
@@ -128,7 +182,20 @@ class DenseProjector:
                 matrix = random_matrix(stop - start, self.dim, self.kind, seed)
                 yield index, slice(start, stop), matrix.to(self.device)
 
-    def project(self, gradients: list[torch.Tensor]) -> torch.Tensor:
+    def project(
+        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`Projector.project`: the full per-example gradients of the batch, then
+        :meth:`project_gradients`."""
+        gradients = per_example_gradients(model, features, task_index)
+        projected = self.project_gradients(
+            [gradients[name] for name, _ in model.named_parameters()]
+        )
+        with torch.no_grad():
+            outputs = model(features, task_index)
+        return projected, outputs
+
+    def project_gradients(self, gradients: list[torch.Tensor]) -> torch.Tensor:
         """z (n, dim) from per-example gradients, one (n, ...) tensor per parameter."""
         flat = [g.flatten(1) for g in gradients]
         projected = torch.zeros(flat[0].shape[0], self.dim, device=flat[0].device)
@@ -143,32 +210,56 @@ class DenseProjector:
             squared += ((weights @ matrix.T.to(weights.dtype)) ** 2).sum(dim=1)
         return squared.sqrt()
 
+    def describe(self) -> dict:
+        return ProjectionSettings(
+            "dense", self.kind, self.seed, factor_dim=None, dim=self.dim
+        ).description()
 
-def make_projector(model, structure: str, dim: int, factor_dim: int, kind: str, seed: int):
-    """The projector of ``structure`` for ``model``'s parameters."""
-    if structure == "kronecker":
-        return KroneckerProjector(layer_shapes(model), factor_dim, kind, seed)
-    if structure == "dense":
-        return DenseProjector([p.numel() for p in model.parameters()], dim, kind, seed)
-    raise ValueError(f"projection.structure = {structure!r}; expected one of {STRUCTURES}")
+    def __eq__(self, other) -> bool:
+        # block_rows only sets the memory of a block, not P: it is not compared.
+        return (
+            isinstance(other, DenseProjector)
+            and self.describe() == other.describe()
+            and self.parameter_sizes == other.parameter_sizes
+        )
+
+    __hash__ = None
+
+
+def make_projector(model: MultiHeadNet, settings: ProjectionSettings) -> Projector:
+    """The projector of ``settings`` for ``model``'s parameters (on the CPU)."""
+    if settings.structure == "kronecker":
+        return KroneckerProjector(
+            layer_shapes(model), settings.factor_dim, settings.kind, settings.seed
+        )
+    return DenseProjector(
+        [p.numel() for p in model.parameters()], settings.dim, settings.kind, settings.seed
+    )
+
+
+def from_description(model: MultiHeadNet, description: Mapping) -> Projector:
+    """The projector that ``describe()`` described, rebuilt for ``model`` (equal to the
+    original when ``model`` has the same parameter shapes). ``description`` may hold more
+    keys (a projection table row): see :meth:`ProjectionSettings.from_mapping`."""
+    return make_projector(model, ProjectionSettings.from_mapping(description))
+
+
+def parameter_norm(model: MultiHeadNet) -> float:
+    """||theta|| of all of ``model``'s parameters, flattened into one vector."""
+    return float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
 
 
 def project_examples(
-    model, projector, features: torch.Tensor, task_index: torch.Tensor, batch_size: int = 4096
+    model: MultiHeadNet, projector: Projector, features: torch.Tensor, task_index: torch.Tensor,
+    batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradients z (n, dim) and outputs f(x; theta) (n,) of n examples, in
-    batches of ``batch_size`` (eval mode, no parameter is changed)."""
+    batches of ``batch_size`` examples (which sets the peak memory)."""
     projected, outputs = [], []
     for start in range(0, features.shape[0], batch_size):
-        x = features[start : start + batch_size]
-        t = task_index[start : start + batch_size]
-        if isinstance(projector, KroneckerProjector):
-            output, factors = layer_factors(model, x, t)
-            projected.append(projector.project(t, factors))
-        else:
-            gradients = per_example_gradients(model, x, t)
-            projected.append(projector.project([gradients[n] for n, _ in model.named_parameters()]))
-            with torch.no_grad():
-                output = model(x, t)
+        z, output = projector.project(
+            model, features[start : start + batch_size], task_index[start : start + batch_size]
+        )
+        projected.append(z)
         outputs.append(output)
     return torch.cat(projected), torch.cat(outputs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 
 import numpy as np
@@ -10,11 +10,11 @@ import pandas as pd
 import torch
 
 from taskgroup.data.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
-from taskgroup.estimate.finetune import finetune_values
+from taskgroup.estimate.finetune import FinetuneSettings, finetune_values, finetuned_model
+from taskgroup.estimate.validity import first_order_validity
 from taskgroup.models.network import load_checkpoint
-from taskgroup.models.training import TrainSettings, evaluate, fit
-from taskgroup.report.validation import agreement, first_order_validity, per_task_relative_error
-from taskgroup.seeding import derived_seed
+from taskgroup.models.training import evaluate
+from taskgroup.report.validation import agreement, per_task_relative_error
 from taskgroup.stages.common import load_task_data, prepare_torch
 
 log = logging.getLogger(__name__)
@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 def validate_estimator(
     examples_path, tasks_path, model_path, subsets_path, estimate_path, per_subset_path,
-    summary_path, validity_path, figure_path, n_subsets: int, seed: int, training: dict,
-    finetune_seed: int, clustering: dict, scales, threads: int = 1, metric: str = "auto",
+    summary_path, validity_path, figure_path, n_subsets: int, seed: int,
+    finetune: FinetuneSettings, clustering: dict, scales, threads: int = 1, metric: str = "auto",
 ) -> None:
     """Real fine-tuning (two seeds) of ``n_subsets`` subsets drawn from the design, compared
-    with the gradient estimate of the same subsets and with the no-change estimate.
+    with the gradient estimate of the same subsets and with the no-change estimate. The
+    first seed is ``finetune``'s (so these fine-tunings are finetune_subsets'), the second
+    one is that seed + 1.
 
     Writes the per-(subset, task) errors, the summary figures of each comparison (the
     affinity and cluster figures only mean something when n_subsets is a sizeable share of
@@ -46,9 +48,9 @@ def validate_estimator(
     estimate = estimate[estimate["subset_id"].isin(chosen)].drop(
         columns=["relative_shift"], errors="ignore"
     )
-    settings = TrainSettings(**training)
-    real = finetune_values(meta, data, held_out, settings, finetune_seed, metric)
-    other = finetune_values(meta, data, held_out, settings, finetune_seed + 1, metric)
+    real = finetune_values(meta, data, held_out, finetune, metric)
+    other_seed = dataclasses.replace(finetune, seed=finetune.seed + 1)
+    other = finetune_values(meta, data, held_out, other_seed, metric)
     base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
     base_loss = base.set_index("task")["loss"]
     trivial = real.copy()
@@ -66,8 +68,7 @@ def validate_estimator(
     curves = []
     for subset_id, members in held_out.groupby("subset_id")["task"]:
         indices = data.task_indices(members.tolist()).to(device)
-        tuned = copy.deepcopy(meta)
-        fit(tuned, data, indices, settings, seed=derived_seed(finetune_seed, int(subset_id)))
+        tuned = finetuned_model(meta, data, indices, finetune, int(subset_id))
         curves.append(first_order_validity(meta, tuned, data, indices, scales, int(subset_id)))
     curve = pd.concat(curves, ignore_index=True)
     write_table(pd.concat(per_subset, ignore_index=True), per_subset_path)
