@@ -26,7 +26,10 @@ rule validate_estimator:
         validation=sorted_params(config["validation"]),
         training=training_params("finetune"),
         finetune_seed=config["finetune"]["seed"],
-        clustering=validation_clustering(),
+        # the estimated and real affinities are clustered with the primary method ("auto"
+        # is resolved on the real one)
+        clustering=clustering_params(),
+        clustering_method=METHODS[0],
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/validate_estimator.py"

@@ -1,3 +1,4 @@
+from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.logs import log_to_file
 from taskgroup.stages.validate import validate_estimator
 
@@ -17,7 +18,8 @@ validate_estimator(
     seed=validation["seed"],
     training=snakemake.params.training,
     finetune_seed=snakemake.params.finetune_seed,
-    clustering=snakemake.params.clustering,
+    clustering=ClusteringSettings(**snakemake.params.clustering),
+    clustering_method=snakemake.params.clustering_method,
     scales=validation["scales"],
     threads=snakemake.threads,
     metric=snakemake.params.metric,

@@ -11,6 +11,7 @@ import torch
 
 from taskgroup.data.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
 from taskgroup.estimate.finetune import finetune_values
+from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import load_checkpoint
 from taskgroup.models.training import TrainSettings, evaluate, fit
 from taskgroup.report.validation import agreement, first_order_validity, per_task_relative_error
@@ -23,10 +24,12 @@ log = logging.getLogger(__name__)
 def validate_estimator(
     examples_path, tasks_path, model_path, subsets_path, estimate_path, per_subset_path,
     summary_path, validity_path, figure_path, n_subsets: int, seed: int, training: dict,
-    finetune_seed: int, clustering: dict, scales, threads: int = 1, metric: str = "auto",
+    finetune_seed: int, clustering: ClusteringSettings, clustering_method: str, scales,
+    threads: int = 1, metric: str = "auto",
 ) -> None:
     """Real fine-tuning (two seeds) of ``n_subsets`` subsets drawn from the design, compared
-    with the gradient estimate of the same subsets and with the no-change estimate.
+    with the gradient estimate of the same subsets and with the no-change estimate (the
+    affinities of each are clustered by ``clustering_method`` under ``clustering``).
 
     Writes the per-(subset, task) errors, the summary figures of each comparison (the
     affinity and cluster figures only mean something when n_subsets is a sizeable share of
@@ -59,7 +62,9 @@ def validate_estimator(
         errors = per_task_relative_error(values, real)
         errors.insert(0, "estimator", name)
         per_subset.append(errors)
-        figures = agreement(values, real, base_loss, data.task_names, clustering)
+        figures = agreement(
+            values, real, base_loss, data.task_names, clustering, clustering_method
+        )
         summary.append({"estimator": name, "n_subsets": len(chosen), **figures})
     summary = pd.DataFrame(summary)
     log.info("estimator validation on %d subsets:\n%s", len(chosen), summary.to_string())
