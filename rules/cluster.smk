@@ -14,7 +14,7 @@ checkpoint cluster_tasks:
     conda:
         "../envs/taskgroup.yaml"
     params:
-        **clustering_params(),
+        clustering=clustering_params(),
         methods=METHODS,
     script:
         "../workflow_scripts/cluster_tasks.py"

@@ -127,19 +127,21 @@ def training_params(section):
 
 
 def clustering_params():
-    """The clustering settings shared by cluster_tasks and validate_estimator (the schema
-    fills in the defaults)."""
+    """The fields of ClusteringSettings (the config section without the methods, which
+    each rule names itself), shared by cluster_tasks and validate_estimator; the schema
+    fills in the defaults."""
     return {
         key: config["clustering"][key]
         for key in ("similarity", "rounding", "n_clusters", "max_clusters", "seed")
     }
 
 
-def validation_clustering():
-    """How validate_estimator clusters the estimated and real affinities: the primary
-    method with the configured number of clusters ("auto" is resolved on the real one).
-    """
-    return {"method": METHODS[0], **clustering_params()}
+def surrogate_params():
+    """The fields of SurrogateSettings: the config section without "enabled" (the schema
+    fills in the defaults), keys sorted."""
+    return sorted_params(
+        {key: value for key, value in config["surrogates"].items() if key != "enabled"}
+    )
 
 
 def subset_values(design):

@@ -25,6 +25,6 @@ rule fit_surrogates:
     conda:
         "../envs/taskgroup.yaml"
     params:
-        surrogates=sorted_params(config["surrogates"]),
+        surrogates=surrogate_params(),
     script:
         "../workflow_scripts/fit_surrogates.py"

@@ -25,7 +25,10 @@ rule validate_estimator:
     params:
         validation=sorted_params(config["validation"]),
         finetune=sorted_params(config["finetune"]),
-        clustering=validation_clustering(),
+        # the estimated and real affinities are clustered with the primary method ("auto"
+        # is resolved on the real one)
+        clustering=clustering_params(),
+        clustering_method=METHODS[0],
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/validate_estimator.py"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from taskgroup.data.datasets import DatasetKind, dataset_kind
 from taskgroup.data.designs import check_subset_design
 from taskgroup.data.task_types import check_metric
-from taskgroup.group.groupings import BASELINES
+from taskgroup.group.groupings import BASELINES, check_n_clusters
 
 
 class ConfigError(ValueError):
@@ -81,10 +81,11 @@ def check_config(config: dict) -> None:
         )
     clustering = config["clustering"]
     n_clusters = clustering["n_clusters"]
-    if n_clusters != "auto" and n_clusters > k:
-        raise ConfigError(
-            f"config: clustering.n_clusters = {n_clusters} exceeds the number of tasks k = {k}"
-        )
+    if n_clusters != "auto":
+        try:
+            check_n_clusters(n_clusters, k)
+        except ValueError as error:
+            raise ConfigError(f"config: {error}") from None
     if n_clusters == "auto" and k < 3:
         raise ConfigError(
             f"config: clustering.n_clusters = 'auto' needs at least 3 tasks; k = {k}"

@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskgroup.group.affinity import affinity_matrices, affinity_table, square
+from taskgroup.group.affinity import (
+    affinity_matrices,
+    affinity_table,
+    pairwise_matrices,
+    square,
+    transfer_matrices,
+)
+from taskgroup.group.surrogates import pairwise_transfer
 
 NAMES = ["a", "b", "c"]
 
@@ -56,3 +63,50 @@ def test_missing_loss_of_a_member_is_an_error():
     losses = np.array([[1.0, np.nan]])
     with pytest.raises(ValueError, match="no loss"):
         affinity_matrices(membership, losses)
+
+
+def pair_values():
+    """Tasks a, b, c: singleton a twice, pair {a, b} twice, every other singleton and pair
+    once, and a triple that must be ignored."""
+    rows = [
+        (0, "a", 0.48), (1, "b", 0.40), (2, "c", 0.60), (3, "a", 0.52),
+        (4, "a", 0.45), (4, "b", 0.42),
+        (5, "a", 0.55), (5, "c", 0.58),
+        (6, "b", 0.39), (6, "c", 0.61),
+        (7, "b", 0.44), (7, "a", 0.47),
+        (8, "a", 9.0), (8, "b", 9.0), (8, "c", 9.0),
+    ]
+    frame = pd.DataFrame(rows, columns=["subset_id", "task", "loss"])
+    return frame.assign(split="val", metric=0.5, estimator="finetune")
+
+
+def test_pair_transfer_averages_repeated_subsets():
+    alone, together, transfer = transfer_matrices(pair_values(), NAMES)
+    # f_a({a}) = (0.48 + 0.52) / 2; f_a({a, b}) = (0.45 + 0.47) / 2, f_b({a, b}) = (0.42 + 0.44) / 2
+    np.testing.assert_allclose(alone, [0.5, 0.4, 0.6])
+    expected_with = np.array(
+        [[np.nan, 0.46, 0.55], [0.43, np.nan, 0.39], [0.58, 0.61, np.nan]]
+    )
+    np.testing.assert_allclose(together, expected_with)
+    np.testing.assert_allclose(transfer, expected_with - np.array([[0.5], [0.4], [0.6]]))
+    np.testing.assert_allclose(transfer[0, 1], -0.04)
+    # The pairwise affinity and the surrogates' ground truth read the same numbers.
+    raw, _ = pairwise_matrices(pair_values(), NAMES)
+    np.testing.assert_allclose(raw, np.nan_to_num(transfer, nan=0.0))
+    table = pairwise_transfer(pair_values(), NAMES)
+    off = ~np.eye(3, dtype=bool)
+    np.testing.assert_allclose(table["transfer"], transfer[off])
+    np.testing.assert_allclose(table["loss_with"], together[off])
+
+
+def test_pair_transfer_names_what_is_missing():
+    values = pair_values()
+    only_singletons = values[values["subset_id"] <= 3]
+    with pytest.raises(ValueError, match=r"3 pair\(s\) without 'val' losses of both members, "
+                       r"e.g. \[\('a', 'b'\), \('a', 'c'\), \('b', 'c'\)\] "
+                       r"\(no value for a trained with b\)"):
+        transfer_matrices(only_singletons, NAMES)
+    with pytest.raises(ValueError, match=r"subset values name tasks \['d'\]"):
+        transfer_matrices(pd.concat([values, values.iloc[:1].assign(task="d")]), NAMES)
+    with pytest.raises(ValueError, match="no rows with split == 'test'"):
+        transfer_matrices(values, NAMES, split="test")

@@ -3,12 +3,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from taskgroup.group import clustering
 from taskgroup.group.clustering import (
     METHODS,
     ROUNDINGS,
+    ClusteringSettings,
     average_density,
     canonical_labels,
     choose_n_clusters,
+    cluster,
     partition,
     repair_partition,
     round_sdp_solution,
@@ -16,6 +19,14 @@ from taskgroup.group.clustering import (
     solve_sdp,
     threshold_memberships,
 )
+from taskgroup.group.groupings import check_n_clusters
+
+
+def settings(n_clusters, similarity="profile", seed=0, rounding="kmeans", max_clusters=10):
+    return ClusteringSettings(
+        similarity=similarity, rounding=rounding, n_clusters=n_clusters,
+        max_clusters=max_clusters, seed=seed,
+    )
 
 
 def block_matrix(sizes, within=1.0, between=-0.5, noise=0.0, seed=0):
@@ -30,23 +41,23 @@ def block_matrix(sizes, within=1.0, between=-0.5, noise=0.0, seed=0):
 def test_spectral_recovers_noisy_blocks(similarity):
     matrix, truth = block_matrix([4, 5, 3], noise=0.3, seed=1)
     order = np.random.default_rng(2).permutation(len(truth))
-    labels = partition(matrix[np.ix_(order, order)], 3, "spectral", similarity, seed=0)
+    labels = partition(matrix[np.ix_(order, order)], "spectral", settings(3, similarity))
     assert adjusted_rand_score(truth[order], labels) == 1.0
 
 
 def test_labels_are_canonical_and_deterministic():
     matrix, _ = block_matrix([3, 3, 3], noise=0.1)
-    first = partition(matrix, 3, "spectral", "profile", seed=0)
+    first = partition(matrix, "spectral", settings(3))
     assert first.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert canonical_labels(np.array([5, 5, 2, 7, 2])).tolist() == [0, 0, 1, 2, 1]
 
 
 def test_trivial_cluster_counts_and_bad_counts():
     matrix, _ = block_matrix([2, 2])
-    assert partition(matrix, 1, "spectral", "profile", 0).tolist() == [0, 0, 0, 0]
-    assert partition(matrix, 4, "spectral", "profile", 0).tolist() == [0, 1, 2, 3]
+    assert partition(matrix, "spectral", settings(1)).tolist() == [0, 0, 0, 0]
+    assert partition(matrix, "spectral", settings(4)).tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="n_clusters = 5"):
-        partition(matrix, 5, "spectral", "profile", 0)
+        partition(matrix, "spectral", settings(5))
 
 
 def test_similarity_is_symmetric_positive_and_tolerates_nan():
@@ -77,7 +88,7 @@ def test_sdp_on_clean_blocks_is_the_block_indicator():
     # The SDP value of a partition is its average density.
     assert np.sum(matrix * solution) == pytest.approx(average_density(matrix, truth), abs=1e-4)
     for rounding in ROUNDINGS:
-        labels = round_sdp_solution(solution, matrix, 3, rounding, seed=0)
+        labels = round_sdp_solution(solution, matrix, 3, rounding, 0)
         assert adjusted_rand_score(truth, labels) == 1.0
 
 
@@ -133,9 +144,9 @@ def noisy_blocks():
 )
 def test_methods_recover_noisy_blocks(method, rounding):
     matrix, truth = noisy_blocks()
-    labels = partition(matrix, 3, method, "profile", seed=0, rounding=rounding)
+    labels = partition(matrix, method, settings(3, rounding=rounding))
     assert adjusted_rand_score(truth, labels) == 1.0
-    assert partition(matrix, 3, method, "profile", 0, rounding).tolist() == labels.tolist()
+    assert partition(matrix, method, settings(3, rounding=rounding)).tolist() == labels.tolist()
     # No partition beats the SDP relaxation's value on the same kernel.
     kernel = similarity_kernel(matrix, "profile")
     bound = np.sum(kernel * solve_sdp(kernel, 3))
@@ -145,14 +156,15 @@ def test_methods_recover_noisy_blocks(method, rounding):
 @pytest.mark.parametrize("method", METHODS)
 def test_trivial_counts_for_every_method(method):
     matrix, _ = block_matrix([2, 2])
-    assert partition(matrix, 1, method, "profile", 0).tolist() == [0, 0, 0, 0]
-    assert partition(matrix, 4, method, "profile", 0).tolist() == [0, 1, 2, 3]
+    assert partition(matrix, method, settings(1)).tolist() == [0, 0, 0, 0]
+    assert partition(matrix, method, settings(4)).tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_choose_n_clusters_finds_the_planted_count(method):
     matrix, _ = noisy_blocks()
-    chosen, table = choose_n_clusters(matrix, method, "profile", 0, candidates=range(2, 8))
+    result = choose_n_clusters(matrix, method, settings("auto"), candidates=range(2, 8))
+    chosen, table = result.n_clusters, result.scan
     assert chosen == 3
     assert table["n_clusters"].tolist() == list(range(2, 8))
     assert table.loc[table["score"].idxmax(), "n_clusters"] == 3
@@ -160,25 +172,35 @@ def test_choose_n_clusters_finds_the_planted_count(method):
 
 def test_choose_n_clusters_edge_cases():
     matrix, _ = block_matrix([1, 1])
-    chosen, table = choose_n_clusters(matrix, "lloyd", "profile", 0)
+    result = choose_n_clusters(matrix, "lloyd", settings("auto"))
+    chosen, table = result.n_clusters, result.scan
     assert chosen == 1 and table.empty
-    # The default scan runs 2 .. k - 1.
-    _, table = choose_n_clusters(block_matrix([2, 3])[0], "spectral", "exp", 0)
+    assert result.labels.tolist() == [0, 0]
+    # The default scan runs 2 .. k - 1 (here below max_clusters) ...
+    table = choose_n_clusters(block_matrix([2, 3])[0], "spectral", settings("auto", "exp")).scan
     assert table["n_clusters"].tolist() == [2, 3, 4]
+    # ... and stops at max_clusters.
+    table = choose_n_clusters(block_matrix([2, 3])[0], "spectral",
+                              settings("auto", "exp", max_clusters=3)).scan
+    assert table["n_clusters"].tolist() == [2, 3]
     with pytest.raises(ValueError, match="candidates .* between 2 and k - 1 = 3"):
-        choose_n_clusters(block_matrix([2, 2])[0], "lloyd", "profile", 0, candidates=[4])
+        choose_n_clusters(block_matrix([2, 2])[0], "lloyd", settings("auto"), candidates=[4])
 
 
 def test_bad_names_raise_naming_the_key_and_the_choices():
     matrix, _ = block_matrix([2, 2])
     with pytest.raises(ValueError, match=r"clustering.method = 'kmeans'.*'spectral', 'lloyd'"):
-        partition(matrix, 2, "kmeans", "profile", 0)
+        partition(matrix, "kmeans", settings(2))
     with pytest.raises(ValueError, match=r"clustering.rounding = 'round'.*'kmeans', 'threshold'"):
-        partition(matrix, 2, "sdp", "profile", 0, rounding="round")
+        partition(matrix, "sdp", settings(2, rounding="round"))
     with pytest.raises(ValueError, match="clustering.rounding = 'round'"):
-        round_sdp_solution(np.eye(4), matrix, 2, "round")
+        round_sdp_solution(np.eye(4), matrix, 2, "round", 0)
     with pytest.raises(ValueError, match="clustering.method = 'sdpp'"):
-        choose_n_clusters(matrix, "sdpp", "profile", 0)
+        choose_n_clusters(matrix, "sdpp", settings("auto"))
+    with pytest.raises(ValueError, match="clustering.similarity = 'cosine'.*'profile', 'exp'"):
+        settings(2, similarity="cosine")
+    with pytest.raises(ValueError, match="clustering.n_clusters = 'many'; expected an int"):
+        settings("many")
 
 
 def test_sdp_falls_back_to_scs_and_reports_a_bad_status(monkeypatch):
@@ -202,3 +224,57 @@ def test_sdp_falls_back_to_scs_and_reports_a_bad_status(monkeypatch):
     monkeypatch.setattr(cp.Problem, "solve", infeasible)
     with pytest.raises(RuntimeError, match="status 'infeasible'"):
         solve_sdp(matrix, 2)
+
+
+@pytest.mark.parametrize("n_clusters, message", [
+    (0, r"clustering.n_clusters = 0 is below 1 \(it must lie between 1 and the number of "
+        r"tasks k = 4\)"),
+    (5, r"clustering.n_clusters = 5 exceeds the number of tasks k = 4 \(it must lie between 1 "
+        r"and k\)"),
+])
+def test_cluster_count_outside_one_to_k_raises_one_message(n_clusters, message):
+    matrix, _ = block_matrix([2, 2])
+    with pytest.raises(ValueError, match=message):
+        check_n_clusters(n_clusters, 4)
+    for method in METHODS:
+        with pytest.raises(ValueError, match=message):
+            partition(matrix, method, settings(n_clusters))
+    with pytest.raises(ValueError, match=message):
+        solve_sdp(matrix, n_clusters)
+    check_n_clusters(1, 4)
+    check_n_clusters(4, 4)
+
+
+def count_sdp_solves(monkeypatch):
+    calls = []
+    solve = clustering.solve_sdp
+
+    def counted(matrix, n_clusters):
+        calls.append(n_clusters)
+        return solve(matrix, n_clusters)
+
+    monkeypatch.setattr(clustering, "solve_sdp", counted)
+    return calls
+
+
+def test_auto_solves_each_candidate_sdp_once_and_keeps_the_winners_labels(monkeypatch):
+    matrix, truth = noisy_blocks()
+    calls = count_sdp_solves(monkeypatch)
+    result = cluster(matrix, "sdp", settings("auto", max_clusters=5))
+    # one SDP per candidate 2..5: the chosen count is not solved again
+    assert calls == [2, 3, 4, 5]
+    assert result.n_clusters == 3 and result.scan["n_clusters"].tolist() == [2, 3, 4, 5]
+    assert adjusted_rand_score(truth, result.labels) == 1.0
+    # the labels a separate partition at the chosen count gives (the former two-step way)
+    again = partition(matrix, "sdp", settings(3))
+    assert calls == [2, 3, 4, 5, 3]
+    assert result.labels.dtype == np.int64 and result.labels.tolist() == again.tolist()
+
+
+def test_cluster_with_a_configured_count_is_partition():
+    matrix, _ = noisy_blocks()
+    result = cluster(matrix, "lloyd", settings(3))
+    assert result.scan is None and result.n_clusters == 3
+    assert result.labels.tolist() == partition(matrix, "lloyd", settings(3)).tolist()
+    with pytest.raises(ValueError, match="cluster\\(\\) resolves 'auto'"):
+        partition(matrix, "lloyd", settings("auto"))

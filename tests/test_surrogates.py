@@ -6,6 +6,7 @@ import pytest
 
 from taskgroup.data.designs import design_table, random_design, singletons_and_pairs
 from taskgroup.group.surrogates import (
+    SurrogateSettings,
     fit,
     membership_design,
     pairwise_transfer,
@@ -15,6 +16,13 @@ from taskgroup.group.surrogates import (
 )
 
 NAMES = [f"t{i}" for i in range(8)]
+
+
+def settings(alpha=1e-2, n_folds=5, seed=0):
+    """The settings of the fit (threshold and anchor_singletons are not used by ``fit``)."""
+    return SurrogateSettings(
+        alpha=alpha, n_folds=n_folds, threshold=0.0, seed=seed, anchor_singletons=False
+    )
 
 
 def additive_values(subsets, names, base, theta, noise, seed):
@@ -64,7 +72,7 @@ def test_surrogate_recovers_additive_coefficients(planted_theta):
     base, theta = planted_theta
     subsets = random_sized_subsets(NAMES, count=300, seed=0)
     values = additive_values(subsets, NAMES, base, theta, noise=0.005, seed=1)
-    coefficients, quality = fit(subsets, values, NAMES)
+    coefficients, quality = fit(subsets, values, NAMES, settings())
 
     assert list(coefficients.columns) == ["target", "source", "coefficient", "intercept",
                                           "n_subsets"]
@@ -83,14 +91,14 @@ def test_surrogate_recovers_additive_coefficients(planted_theta):
     assert (quality["r2"] > 0.95).all() and (quality["spearman"] > 0.9).all()
     assert quality["mse"].max() < 0.005**2 * 2
     # same seed, same folds, same numbers
-    pd.testing.assert_frame_equal(quality, fit(subsets, values, NAMES)[1])
+    pd.testing.assert_frame_equal(quality, fit(subsets, values, NAMES, settings())[1])
 
 
 def test_fixed_size_design_gives_coefficients_relative_to_the_average_source(planted_theta):
     base, theta = planted_theta
     subsets = random_design(NAMES, size=4, count=60, seed=2)
     values = additive_values(subsets, NAMES, base, theta, noise=0.0, seed=0)
-    coefficients, _ = fit(subsets, values, NAMES, alpha=1e-8)
+    coefficients, _ = fit(subsets, values, NAMES, settings(alpha=1e-8))
     fitted = as_matrix(coefficients)
     off = ~np.eye(len(NAMES), dtype=bool)
     relative = np.where(off, theta, np.nan)
@@ -103,7 +111,7 @@ def test_surrogate_on_the_pair_design_is_the_pairwise_transfer(planted_theta, ca
     subsets = design_table(singletons_and_pairs(len(NAMES)), NAMES)
     values = additive_values(subsets, NAMES, base, theta, noise=0.0, seed=0)
     with caplog.at_level(logging.WARNING, logger="taskgroup.group.surrogates"):
-        coefficients, quality = fit(subsets, values, NAMES, alpha=1e-9)
+        coefficients, quality = fit(subsets, values, NAMES, settings(alpha=1e-9))
     # 8 subsets per target are too few for 5-fold hold-out
     assert quality["r2"].isna().all() and quality["spearman"].isna().all()
     assert "fewer than 2 * n_folds = 10" in caplog.text
@@ -114,7 +122,7 @@ def test_surrogate_on_the_pair_design_is_the_pairwise_transfer(planted_theta, ca
     np.testing.assert_allclose(merged["transfer"], theta[
         merged["target"].map(NAMES.index), merged["source"].map(NAMES.index)
     ], atol=1e-12)
-    overall = score_negative_transfer(coefficients, pairwise).iloc[-1]
+    overall = score_negative_transfer(coefficients, pairwise, 0.0).iloc[-1]
     assert overall["f1"] == 1.0
 
 
@@ -216,7 +224,7 @@ def test_singletons_anchor_a_fixed_size_design_to_absolute_effects(planted_theta
     assert anchored_subsets["subset_id"].is_unique is False  # long table, one row per member
     assert anchored_subsets["subset_id"].nunique() == 60 + len(NAMES)
     assert (anchored_values["design"] == "random+singletons").all()
-    coefficients, _ = fit(anchored_subsets, anchored_values, NAMES, alpha=1e-8)
+    coefficients, _ = fit(anchored_subsets, anchored_values, NAMES, settings(alpha=1e-8))
     off = ~np.eye(len(NAMES), dtype=bool)
     np.testing.assert_allclose(as_matrix(coefficients)[off], theta[off], atol=1e-5)
     scores = score_negative_transfer(coefficients, pairwise_transfer(pair_values, NAMES), 0.0)

@@ -1,3 +1,4 @@
+from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.logs import log_to_file
 from taskgroup.stages.cluster import cluster_tasks
 
@@ -9,9 +10,5 @@ cluster_tasks(
     objective_path=snakemake.output.objective,
     source=snakemake.wildcards.source,
     methods=snakemake.params.methods,
-    similarity=snakemake.params.similarity,
-    rounding=snakemake.params.rounding,
-    n_clusters=snakemake.params.n_clusters,
-    max_clusters=snakemake.params.max_clusters,
-    seed=snakemake.params.seed,
+    settings=ClusteringSettings(**snakemake.params.clustering),
 )

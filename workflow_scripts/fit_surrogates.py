@@ -1,8 +1,8 @@
+from taskgroup.group.surrogates import SurrogateSettings
 from taskgroup.logs import log_to_file
 from taskgroup.stages.surrogates import fit_surrogates
 
 log_to_file(snakemake.log[0])
-settings = snakemake.params.surrogates
 fit_surrogates(
     values_path=snakemake.input.values,
     subsets_path=snakemake.input.subsets,
@@ -13,11 +13,7 @@ fit_surrogates(
     negative_transfer_path=snakemake.output.negative_transfer,
     selected_path=snakemake.output.selected,
     figure_path=snakemake.output.figure,
-    alpha=settings["alpha"],
-    n_folds=settings["n_folds"],
-    threshold=settings["threshold"],
-    seed=settings["seed"],
-    anchor_singletons=settings["anchor_singletons"],
+    settings=SurrogateSettings(**snakemake.params.surrogates),
     forward_path=snakemake.input.get("forward"),
     comparison_path=snakemake.output.get("comparison"),
 )

@@ -1,4 +1,5 @@
 from taskgroup.estimate.finetune import FinetuneSettings
+from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.logs import log_to_file
 from taskgroup.stages.validate import validate_estimator
 
@@ -17,7 +18,8 @@ validate_estimator(
     n_subsets=validation["n_subsets"],
     seed=validation["seed"],
     finetune=FinetuneSettings.from_mapping(snakemake.params.finetune),
-    clustering=snakemake.params.clustering,
+    clustering=ClusteringSettings(**snakemake.params.clustering),
+    clustering_method=snakemake.params.clustering_method,
     scales=validation["scales"],
     threads=snakemake.threads,
     metric=snakemake.params.metric,

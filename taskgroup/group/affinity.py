@@ -8,6 +8,11 @@ z-scores each target task's values across its subsets and symmetrizes:
 
 where mu_i and sigma_i are the mean and standard deviation of f_i(S) over subsets with i.
 Pairs that no subset covers (n_ij = 0) have NaN raw and normalized values.
+
+The pairwise transfer f_i({i, j}) - f_i({i}) of the singletons-and-pairs design
+(:func:`transfer_matrices`) feeds both the pairwise affinity (:func:`pairwise_matrices`) and
+the ground truth of the surrogates' negative-transfer calls
+(:func:`taskgroup.group.surrogates.pairwise_transfer`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,23 @@ import numpy as np
 import pandas as pd
 
 from taskgroup.data.designs import membership_matrix
+from taskgroup.data.tables import check_columns
+
+# The columns of a subset-values table that the pair design's transfer reads (the full
+# schema is taskgroup.data.tables.SUBSET_VALUES).
+VALUE_COLUMNS = {"subset_id": "int", "task": "str", "split": "str", "loss": "float"}
+
+
+def check_one_design(frame: pd.DataFrame, columns: dict[str, str], source: str) -> None:
+    """Raise ValueError naming ``source`` if a column of ``columns`` is missing or mistyped,
+    or if an optional ``design`` column holds several designs (subset ids restart per
+    design, so the rows of one design must be passed)."""
+    check_columns(frame, columns, source)
+    if "design" in frame.columns and frame["design"].nunique() > 1:
+        raise ValueError(
+            f"{source}: rows of several designs {sorted(frame['design'].unique())}; subset ids "
+            f"are per design, so pass the rows of one design"
+        )
 
 
 def value_matrix(values: pd.DataFrame, task_names: list[str], split: str = "val") -> tuple[
@@ -96,37 +118,87 @@ def long_table(
     )
 
 
+def transfer_matrices(
+    values: pd.DataFrame, task_names: list[str], split: str = "val"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairwise transfer f_i({i, j}) - f_i({i}) from the losses of the pair design.
+
+    values: long subset-values table (subset_id, task, split, loss; an optional ``design``
+    column must hold one design) in which each subset's members are the tasks with rows for
+    it. Only subsets of one task ({i}) and two tasks ({i, j}) are used; larger subsets are
+    ignored.
+    Repeated subsets: every ``split`` loss of task i on {i} (on {i, j}) counts, and
+    f_i({i}) (f_i({i, j})) is their mean; so a subset trained more than once (several
+    subset_ids with the same members) contributes the mean of its losses.
+
+    Returns (alone, together, transfer): alone (k,) = f_i({i}); together (k, k) =
+    f_i({i, j}) at [i, j]; transfer (k, k) = together - alone[:, None] (loss units; > 0 =
+    task j hurts task i); both (k, k) NaN on the diagonal; rows and columns in the order of
+    ``task_names``. Raises ValueError when there is no ``split`` row, when a task is not one
+    of ``task_names``, and naming the missing singletons and pairs.
+    """
+    check_one_design(values, VALUE_COLUMNS, "subset values")
+    chosen = values[values["split"] == split]
+    if chosen.empty:
+        raise ValueError(f"subset values: no rows with split == {split!r}")
+    unknown = sorted(set(chosen["task"]) - set(task_names))
+    if unknown:
+        raise ValueError(f"subset values name tasks {unknown[:5]} that the dataset does not have")
+    size = chosen.groupby("subset_id")["task"].transform("nunique")
+    alone = chosen[size == 1].groupby("task")["loss"].mean()
+    pairs = chosen[size == 2]
+    partner = pairs.merge(
+        pairs[["subset_id", "task"]].rename(columns={"task": "source"}), on="subset_id"
+    )
+    partner = partner[partner["task"] != partner["source"]]
+    k = len(task_names)
+    together = np.where(
+        np.eye(k, dtype=bool),
+        np.nan,
+        partner.groupby(["task", "source"])["loss"].mean().unstack()
+        .reindex(index=task_names, columns=task_names)
+        .to_numpy(dtype=float),
+    )
+    alone = alone.reindex(task_names).to_numpy(dtype=float)
+    missing_single = [name for name, loss in zip(task_names, alone) if np.isnan(loss)]
+    gaps = np.argwhere(np.isnan(together) & ~np.eye(k, dtype=bool))
+    if missing_single or len(gaps):
+        parts = []
+        if missing_single:
+            parts.append(
+                f"{len(missing_single)} singleton(s) without a {split!r} loss, e.g. "
+                f"{missing_single[:5]}"
+            )
+        if len(gaps):
+            missing_pair = sorted({tuple(sorted((task_names[i], task_names[j])))
+                                   for i, j in gaps})
+            i, j = gaps[0]
+            parts.append(
+                f"{len(missing_pair)} pair(s) without {split!r} losses of both members, e.g. "
+                f"{missing_pair[:5]} (no value for {task_names[i]} trained with "
+                f"{task_names[j]})"
+            )
+        raise ValueError(
+            "pairwise transfer needs the pair design (every singleton and pair): "
+            + "; ".join(parts)
+        )
+    return alone, together, together - alone[:, None]
+
+
 def pairwise_matrices(values: pd.DataFrame, task_names: list[str]) -> tuple[
     np.ndarray, np.ndarray
 ]:
     """Raw pairwise transfer R (k, k) and its normalization N (k, k) from the validation
     losses of the singletons-and-pairs design.
 
-    R_ij = f_i({i, j}) - f_i({i}) for i != j (loss units; negative = task j helps task i),
-    R_ii = 0. N flips the sign, z-scores each target's row over j != i, symmetrizes and sets
-    the diagonal to 0, like the higher-order normalization.
+    R_ij = f_i({i, j}) - f_i({i}) for i != j (``transfer_matrices``, whose rule for repeated
+    subsets and errors apply; loss units; negative = task j helps task i), R_ii = 0. N flips
+    the sign, z-scores each target's row over j != i, symmetrizes and sets the diagonal to
+    0, like the higher-order normalization.
     """
-    chosen = values[values["split"] == "val"]
-    sizes = chosen.groupby("subset_id")["task"].transform("size")
-    k = len(task_names)
-    index = pd.Series(np.arange(k), index=task_names)
-    alone = np.full(k, np.nan)
-    singles = chosen[sizes == 1]
-    alone[index[singles["task"]].to_numpy()] = singles["loss"].to_numpy()
-    paired = np.full((k, k), np.nan)
-    pairs = chosen[sizes == 2]
-    partner = pairs.groupby("subset_id")["task"].transform(lambda t: t.iloc[::-1].to_numpy())
-    paired[index[pairs["task"]].to_numpy(), index[partner].to_numpy()] = pairs["loss"].to_numpy()
-    if np.isnan(alone).any():
-        missing = [task_names[i] for i in np.flatnonzero(np.isnan(alone))[:5]]
-        raise ValueError(f"pairwise affinity: no singleton value for tasks {missing}")
-    off_diagonal = ~np.eye(k, dtype=bool)
-    if np.isnan(paired[off_diagonal]).any():
-        i, j = np.argwhere(np.isnan(paired) & off_diagonal)[0]
-        raise ValueError(
-            f"pairwise affinity: no value for {task_names[i]} trained with {task_names[j]}"
-        )
-    raw = np.where(off_diagonal, paired - alone[:, None], 0.0)
+    _, _, transfer = transfer_matrices(values, task_names)
+    off_diagonal = ~np.eye(len(task_names), dtype=bool)
+    raw = np.where(off_diagonal, transfer, 0.0)
     flipped = np.where(off_diagonal, -raw, np.nan)
     mean = np.nanmean(flipped, axis=1, keepdims=True)
     spread = np.nanstd(flipped, axis=1, keepdims=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 
 import cvxpy as cp
 import numpy as np
@@ -10,6 +11,8 @@ import pandas as pd
 from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
+
+from taskgroup.group.groupings import check_n_clusters
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +26,55 @@ N_INIT = 100
 # Solver statuses whose X is used; anything else (infeasible, unbounded, user_limit...) raises.
 ACCEPTED_STATUSES = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
 
-# choose_n_clusters scans 2 .. min(k - 1, MAX_AUTO_CLUSTERS); the reference code uses
-# 20 clusters for 100 tasks, so the cap leaves room above that.
-MAX_AUTO_CLUSTERS = 25
-
-
 SIMILARITIES = ("profile", "exp")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ValueError naming ``clustering.<key>`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"clustering.{key} = {value!r}; expected one of {choices}")
+
+
+@dataclass(frozen=True)
+class ClusteringSettings:
+    """How tasks are clustered: the config section ``clustering`` without ``methods`` (each
+    caller names its method).
+
+    similarity: one of SIMILARITIES, the kernel every method clusters (``similarity_kernel``).
+    rounding: one of ROUNDINGS, how an SDP solution becomes labels (``round_sdp_solution``).
+    n_clusters: an int >= 1, or "auto" for the count ``choose_n_clusters`` picks.
+    max_clusters: the largest count "auto" tries (the scan is 2 .. min(k - 1, max_clusters)).
+    seed: seed of every k-means and spectral fit.
+    Raises ValueError for an unknown similarity or rounding, or an n_clusters that is neither
+    an int nor "auto" (its range depends on k and is checked when clustering).
+    """
+
+    similarity: str
+    rounding: str
+    n_clusters: int | str
+    max_clusters: int
+    seed: int
+
+    def __post_init__(self):
+        _check_choice("similarity", self.similarity, SIMILARITIES)
+        _check_choice("rounding", self.rounding, ROUNDINGS)
+        if self.n_clusters != "auto" and (
+            isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, int)
+        ):
+            raise ValueError(
+                f"clustering.n_clusters = {self.n_clusters!r}; expected an int or 'auto'"
+            )
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """The result of ``cluster``: labels (k,) int64, canonically ordered; n_clusters, the
+    count used (configured or chosen); scan, the (n_clusters, score) table behind an "auto"
+    choice (see ``choose_n_clusters``), None for a configured count."""
+
+    labels: np.ndarray
+    n_clusters: int
+    scan: pd.DataFrame | None
 
 
 def _exp_kernel(matrix: np.ndarray) -> np.ndarray:
@@ -39,27 +85,25 @@ def _exp_kernel(matrix: np.ndarray) -> np.ndarray:
     return (kernel + kernel.T) / 2.0
 
 
-def similarity_kernel(affinity: np.ndarray, similarity: str = "profile") -> np.ndarray:
+def similarity_kernel(affinity: np.ndarray, similarity: str) -> np.ndarray:
     """A nonnegative (k, k) similarity for spectral clustering of a signed affinity matrix.
 
     "exp": exp(A / s) on the affinity entries themselves.
     "profile": exp(C / s) where C_ij is the Pearson correlation of rows i and j of A: two
-        tasks are similar when they relate alike to every other task. Each entry pools k
-        noisy affinities instead of one, which recovered planted groups more reliably
-        (ARI 0.91 to 1.0 against 0.63 to 0.81 for "exp" on six 30-task matrices from real
-        fine-tuning with 600 subsets).
-    Uncovered pairs (NaN) count as 0, the neutral value of a z-scored affinity.
+        tasks are similar when they relate alike to every other task, so each entry pools k
+        noisy affinities instead of one.
+    Uncovered pairs (NaN) count as 0, the neutral value of a z-scored affinity. Raises
+    ValueError for another ``similarity``.
     """
+    _check_choice("similarity", similarity, SIMILARITIES)
     filled = np.nan_to_num(affinity, nan=0.0)
     if similarity == "exp":
         return _exp_kernel(filled)
-    if similarity == "profile":
-        centered = filled - filled.mean(axis=1, keepdims=True)
-        norms = np.linalg.norm(centered, axis=1)
-        norms = np.where(norms > 0, norms, 1.0)
-        correlation = (centered @ centered.T) / np.outer(norms, norms)
-        return _exp_kernel(correlation)
-    raise ValueError(f"clustering.similarity = {similarity!r}; expected one of {SIMILARITIES}")
+    centered = filled - filled.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centered, axis=1)
+    norms = np.where(norms > 0, norms, 1.0)
+    correlation = (centered @ centered.T) / np.outer(norms, norms)
+    return _exp_kernel(correlation)
 
 
 def canonical_labels(labels: np.ndarray) -> np.ndarray:
@@ -82,21 +126,14 @@ def average_density(affinity: np.ndarray, labels: np.ndarray) -> float:
     return float(total)
 
 
-def _check_names(method: str, rounding: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"clustering.method = {method!r}; expected one of {METHODS}")
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"clustering.rounding = {rounding!r}; expected one of {ROUNDINGS}")
-
-
 def _standardized(matrix: np.ndarray) -> np.ndarray:
     """(M - mean) / std of the off-diagonal entries of M (std 0 counts as 1).
 
     On the SDP's feasible set 1^T X 1 = k, so a shift adds a constant to <M, X> and a
-    positive scale multiplies it: the optimal X is the same. Clarabel, however, returned
-    "optimal_inaccurate" on 3 of the 6 NaN-filled planted affinities unscaled and "optimal"
-    on all 6 after this.
+    positive scale multiplies it: the optimal X is the same.
     """
+    # Why standardize at all: Clarabel ends "optimal" rather than "optimal_inaccurate" more
+    # often on a standardized matrix than on the raw one.
     off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
     spread = off_diagonal.std() if off_diagonal.size else 0.0
     return (matrix - (off_diagonal.mean() if off_diagonal.size else 0.0)) / (
@@ -131,13 +168,12 @@ def solve_sdp(matrix: np.ndarray, n_clusters: int) -> np.ndarray:
     partition into clusters C, X_ij = 1/|C| when i and j share C and 0 otherwise is
     feasible and <T, X> is its average density, so X relaxes the cluster indicator.
 
-    Solved by Clarabel (interior point; about 0.2 s for k = 30), SCS as fallback. Raises
-    RuntimeError naming the status when neither ends "optimal" or "optimal_inaccurate".
-    The returned X is symmetrized and clipped at 0 (solver round-off is ~1e-9).
+    Solved by Clarabel (interior point), SCS as fallback. Raises RuntimeError naming the
+    status when neither ends "optimal" or "optimal_inaccurate", ValueError unless
+    1 <= n_clusters <= k. The returned X is symmetrized and clipped at 0 (solver round-off).
     """
     k = matrix.shape[0]
-    if not 1 <= n_clusters <= k:
-        raise ValueError(f"clustering.n_clusters = {n_clusters} must be between 1 and k = {k}")
+    check_n_clusters(n_clusters, k)
     target = _standardized(np.nan_to_num(np.asarray(matrix, dtype=float), nan=0.0))
     solution = cp.Variable((k, k), PSD=True)
     problem = cp.Problem(
@@ -180,9 +216,7 @@ def threshold_memberships(solution: np.ndarray, threshold: float) -> np.ndarray:
 def sdp_threshold(n_clusters: int, k: int) -> float:
     """c / k with c = max(1, n_clusters / 2): half the value X_ij takes within a cluster of
     average size k / n_clusters (1 / size), so a pair needs half the evidence of a typical
-    co-member. Grad-TAG thresholds at 1 / k and its workshop poster at c / k with c > 1; on
-    the SDP of the six planted NaN-filled affinities c = 3 (= 6 / 2) gave ARI 1.0, 0.91, 1.0,
-    1.0, 0.91, 1.0 against 0.91, 0.91, 1.0, 0.91, 0.91, 1.0 for c = 1."""
+    co-member. (Grad-TAG thresholds at 1 / k, its workshop poster at c / k with c > 1.)"""
     return max(1.0, n_clusters / 2.0) / k
 
 
@@ -288,8 +322,7 @@ def _one_hot(labels: np.ndarray) -> np.ndarray:
 
 
 def round_sdp_solution(
-    solution: np.ndarray, matrix: np.ndarray, n_clusters: int, rounding: str = "kmeans",
-    seed: int = 0,
+    solution: np.ndarray, matrix: np.ndarray, n_clusters: int, rounding: str, seed: int
 ) -> np.ndarray:
     """Canonical int64 labels (k,) from an SDP solution X (k, k), repaired by
     ``repair_partition`` against ``matrix`` (the T the SDP maximized).
@@ -299,9 +332,9 @@ def round_sdp_solution(
         cluster share a row; on noisy X the row as a whole votes, not single entries.
     "threshold": greedy X_ij > ``sdp_threshold(n_clusters, k)`` (``threshold_memberships``),
         the Grad-TAG rounding; its number of sets follows the threshold and is then repaired.
+    Raises ValueError for another ``rounding``.
     """
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"clustering.rounding = {rounding!r}; expected one of {ROUNDINGS}")
+    _check_choice("rounding", rounding, ROUNDINGS)
     k = solution.shape[0]
     if rounding == "kmeans":
         membership = _one_hot(_kmeans_labels(solution, n_clusters, seed))
@@ -327,39 +360,37 @@ def _spectral_labels(kernel: np.ndarray, n_clusters: int, seed: int) -> np.ndarr
         return model.fit_predict(kernel)
 
 
-def partition(
-    affinity: np.ndarray, n_clusters: int, method: str, similarity: str, seed: int,
-    rounding: str = "kmeans",
-) -> np.ndarray:
-    """Cluster labels (k,) int64, canonically ordered, for a symmetric (k, k) affinity.
+def partition(affinity: np.ndarray, method: str, settings: ClusteringSettings) -> np.ndarray:
+    """Labels (k,) int64, canonically ordered, of a symmetric (k, k) affinity clustered into
+    exactly ``settings.n_clusters`` clusters (an int: "auto" is resolved by ``cluster``).
 
-    All three methods work on the same matrix, ``similarity_kernel(affinity, similarity)``:
+    All three methods work on the same matrix, ``similarity_kernel(affinity,
+    settings.similarity)``, which keeps them comparable:
     "spectral": spectral clustering with the kernel as precomputed affinity.
     "lloyd": k-means on the kernel's rows, i.e. each task is described by its similarity to
-        every task (with "profile" that is a smoothed correlation profile). On the six
-        30-task planted matrices this gave ARI 1.0 on five and 0.91 on one, the same as
-        k-means on the rows of the affinity itself, and the shared kernel keeps the three
-        methods comparable; with "exp" it is weaker (ARI 0.55 to 0.82).
-    "sdp": ``solve_sdp`` on the kernel, rounded by ``rounding`` (see ``round_sdp_solution``).
-        The profile kernel gave ARI 1.0 on five of the six matrices and 0.91 on one, against
-        three 0.91s for the NaN-filled affinity and 0.63 to 1.0 for the "exp" kernel.
+        every task (with "profile" that is a smoothed correlation profile).
+    "sdp": ``solve_sdp`` on the kernel, rounded by ``settings.rounding`` (see
+        ``round_sdp_solution``).
     Every result goes through ``repair_partition`` so it has exactly n_clusters clusters.
-    ``rounding`` is only used by "sdp" but is checked for every method.
+    Raises ValueError for an unknown method, for n_clusters = "auto", and unless
+    1 <= n_clusters <= k (``check_n_clusters``).
     """
+    n_clusters = settings.n_clusters
+    if n_clusters == "auto":
+        raise ValueError("partition needs a number of clusters; cluster() resolves 'auto'")
     k = affinity.shape[0]
-    if not 1 <= n_clusters <= k:
-        raise ValueError(f"clustering.n_clusters = {n_clusters} must be between 1 and k = {k}")
-    _check_names(method, rounding)
-    kernel = similarity_kernel(affinity, similarity)
+    check_n_clusters(n_clusters, k)
+    _check_choice("method", method, METHODS)
+    kernel = similarity_kernel(affinity, settings.similarity)
     if n_clusters == 1:
         return np.zeros(k, dtype=np.int64)
     if n_clusters == k:
         return np.arange(k, dtype=np.int64)
     if method == "sdp":
-        return round_sdp_solution(solve_sdp(kernel, n_clusters), kernel, n_clusters, rounding,
-                                  seed)
+        solution = solve_sdp(kernel, n_clusters)
+        return round_sdp_solution(solution, kernel, n_clusters, settings.rounding, settings.seed)
     fit = _spectral_labels if method == "spectral" else _kmeans_labels
-    return repair_partition(_one_hot(fit(kernel, n_clusters, seed)), kernel, n_clusters)
+    return repair_partition(_one_hot(fit(kernel, n_clusters, settings.seed)), kernel, n_clusters)
 
 
 def _kernel_distance(kernel: np.ndarray) -> np.ndarray:
@@ -372,30 +403,26 @@ def _kernel_distance(kernel: np.ndarray) -> np.ndarray:
 
 
 def choose_n_clusters(
-    affinity: np.ndarray, method: str, similarity: str, seed: int,
-    candidates=None, rounding: str = "kmeans",
-) -> tuple[int, pd.DataFrame]:
-    """The number of clusters for ``clustering.n_clusters: auto``, and the scan behind it.
+    affinity: np.ndarray, method: str, settings: ClusteringSettings, candidates=None
+) -> Clustering:
+    """The clustering of ``clustering.n_clusters: auto``: the count, its labels and the scan.
 
-    Rule: cluster with ``partition`` (same method, similarity, seed, rounding) for every
-    candidate n (default 2 .. min(k - 1, MAX_AUTO_CLUSTERS)), score each partition by its
-    mean silhouette under the distance log(max K) - log(K_ij) of the similarity kernel K
-    (for "profile": the correlation distance of affinity rows, scaled), and pick the best
-    score, the smallest n on ties.
-    Measured: with "profile" it picked 6 for all three methods on all six 30-task planted
-    matrices (6 planted groups) and on a noiseless 6-block matrix; the eigengap of the
-    normalized Laplacian of the same kernel picked 3 on two of the six. With "exp" the
-    silhouette picked 2 to 11, so prefer "profile" when choosing automatically.
-    Cost: one clustering per candidate, 0.2 to 0.7 s each for k = 30 on a loaded 2-core
-    machine (SDP with k-means rounding the slowest).
+    Rule: cluster with ``partition`` (``method``, ``settings`` with n_clusters replaced) for
+    every candidate n (default 2 .. min(k - 1, settings.max_clusters)), score each partition
+    by its mean silhouette under the distance log(max K) - log(K_ij) of the similarity
+    kernel K (for "profile": the correlation distance of affinity rows, scaled), and pick
+    the best score, the smallest n on ties. The winner's labels are those of the scan (each
+    candidate is clustered once). Cost: one ``partition`` per candidate.
 
-    Returns (chosen n, DataFrame with int64 column n_clusters and float column score).
-    Fewer than 3 tasks leave no candidate: returns 1 and an empty table, with a warning.
+    Returns a Clustering whose scan has int64 column n_clusters and float column score, one
+    row per candidate in ascending order. Fewer than 3 tasks leave no candidate: one
+    cluster and an empty scan, with a warning. Raises ValueError for an unknown method or a
+    candidate outside 2 .. k - 1.
     """
     k = affinity.shape[0]
-    _check_names(method, rounding)
+    _check_choice("method", method, METHODS)
     if candidates is None:
-        candidates = range(2, min(k - 1, MAX_AUTO_CLUSTERS) + 1)
+        candidates = range(2, min(k - 1, settings.max_clusters) + 1)
     candidates = sorted({int(n) for n in candidates})
     if any(not 2 <= n <= k - 1 for n in candidates):
         raise ValueError(
@@ -403,17 +430,25 @@ def choose_n_clusters(
         )
     if not candidates:
         log.warning("choose_n_clusters: no candidate between 2 and k - 1 = %d; using 1", k - 1)
-        return 1, pd.DataFrame(
+        scan = pd.DataFrame(
             {"n_clusters": pd.Series([], dtype="int64"), "score": pd.Series([], dtype=float)}
         )
-    distance = _kernel_distance(similarity_kernel(affinity, similarity))
+        return Clustering(np.zeros(k, dtype=np.int64), 1, scan)
+    distance = _kernel_distance(similarity_kernel(affinity, settings.similarity))
+    labels = [partition(affinity, method, replace(settings, n_clusters=n)) for n in candidates]
     scores = [
-        float(silhouette_score(
-            distance, partition(affinity, n, method, similarity, seed, rounding),
-            metric="precomputed",
-        ))
-        for n in candidates
+        float(silhouette_score(distance, found, metric="precomputed")) for found in labels
     ]
-    table = pd.DataFrame({"n_clusters": np.array(candidates, dtype=np.int64), "score": scores})
+    scan = pd.DataFrame({"n_clusters": np.array(candidates, dtype=np.int64), "score": scores})
     # idxmax returns the first maximum, i.e. the smallest n, since candidates are sorted.
-    return int(table.loc[table["score"].idxmax(), "n_clusters"]), table
+    best = int(scan["score"].idxmax())
+    return Clustering(labels[best], candidates[best], scan)
+
+
+def cluster(affinity: np.ndarray, method: str, settings: ClusteringSettings) -> Clustering:
+    """Cluster a symmetric (k, k) affinity with ``method`` into ``settings.n_clusters``
+    clusters, or, for "auto", into the count ``choose_n_clusters`` picks (its labels are
+    reused, not computed again). Raises as ``partition`` and ``choose_n_clusters``."""
+    if settings.n_clusters == "auto":
+        return choose_n_clusters(affinity, method, settings)
+    return Clustering(partition(affinity, method, settings), settings.n_clusters, None)

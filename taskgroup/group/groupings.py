@@ -10,6 +10,21 @@ import pandas as pd
 BASELINES = ("naive_mtl", "stl", "planted")
 
 
+def check_n_clusters(n_clusters: int, k: int) -> None:
+    """Raise ValueError, naming the config key clustering.n_clusters, unless
+    1 <= n_clusters <= k: a partition of k tasks has between 1 and k groups."""
+    if n_clusters > k:
+        raise ValueError(
+            f"clustering.n_clusters = {n_clusters} exceeds the number of tasks k = {k} "
+            f"(it must lie between 1 and k)"
+        )
+    if n_clusters < 1:
+        raise ValueError(
+            f"clustering.n_clusters = {n_clusters} is below 1 (it must lie between 1 and the "
+            f"number of tasks k = {k})"
+        )
+
+
 def baseline_partition(name: str, tasks: pd.DataFrame) -> pd.DataFrame:
     """The grouping table (task, group) of a baseline.
 

@@ -5,10 +5,10 @@ a subset S that contains i, from the other tasks that S holds:
 
     f_i(S) ~ b_i + sum_{j in S, j != i} theta_ij,
 
-fitted by ridge regression (alpha = 1e-2, intercept not penalized) on 0/1 indicators of the
-other tasks over the sampled subsets that contain i. Losses are "lower is better", so
-theta_ij is in loss units (nats of mean binary cross-entropy for the workflow's tables) per
-included source and
+fitted by ridge regression (strength ``SurrogateSettings.alpha``, intercept not penalized) on
+0/1 indicators of the other tasks over the sampled subsets that contain i. Losses are "lower is
+better", so theta_ij is in loss units (nats of mean binary cross-entropy for the workflow's
+tables) per included source and
 
     theta_ij > 0: including j raises i's loss (negative transfer),
     theta_ij < 0: including j lowers i's loss (positive transfer).
@@ -24,7 +24,8 @@ f_i({i, j}) - f_i({i}). Designs with subsets of several sizes (e.g. singletons, 
 signs absolute.
 
 Ground truth for the negative-transfer report is pairwise: transfer_ij = f_i({i, j}) - f_i({i})
-from the pair design (:func:`pairwise_transfer`); negative transfer means transfer_ij > 0.
+from the pair design (:func:`pairwise_transfer`, computed by
+:func:`taskgroup.group.affinity.transfer_matrices`); negative transfer means transfer_ij > 0.
 """
 
 from __future__ import annotations
@@ -39,36 +40,43 @@ from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
 from taskgroup.data.tables import FORWARD_COMPARISON, FORWARD_SELECTION, check_columns
+from taskgroup.group.affinity import VALUE_COLUMNS, check_one_design, transfer_matrices
 
 log = logging.getLogger(__name__)
 
 # The columns this module reads (the full schemas are in taskgroup.data.tables; an optional
 # ``design`` column, if present, must hold a single design because subset ids restart per design).
 SUBSET_COLUMNS = {"subset_id": "int", "task": "str"}
-VALUE_COLUMNS = {"subset_id": "int", "task": "str", "split": "str", "loss": "float"}
 COEFFICIENT_COLUMNS = {"target": "str", "source": "str", "coefficient": "float"}
 
-DEFAULT_ALPHA = 1e-2
-# Predicted negative transfer = coefficient > threshold (loss units); selected = coefficient <
-# -threshold. 0 is the "no effect" point: with singletons in the design it is exactly the pairwise
-# MTL-minus-STL sign, and it needs no calibration in loss units, whose scale varies between runs
-# (mean same-group coefficient -0.019 to -0.035 nats over the six planted runs). On fixed-size
-# designs 0 means "worse than the average source" (see the module docstring) and no threshold
-# recovers absolute signs. Measured on the six planted runs (600 subsets of 5 out of 30 tasks,
-# "other planted group" as a stand-in for negative transfer): at 0, 88-98% of same-group
-# coefficients are negative but only 52-57% of other-group ones positive (F1 0.68-0.72; about 15
-# of 29 sources selected per target); at -0.01, F1 0.93-0.95. The stand-in is loose (some group
-# pairs are neutral rather than harmful), so the default is not tuned to it.
-DEFAULT_THRESHOLD = 0.0
 
+@dataclass(frozen=True)
+class SurrogateSettings:
+    """The config section ``surrogates`` without ``enabled``.
 
-def _check(frame: pd.DataFrame, columns: dict[str, str], source: str) -> None:
-    check_columns(frame, columns, source)
-    if "design" in frame.columns and frame["design"].nunique() > 1:
-        raise ValueError(
-            f"{source}: rows of several designs {sorted(frame['design'].unique())}; subset ids "
-            f"are per design, so pass the rows of one design"
-        )
+    alpha: ridge strength (> 0) of every surrogate.
+    n_folds: folds (>= 2) of the held-out quality.
+    threshold: in loss units (>= 0); predicted negative transfer = coefficient > threshold,
+        selected source = coefficient < -threshold. 0 is the "no effect" point: with
+        singletons in the design it is exactly the sign of f_i({i, j}) - f_i({i}), and it
+        needs no calibration in loss units, whose scale varies between runs. On fixed-size
+        designs 0 means "worse than the average source" (see the module docstring) and no
+        threshold recovers absolute signs.
+    seed: seed of the held-out folds.
+    anchor_singletons: whether the pair design's singletons join the random design
+        (:func:`with_singletons`), pinning each intercept to the single-task loss.
+    Raises ValueError for n_folds < 2.
+    """
+
+    alpha: float
+    n_folds: int
+    threshold: float
+    seed: int
+    anchor_singletons: bool
+
+    def __post_init__(self):
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds = {self.n_folds} must be at least 2")
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,8 @@ def membership_design(
     such a subset has no (or more than one) loss for the target, or if a value row names a subset
     the design does not hold. A target that no subset contains gives an empty design.
     """
-    _check(subsets, SUBSET_COLUMNS, "subsets")
-    _check(values, VALUE_COLUMNS, "subset values")
+    check_one_design(subsets, SUBSET_COLUMNS, "subsets")
+    check_one_design(values, VALUE_COLUMNS, "subset values")
     if target not in task_names:
         raise ValueError(f"target {target!r} is not one of the {len(task_names)} tasks")
     unknown = sorted(set(subsets["task"]) - set(task_names))
@@ -162,18 +170,17 @@ def fit(
     subsets: pd.DataFrame,
     values: pd.DataFrame,
     task_names: list[str],
-    alpha: float = DEFAULT_ALPHA,
-    n_folds: int = 5,
-    seed: int = 0,
+    settings: SurrogateSettings,
     split: str = "val",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit one ridge surrogate per target task and measure it on held-out subsets.
 
-    Per target i: ``Ridge(alpha, fit_intercept=True)`` of f_i(S) (the ``split`` loss) on the
-    indicators of the other tasks over all subsets containing i (see :func:`membership_design`).
-    Held-out quality: a seeded shuffled k-fold (``n_folds``, ``seed``) over those subsets; every
-    subset is predicted once by the model fitted on the other folds, and the pooled
-    out-of-fold predictions are scored.
+    Per target i: ``Ridge(settings.alpha, fit_intercept=True)`` of f_i(S) (the ``split``
+    loss) on the indicators of the other tasks over all subsets containing i (see
+    :func:`membership_design`). Held-out quality: a seeded shuffled k-fold
+    (``settings.n_folds``, ``settings.seed``) over those subsets; every subset is predicted
+    once by the model fitted on the other folds, and the pooled out-of-fold predictions are
+    scored. ``settings.threshold`` and ``settings.anchor_singletons`` are not used here.
 
     Returns ``(coefficients, quality)``:
 
@@ -190,8 +197,7 @@ def fit(
     out-of-fold predictions with the losses). Targets with fewer than 2 * n_folds subsets get
     NaN quality and a logged warning; constant losses or predictions give NaN r2/spearman.
     """
-    if n_folds < 2:
-        raise ValueError(f"n_folds = {n_folds} must be at least 2")
+    alpha, n_folds = settings.alpha, settings.n_folds
     coefficient_rows = []
     quality_rows = []
     for target in task_names:
@@ -225,7 +231,7 @@ def fit(
             )
             mse = r2 = spearman = np.nan
         else:
-            mse, r2, spearman = _held_out_quality(design, alpha, n_folds, seed)
+            mse, r2, spearman = _held_out_quality(design, alpha, n_folds, settings.seed)
         quality_rows.append((target, n_target, mse, r2, spearman))
     coefficients = pd.concat(coefficient_rows, ignore_index=True)
     quality = pd.DataFrame(
@@ -237,72 +243,30 @@ def fit(
 def pairwise_transfer(
     values: pd.DataFrame, task_names: list[str], split: str = "val"
 ) -> pd.DataFrame:
-    """Ground-truth pairwise transfer from the losses of the pair design.
+    """Ground-truth pairwise transfer from the losses of the pair design, as a long table.
 
-    values: long subset-values table (schema SUBSET_VALUES) in which each subset's members are
-    the tasks with rows for it. Only subsets of one task ({i}) and two tasks ({i, j}) are used;
-    larger subsets are ignored. A subset trained more than once (several subset_ids with the
-    same members) contributes the mean of its losses.
+    values: long subset-values table (schema SUBSET_VALUES); the transfer, its rule for
+    repeated subsets and its errors are those of
+    :func:`taskgroup.group.affinity.transfer_matrices`.
 
     Returns one row per ordered pair target i != source j (k (k - 1) rows, targets then sources
     in task order): target, source (str); loss_alone (float64, f_i({i})); loss_with (float64,
     f_i({i, j})); transfer (float64, loss_with - loss_alone, loss units; > 0 = j hurts i);
     negative (bool, transfer > 0). Raises ValueError naming the missing singletons and pairs.
     """
-    _check(values, VALUE_COLUMNS, "subset values")
-    chosen = values[values["split"] == split]
-    if chosen.empty:
-        raise ValueError(f"subset values: no rows with split == {split!r}")
-    unknown = sorted(set(chosen["task"]) - set(task_names))
-    if unknown:
-        raise ValueError(f"subset values name tasks {unknown[:5]} that the dataset does not have")
-    size = chosen.groupby("subset_id")["task"].transform("nunique")
-    singles = chosen[size == 1]
-    alone = singles.groupby("task")["loss"].mean()
-    pairs = chosen[size == 2]
-    partner = pairs.merge(
-        pairs[["subset_id", "task"]].rename(columns={"task": "source"}), on="subset_id"
-    )
-    partner = partner[partner["task"] != partner["source"]]
-    together = partner.groupby(["task", "source"])["loss"].mean()
-
+    alone, together, transfer = transfer_matrices(values, task_names, split)
     k = len(task_names)
     first, second = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
     off = first != second
     names = np.asarray(task_names, dtype=object)
-    target, source = names[first[off]], names[second[off]]
-    loss_alone = alone.reindex(target).to_numpy(dtype=float)
-    loss_with = together.reindex(pd.MultiIndex.from_arrays([target, source])).to_numpy(
-        dtype=float
-    )
-    missing_single = [name for name in task_names if name not in alone.index]
-    gap = np.isnan(loss_with)
-    missing_pair = sorted({tuple(sorted(pair)) for pair in zip(target[gap], source[gap])})
-    if missing_single or missing_pair:
-        parts = []
-        if missing_single:
-            parts.append(
-                f"{len(missing_single)} singleton(s) without a {split!r} loss, e.g. "
-                f"{missing_single[:5]}"
-            )
-        if missing_pair:
-            parts.append(
-                f"{len(missing_pair)} pair(s) without {split!r} losses of both members, e.g. "
-                f"{missing_pair[:5]}"
-            )
-        raise ValueError(
-            "pairwise transfer needs the pair design (every singleton and pair): "
-            + "; ".join(parts)
-        )
-    transfer = loss_with - loss_alone
     return pd.DataFrame(
         {
-            "target": target,
-            "source": source,
-            "loss_alone": loss_alone,
-            "loss_with": loss_with,
-            "transfer": transfer,
-            "negative": transfer > 0,
+            "target": names[first[off]],
+            "source": names[second[off]],
+            "loss_alone": alone[first[off]],
+            "loss_with": together[off],
+            "transfer": transfer[off],
+            "negative": transfer[off] > 0,
         }
     )
 
@@ -313,9 +277,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def score_negative_transfer(
-    coefficients: pd.DataFrame,
-    pairwise: pd.DataFrame,
-    threshold: float = DEFAULT_THRESHOLD,
+    coefficients: pd.DataFrame, pairwise: pd.DataFrame, threshold: float
 ) -> pd.DataFrame:
     """Precision, recall and F1 of "coefficient > threshold" as a predictor of negative transfer.
 
@@ -371,9 +333,7 @@ def score_negative_transfer(
     return table
 
 
-def selected_sources(
-    coefficients: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD
-) -> pd.DataFrame:
+def selected_sources(coefficients: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per target, the sources the surrogate predicts to help: coefficient < -threshold.
 
     coefficients: long (target, source, coefficient, ...) from :func:`fit`;
@@ -400,12 +360,13 @@ def _jaccard(first: set, second: set) -> float:
 
 
 def compare_with_forward(
-    coefficients: pd.DataFrame, selection: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD
+    coefficients: pd.DataFrame, selection: pd.DataFrame, threshold: float = 0.0
 ) -> pd.DataFrame:
     """Per target, the surrogate's selected sources against forward selection's.
 
     coefficients: from :func:`fit` (target, source, coefficient, intercept); the
-    surrogate's set is :func:`selected_sources` at ``threshold`` (loss units). selection: the
+    surrogate's set is :func:`selected_sources` at ``threshold`` (loss units; the workflow
+    passes ``SurrogateSettings.threshold``, the default 0 is the "no effect" point). selection: the
     forward_selection table (target, step, added, size, subset_id, loss; see
     :mod:`taskgroup.stages.forward`), whose set per target is the sources added at steps >= 1.
 

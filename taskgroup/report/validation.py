@@ -9,6 +9,7 @@ trivial estimate and for a second real fine-tuning (the noise floor).
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.group.affinity import affinity_table, square
-from taskgroup.group.clustering import choose_n_clusters, partition
+from taskgroup.group.clustering import ClusteringSettings, cluster, partition
 
 
 def per_task_relative_error(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -60,30 +61,22 @@ def affinity_distance(estimate, reference, task_names, column: str) -> float:
 
 def agreement(
     estimate: pd.DataFrame, reference: pd.DataFrame, base_loss: pd.Series,
-    task_names: list[str], clustering: dict,
+    task_names: list[str], clustering: ClusteringSettings, method: str,
 ) -> dict[str, float]:
     """The summary figures of ``estimate`` against ``reference`` on the same subsets:
     median relative error, median within-task Spearman, raw and normalized affinity
-    distances, and the ARI between the clusters of the two normalized affinities."""
+    distances, and the ARI between the clusters of the two normalized affinities, both
+    clustered by ``method`` into the same number of clusters (for n_clusters "auto": the
+    count chosen on the reference)."""
     errors = per_task_relative_error(estimate, reference)
-    matrices = [
+    mine, theirs = (
         square(affinity_table(values, task_names), task_names, "normalized")
         for values in (estimate, reference)
-    ]
-    n_clusters = clustering["n_clusters"]
-    if n_clusters == "auto":
-        k = len(task_names)
-        n_clusters, _ = choose_n_clusters(
-            matrices[1], clustering["method"], clustering["similarity"], clustering["seed"],
-            range(2, min(clustering["max_clusters"], k - 1) + 1),
-            rounding=clustering.get("rounding", "kmeans"),
-        )
+    )
+    reference_clusters = cluster(theirs, method, clustering)
     labels = [
-        partition(
-            matrix, n_clusters, clustering["method"], clustering["similarity"],
-            clustering["seed"], rounding=clustering.get("rounding", "kmeans"),
-        )
-        for matrix in matrices
+        partition(mine, method, replace(clustering, n_clusters=reference_clusters.n_clusters)),
+        reference_clusters.labels,
     ]
     return {
         "median_rel_error": float(errors["relative_error"].median()),

@@ -18,30 +18,14 @@ from taskgroup.report.evaluation import ari_against_planted
 log = logging.getLogger(__name__)
 
 
-def _resolve_n_clusters(
-    normalized, n_clusters, max_clusters, method, similarity, seed, rounding="kmeans"
-):
-    """The configured number of clusters, or the automatic choice and its scan table."""
-    if n_clusters != "auto":
-        return int(n_clusters), None
-    k = normalized.shape[0]
-    candidates = range(2, min(max_clusters, k - 1) + 1)
-    chosen, scan = clustering.choose_n_clusters(
-        normalized, method, similarity, seed, candidates, rounding=rounding
-    )
-    log.info("n_clusters auto: scanned %s, chose %d\n%s", list(candidates), chosen,
-             scan.to_string(index=False))
-    return int(chosen), scan
-
-
 def cluster_tasks(
     affinity_path, tasks_path, grouping_paths: list, objective_path, source: str,
-    methods: list, similarity, rounding, n_clusters, max_clusters, seed,
+    methods: list, settings: clustering.ClusteringSettings,
 ) -> None:
     """Cluster one source's normalized affinity with every method (``grouping_paths`` in
-    the order of ``methods``); write each grouping and one table with a row per method:
-    source, method, n_clusters, average_density (on this source's matrix), ari_vs_planted.
-    (Solve times go to the log only, so that reruns write identical tables.)"""
+    the order of ``methods``) under ``settings``; write each grouping and one table with a
+    row per method: source, method, n_clusters, average_density (on this source's matrix),
+    ari_vs_planted. (Solve times go to the log only, so that reruns write identical tables.)"""
     if len(grouping_paths) != len(methods):
         raise ValueError(f"{len(methods)} methods but {len(grouping_paths)} grouping paths")
     tasks = read_table(tasks_path, TASKS)
@@ -49,21 +33,20 @@ def cluster_tasks(
     normalized = affinity_lib.square(read_table(affinity_path, AFFINITY), names, "normalized")
     rows = []
     for method, grouping_path in zip(methods, grouping_paths):
-        chosen, _ = _resolve_n_clusters(
-            normalized, n_clusters, max_clusters, method, similarity, seed, rounding
-        )
         started = time.perf_counter()
-        labels = clustering.partition(
-            normalized, chosen, method, similarity, seed, rounding=rounding
-        )
+        result = clustering.cluster(normalized, method, settings)
         seconds = time.perf_counter() - started
+        if result.scan is not None:
+            log.info("%s, n_clusters auto: chose %d\n%s", method, result.n_clusters,
+                     result.scan.to_string(index=False))
+        labels = result.labels
         grouping = pd.DataFrame({"task": names, "group": labels})
         objective = clustering.average_density(normalized, labels)
         log.info(
             "%s on %s affinity (%s similarity, %s rounding): %d clusters of sizes %s; "
             "average density %.4f; %.2f s",
-            method, source, similarity, rounding, chosen, np.bincount(labels).tolist(),
-            objective, seconds,
+            method, source, settings.similarity, settings.rounding, result.n_clusters,
+            np.bincount(labels).tolist(), objective, seconds,
         )
         write_table(grouping, grouping_path)
         rows.append(

@@ -20,13 +20,13 @@ log = logging.getLogger(__name__)
 
 def fit_surrogates(
     values_path, subsets_path, pairs_path, tasks_path, coefficients_path, quality_path,
-    negative_transfer_path, selected_path, figure_path, alpha: float, n_folds: int,
-    threshold: float, seed: int, anchor_singletons: bool = True, forward_path=None,
-    comparison_path=None,
+    negative_transfer_path, selected_path, figure_path,
+    settings: surrogates_lib.SurrogateSettings, forward_path=None, comparison_path=None,
 ) -> None:
     """Fit the per-target surrogates on the random design (plus the singletons when
-    ``anchor_singletons``), score their negative-transfer
-    calls against the pairwise design, and write the tables and the coefficient heatmap.
+    ``settings.anchor_singletons``), score their negative-transfer calls (at
+    ``settings.threshold``) against the pairwise design, and write the tables and the
+    coefficient heatmap.
 
     With ``forward_path`` (the forward_selection table) also compare, per target, the
     surrogate's selected sources with forward selection's (forward_comparison table, to
@@ -41,12 +41,11 @@ def fit_surrogates(
     subsets = read_table(subsets_path, SUBSETS)
     values = read_table(values_path, SUBSET_VALUES)
     pair_values = read_table(pairs_path, SUBSET_VALUES)
-    if anchor_singletons:
+    if settings.anchor_singletons:
         subsets, values = surrogates_lib.with_singletons(subsets, values, pair_values)
-    coefficients, quality = surrogates_lib.fit(
-        subsets, values, names, alpha=alpha, n_folds=n_folds, seed=seed
-    )
+    coefficients, quality = surrogates_lib.fit(subsets, values, names, settings)
     pairwise = surrogates_lib.pairwise_transfer(pair_values, names)
+    threshold = settings.threshold
     scores = surrogates_lib.score_negative_transfer(coefficients, pairwise, threshold)
     overall = scores[scores["level"] == "overall"].iloc[0]
     log.info(

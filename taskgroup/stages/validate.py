@@ -12,6 +12,7 @@ import torch
 from taskgroup.data.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
 from taskgroup.estimate.finetune import FinetuneSettings, finetune_values, finetuned_model
 from taskgroup.estimate.validity import first_order_validity
+from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import load_checkpoint
 from taskgroup.models.training import evaluate
 from taskgroup.report.validation import agreement, per_task_relative_error
@@ -23,10 +24,12 @@ log = logging.getLogger(__name__)
 def validate_estimator(
     examples_path, tasks_path, model_path, subsets_path, estimate_path, per_subset_path,
     summary_path, validity_path, figure_path, n_subsets: int, seed: int,
-    finetune: FinetuneSettings, clustering: dict, scales, threads: int = 1, metric: str = "auto",
+    finetune: FinetuneSettings, clustering: ClusteringSettings, clustering_method: str, scales,
+    threads: int = 1, metric: str = "auto",
 ) -> None:
     """Real fine-tuning (two seeds) of ``n_subsets`` subsets drawn from the design, compared
-    with the gradient estimate of the same subsets and with the no-change estimate. The
+    with the gradient estimate of the same subsets and with the no-change estimate (the
+    affinities of each are clustered by ``clustering_method`` under ``clustering``). The
     first seed is ``finetune``'s (so these fine-tunings are finetune_subsets'), the second
     one is that seed + 1.
 
@@ -61,7 +64,9 @@ def validate_estimator(
         errors = per_task_relative_error(values, real)
         errors.insert(0, "estimator", name)
         per_subset.append(errors)
-        figures = agreement(values, real, base_loss, data.task_names, clustering)
+        figures = agreement(
+            values, real, base_loss, data.task_names, clustering, clustering_method
+        )
         summary.append({"estimator": name, "n_subsets": len(chosen), **figures})
     summary = pd.DataFrame(summary)
     log.info("estimator validation on %d subsets:\n%s", len(chosen), summary.to_string())
