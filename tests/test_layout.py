@@ -42,9 +42,11 @@ def import_graph() -> dict[str, set[str]]:
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        # A module's own parent packages are already imported when it runs: not an edge.
+        parents = {".".join(name.split(".")[:depth]) for depth in range(1, name.count(".") + 1)}
         graph[name] = {
             module_name(file, ROOT) for file in direct_library_files(path, ROOT, package)
-        } - {name}
+        } - {name} - parents
     return graph
 
 
