@@ -119,3 +119,15 @@ def test_config_schema_knows_evaluation_metric():
     config["evaluation"]["metric"] = "f1"
     with pytest.raises(Exception, match="'f1' is not one of"):
         validate(config, schema)
+
+
+def test_average_ranks_match_scipy_rankdata_with_ties():
+    from scipy.stats import rankdata
+
+    from taskgroup.models.metrics import average_ranks
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 5, size=(40, 3)).astype(float)  # many ties
+    np.testing.assert_array_equal(average_ranks(values), rankdata(values, axis=0))
+    np.testing.assert_array_equal(average_ranks(values[:, 0]), rankdata(values[:, 0]))
+    assert average_ranks(np.array([1.0, 2.0, 2.0, 3.0])).tolist() == [1.0, 2.5, 2.5, 4.0]

@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch.nn import functional as F
 
 from taskgroup.data.task_types import (  # noqa: F401  (re-exported)
@@ -78,10 +77,24 @@ def _r2(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return 1.0 - ((labels[:, None] - outputs) ** 2).sum(axis=0) / total
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of the rows of ``values`` (n,) or (n, s), per column, tied values getting
+    the mean of the ranks they span (as scipy.stats.rankdata; written here because importing
+    scipy.stats costs each training job seconds of start-up)."""
+    values = np.asarray(values)
+    columns = values.reshape(values.shape[0], -1)
+    ranks = np.empty(columns.shape, dtype=np.float64)
+    for column in range(columns.shape[1]):
+        _, inverse, counts = np.unique(columns[:, column], return_inverse=True, return_counts=True)
+        last = np.cumsum(counts)  # rank of the last row holding each distinct value
+        ranks[:, column] = (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+    return ranks.reshape(values.shape)
+
+
 def _roc_auc(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     positive = labels > 0.5
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    ranks = rankdata(outputs, axis=0)  # average ranks: ties count half
+    ranks = average_ranks(outputs)  # average ranks: ties count half
     return (ranks[positive].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
