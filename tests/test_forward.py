@@ -267,4 +267,4 @@ def test_forward_selection_is_scheduled_only_when_enabled(tmp_path, enabled):
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert ("forward_selection" in jobs) == enabled, jobs
     assert ("surrogates/forward_comparison.parquet" in result.stdout) == enabled
-    assert jobs["fit"] == 1
+    assert jobs["fit_surrogates"] == 1
