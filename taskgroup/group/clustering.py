@@ -36,12 +36,10 @@ ACCEPTED_STATUSES = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
 SIMILARITIES = ("profile", "exp")
 
 # Up to this many tasks the SDP goes to Clarabel, above it to SCS. Clarabel's time per
-# iteration grows like k^5 and its memory like k^4 (about 5 CPU s and 0.6 GB at k = 60,
-# 30 s and 1.8 GB at k = 100, out of memory near k = 200 on a 10 GB machine); SCS needs one
-# eigendecomposition of a (k, k) matrix per iteration (k^3) and memory like k^2, and its X
-# gave the same rounded partitions as Clarabel's on the matrices compared (README "The SDP
-# at scale"). Kept at 60 so that the default and smoke configs (30 and 9 tasks) stay on
-# the interior point and their outputs do not change.
+# iteration grows like k^5 and its memory like k^4, SCS's like k^3 (one eigendecomposition
+# of a (k, k) matrix per iteration) and k^2; past a few dozen tasks SCS is the faster, and
+# its X gave Clarabel's rounded partitions (README "The SDP at scale"). 60 keeps the default
+# and smoke configs (30 and 9 tasks) on the interior point, so their outputs do not change.
 CLARABEL_MAX_TASKS = 60
 
 # SCS settings when it is the primary solver (k > CLARABEL_MAX_TASKS): residuals to 1e-5
