@@ -1,8 +1,15 @@
-"""Clustering tasks on a symmetric affinity matrix (higher = train together)."""
+"""Clustering tasks on a symmetric affinity matrix (higher = train together).
+
+The SDP relaxation (``solve_sdp``) is solved by maintained solvers through cvxpy: Clarabel
+(interior point) up to CLARABEL_MAX_TASKS tasks, SCS (first-order operator splitting) above.
+Nothing of either solver is written here; only the choice by k, the tolerances and the
+progress log are.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 
 import cvxpy as cp
@@ -27,6 +34,19 @@ N_INIT = 100
 ACCEPTED_STATUSES = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
 
 SIMILARITIES = ("profile", "exp")
+
+# Up to this many tasks the SDP goes to Clarabel, above it to SCS. Clarabel's time per
+# iteration grows like k^5 and its memory like k^4, SCS's like k^3 (one eigendecomposition
+# of a (k, k) matrix per iteration) and k^2; past a few dozen tasks SCS is the faster, and
+# its X gave Clarabel's rounded partitions (README "The SDP at scale"). 60 keeps the default
+# and smoke configs (30 and 9 tasks) on the interior point, so their outputs do not change.
+CLARABEL_MAX_TASKS = 60
+
+# SCS settings when it is the primary solver (k > CLARABEL_MAX_TASKS): residuals to 1e-5
+# leave row sums within about 1e-4 of 1, far below what the rounding notices; 1e-4 left
+# 5e-3 for about 15% less time. The iteration cap bounds a stalled solve (it then ends
+# "optimal_inaccurate" with a warning, or raises).
+SCS_OPTIONS = {"eps_abs": 1e-5, "eps_rel": 1e-5, "max_iters": 20_000}
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -159,7 +179,37 @@ def _solve_with_fallback(problem: cp.Problem) -> str:
     return cp.SCS
 
 
-def solve_sdp(matrix: np.ndarray, n_clusters: int) -> np.ndarray:
+def sdp_solver(k: int) -> str:
+    """The solver ``solve_sdp`` uses for k tasks: cp.CLARABEL when k <= CLARABEL_MAX_TASKS,
+    else cp.SCS."""
+    return cp.CLARABEL if k <= CLARABEL_MAX_TASKS else cp.SCS
+
+
+def sdp_violation(solution: np.ndarray, n_clusters: int) -> float:
+    """The largest constraint violation of X (k, k) in the SDP of ``solve_sdp``: the max of
+    max_i |(X 1)_i - 1|, |trace X - n_clusters|, max_ij (-X_ij) and -(smallest eigenvalue
+    of (X + X^T) / 2), each clipped at 0. Costs one symmetric eigendecomposition."""
+    symmetric = (solution + solution.T) / 2.0
+    return float(max(
+        np.abs(symmetric.sum(axis=1) - 1.0).max(),
+        abs(np.trace(symmetric) - n_clusters),
+        -symmetric.min(),
+        -np.linalg.eigvalsh(symmetric)[0],
+        0.0,
+    ))
+
+
+def _solve_with_scs(problem: cp.Problem) -> str:
+    """Solve with SCS and SCS_OPTIONS (the primary solver for large k, no fallback: Clarabel
+    would not fit in memory). Returns cp.SCS; raises RuntimeError if SCS raises."""
+    try:
+        problem.solve(solver=cp.SCS, **SCS_OPTIONS)
+    except cp.SolverError as error:
+        raise RuntimeError(f"SDP: SCS failed ({error})") from error
+    return cp.SCS
+
+
+def solve_sdp(matrix: np.ndarray, n_clusters: int, solver: str | None = None) -> np.ndarray:
     """The (k, k) solution X of the Peng-Wei relaxation of k-means used by Grad-TAG:
 
         maximize <T, X>  s.t.  X PSD,  X >= 0 entrywise,  X 1 = 1,  trace X = n_clusters,
@@ -168,19 +218,40 @@ def solve_sdp(matrix: np.ndarray, n_clusters: int) -> np.ndarray:
     partition into clusters C, X_ij = 1/|C| when i and j share C and 0 otherwise is
     feasible and <T, X> is its average density, so X relaxes the cluster indicator.
 
-    Solved by Clarabel (interior point), SCS as fallback. Raises RuntimeError naming the
-    status when neither ends "optimal" or "optimal_inaccurate", ValueError unless
-    1 <= n_clusters <= k. The returned X is symmetrized and clipped at 0 (solver round-off).
+    solver: cp.CLARABEL, cp.SCS, or None for ``sdp_solver(k)`` (Clarabel up to
+    CLARABEL_MAX_TASKS tasks, SCS above). Clarabel falls back to SCS (tight tolerances) if
+    it raises or ends without an accepted status; SCS as the chosen solver runs with
+    SCS_OPTIONS and has no fallback. SCS solves log their start and, at the end, the
+    status, iterations, objective, max constraint violation (``sdp_violation``) and seconds.
+    Raises RuntimeError naming the status when the solve ends neither "optimal" nor
+    "optimal_inaccurate", ValueError unless 1 <= n_clusters <= k or for another solver.
+    The returned X is symmetrized and clipped at 0 (solver round-off).
     """
     k = matrix.shape[0]
     check_n_clusters(n_clusters, k)
+    if solver is None:
+        solver = sdp_solver(k)
+    if solver not in (cp.CLARABEL, cp.SCS):
+        raise ValueError(f"SDP solver {solver!r}; expected {cp.CLARABEL!r} or {cp.SCS!r}")
     target = _standardized(np.nan_to_num(np.asarray(matrix, dtype=float), nan=0.0))
     solution = cp.Variable((k, k), PSD=True)
     problem = cp.Problem(
         cp.Maximize(cp.sum(cp.multiply(target, solution))),
         [solution >= 0, cp.sum(solution, axis=1) == 1, cp.trace(solution) == n_clusters],
     )
-    solver = _solve_with_fallback(problem)
+    if solver == cp.CLARABEL:
+        solver = _solve_with_fallback(problem)
+    else:
+        log.info("SDP: SCS on k = %d tasks, %d clusters", k, n_clusters)
+        started = time.perf_counter()
+        solver = _solve_with_scs(problem)
+        if solution.value is not None:
+            log.info(
+                "SDP: SCS ended %r after %s iterations, objective %.8g, max constraint "
+                "violation %.1e, %.1f s", problem.status, problem.solver_stats.num_iters,
+                problem.value, sdp_violation(solution.value, n_clusters),
+                time.perf_counter() - started,
+            )
     if problem.status not in ACCEPTED_STATUSES or solution.value is None:
         raise RuntimeError(
             f"SDP solver {solver} ended with status {problem.status!r}; "
