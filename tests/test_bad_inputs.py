@@ -113,3 +113,32 @@ def test_a_degenerate_design_stops_the_dry_run_before_any_job(tmp_path):
     output = result.stdout + result.stderr
     assert re.search(r"subsets.size \(alpha\) = 1 and subsets.count \(m\) = 9 .* k = 9", output)
     assert not (workdir / "results").exists()
+
+
+# --- dataset.name: a plain folder name under results/ -----------------------------------------
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "a/b", "../up", "-x", "", "a b"])
+def test_dataset_name_must_be_a_plain_folder_name(smoke, name):
+    smoke["dataset"]["name"] = name
+    with pytest.raises(Exception, match="does not match"):
+        validate(smoke, SCHEMA)
+
+
+@pytest.mark.parametrize("name", ["smoke", "run.1", "my_data-2", "_x", "2024"])
+def test_plain_folder_names_pass(smoke, name):
+    smoke["dataset"]["name"] = name
+    validate(smoke, SCHEMA)
+
+
+def test_a_dot_in_the_dataset_name_matches_only_a_dot(tmp_path):
+    """The name is escaped in the wildcard constraint: with name run.1 no rule writes
+    results/runX1/ (an unescaped '.' would match the 'X')."""
+    config = smoke_config()
+    config["dataset"]["name"] = "run.1"
+    workdir = make_workdir(tmp_path, config)
+    result = snakemake(workdir, "-n", "results/runX1/data/tasks.parquet", check=False)
+    assert result.returncode != 0
+    assert "No rule to produce results/runX1/data/tasks.parquet" in result.stdout + result.stderr
+    result = snakemake(workdir, "-n", "results/run.1/data/tasks.parquet")
+    assert "prepare_dataset" in result.stdout
