@@ -7,12 +7,17 @@ import copy
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from snakemake.utils import validate
 from workflow_helpers import make_workdir, smoke_config, snakemake
 
-from taskgroup.config import MIN_PAIR_COVERAGE, ConfigError, check_config
+from taskgroup.config import MIN_PAIR_COVERAGE, ConfigError, check_config, n_tasks
+from taskgroup.data.datasets import DataError
+from taskgroup.data.datasets.graph_files import load_graph
+from taskgroup.data.datasets.table import load_table, table_spec, table_task_names
 from taskgroup.data.designs import expected_pair_count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,3 +147,130 @@ def test_a_dot_in_the_dataset_name_matches_only_a_dot(tmp_path):
     assert "No rule to produce results/runX1/data/tasks.parquet" in result.stdout + result.stderr
     result = snakemake(workdir, "-n", "results/run.1/data/tasks.parquet")
     assert "prepare_dataset" in result.stdout
+
+
+# --- the user's table and graph files ---------------------------------------------------------
+
+
+def csv_table(path: Path, tasks: list[str], rows: int = 30, seed: int = 0) -> Path:
+    """A CSV table whose task column is written exactly as ``tasks`` spell it, ``rows``
+    rows per task (both labels in every split of the drawn 60/20/20 split)."""
+    rng = np.random.default_rng(seed)
+    lines = ["task,a,b,label"]
+    for task in tasks:
+        for row in range(rows):
+            lines.append(f"{task},{rng.normal():.6f},{rng.normal():.6f},{row % 2}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def table_section(path, **overrides) -> dict:
+    return {"path": str(path), "task_column": "task", "label_column": "label", **overrides}
+
+
+def test_csv_task_ids_keep_their_spelling(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["01", "1", "2", "10", "1.0"])
+    spec = table_spec(table_section(path))
+    assert table_task_names(spec) == ["01", "1", "1.0", "2", "10"]  # by value, then name
+    examples, tasks = load_table(spec)
+    assert tasks["task"].tolist() == ["01", "1", "1.0", "2", "10"]
+    assert examples.groupby("task", sort=False).size().to_dict() == {
+        "01": 30, "1": 30, "1.0": 30, "2": 30, "10": 30,
+    }
+
+
+def test_csv_task_names_that_look_missing_are_names(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["NA", "None", "n/a", "nan"])
+    _, tasks = load_table(table_spec(table_section(path)))
+    assert tasks["task"].tolist() == ["NA", "None", "n/a", "nan"]
+    # only an empty cell is missing
+    text = path.read_text().splitlines()
+    text[3] = "," + text[3].split(",", 1)[1]
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"column 'task' is empty in 1 row\(s\) \(data rows 2,"):
+        load_table(table_spec(table_section(path)))
+
+
+def test_csv_features_keep_pandas_missing_markers(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["x", "y"])
+    text = path.read_text().splitlines()
+    text[5] = text[5].split(",")[0] + ",NA," + ",".join(text[5].split(",")[2:])
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"NaN or infinite values in column 'a': 1 row\(s\) "
+                                        r"\(data rows 4\)"):
+        load_table(table_spec(table_section(path)))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"data\.csv: not a readable CSV file \(the file is empty: no header line\)"),
+        (b"task,a,b,label\n", r"data\.csv: the file has a header but no data rows"),
+        (b"PAR1\x00\x01\x02", r"data\.csv: not a readable CSV file \(it is a Parquet file: "
+                              r"name it \.parquet\)"),
+    ],
+    ids=["empty", "header-only", "parquet-named-csv"],
+)
+def test_unreadable_csv_names_the_file_at_parse_time(tmp_path, content, message):
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    config = {"dataset": {"kind": "table", "table": table_section(path)}}
+    with pytest.raises(DataError, match=message):
+        n_tasks(config)
+    with pytest.raises(DataError, match=message):
+        load_table(table_spec(table_section(path)))
+
+
+def test_csv_saved_as_parquet_and_truncated_parquet_name_the_file(tmp_path):
+    text = csv_table(tmp_path / "data.csv", ["a", "b"]).read_bytes()
+    fake = tmp_path / "data.parquet"
+    fake.write_bytes(text)
+    with pytest.raises(
+        DataError,
+        match=r"data\.parquet: not a readable Parquet file \(it does not start with the bytes "
+              r"PAR1 .*; it starts like text: 'task,a,b,label' \(a CSV file\? name it \.csv\)",
+    ):
+        table_task_names(table_spec(table_section(fake)))
+    pd.read_csv(tmp_path / "data.csv").to_parquet(fake)
+    whole = fake.read_bytes()
+    fake.write_bytes(whole[: len(whole) // 2])
+    for read in (table_task_names, load_table):
+        with pytest.raises(DataError, match=r"data\.parquet: not a readable Parquet file \(it "
+                                            rf"is cut short \({len(whole) // 2} bytes"):
+            read(table_spec(table_section(fake)))
+    fake.write_bytes(b"")
+    with pytest.raises(DataError, match=r"not a readable Parquet file \(the file is empty"):
+        table_task_names(table_spec(table_section(fake)))
+
+
+def test_values_beyond_float32_are_refused_naming_column_and_rows(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["x", "y"])
+    frame = pd.read_csv(path, dtype={"task": str})
+    frame.loc[[3, 30], "b"] = [1e300, -5e38]
+    frame.loc[7, "a"] = 3e38  # within float32's range
+    frame.to_csv(path, index=False)
+    with pytest.raises(
+        DataError,
+        match=r"data\.csv: values beyond the float32 range \(\|x\| > 3\.4e\+38\) in column "
+              r"'b': 2 row\(s\) \(data rows 3, 30, e\.g\. 1e\+300\)",
+    ):
+        load_table(table_spec(table_section(path)))
+
+
+def test_unreadable_graph_files_name_the_file(tmp_path):
+    edges = tmp_path / "edges.csv"
+    nodes = tmp_path / "nodes.parquet"
+    edges.write_text("")
+    nodes.write_text("node,feature_a,community_a\n0,1.0,1\n")
+    with pytest.raises(DataError, match=r"nodes\.parquet: not a readable Parquet file .*"
+                                        r"starts like text: 'node,feature_a,community_a'"):
+        load_graph(edges, nodes)
+    pd.DataFrame({"node": [0, 1], "feature_a": [1.0, 2.0], "community_a": [1, 0]}).to_parquet(
+        nodes
+    )
+    with pytest.raises(DataError, match=r"edges\.csv: not a readable CSV file \(the file is "
+                                        r"empty: no header line\)"):
+        load_graph(edges, nodes)
+    edges.write_text("source,target\n")  # a graph without edges stays allowed
+    loaded, _, _ = load_graph(edges, nodes)
+    assert len(loaded) == 0
