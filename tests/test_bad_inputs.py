@@ -19,6 +19,8 @@ from taskgroup.data.datasets import DataError
 from taskgroup.data.datasets.graph_files import load_graph
 from taskgroup.data.datasets.table import load_table, table_spec, table_task_names
 from taskgroup.data.designs import expected_pair_count
+from taskgroup.data.tables import TASKS, UnreadableFileError, read_table, write_table
+from taskgroup.models.network import MultiHeadNet, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config" / "config.schema.yaml")
@@ -228,7 +230,8 @@ def test_csv_saved_as_parquet_and_truncated_parquet_name_the_file(tmp_path):
     with pytest.raises(
         DataError,
         match=r"data\.parquet: not a readable Parquet file \(it does not start with the bytes "
-              r"PAR1 .*; it starts like text: 'task,a,b,label' \(a CSV file\? name it \.csv\)",
+              r"PAR1 .*; it starts like text: 'task,a,b,label'\); a file ending in \.parquet "
+              r"or \.pq is read as Parquet: give a CSV file a \.csv name",
     ):
         table_task_names(table_spec(table_section(fake)))
     pd.read_csv(tmp_path / "data.csv").to_parquet(fake)
@@ -274,3 +277,39 @@ def test_unreadable_graph_files_name_the_file(tmp_path):
     edges.write_text("source,target\n")  # a graph without edges stays allowed
     loaded, _, _ = load_graph(edges, nodes)
     assert len(loaded) == 0
+
+
+# --- intermediates the workflow wrote -------------------------------------------------------
+
+
+def test_a_damaged_table_names_the_path_and_the_forcerun(tmp_path):
+    path = tmp_path / "results" / "x" / "data" / "tasks.parquet"
+    write_table(pd.DataFrame({"task": ["a"], "task_index": np.array([0], dtype=np.int64)}),
+                path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-10])
+    forcerun = re.escape(f"`snakemake --forcerun {path}`")
+    with pytest.raises(UnreadableFileError, match=rf"{re.escape(str(path))}: not a readable "
+                       rf"Parquet file \(it is cut short \({len(whole) - 10} bytes.*{forcerun}"):
+        read_table(path, TASKS)
+    path.write_text("garbage")
+    with pytest.raises(UnreadableFileError, match=r"does not start with the bytes PAR1 .*"
+                                                  r"starts like text: 'garbage'"):
+        read_table(path, TASKS)
+
+
+def test_a_damaged_checkpoint_names_the_path_and_the_forcerun(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(MultiHeadNet(3, 2, [4]), ["a", "b"], path)
+    assert load_checkpoint(path, ["a", "b"]).head_bias.shape == (2,)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        UnreadableFileError,
+        match=rf"{re.escape(str(path))}: not a readable model checkpoint \(RuntimeError: "
+              rf".*{re.escape(f'`snakemake --forcerun {path}`')}",
+    ):
+        load_checkpoint(path, ["a", "b"])
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(path, ["a", "b"])

@@ -13,14 +13,13 @@ missing-value markers such as ``NA`` and ``nan`` become NaN).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 
 from taskgroup.data.datasets.errors import DataError
+from taskgroup.data.tables import PARQUET_MAGIC, parquet_damage
 
-PARQUET_MAGIC = b"PAR1"  # the first and the last four bytes of every Parquet file
 FORMATS = ("parquet", "csv", "tsv")
 
 
@@ -34,7 +33,7 @@ def read_header(path: str | os.PathLike, kind: str) -> list[str]:
             return list(pq.read_schema(path).names)
         except Exception as error:  # pyarrow's ArrowInvalid, OSError
             raise _unreadable_parquet(path, error) from None
-    if _start(path).startswith(PARQUET_MAGIC):  # the CSV parser would take it for text
+    if _starts_as_parquet(path):  # the CSV parser would take it for text
         raise _unreadable_text(path, kind, None)
     try:
         return list(pd.read_csv(path, nrows=0, sep=_separator(kind)).columns)
@@ -91,40 +90,24 @@ def _separator(kind: str) -> str:
     return "\t" if kind == "tsv" else ","
 
 
-def _start(path) -> bytes:
+def _starts_as_parquet(path) -> bool:
     with open(path, "rb") as handle:
-        return handle.read(64)
+        return handle.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
 
 
 def _unreadable_parquet(path, error: Exception) -> DataError:
-    size = Path(path).stat().st_size
-    start = _start(path)
-    if size == 0:
-        found = "the file is empty (0 bytes)"
-    elif not start.startswith(PARQUET_MAGIC):
-        looks = start.decode("utf-8", errors="replace").splitlines()
-        found = (
-            "it does not start with the bytes PAR1 that every Parquet file starts with"
-            + (f"; it starts like text: {looks[0][:40]!r} (a CSV file? name it .csv)"
-               if looks and start.isascii() else "")
-        )
-    else:
-        with open(path, "rb") as handle:
-            handle.seek(max(size - 4, 0))
-            end = handle.read()
-        found = (
-            f"it is cut short ({size} bytes, no PAR1 at its end: an interrupted write or "
-            "copy?); write or copy it again"
-            if end != PARQUET_MAGIC else f"pyarrow: {error}"
-        )
-    return DataError(f"{path}: not a readable Parquet file ({found})")
+    return DataError(
+        f"{path}: not a readable Parquet file ({parquet_damage(path, error)}); a file "
+        "ending in .parquet or .pq is read as Parquet: give a CSV file a .csv name, write "
+        "a file cut short again"
+    )
 
 
 def _unreadable_text(path, kind: str, error: Exception | None) -> DataError:
     name = kind.upper()
     if isinstance(error, pd.errors.EmptyDataError):
         found = "the file is empty: no header line"
-    elif _start(path).startswith(PARQUET_MAGIC):
+    elif _starts_as_parquet(path):
         found = "it is a Parquet file: name it .parquet"
     elif isinstance(error, UnicodeDecodeError):
         found = f"it is not UTF-8 text ({error})"
