@@ -4,12 +4,14 @@ the user's files when they are read, corrupt intermediates and diverging trainin
 stages."""
 
 import copy
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from snakemake.utils import validate
 from workflow_helpers import make_workdir, smoke_config, snakemake
@@ -21,6 +23,12 @@ from taskgroup.data.datasets.table import load_table, table_spec, table_task_nam
 from taskgroup.data.designs import expected_pair_count
 from taskgroup.data.tables import TASKS, UnreadableFileError, read_table, write_table
 from taskgroup.models.network import MultiHeadNet, load_checkpoint, save_checkpoint
+from taskgroup.models.training import (
+    DIVERGENCE_FACTOR,
+    TrainingDivergedError,
+    TrainSettings,
+    fit,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config" / "config.schema.yaml")
@@ -313,3 +321,40 @@ def test_a_damaged_checkpoint_names_the_path_and_the_forcerun(tmp_path):
     path.unlink()
     with pytest.raises(FileNotFoundError):
         load_checkpoint(path, ["a", "b"])
+
+
+# --- trainings that diverge -------------------------------------------------------------------
+
+
+def train_small(data, lr, epochs=3):
+    torch.manual_seed(0)
+    model = MultiHeadNet(data.n_features, data.n_tasks, [2])
+    settings = TrainSettings(epochs=epochs, lr=lr, batch_size=32)
+    return fit(model, data, torch.arange(data.n_tasks), settings, seed=0)
+
+
+def test_a_non_finite_training_loss_names_the_epoch_and_the_learning_rate(small_data):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"training diverged: the mean training loss of epoch 1 of 3 is nan \(at the "
+              r"start 0\.69\d*\) with Adam, lr = 1e\+30, batch_size = 32, .*lower the "
+              r"learning rate \(lr of the config section of this training: meta_init, "
+              r"finetune or final\)",
+    ):
+        train_small(small_data, lr=1e30)
+    with pytest.raises(TrainingDivergedError, match=r"an optimizer step of epoch 1 of 3 "
+                                                    r"overflowed .* lr = 1e\+38"):
+        train_small(small_data, lr=1e38)
+
+
+def test_a_loss_ending_far_above_its_start_is_logged(small_data, caplog):
+    with caplog.at_level(logging.WARNING, logger="taskgroup.models.training"):
+        history = train_small(small_data, lr=1e6, epochs=5)
+    assert history[-1] > DIVERGENCE_FACTOR * 0.7
+    assert re.search(r"training loss rose from 0\.69\d* at the start to [\d.e+]+ in the last "
+                     r"epoch \(5\) with lr = 1e\+06: the training may have diverged",
+                     caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="taskgroup.models.training"):
+        history = train_small(small_data, lr=0.01, epochs=5)
+    assert history[-1] < history[0] and "diverged" not in caplog.text
