@@ -358,3 +358,33 @@ def test_a_loss_ending_far_above_its_start_is_logged(small_data, caplog):
     with caplog.at_level(logging.WARNING, logger="taskgroup.models.training"):
         history = train_small(small_data, lr=0.01, epochs=5)
     assert history[-1] < history[0] and "diverged" not in caplog.text
+
+
+# --- the schema's own text ----------------------------------------------------------------------
+
+
+def test_schema_descriptions_are_whole_and_no_property_is_a_stray_key():
+    """An unquoted comma in a flow mapping cuts a description and adds a key with no value
+    (validation errors would print the cut text)."""
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    stray = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if value is None and key != "default":
+                    stray.append(f"{where}/{key}")
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    walk(schema, "")
+    assert stray == []
+    subsets = schema["properties"]["subsets"]["properties"]
+    assert subsets["size"]["description"] == "alpha, tasks per subset"
+    assert subsets["count"]["description"] == "m, number of distinct subsets"
+    table = schema["properties"]["dataset"]["properties"]["table"]["properties"]
+    assert table["path"]["description"] == (
+        "Parquet or CSV file, relative to the directory Snakemake runs in"
+    )
