@@ -22,6 +22,16 @@ from taskgroup.group.groupings import BASELINES, check_n_clusters
 MIN_PAIR_COVERAGE = 1.0
 
 
+# Where a dataset kind whose config can lack a known grouping takes it (the planted
+# baseline's groups).
+GROUPING_KEYS = {
+    "table": "set dataset.table.groups_path (a table of task and group) and group_column",
+    "graph_communities": (
+        "set dataset.graph_communities.community_groups (community column -> group)"
+    ),
+}
+
+
 class ConfigError(ValueError):
     """A config value that is valid on its own but inconsistent with the others."""
 
@@ -110,10 +120,17 @@ def check_config(config: dict) -> None:
             f"{list(BASELINES) + ['random']}"
         )
     if "planted" in baselines and not has_planted_groups(config["dataset"]):
+        kind = config["dataset"]["kind"]
+        others = [name for name in baselines if name != "planted"]
+        drop = (
+            f"drop 'planted' from evaluation.baselines (evaluation.baselines: {others})"
+            if others else "drop 'planted' from evaluation.baselines (e.g. [naive_mtl, stl])"
+        )
         raise ConfigError(
-            "config: evaluation.baselines lists 'planted', but dataset.kind = "
-            f"{config['dataset']['kind']!r} has no planted groups (for a table: set "
-            "dataset.table.groups_path and group_column)"
+            f"config: evaluation.baselines lists 'planted' (as the default config does), but "
+            f"dataset.kind = {kind!r} has no planted groups (no known grouping of its tasks "
+            f"to compare with). Either {drop}, or name the known grouping: "
+            + GROUPING_KEYS.get(kind, f"see dataset.{kind}")
         )
 
 

@@ -388,3 +388,43 @@ def test_schema_descriptions_are_whole_and_no_property_is_a_stray_key():
     assert table["path"]["description"] == (
         "Parquet or CSV file, relative to the directory Snakemake runs in"
     )
+
+
+# --- the planted baseline without a known grouping (parse time) -----------------------------
+
+
+def test_planted_baseline_without_groups_names_both_fixes(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["a", "b", "c", "d"])
+    config = smoke_config()
+    config["dataset"] = {"name": "t", "kind": "table", "table": table_section(path)}
+    config["subsets"].update(size=2, count=6)
+    config["clustering"]["n_clusters"] = 2
+    validate(config, SCHEMA)
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    assert str(error.value) == (
+        "config: evaluation.baselines lists 'planted' (as the default config does), but "
+        "dataset.kind = 'table' has no planted groups (no known grouping of its tasks to "
+        "compare with). Either drop 'planted' from evaluation.baselines "
+        "(evaluation.baselines: ['naive_mtl', 'stl', 'random']), or name the known grouping: "
+        "set dataset.table.groups_path (a table of task and group) and group_column"
+    )
+    config["evaluation"]["baselines"] = ["naive_mtl", "stl", "random"]
+    check_config(config)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("task,group\na,0\nb,0\nc,1\nd,1\n")
+    config["dataset"]["table"].update(groups_path=str(groups), group_column="group")
+    config["evaluation"]["baselines"] = ["planted"]
+    check_config(config)
+
+
+def test_planted_baseline_on_a_user_graph_names_community_groups(smoke, tmp_path):
+    (tmp_path / "n.csv").write_text("node,feature_a,community_a,community_b,community_c\n")
+    (tmp_path / "e.csv").write_text("source,target\n")
+    smoke["dataset"] = {"name": "g", "kind": "graph_communities", "graph_communities": {
+        "edges_path": str(tmp_path / "e.csv"), "nodes_path": str(tmp_path / "n.csv")}}
+    smoke["subsets"].update(size=2, count=3)
+    smoke["clustering"]["n_clusters"] = 2
+    with pytest.raises(ConfigError, match=r"Either drop 'planted' .* set "
+                                          r"dataset\.graph_communities\.community_groups"):
+        check_config(smoke)
