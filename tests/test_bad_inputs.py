@@ -428,3 +428,42 @@ def test_planted_baseline_on_a_user_graph_names_community_groups(smoke, tmp_path
     with pytest.raises(ConfigError, match=r"Either drop 'planted' .* set "
                                           r"dataset\.graph_communities\.community_groups"):
         check_config(smoke)
+
+
+# --- features "auto" and the label ------------------------------------------------------------
+
+
+def leaky_table(path: Path) -> Path:
+    frame = pd.read_csv(csv_table(path, ["x", "y", "z"]), dtype={"task": str})
+    rng = np.random.default_rng(1)
+    frame["copy"] = frame["label"]
+    frame["score"] = 3.0 * frame["label"] - 1.0 + rng.normal(scale=0.05, size=len(frame))
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_features_auto_refuses_a_column_that_carries_the_label(tmp_path, caplog):
+    path = leaky_table(tmp_path / "data.csv")
+    with caplog.at_level(logging.INFO, logger="taskgroup.data.datasets.table"):
+        with pytest.raises(
+            DataError,
+            match=r"data\.csv: on the 54 training rows, feature column\(s\) 'copy' equals it; "
+                  r"'score' correlates with it at r = 0\.9996\d \(label column 'label'\): "
+                  r"such a feature carries the label into the inputs \(a leak\)\. Leave it "
+                  r"out \(dataset\.table\.exclude_columns\)",
+        ):
+            load_table(table_spec(table_section(path)))
+    # the chosen features are logged before the checks
+    assert "features ['a', 'b', 'copy', 'score'] (dataset.table.features = 'auto': every " \
+           "numeric column but" in caplog.text
+    examples, _ = load_table(table_spec(table_section(path, exclude_columns=["copy", "score"])))
+    assert [c for c in examples.columns if c.startswith("feature_")] == ["feature_a", "feature_b"]
+
+
+def test_an_explicit_feature_list_keeps_a_leaky_column_with_a_warning(tmp_path, caplog):
+    path = leaky_table(tmp_path / "data.csv")
+    with caplog.at_level(logging.WARNING, logger="taskgroup.data.datasets.table"):
+        examples, _ = load_table(table_spec(table_section(path, features=["a", "copy"])))
+    assert "feature_copy" in examples.columns
+    assert "feature column(s) 'copy' equals it" in caplog.text
+    assert "it is kept because dataset.table.features lists it" in caplog.text

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 TASK_TYPES = ("auto", "binary", "regression")
 SHOWN = 5  # offending values listed in a message
+# |Pearson correlation| with the label on the training rows above which a feature taken by
+# features "auto" is refused as a leak of the label.
+LEAK_CORRELATION = 0.999
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,41 @@ def _check_float32_range(
         )
 
 
+def _check_label_leaks(
+    path, spec: TableSpec, frame: pd.DataFrame, features: list[str], labels: np.ndarray,
+    train: np.ndarray,
+) -> None:
+    """Refuse a feature taken by features 'auto' that equals the label on the training rows
+    or correlates with it beyond :data:`LEAK_CORRELATION` (a copy or an encoding of the
+    label: a leak); warn about one in an explicit features list (the user chose it)."""
+    target = labels[train]
+    leaks = []
+    for column in features:
+        values = frame[column].to_numpy(dtype=np.float64)[train]
+        if np.array_equal(values, target):
+            leaks.append(f"{column!r} equals it")
+            continue
+        if values.std() == 0 or target.std() == 0:
+            continue
+        correlation = float(np.corrcoef(values, target)[0, 1])
+        if abs(correlation) > LEAK_CORRELATION:
+            leaks.append(f"{column!r} correlates with it at r = {correlation:.5f}")
+    if not leaks:
+        return
+    found = (
+        f"{path}: on the {int(train.sum())} training rows, feature column(s) "
+        f"{'; '.join(leaks)} (label column {spec.label_column!r}): such a feature carries "
+        "the label into the inputs (a leak)"
+    )
+    if spec.features != "auto":
+        log.warning("%s; it is kept because dataset.table.features lists it", found)
+        return
+    raise DataError(
+        f"{found}. Leave it out (dataset.table.exclude_columns), or list the features "
+        "(dataset.table.features) if it is a real one"
+    )
+
+
 def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
     values = np.unique(labels)
     is_binary = set(values.tolist()) == {0.0, 1.0}
@@ -528,6 +566,11 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require_columns(path, available, wanted)
     frame = read_columns(path, available, (spec.task_column,))
     features = _feature_names(path, spec, available, frame.dtypes)
+    log.info(
+        "%s: features %s (dataset.table.features = %r%s)", path, features, spec.features,
+        ": every numeric column but the task, label and split columns and exclude_columns "
+        f"{list(spec.exclude_columns)}" if spec.features == "auto" else "",
+    )
 
     row_names, ordered = _task_names(path, frame[spec.task_column], spec.task_column)
     tasks = _selected_tasks(path, spec, ordered)
@@ -555,6 +598,7 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         _check_classes(path, spec, work)
 
     train = (work["split"] == "train").to_numpy()
+    _check_label_leaks(path, spec, frame, features, labels, train)
     standardized = _standardize(frame[features].to_numpy(dtype=np.float64), train)
     if task_type == "regression" and spec.standardize_label:
         work["label"] = _standardize(labels[:, None], train)[:, 0]
