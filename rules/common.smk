@@ -3,6 +3,7 @@
 # of one rule file each (Snakemake's linter wants functions and rules in separate files).
 # Which group models exist is discovered in rules/groups.smk.
 import os
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -68,7 +69,8 @@ META_INIT_MODEL = "results/{dataset}/meta_init/model.pt"
 
 
 wildcard_constraints:
-    dataset=DATASET,
+    # The name is text, not a pattern: a "." in it must match only a ".".
+    dataset=re.escape(DATASET),
     chunk=r"\d+",
     design="random|pairs",
     estimator="finetune|gradient",

@@ -7,10 +7,29 @@ of tasks. Both run when Snakemake parses the workflow, before any job starts.
 
 from __future__ import annotations
 
+import math
+
 from taskgroup.data.datasets import DatasetKind, dataset_kind
-from taskgroup.data.designs import check_subset_design
+from taskgroup.data.designs import check_subset_design, expected_pair_count
 from taskgroup.data.task_types import check_metric
 from taskgroup.group.groupings import BASELINES, check_n_clusters
+
+# The random design must put a pair of tasks in at least this many subsets on average
+# (m a (a - 1) / (k (k - 1))): below it a large share of the pairs shares no subset (about
+# exp(-coverage) of them; 37% at 1) and has no higher-order affinity and no surrogate
+# coefficient. Every shipped config is far above it (the smoke config 2.5, the examples 14
+# to 20); the default design of 600 subsets of 5 falls below it from k = 111 tasks on.
+MIN_PAIR_COVERAGE = 1.0
+
+
+# Where a dataset kind whose config can lack a known grouping takes it (the planted
+# baseline's groups).
+GROUPING_KEYS = {
+    "table": "set dataset.table.groups_path (a table of task and group) and group_column",
+    "graph_communities": (
+        "set dataset.graph_communities.community_groups (community column -> group)"
+    ),
+}
 
 
 class ConfigError(ValueError):
@@ -73,6 +92,9 @@ def check_config(config: dict) -> None:
         check_subset_design(k, subsets["size"], subsets["count"])
     except ValueError as error:
         raise ConfigError(f"config: {error}") from None
+    users = random_design_users(config)
+    if users:
+        check_pair_coverage(k, subsets["size"], subsets["count"], users)
     forward = forward_selection_settings(config)
     if forward is not None and not 1 <= forward["max_size"] <= k:
         raise ConfigError(
@@ -98,11 +120,88 @@ def check_config(config: dict) -> None:
             f"{list(BASELINES) + ['random']}"
         )
     if "planted" in baselines and not has_planted_groups(config["dataset"]):
-        raise ConfigError(
-            "config: evaluation.baselines lists 'planted', but dataset.kind = "
-            f"{config['dataset']['kind']!r} has no planted groups (for a table: set "
-            "dataset.table.groups_path and group_column)"
+        kind = config["dataset"]["kind"]
+        others = [name for name in baselines if name != "planted"]
+        drop = (
+            f"drop 'planted' from evaluation.baselines (evaluation.baselines: {others})"
+            if others else "drop 'planted' from evaluation.baselines (e.g. [naive_mtl, stl])"
         )
+        raise ConfigError(
+            f"config: evaluation.baselines lists 'planted' (as the default config does), but "
+            f"dataset.kind = {kind!r} has no planted groups (no known grouping of its tasks "
+            f"to compare with). Either {drop}, or name the known grouping: "
+            + GROUPING_KEYS.get(kind, f"see dataset.{kind}")
+        )
+
+
+def random_design_users(config: dict) -> list[str]:
+    """What the config computes from pairs of tasks on the random design (subsets.*), each
+    named with its config key: the higher-order affinity and the surrogates; empty when
+    neither is configured."""
+    users = []
+    if "higher_order" in config["affinity"]["sources"]:
+        users.append("the higher-order affinity (affinity.sources lists higher_order)")
+    if config["surrogates"]["enabled"]:
+        users.append("the surrogates (surrogates.enabled: true)")
+    return users
+
+
+def check_pair_coverage(n_tasks: int, size: int, count: int, users: list[str]) -> None:
+    """Raise ConfigError if the random design of ``count`` subsets of ``size`` out of
+    ``n_tasks`` tasks cannot compare pairs of tasks: subsets of the whole task set (every
+    pair in every subset: a constant affinity), or an expected pair coverage
+    m a (a - 1) / (k (k - 1)) below :data:`MIN_PAIR_COVERAGE` (subsets of one task cover
+    none). The message names a count and a size that would cover the pairs. ``users`` are
+    the config settings that need the pairs (:func:`random_design_users`), named in it."""
+    needed_by = " and ".join(users)
+    design = f"subsets.size (alpha) = {size} and subsets.count (m) = {count}"
+    if size == n_tasks:
+        raise ConfigError(
+            f"config: {design}: every subset is the whole set of k = {n_tasks} tasks, so "
+            f"every pair of tasks shares the same subsets and {needed_by} cannot tell "
+            f"pairs apart (a constant affinity). Choose subsets.size "
+            f"between 2 and k - 1 = {n_tasks - 1}"
+            + (f", e.g. {fix}" if (fix := covering_fixes(n_tasks, size, count)) else "")
+        )
+    coverage = expected_pair_count(n_tasks, size, count) if n_tasks > 1 else 0.0
+    if coverage >= MIN_PAIR_COVERAGE:
+        return
+    fix = covering_fixes(n_tasks, size, count)
+    raise ConfigError(
+        f"config: {design} put a pair of the k = {n_tasks} tasks in {coverage:.3g} subsets "
+        f"on average (m a (a - 1) / (k (k - 1))), "
+        + ("so no pair of tasks shares a subset" if size == 1 else
+           f"so about {math.exp(-coverage):.0%} of the pairs share none")
+        + f"; {needed_by} {'need' if len(users) > 1 else 'needs'} at least "
+        f"{MIN_PAIR_COVERAGE:g}. "
+        + (f"Use {fix}" if fix else
+           f"With k = {n_tasks} tasks no random design has pairs to compare: leave "
+           "higher_order out of affinity.sources and set surrogates.enabled to false")
+    )
+
+
+def covering_fixes(n_tasks: int, size: int, count: int) -> str:
+    """The designs near (size, count) whose expected pair coverage reaches
+    :data:`MIN_PAIR_COVERAGE` with sizes between 2 and k - 1, as text: the count this size
+    needs, and the smallest size that this count covers; '' when k < 3 (no such size)."""
+
+    def count_for(alpha: int) -> int:
+        return math.ceil(MIN_PAIR_COVERAGE * n_tasks * (n_tasks - 1) / (alpha * (alpha - 1)))
+
+    options = []
+    if 2 <= size <= n_tasks - 1:
+        options.append(f"subsets.count >= {count_for(size)}")
+    larger = [
+        alpha for alpha in range(max(size + 1, 2), n_tasks)
+        if expected_pair_count(n_tasks, alpha, count) >= MIN_PAIR_COVERAGE
+        and math.comb(n_tasks, alpha) >= count
+    ]
+    if larger:
+        options.append(f"subsets.size = {larger[0]}")
+    if not options and n_tasks >= 3:
+        alpha = min(max(size, 2), n_tasks - 1)
+        options.append(f"subsets.size = {alpha} with subsets.count >= {count_for(alpha)}")
+    return " or ".join(options)
 
 
 def forward_selection_settings(config: dict) -> dict | None:

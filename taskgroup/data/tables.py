@@ -266,12 +266,62 @@ def check_columns(frame: pd.DataFrame, schema: dict[str, str], source: str) -> N
             )
 
 
+PARQUET_MAGIC = b"PAR1"  # the first and the last four bytes of every Parquet file
+
+
+class UnreadableFileError(ValueError):
+    """A file the workflow wrote (a table, a model) that cannot be read: damaged, cut short
+    or replaced; the message names the path and how to make the workflow write it again."""
+
+
+def regenerate_hint(path: str | os.PathLike) -> str:
+    """How to make Snakemake write the workflow's file at ``path`` again: a plain rerun
+    does not, since the file exists and its inputs did not change."""
+    return (
+        f"the workflow wrote it: regenerate it with `snakemake --forcerun {path}` (the job "
+        "that writes it, and those that read it, run again)"
+    )
+
+
+def parquet_damage(path: str | os.PathLike, error: Exception) -> str:
+    """What is wrong with the Parquet file at ``path`` that pyarrow failed to read with
+    ``error``: empty, not Parquet (with its first line when it is text), cut short, or
+    pyarrow's own message."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as handle:
+        start = handle.read(64)
+        handle.seek(max(size - len(PARQUET_MAGIC), 0))
+        end = handle.read()
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if not start.startswith(PARQUET_MAGIC):
+        lines = start.decode("utf-8", errors="replace").splitlines()
+        text = f"; it starts like text: {lines[0][:40]!r}" if lines and start.isascii() else ""
+        return f"it does not start with the bytes PAR1 that every Parquet file starts with{text}"
+    if end != PARQUET_MAGIC:
+        return (
+            f"it is cut short ({size} bytes, no PAR1 at its end: an interrupted write or "
+            "copy?)"
+        )
+    return f"pyarrow: {error}"
+
+
 def read_table(path: str | os.PathLike, schema: dict[str, str]) -> pd.DataFrame:
-    """Read a Parquet artifact and check it against ``schema`` (see module docstring)."""
+    """Read a Parquet artifact and check it against ``schema`` (see module docstring).
+
+    Raises FileNotFoundError if it is missing, :class:`UnreadableFileError` naming the path
+    and the ``snakemake --forcerun`` that rewrites it if it is not a readable Parquet file,
+    ValueError (:func:`check_columns`) if its columns do not match."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow's ArrowInvalid, OSError
+        raise UnreadableFileError(
+            f"{path}: not a readable Parquet file ({parquet_damage(path, error)}); "
+            + regenerate_hint(path)
+        ) from None
     check_columns(frame, schema, str(path))
     return frame
 

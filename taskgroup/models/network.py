@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from taskgroup.data.tables import UnreadableFileError, regenerate_hint
+
 
 class MultiHeadNet(nn.Module):
     """Shared trunk (Linear + ReLU layers of ``hidden_sizes``) and ``n_tasks`` linear heads.
@@ -84,8 +86,21 @@ def save_checkpoint(model: MultiHeadNet, task_names: list[str], path) -> None:
 
 def load_checkpoint(path, task_names: list[str]) -> MultiHeadNet:
     """Load a checkpoint, checking that it was trained on ``task_names`` in that order (an
-    :class:`AlignedNet` when it was trained with covariance alignment)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    :class:`AlignedNet` when it was trained with covariance alignment).
+
+    Raises FileNotFoundError if it is missing, :class:`UnreadableFileError` naming the path
+    and the ``snakemake --forcerun`` that rewrites it if torch cannot load it (damaged, cut
+    short, or holding more than weights), ValueError if its tasks differ."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # RuntimeError (PytorchStreamReader), UnpicklingError, EOFError
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UnreadableFileError(
+            f"{path}: not a readable model checkpoint ({type(error).__name__}: {cause}); "
+            + regenerate_hint(path)
+        ) from None
     if payload["task_names"] != task_names:
         raise ValueError(
             f"{path}: checkpoint was trained on tasks {payload['task_names'][:5]}..., "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,15 @@ from taskgroup.models.metrics import example_losses, per_task_metric, resolve_me
 from taskgroup.models.network import MultiHeadNet
 
 log = logging.getLogger(__name__)
+
+# A training whose last epoch's mean training loss exceeds both this multiple of its loss at
+# the start (the first minibatch, before any step) and that loss + 1 is logged as diverging:
+# a sound training lowers its training loss, and the sum keeps a start near 0 from warning.
+DIVERGENCE_FACTOR = 10.0
+
+
+class TrainingDivergedError(ValueError):
+    """The training loss became NaN or infinite (a learning rate far too large, mostly)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,11 @@ def fit(
     loss). ``after_epoch(epoch, model)``, if given, is called after every epoch's steps
     (epoch counts from 1), before the best-epoch selection; like ``before_step`` it must not
     change the model or draw random numbers. Without either, training is unchanged.
+
+    Raises :class:`TrainingDivergedError`, naming the epoch and the learning rate, when an
+    epoch's mean training loss is not finite (or an optimizer step overflows); logs a
+    warning when the last epoch's training loss ends far above the start
+    (:data:`DIVERGENCE_FACTOR`).
     """
     train = data.splits["train"].select_tasks(task_indices)
     val = data.splits["val"].select_tasks(task_indices)
@@ -86,6 +101,7 @@ def fit(
     )
     best_loss, best_state = float("inf"), None
     history = []
+    start_loss = None
     step = 0
     for _ in range(settings.epochs):
         model.train()
@@ -111,9 +127,28 @@ def fit(
                 ).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            epoch_loss += loss.item() * batch.numel()
+            try:
+                optimizer.step()
+            except RuntimeError as error:
+                if "overflow" not in str(error):
+                    raise
+                raise TrainingDivergedError(
+                    f"training diverged: an optimizer step of epoch {len(history) + 1} of "
+                    f"{settings.epochs} overflowed ({error}) with lr = {settings.lr:g}; "
+                    f"{_LOWER_LR}"
+                ) from None
+            batch_loss = loss.item()
+            if start_loss is None:
+                start_loss = batch_loss  # at the initial parameters
+            epoch_loss += batch_loss * batch.numel()
         history.append(epoch_loss / n_examples)
+        if not math.isfinite(history[-1]):
+            raise TrainingDivergedError(
+                f"training diverged: the mean training loss of epoch {len(history)} of "
+                f"{settings.epochs} is {history[-1]} (at the start {start_loss:.4g}) with "
+                f"Adam, lr = {settings.lr:g}, batch_size = {settings.batch_size}, "
+                f"weight_decay = {settings.weight_decay:g}; {_LOWER_LR}"
+            )
         if after_epoch is not None:
             after_epoch(len(history), model)
         if settings.select_best_epoch:
@@ -122,10 +157,22 @@ def fit(
             score = float(val_loss[counts > 0].mean())
             if score < best_loss:
                 best_loss, best_state = score, copy.deepcopy(model.state_dict())
+    if history and history[-1] > max(DIVERGENCE_FACTOR * start_loss, start_loss + 1):
+        log.warning(
+            "training loss rose from %.4g at the start to %.4g in the last epoch (%d) with "
+            "lr = %g: the training may have diverged; %s",
+            start_loss, history[-1], len(history), settings.lr, _LOWER_LR,
+        )
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+_LOWER_LR = (
+    "lower the learning rate (lr of the config section of this training: meta_init, "
+    "finetune or final)"
+)
 
 
 def evaluate(

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from taskgroup.data.datasets.errors import DataError
+from taskgroup.data.datasets.files import read_header, read_rows
 from taskgroup.data.tables import FEATURE_PREFIX
 
 COMMUNITY_PREFIX = "community_"
@@ -59,30 +60,25 @@ class GraphFilesSpec:
     seed: int
 
 
-def _read(path: str | os.PathLike, what: str) -> pd.DataFrame:
-    path = Path(path)
+def _kind(path: Path, what: str) -> str:
     if not path.exists():
         raise DataError(f"{path}: {what} file not found")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
+        return "parquet"
     if suffix == ".csv":
-        return pd.read_csv(path)
+        return "csv"
     raise DataError(f"{path}: {what} file must end in .parquet, .pq or .csv")
+
+
+def _read(path: str | os.PathLike, what: str, require_rows: bool = True) -> pd.DataFrame:
+    path = Path(path)
+    return read_rows(path, _kind(path, what), require_rows=require_rows)
 
 
 def _header(path: str | os.PathLike, what: str) -> list[str]:
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: {what} file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    if suffix == ".csv":
-        return list(pd.read_csv(path, nrows=0).columns)
-    raise DataError(f"{path}: {what} file must end in .parquet, .pq or .csv")
+    return read_header(path, _kind(path, what))
 
 
 def _shown(values) -> str:
@@ -186,7 +182,7 @@ def load_graph(
         membership[column] = values.astype(np.int8).to_numpy()
     membership = pd.DataFrame(membership, columns=communities)
 
-    edges = _read(edges_path, "edge table")
+    edges = _read(edges_path, "edge table", require_rows=False)  # no edges: features only
     missing = [c for c in ("source", "target") if c not in edges.columns]
     if missing:
         raise DataError(

@@ -8,12 +8,15 @@ column and the offending values.
 
 Conventions (see also the README, "Bring your own data"):
 
-- **Task names** are strings: a whole number (``1``, ``np.int16(1)``, ``1.0``) becomes its
-  decimal digits (``"1"``), any other value ``str(value)`` with surrounding white space
-  stripped. Two distinct values with the same name (``1`` and ``"1"``, ``"a"`` and ``"a "``)
-  are an error, as are empty task values.
+- **Task names** are strings. A CSV task column is read as text, so a name keeps its
+  spelling (``01`` and ``1`` are two tasks, ``1.0`` stays ``1.0``; ``NA``, ``None``,
+  ``n/a`` are names, only an empty cell is missing). In a Parquet file a whole number
+  (``1``, ``np.int16(1)``, ``1.0``) becomes its decimal digits (``"1"``), any other value
+  ``str(value)``. Surrounding white space is stripped. Two distinct values with the same
+  name (``1`` and ``"1"``, ``"a"`` and ``"a "``) are an error, as are empty task values.
 - **Task order** (the canonical order of the tasks table): by value when the task column is
-  numeric, otherwise by name.
+  numeric (in a CSV file: when every name is a number; equal values by name), otherwise by
+  name.
 - **Splits**: the split column when given; otherwise a seeded split per task, drawn within
   each label class for binary tasks (stratified), with ``split_fractions`` of the task's rows
   (rounded) in train and val and the rest in test. A task's split depends only on the seed,
@@ -41,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from taskgroup.data.datasets.errors import DataError
+from taskgroup.data.datasets.files import read_header, read_rows
 from taskgroup.data.datasets.splits import stratified_split
 from taskgroup.data.tables import FEATURE_PREFIX, SPLITS, tasks_table
 
@@ -48,6 +52,9 @@ log = logging.getLogger(__name__)
 
 TASK_TYPES = ("auto", "binary", "regression")
 SHOWN = 5  # offending values listed in a message
+# |Pearson correlation| with the label on the training rows above which a feature taken by
+# features "auto" is refused as a leak of the label.
+LEAK_CORRELATION = 0.999
 
 
 @dataclass(frozen=True)
@@ -126,21 +133,15 @@ def _check_exists(path: str | Path, key: str) -> None:
 
 def table_columns(path: str | Path) -> list[str]:
     """The column names of a Parquet or CSV file, without reading its rows."""
-    kind = _format(path)
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    return list(pd.read_csv(path, nrows=0, sep="\t" if kind == "tsv" else ",").columns)
+    return read_header(path, _format(path))
 
 
-def read_columns(path: str | Path, columns: list[str]) -> pd.DataFrame:
-    """Only ``columns`` of a Parquet or CSV file."""
-    kind = _format(path)
-    if kind == "parquet":
-        return pd.read_parquet(path, columns=columns)
-    frame = pd.read_csv(path, usecols=columns, sep="\t" if kind == "tsv" else ",")
-    return frame[columns]
+def read_columns(
+    path: str | Path, columns: list[str], text_columns: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Only ``columns`` of a Parquet or CSV file, which must have data rows;
+    ``text_columns`` of a CSV file as text (:func:`taskgroup.data.datasets.files.read_rows`)."""
+    return read_rows(path, _format(path), columns, text_columns)
 
 
 def _require_columns(path, available: list[str], wanted: dict[str, str]) -> None:
@@ -183,6 +184,13 @@ def normalize_task_name(value) -> str | None:
     return name or None
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return bool(np.isfinite(float(text)))
+    except ValueError:
+        return False
+
+
 def _task_names(path, column: pd.Series, task_column: str) -> tuple[pd.Series, list[str]]:
     """The normalized name of every row, and the task names in canonical order."""
     raw_values = pd.unique(column)
@@ -211,6 +219,10 @@ def _task_names(path, column: pd.Series, task_column: str) -> tuple[pd.Series, l
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         order = [by_name[name] for name in by_name]
         ordered = [names[value] for value in sorted(order)]
+    elif _format(path) != "parquet" and all(_is_number(name) for name in by_name):
+        # A CSV task column is read as text: numbers keep the order by value they had
+        # when CSV ids were parsed as numbers ("01" just before "1").
+        ordered = sorted(by_name, key=lambda name: (float(name), name))
     else:
         ordered = sorted(by_name)
     return row_names.astype(str), ordered
@@ -246,7 +258,7 @@ def table_task_names(spec: TableSpec) -> list[str]:
     _require_columns(
         spec.path, table_columns(spec.path), {spec.task_column: "dataset.table.task_column"}
     )
-    column = read_columns(spec.path, [spec.task_column])[spec.task_column]
+    column = read_columns(spec.path, [spec.task_column], (spec.task_column,))[spec.task_column]
     _, ordered = _task_names(spec.path, column, spec.task_column)
     return _selected_tasks(spec.path, spec, ordered)
 
@@ -329,6 +341,67 @@ def _check_finite(path, frame: pd.DataFrame, columns: list[str], rows: np.ndarra
             + ". Data rows count from 0 (the header is not one); remove or impute the "
             "values, or leave the rows' tasks out (dataset.table.tasks)"
         )
+
+
+def _check_float32_range(
+    path, frame: pd.DataFrame, columns: list[str], rows: np.ndarray
+) -> None:
+    """Refuse values beyond float32's range: the examples table stores float32, and their
+    squares overflow the standardization's float64 variance long before that. ``rows``: the
+    file's data row (from 0) of each row of ``frame``."""
+    limit = float(np.finfo(np.float32).max)
+    problems = []
+    for column in columns:
+        values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.abs(values) > limit
+        if bad.any():
+            problems.append(
+                f"column {column!r}: {int(bad.sum())} row(s) (data rows "
+                f"{_positions(bad, rows)}, e.g. {values[bad][0]:g})"
+            )
+    if problems:
+        raise DataError(
+            f"{path}: values beyond the float32 range (|x| > {limit:.3g}) in "
+            + "; ".join(problems)
+            + ". Features and labels are stored as float32; rescale the column (other "
+            "units, a logarithm) or leave it out. Data rows count from 0 (the header is "
+            "not one)"
+        )
+
+
+def _check_label_leaks(
+    path, spec: TableSpec, frame: pd.DataFrame, features: list[str], labels: np.ndarray,
+    train: np.ndarray,
+) -> None:
+    """Refuse a feature taken by features 'auto' that equals the label on the training rows
+    or correlates with it beyond :data:`LEAK_CORRELATION` (a copy or an encoding of the
+    label: a leak); warn about one in an explicit features list (the user chose it)."""
+    target = labels[train]
+    leaks = []
+    for column in features:
+        values = frame[column].to_numpy(dtype=np.float64)[train]
+        if np.array_equal(values, target):
+            leaks.append(f"{column!r} equals it")
+            continue
+        if values.std() == 0 or target.std() == 0:
+            continue
+        correlation = float(np.corrcoef(values, target)[0, 1])
+        if abs(correlation) > LEAK_CORRELATION:
+            leaks.append(f"{column!r} correlates with it at r = {correlation:.5f}")
+    if not leaks:
+        return
+    found = (
+        f"{path}: on the {int(train.sum())} training rows, feature column(s) "
+        f"{'; '.join(leaks)} (label column {spec.label_column!r}): such a feature carries "
+        "the label into the inputs (a leak)"
+    )
+    if spec.features != "auto":
+        log.warning("%s; it is kept because dataset.table.features lists it", found)
+        return
+    raise DataError(
+        f"{found}. Leave it out (dataset.table.exclude_columns), or list the features "
+        "(dataset.table.features) if it is a real one"
+    )
 
 
 def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
@@ -430,7 +503,7 @@ def _planted_groups(spec: TableSpec, tasks: list[str]) -> pd.Series:
             spec.group_column: "dataset.table.group_column",
         },
     )
-    frame = read_columns(path, [spec.task_column, spec.group_column])
+    frame = read_columns(path, [spec.task_column, spec.group_column], (spec.task_column,))
     names, _ = _task_names(path, frame[spec.task_column], spec.task_column)
     groups = frame[spec.group_column]
     missing = groups.isna().to_numpy()
@@ -491,8 +564,13 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     if spec.split_column is not None:
         wanted[spec.split_column] = "dataset.table.split_column"
     _require_columns(path, available, wanted)
-    frame = read_columns(path, available)
+    frame = read_columns(path, available, (spec.task_column,))
     features = _feature_names(path, spec, available, frame.dtypes)
+    log.info(
+        "%s: features %s (dataset.table.features = %r%s)", path, features, spec.features,
+        ": every numeric column but the task, label and split columns and exclude_columns "
+        f"{list(spec.exclude_columns)}" if spec.features == "auto" else "",
+    )
 
     row_names, ordered = _task_names(path, frame[spec.task_column], spec.task_column)
     tasks = _selected_tasks(path, spec, ordered)
@@ -504,6 +582,7 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     _check_numeric(path, frame, features, "feature")
     _check_numeric(path, frame, [spec.label_column], "label")
     _check_finite(path, frame, features + [spec.label_column], file_rows)
+    _check_float32_range(path, frame, features + [spec.label_column], file_rows)
     labels = frame[spec.label_column].to_numpy(dtype=np.float64)
     task_type = _task_type(path, spec, labels)
 
@@ -519,6 +598,7 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         _check_classes(path, spec, work)
 
     train = (work["split"] == "train").to_numpy()
+    _check_label_leaks(path, spec, frame, features, labels, train)
     standardized = _standardize(frame[features].to_numpy(dtype=np.float64), train)
     if task_type == "regression" and spec.standardize_label:
         work["label"] = _standardize(labels[:, None], train)[:, 0]

@@ -1,0 +1,469 @@
+"""Bad inputs give a message that names the key, file or column, the value found and what is
+expected, at the earliest moment (issue 13): degenerate designs and bad names at parse time,
+the user's files when they are read, corrupt intermediates and diverging trainings in the
+stages."""
+
+import copy
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from snakemake.utils import validate
+from workflow_helpers import make_workdir, smoke_config, snakemake
+
+from taskgroup.config import MIN_PAIR_COVERAGE, ConfigError, check_config, n_tasks
+from taskgroup.data.datasets import DataError
+from taskgroup.data.datasets.graph_files import load_graph
+from taskgroup.data.datasets.table import load_table, table_spec, table_task_names
+from taskgroup.data.designs import expected_pair_count
+from taskgroup.data.tables import TASKS, UnreadableFileError, read_table, write_table
+from taskgroup.models.network import MultiHeadNet, load_checkpoint, save_checkpoint
+from taskgroup.models.training import (
+    DIVERGENCE_FACTOR,
+    TrainingDivergedError,
+    TrainSettings,
+    fit,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "config" / "config.schema.yaml")
+
+
+@pytest.fixture
+def smoke():
+    config = smoke_config()
+    validate(config, SCHEMA)
+    return config
+
+
+# --- degenerate random designs (parse time) ---------------------------------------------------
+
+
+def test_subsets_of_one_task_are_refused_naming_a_size_that_covers_the_pairs(smoke):
+    smoke["subsets"].update(size=1, count=9)
+    with pytest.raises(ConfigError) as error:
+        check_config(smoke)
+    message = str(error.value)
+    assert "subsets.size (alpha) = 1 and subsets.count (m) = 9" in message
+    assert "k = 9 tasks in 0 subsets on average" in message
+    assert "no pair of tasks shares a subset" in message
+    assert "affinity.sources lists higher_order" in message
+    assert "surrogates.enabled" in message
+    # 9 subsets of 4 out of 9 tasks: 9 * 4 * 3 / (9 * 8) = 1.5 >= 1; of 3: 0.75
+    assert message.endswith("Use subsets.size = 4")
+    assert expected_pair_count(9, 4, 9) >= MIN_PAIR_COVERAGE > expected_pair_count(9, 3, 9)
+
+
+def test_subsets_of_every_task_are_refused_as_a_constant_affinity(smoke):
+    smoke["subsets"].update(size=9, count=1)
+    with pytest.raises(ConfigError) as error:
+        check_config(smoke)
+    message = str(error.value)
+    assert "subsets.size (alpha) = 9 and subsets.count (m) = 1" in message
+    assert "every subset is the whole set of k = 9 tasks" in message
+    assert "constant affinity" in message
+    assert "between 2 and k - 1 = 8, e.g. subsets.size = 8 with subsets.count >= 2" in message
+
+
+def test_a_design_leaving_most_pairs_uncovered_names_the_count_and_size_that_cover_them(
+    smoke,
+):
+    # 160 tasks with the default design (600 subsets of 5): 0.47 subsets per pair.
+    smoke["dataset"]["planted"].update(n_groups=16, tasks_per_group=10)
+    smoke["clustering"]["n_clusters"] = 16
+    smoke["subsets"].update(size=5, count=600)
+    with pytest.raises(ConfigError) as error:
+        check_config(smoke)
+    message = str(error.value)
+    assert "k = 160 tasks in 0.472 subsets on average" in message
+    assert "about 62% of the pairs share none" in message
+    # 160 * 159 / 20 = 1272 subsets of 5; 600 subsets of 8: 600 * 56 / 25440 = 1.32
+    assert message.endswith("Use subsets.count >= 1272 or subsets.size = 8")
+    for fix in ({"count": 1272}, {"size": 8}):
+        fixed = copy.deepcopy(smoke)
+        fixed["subsets"].update(fix)
+        check_config(fixed)
+    smoke["subsets"]["count"] = 1271
+    with pytest.raises(ConfigError, match="in 0.999 subsets on average"):
+        check_config(smoke)
+
+
+def test_the_coverage_check_applies_only_when_a_source_compares_pairs(smoke):
+    smoke["subsets"].update(size=1, count=9)
+    smoke["affinity"]["sources"] = ["gradient_cosine", "covariance"]
+    with pytest.raises(ConfigError, match="the surrogates .surrogates.enabled: true. needs"):
+        check_config(smoke)
+    smoke["surrogates"]["enabled"] = False
+    check_config(smoke)  # nothing reads the random design's pairs
+
+
+def test_every_shipped_config_covers_its_pairs():
+    """The threshold leaves every shipped config valid (the table examples are counted from
+    their data only where the shared data is present)."""
+    paths = [ROOT / "config" / "config.yaml", ROOT / "tests" / "smoke" / "config.yaml"]
+    paths += sorted((ROOT / "config" / "examples").glob("*.yaml"))
+    for path in paths:
+        config = yaml.safe_load(path.read_text())
+        validate(config, SCHEMA)
+        table = config["dataset"].get("table")
+        if config["dataset"]["kind"] == "table":
+            data = ROOT / table["path"]
+            if not data.exists():
+                continue
+            table["path"] = str(data)
+        check_config(config)
+
+
+def test_a_degenerate_design_stops_the_dry_run_before_any_job(tmp_path):
+    config = smoke_config()
+    config["subsets"].update(size=1, count=9)
+    workdir = make_workdir(tmp_path, config)
+    result = snakemake(workdir, "-n", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert re.search(r"subsets.size \(alpha\) = 1 and subsets.count \(m\) = 9 .* k = 9", output)
+    assert not (workdir / "results").exists()
+
+
+# --- dataset.name: a plain folder name under results/ -----------------------------------------
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "a/b", "../up", "-x", "", "a b"])
+def test_dataset_name_must_be_a_plain_folder_name(smoke, name):
+    smoke["dataset"]["name"] = name
+    with pytest.raises(Exception, match="does not match"):
+        validate(smoke, SCHEMA)
+
+
+@pytest.mark.parametrize("name", ["smoke", "run.1", "my_data-2", "_x", "2024"])
+def test_plain_folder_names_pass(smoke, name):
+    smoke["dataset"]["name"] = name
+    validate(smoke, SCHEMA)
+
+
+def test_a_dot_in_the_dataset_name_matches_only_a_dot(tmp_path):
+    """The name is escaped in the wildcard constraint: with name run.1 no rule writes
+    results/runX1/ (an unescaped '.' would match the 'X')."""
+    config = smoke_config()
+    config["dataset"]["name"] = "run.1"
+    workdir = make_workdir(tmp_path, config)
+    result = snakemake(workdir, "-n", "results/runX1/data/tasks.parquet", check=False)
+    assert result.returncode != 0
+    assert "No rule to produce results/runX1/data/tasks.parquet" in result.stdout + result.stderr
+    result = snakemake(workdir, "-n", "results/run.1/data/tasks.parquet")
+    assert "prepare_dataset" in result.stdout
+
+
+# --- the user's table and graph files ---------------------------------------------------------
+
+
+def csv_table(path: Path, tasks: list[str], rows: int = 30, seed: int = 0) -> Path:
+    """A CSV table whose task column is written exactly as ``tasks`` spell it, ``rows``
+    rows per task (both labels in every split of the drawn 60/20/20 split)."""
+    rng = np.random.default_rng(seed)
+    lines = ["task,a,b,label"]
+    for task in tasks:
+        for row in range(rows):
+            lines.append(f"{task},{rng.normal():.6f},{rng.normal():.6f},{row % 2}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def table_section(path, **overrides) -> dict:
+    return {"path": str(path), "task_column": "task", "label_column": "label", **overrides}
+
+
+def test_csv_task_ids_keep_their_spelling(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["01", "1", "2", "10", "1.0"])
+    spec = table_spec(table_section(path))
+    assert table_task_names(spec) == ["01", "1", "1.0", "2", "10"]  # by value, then name
+    examples, tasks = load_table(spec)
+    assert tasks["task"].tolist() == ["01", "1", "1.0", "2", "10"]
+    assert examples.groupby("task", sort=False).size().to_dict() == {
+        "01": 30, "1": 30, "1.0": 30, "2": 30, "10": 30,
+    }
+
+
+def test_csv_task_names_that_look_missing_are_names(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["NA", "None", "n/a", "nan"])
+    _, tasks = load_table(table_spec(table_section(path)))
+    assert tasks["task"].tolist() == ["NA", "None", "n/a", "nan"]
+    # only an empty cell is missing
+    text = path.read_text().splitlines()
+    text[3] = "," + text[3].split(",", 1)[1]
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"column 'task' is empty in 1 row\(s\) \(data rows 2,"):
+        load_table(table_spec(table_section(path)))
+
+
+def test_csv_features_keep_pandas_missing_markers(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["x", "y"])
+    text = path.read_text().splitlines()
+    text[5] = text[5].split(",")[0] + ",NA," + ",".join(text[5].split(",")[2:])
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"NaN or infinite values in column 'a': 1 row\(s\) "
+                                        r"\(data rows 4\)"):
+        load_table(table_spec(table_section(path)))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"data\.csv: not a readable CSV file \(the file is empty: no header line\)"),
+        (b"task,a,b,label\n", r"data\.csv: the file has a header but no data rows"),
+        (b"PAR1\x00\x01\x02", r"data\.csv: not a readable CSV file \(it is a Parquet file: "
+                              r"name it \.parquet\)"),
+    ],
+    ids=["empty", "header-only", "parquet-named-csv"],
+)
+def test_unreadable_csv_names_the_file_at_parse_time(tmp_path, content, message):
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    config = {"dataset": {"kind": "table", "table": table_section(path)}}
+    with pytest.raises(DataError, match=message):
+        n_tasks(config)
+    with pytest.raises(DataError, match=message):
+        load_table(table_spec(table_section(path)))
+
+
+def test_csv_saved_as_parquet_and_truncated_parquet_name_the_file(tmp_path):
+    text = csv_table(tmp_path / "data.csv", ["a", "b"]).read_bytes()
+    fake = tmp_path / "data.parquet"
+    fake.write_bytes(text)
+    with pytest.raises(
+        DataError,
+        match=r"data\.parquet: not a readable Parquet file \(it does not start with the bytes "
+              r"PAR1 .*; it starts like text: 'task,a,b,label'\); a file ending in \.parquet "
+              r"or \.pq is read as Parquet: give a CSV file a \.csv name",
+    ):
+        table_task_names(table_spec(table_section(fake)))
+    pd.read_csv(tmp_path / "data.csv").to_parquet(fake)
+    whole = fake.read_bytes()
+    fake.write_bytes(whole[: len(whole) // 2])
+    for read in (table_task_names, load_table):
+        with pytest.raises(DataError, match=r"data\.parquet: not a readable Parquet file \(it "
+                                            rf"is cut short \({len(whole) // 2} bytes"):
+            read(table_spec(table_section(fake)))
+    fake.write_bytes(b"")
+    with pytest.raises(DataError, match=r"not a readable Parquet file \(the file is empty"):
+        table_task_names(table_spec(table_section(fake)))
+
+
+def test_values_beyond_float32_are_refused_naming_column_and_rows(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["x", "y"])
+    frame = pd.read_csv(path, dtype={"task": str})
+    frame.loc[[3, 30], "b"] = [1e300, -5e38]
+    frame.loc[7, "a"] = 3e38  # within float32's range
+    frame.to_csv(path, index=False)
+    with pytest.raises(
+        DataError,
+        match=r"data\.csv: values beyond the float32 range \(\|x\| > 3\.4e\+38\) in column "
+              r"'b': 2 row\(s\) \(data rows 3, 30, e\.g\. 1e\+300\)",
+    ):
+        load_table(table_spec(table_section(path)))
+
+
+def test_unreadable_graph_files_name_the_file(tmp_path):
+    edges = tmp_path / "edges.csv"
+    nodes = tmp_path / "nodes.parquet"
+    edges.write_text("")
+    nodes.write_text("node,feature_a,community_a\n0,1.0,1\n")
+    with pytest.raises(DataError, match=r"nodes\.parquet: not a readable Parquet file .*"
+                                        r"starts like text: 'node,feature_a,community_a'"):
+        load_graph(edges, nodes)
+    pd.DataFrame({"node": [0, 1], "feature_a": [1.0, 2.0], "community_a": [1, 0]}).to_parquet(
+        nodes
+    )
+    with pytest.raises(DataError, match=r"edges\.csv: not a readable CSV file \(the file is "
+                                        r"empty: no header line\)"):
+        load_graph(edges, nodes)
+    edges.write_text("source,target\n")  # a graph without edges stays allowed
+    loaded, _, _ = load_graph(edges, nodes)
+    assert len(loaded) == 0
+
+
+# --- intermediates the workflow wrote -------------------------------------------------------
+
+
+def test_a_damaged_table_names_the_path_and_the_forcerun(tmp_path):
+    path = tmp_path / "results" / "x" / "data" / "tasks.parquet"
+    write_table(pd.DataFrame({"task": ["a"], "task_index": np.array([0], dtype=np.int64)}),
+                path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-10])
+    forcerun = re.escape(f"`snakemake --forcerun {path}`")
+    with pytest.raises(UnreadableFileError, match=rf"{re.escape(str(path))}: not a readable "
+                       rf"Parquet file \(it is cut short \({len(whole) - 10} bytes.*{forcerun}"):
+        read_table(path, TASKS)
+    path.write_text("garbage")
+    with pytest.raises(UnreadableFileError, match=r"does not start with the bytes PAR1 .*"
+                                                  r"starts like text: 'garbage'"):
+        read_table(path, TASKS)
+
+
+def test_a_damaged_checkpoint_names_the_path_and_the_forcerun(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(MultiHeadNet(3, 2, [4]), ["a", "b"], path)
+    assert load_checkpoint(path, ["a", "b"]).head_bias.shape == (2,)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        UnreadableFileError,
+        match=rf"{re.escape(str(path))}: not a readable model checkpoint \(RuntimeError: "
+              rf".*{re.escape(f'`snakemake --forcerun {path}`')}",
+    ):
+        load_checkpoint(path, ["a", "b"])
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(path, ["a", "b"])
+
+
+# --- trainings that diverge -------------------------------------------------------------------
+
+
+def train_small(data, lr, epochs=3):
+    torch.manual_seed(0)
+    model = MultiHeadNet(data.n_features, data.n_tasks, [2])
+    settings = TrainSettings(epochs=epochs, lr=lr, batch_size=32)
+    return fit(model, data, torch.arange(data.n_tasks), settings, seed=0)
+
+
+def test_a_non_finite_training_loss_names_the_epoch_and_the_learning_rate(small_data):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"training diverged: the mean training loss of epoch 1 of 3 is nan \(at the "
+              r"start 0\.69\d*\) with Adam, lr = 1e\+30, batch_size = 32, .*lower the "
+              r"learning rate \(lr of the config section of this training: meta_init, "
+              r"finetune or final\)",
+    ):
+        train_small(small_data, lr=1e30)
+    with pytest.raises(TrainingDivergedError, match=r"an optimizer step of epoch 1 of 3 "
+                                                    r"overflowed .* lr = 1e\+38"):
+        train_small(small_data, lr=1e38)
+
+
+def test_a_loss_ending_far_above_its_start_is_logged(small_data, caplog):
+    with caplog.at_level(logging.WARNING, logger="taskgroup.models.training"):
+        history = train_small(small_data, lr=1e6, epochs=5)
+    assert history[-1] > DIVERGENCE_FACTOR * 0.7
+    assert re.search(r"training loss rose from 0\.69\d* at the start to [\d.e+]+ in the last "
+                     r"epoch \(5\) with lr = 1e\+06: the training may have diverged",
+                     caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="taskgroup.models.training"):
+        history = train_small(small_data, lr=0.01, epochs=5)
+    assert history[-1] < history[0] and "diverged" not in caplog.text
+
+
+# --- the schema's own text ----------------------------------------------------------------------
+
+
+def test_schema_descriptions_are_whole_and_no_property_is_a_stray_key():
+    """An unquoted comma in a flow mapping cuts a description and adds a key with no value
+    (validation errors would print the cut text)."""
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    stray = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if value is None and key != "default":
+                    stray.append(f"{where}/{key}")
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    walk(schema, "")
+    assert stray == []
+    subsets = schema["properties"]["subsets"]["properties"]
+    assert subsets["size"]["description"] == "alpha, tasks per subset"
+    assert subsets["count"]["description"] == "m, number of distinct subsets"
+    table = schema["properties"]["dataset"]["properties"]["table"]["properties"]
+    assert table["path"]["description"] == (
+        "Parquet or CSV file, relative to the directory Snakemake runs in"
+    )
+
+
+# --- the planted baseline without a known grouping (parse time) -----------------------------
+
+
+def test_planted_baseline_without_groups_names_both_fixes(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["a", "b", "c", "d"])
+    config = smoke_config()
+    config["dataset"] = {"name": "t", "kind": "table", "table": table_section(path)}
+    config["subsets"].update(size=2, count=6)
+    config["clustering"]["n_clusters"] = 2
+    validate(config, SCHEMA)
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    assert str(error.value) == (
+        "config: evaluation.baselines lists 'planted' (as the default config does), but "
+        "dataset.kind = 'table' has no planted groups (no known grouping of its tasks to "
+        "compare with). Either drop 'planted' from evaluation.baselines "
+        "(evaluation.baselines: ['naive_mtl', 'stl', 'random']), or name the known grouping: "
+        "set dataset.table.groups_path (a table of task and group) and group_column"
+    )
+    config["evaluation"]["baselines"] = ["naive_mtl", "stl", "random"]
+    check_config(config)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("task,group\na,0\nb,0\nc,1\nd,1\n")
+    config["dataset"]["table"].update(groups_path=str(groups), group_column="group")
+    config["evaluation"]["baselines"] = ["planted"]
+    check_config(config)
+
+
+def test_planted_baseline_on_a_user_graph_names_community_groups(smoke, tmp_path):
+    (tmp_path / "n.csv").write_text("node,feature_a,community_a,community_b,community_c\n")
+    (tmp_path / "e.csv").write_text("source,target\n")
+    smoke["dataset"] = {"name": "g", "kind": "graph_communities", "graph_communities": {
+        "edges_path": str(tmp_path / "e.csv"), "nodes_path": str(tmp_path / "n.csv")}}
+    smoke["subsets"].update(size=2, count=3)
+    smoke["clustering"]["n_clusters"] = 2
+    with pytest.raises(ConfigError, match=r"Either drop 'planted' .* set "
+                                          r"dataset\.graph_communities\.community_groups"):
+        check_config(smoke)
+
+
+# --- features "auto" and the label ------------------------------------------------------------
+
+
+def leaky_table(path: Path) -> Path:
+    frame = pd.read_csv(csv_table(path, ["x", "y", "z"]), dtype={"task": str})
+    rng = np.random.default_rng(1)
+    frame["copy"] = frame["label"]
+    frame["score"] = 3.0 * frame["label"] - 1.0 + rng.normal(scale=0.05, size=len(frame))
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_features_auto_refuses_a_column_that_carries_the_label(tmp_path, caplog):
+    path = leaky_table(tmp_path / "data.csv")
+    with caplog.at_level(logging.INFO, logger="taskgroup.data.datasets.table"):
+        with pytest.raises(
+            DataError,
+            match=r"data\.csv: on the 54 training rows, feature column\(s\) 'copy' equals it; "
+                  r"'score' correlates with it at r = 0\.9996\d \(label column 'label'\): "
+                  r"such a feature carries the label into the inputs \(a leak\)\. Leave it "
+                  r"out \(dataset\.table\.exclude_columns\)",
+        ):
+            load_table(table_spec(table_section(path)))
+    # the chosen features are logged before the checks
+    assert "features ['a', 'b', 'copy', 'score'] (dataset.table.features = 'auto': every " \
+           "numeric column but" in caplog.text
+    examples, _ = load_table(table_spec(table_section(path, exclude_columns=["copy", "score"])))
+    assert [c for c in examples.columns if c.startswith("feature_")] == ["feature_a", "feature_b"]
+
+
+def test_an_explicit_feature_list_keeps_a_leaky_column_with_a_warning(tmp_path, caplog):
+    path = leaky_table(tmp_path / "data.csv")
+    with caplog.at_level(logging.WARNING, logger="taskgroup.data.datasets.table"):
+        examples, _ = load_table(table_spec(table_section(path, features=["a", "copy"])))
+    assert "feature_copy" in examples.columns
+    assert "feature column(s) 'copy' equals it" in caplog.text
+    assert "it is kept because dataset.table.features lists it" in caplog.text
