@@ -21,7 +21,14 @@ from taskgroup.data.datasets import DataError
 from taskgroup.data.datasets.graph_files import load_graph
 from taskgroup.data.datasets.table import load_table, table_spec, table_task_names
 from taskgroup.data.designs import expected_pair_count
-from taskgroup.data.tables import TASKS, UnreadableFileError, read_table, write_table
+from taskgroup.data.tables import (
+    GROUP_RESULTS,
+    TASKS,
+    UnreadableFileError,
+    read_table,
+    write_table,
+)
+from taskgroup.group.groupings import group_key
 from taskgroup.models.network import MultiHeadNet, load_checkpoint, save_checkpoint
 from taskgroup.models.training import (
     DIVERGENCE_FACTOR,
@@ -29,6 +36,8 @@ from taskgroup.models.training import (
     TrainSettings,
     fit,
 )
+from taskgroup.stages.evaluate import evaluate_groupings
+from taskgroup.stages.train import train_group_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config" / "config.schema.yaml")
@@ -351,6 +360,7 @@ def test_a_loss_ending_far_above_its_start_is_logged(small_data, caplog):
     with caplog.at_level(logging.WARNING, logger="taskgroup.models.training"):
         history = train_small(small_data, lr=1e6, epochs=5)
     assert history[-1] > DIVERGENCE_FACTOR * 0.7
+    assert history.rose_far and history.start == pytest.approx(0.69, abs=0.01)
     assert re.search(r"training loss rose from 0\.69\d* at the start to [\d.e+]+ in the last "
                      r"epoch \(5\) with lr = 1e\+06: the training may have diverged",
                      caplog.text)
@@ -358,6 +368,53 @@ def test_a_loss_ending_far_above_its_start_is_logged(small_data, caplog):
     with caplog.at_level(logging.WARNING, logger="taskgroup.models.training"):
         history = train_small(small_data, lr=0.01, epochs=5)
     assert history[-1] < history[0] and "diverged" not in caplog.text
+    assert not history.rose_far
+
+
+def test_a_diverged_group_model_is_flagged_in_its_results_and_counted_in_the_summary(
+    small_tables, tmp_path, caplog,
+):
+    """final.lr far too large for one group (naive MTL): its results say diverged on every
+    row, the summary counts its models (n_diverged) and the evaluation log names it; the
+    single-task models trained with a sound learning rate are not flagged."""
+    examples, tasks = small_tables
+    write_table(examples, tmp_path / "examples.parquet")
+    write_table(tasks, tmp_path / "tasks.parquet")
+    names = tasks["task"].tolist()
+    groupings = {
+        "naive_mtl": pd.DataFrame({"task": names, "group": 0}),
+        "stl": pd.DataFrame({"task": names, "group": range(len(names))}),
+    }
+    grouping_paths, result_paths = {}, []
+    for name, grouping in groupings.items():
+        grouping_paths[name] = tmp_path / f"{name}.parquet"
+        write_table(grouping, grouping_paths[name])
+        for _, members in grouping.groupby("group")["task"]:
+            key = group_key(list(members))
+            result_paths.append(tmp_path / f"{key}.parquet")
+            train_group_model(
+                tmp_path / "examples.parquet", tmp_path / "tasks.parquet", list(members), key,
+                result_paths[-1], [tmp_path / f"{key}_0.pt", tmp_path / f"{key}_1.pt"], [2],
+                {"epochs": 5, "lr": 1e6 if name == "naive_mtl" else 0.01, "batch_size": 32,
+                 "weight_decay": 0.0}, [0, 1],
+            )
+    flags = {
+        path.stem: read_table(path, GROUP_RESULTS)["diverged"].tolist() for path in result_paths
+    }
+    mtl_key = group_key(names)
+    assert flags.pop(mtl_key) == [True] * (2 * len(names) * 2)  # seeds x tasks x splits
+    assert not any(any(rows) for rows in flags.values())
+    with caplog.at_level(logging.WARNING, logger="taskgroup.stages.evaluate"):
+        evaluate_groupings(
+            grouping_paths, result_paths, tmp_path / "tasks.parquet",
+            tmp_path / "per_task.parquet", tmp_path / "summary.parquet",
+            tmp_path / "summary.html",
+        )
+    summary = pd.read_parquet(tmp_path / "summary.parquet")
+    assert summary.columns[-1] == "n_diverged"
+    assert summary.set_index("grouping")["n_diverged"].to_dict() == {"naive_mtl": 2, "stl": 0}
+    assert re.search(r"2 group model training\(s\) ended with a training loss far above its "
+                     r"start .*lower final\.lr.*: naive_mtl \(plain, 2\)$", caplog.text.strip())
 
 
 # --- the schema's own text ----------------------------------------------------------------------

@@ -69,7 +69,10 @@ group_results one row per (seed, task, split) of the models of one group (a set 
            "plain" | "reweighted" | "aligned" | "reweighted_aligned"), group_key (str, hash
            of the member task names), seed (int64), task (str), split ("val" | "test"),
            loss, metric (float64, see above), loss_weight (float64, the weight of the
-           task's loss in training: 1 unless reweighted, mean 1 over the group's tasks).
+           task's loss in training: 1 unless reweighted, mean 1 over the group's tasks),
+           diverged (bool, the same on every row of a seed's model: its last epoch's
+           training loss ended far above its start, see
+           :attr:`taskgroup.models.training.LossHistory.rose_far`).
 meta-init metrics (meta_init/val_metrics.parquet) one row per task: task, split ("val"),
            loss, metric (float64, see above), n_examples (int64).
 task_weights (training_options.meta_init.reweighting; meta_init/task_weights.parquet; the
@@ -180,6 +183,7 @@ GROUP_RESULTS = {
     "loss": "float",
     "metric": "float",
     "loss_weight": "float",
+    "diverged": "bool",
 }
 
 TASK_WEIGHTS = {
@@ -246,6 +250,8 @@ def _kind_matches(series: pd.Series, kind: str) -> bool:
         return pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
     if kind == "int":
         return pd.api.types.is_integer_dtype(series)
+    if kind == "bool":
+        return pd.api.types.is_bool_dtype(series)
     if kind == "float":
         return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
     raise ValueError(f"unknown column kind {kind!r}")

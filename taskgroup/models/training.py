@@ -27,6 +27,28 @@ class TrainingDivergedError(ValueError):
     """The training loss became NaN or infinite (a learning rate far too large, mostly)."""
 
 
+def loss_rose_far(start: float, last: float) -> bool:
+    """Whether a training whose loss was ``start`` at its first minibatch (before any step)
+    ended far above it: ``last`` (the last epoch's mean training loss) exceeds both
+    :data:`DIVERGENCE_FACTOR` times ``start`` and ``start`` + 1."""
+    return last > max(DIVERGENCE_FACTOR * start, start + 1)
+
+
+class LossHistory(list):
+    """The mean training loss of each epoch (a list of floats), with ``start``: the loss of
+    the first minibatch at the initial parameters (None before any step)."""
+
+    def __init__(self, losses=(), start: float | None = None):
+        super().__init__(losses)
+        self.start = start
+
+    @property
+    def rose_far(self) -> bool:
+        """The last epoch ended far above the start (:func:`loss_rose_far`): the training
+        may have diverged without its loss becoming infinite."""
+        return bool(self) and self.start is not None and loss_rose_far(self.start, self[-1])
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """How to train: Adam with learning rate ``lr`` for ``epochs`` passes over the training
@@ -70,10 +92,11 @@ def fit(
     before_step: Callable[[int, MultiHeadNet, SplitTensors], None] | None = None,
     task_weights: torch.Tensor | None = None,
     after_epoch: Callable[[int, MultiHeadNet], None] | None = None,
-) -> list[float]:
+) -> LossHistory:
     """Train ``model`` in place on the training examples of ``task_indices``.
 
-    Returns the mean training loss of each epoch. ``data`` must be on the model's device.
+    Returns the mean training loss of each epoch, with the loss at the start
+    (:class:`LossHistory`). ``data`` must be on the model's device.
     ``before_step(step, model, minibatch)``, if given, is called before every optimizer step
     (step counts from 0 over the whole run); it must not change the model or draw random
     numbers, so training is the same with or without it (e.g. TAG's lookahead).
@@ -88,7 +111,7 @@ def fit(
     Raises :class:`TrainingDivergedError`, naming the epoch and the learning rate, when an
     epoch's mean training loss is not finite (or an optimizer step overflows); logs a
     warning when the last epoch's training loss ends far above the start
-    (:data:`DIVERGENCE_FACTOR`).
+    (:attr:`LossHistory.rose_far`).
     """
     train = data.splits["train"].select_tasks(task_indices)
     val = data.splits["val"].select_tasks(task_indices)
@@ -100,8 +123,7 @@ def fit(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     best_loss, best_state = float("inf"), None
-    history = []
-    start_loss = None
+    history = LossHistory()
     step = 0
     for _ in range(settings.epochs):
         model.train()
@@ -138,14 +160,14 @@ def fit(
                     f"{_LOWER_LR}"
                 ) from None
             batch_loss = loss.item()
-            if start_loss is None:
-                start_loss = batch_loss  # at the initial parameters
+            if history.start is None:
+                history.start = batch_loss  # at the initial parameters
             epoch_loss += batch_loss * batch.numel()
         history.append(epoch_loss / n_examples)
         if not math.isfinite(history[-1]):
             raise TrainingDivergedError(
                 f"training diverged: the mean training loss of epoch {len(history)} of "
-                f"{settings.epochs} is {history[-1]} (at the start {start_loss:.4g}) with "
+                f"{settings.epochs} is {history[-1]} (at the start {history.start:.4g}) with "
                 f"Adam, lr = {settings.lr:g}, batch_size = {settings.batch_size}, "
                 f"weight_decay = {settings.weight_decay:g}; {_LOWER_LR}"
             )
@@ -157,11 +179,11 @@ def fit(
             score = float(val_loss[counts > 0].mean())
             if score < best_loss:
                 best_loss, best_state = score, copy.deepcopy(model.state_dict())
-    if history and history[-1] > max(DIVERGENCE_FACTOR * start_loss, start_loss + 1):
+    if history.rose_far:
         log.warning(
             "training loss rose from %.4g at the start to %.4g in the last epoch (%d) with "
             "lr = %g: the training may have diverged; %s",
-            start_loss, history[-1], len(history), settings.lr, _LOWER_LR,
+            history.start, history[-1], len(history), settings.lr, _LOWER_LR,
         )
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -215,16 +237,20 @@ def train_new_model(
     task_weights: torch.Tensor | None = None,
     after_epoch: Callable[[int, MultiHeadNet], None] | None = None,
     before_training: Callable[[MultiHeadNet], None] | None = None,
+    after_training: Callable[[LossHistory], None] | None = None,
 ) -> MultiHeadNet:
     """A freshly initialized network (seeded) trained on ``task_indices`` (``before_step``,
     ``task_weights``, ``after_epoch``: see :func:`fit`; ``before_training(model)``, if given,
-    sees the initialized model before the first step and must not change it)."""
+    sees the initialized model before the first step and must not change it;
+    ``after_training(history)``, if given, receives :func:`fit`'s loss history)."""
     torch.manual_seed(seed)
     model = MultiHeadNet(data.n_features, data.n_tasks, hidden_sizes).to(device)
     if before_training is not None:
         before_training(model)
-    fit(
+    history = fit(
         model, data, task_indices, settings, seed=seed, before_step=before_step,
         task_weights=task_weights, after_epoch=after_epoch,
     )
+    if after_training is not None:
+        after_training(history)
     return model

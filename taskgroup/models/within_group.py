@@ -37,11 +37,14 @@ from taskgroup.seeding import derived_seed
 @dataclass
 class TrainedModel:
     """A trained network (a MultiHeadNet, or an AlignedNet with alignment) and the tables of
-    the options: task weights (reweighting) and diagnostics, None when off."""
+    the options: task weights (reweighting) and diagnostics, None when off; ``loss_rose_far``:
+    the joint training's loss ended far above its start
+    (:attr:`taskgroup.models.training.LossHistory.rose_far`)."""
 
     model: torch.nn.Module
     weights: pd.DataFrame | None
     diagnostics: pd.DataFrame | None
+    loss_rose_far: bool = False
 
 
 def train_with_options(
@@ -65,11 +68,13 @@ def train_with_options(
             data, task_indices, options.diagnostics.every, settings.epochs,
             alignment.epochs if alignment.enabled else 0, settings.select_best_epoch,
         )
+    histories = []
     model = train_new_model(
         data, task_indices, hidden_sizes, settings, seed, device,
         task_weights=weight_vector,
         after_epoch=None if recorder is None else recorder.joint,
         before_training=None if recorder is None else recorder.record_start,
+        after_training=histories.append,
     )
     kept_alignment_epoch = 0
     if alignment.enabled:
@@ -86,4 +91,7 @@ def train_with_options(
         )
     if recorder is not None:
         recorder.record_final(model, kept_alignment_epoch)
-    return TrainedModel(model, weights, None if recorder is None else recorder.table())
+    return TrainedModel(
+        model, weights, None if recorder is None else recorder.table(),
+        loss_rose_far=histories[0].rose_far,
+    )

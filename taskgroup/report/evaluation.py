@@ -89,12 +89,21 @@ def _within_spread(change: pd.Series, spread: pd.Series) -> pd.Series:
     return within
 
 
+def diverged_models(results: pd.DataFrame) -> set[tuple[str, str, int]]:
+    """The (variant, group_key, seed) of every group model whose training loss ended far
+    above its start (the ``diverged`` column of the group_results tables ``results``)."""
+    flagged = results.loc[results["diverged"], ["variant", "group_key", "seed"]]
+    return {(variant, key, int(seed)) for variant, key, seed in flagged.itertuples(index=False)}
+
+
 def _grouping_row(
     per_task: pd.DataFrame, name: str, variant: str, grouping: pd.DataFrame,
     tasks: pd.DataFrame, reference: str, reference_means: pd.Series | None,
+    diverged: set,
 ) -> dict:
     chosen = per_task[(per_task["grouping"] == name) & (per_task["variant"] == variant)]
     means = _per_seed_means(per_task, name, variant)
+    models = chosen[["group_key", "seed"]].drop_duplicates()
     row = {
         "grouping": name,
         "variant": variant,
@@ -111,6 +120,9 @@ def _grouping_row(
         paired = (means - reference_means).dropna()
         row[f"gain_vs_{reference}"] = float(paired.mean())
         row["sd_gain"] = _spread(paired)
+    row["n_diverged"] = sum(
+        (variant, key, int(seed)) in diverged for key, seed in models.itertuples(index=False)
+    )
     return row
 
 
@@ -126,12 +138,13 @@ def _random_mean_row(random_rows: pd.DataFrame, reference: str) -> dict:
         pooled["sd_gain"] = _spread(random_rows[gain])
     pooled.update({column: float(random_rows[column].mean()) for column in averaged})
     pooled["sd_test_metric"] = _spread(random_rows["mean_test_metric"])
+    pooled["n_diverged"] = int(random_rows["n_diverged"].sum())
     return pooled
 
 
 def summary_table(
     per_task: pd.DataFrame, groupings: dict[str, pd.DataFrame], tasks: pd.DataFrame,
-    reference: str = "naive_mtl",
+    reference: str = "naive_mtl", diverged: set | frozenset = frozenset(),
 ) -> pd.DataFrame:
     """One row per (grouping, final-training variant), plus per variant one "random_mean"
     row averaging the random partitions.
@@ -143,14 +156,20 @@ def summary_table(
     gain_vs_<reference> (mean over seeds of the paired per-seed difference in mean test
     metric, against the reference grouping trained the same way), sd_gain (its spread
     across seeds) and within_spread (|gain| <= sd_gain: the difference is not
-    distinguishable from seed noise; NA with one seed or without the reference)."""
+    distinguishable from seed noise; NA with one seed or without the reference), and last
+    n_diverged (int64: how many of the grouping's group models, over groups and seeds,
+    are in ``diverged``, the (variant, group_key, seed) of the trainings whose loss ended
+    far above its start (:func:`diverged_models`); summed over the partitions for
+    random_mean). A row with n_diverged > 0 compares models that may not have trained."""
     rows = []
     for variant in variant_order(per_task["variant"]):
         reference_means = (
             _per_seed_means(per_task, reference, variant) if reference in groupings else None
         )
         variant_rows = [
-            _grouping_row(per_task, name, variant, grouping, tasks, reference, reference_means)
+            _grouping_row(
+                per_task, name, variant, grouping, tasks, reference, reference_means, diverged
+            )
             for name, grouping in groupings.items()
         ]
         random_rows = pd.DataFrame(variant_rows)
@@ -163,6 +182,8 @@ def summary_table(
         within = _within_spread(summary[f"gain_vs_{reference}"], summary["sd_gain"])
         within[summary["grouping"] == reference] = pd.NA
         summary["within_spread"] = within
+    # Last, so that the columns before it keep their order.
+    summary["n_diverged"] = summary.pop("n_diverged").astype(np.int64)
     return summary
 
 

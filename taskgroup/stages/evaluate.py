@@ -23,6 +23,7 @@ from taskgroup.group.groupings import group_keys
 from taskgroup.models.diagnostics import generalization_gap
 from taskgroup.report import plots
 from taskgroup.report.evaluation import (
+    diverged_models,
     per_task_table,
     summary_table,
     variant_comparison,
@@ -44,14 +45,28 @@ def evaluate_groupings(
     variants_html_path=None,
 ) -> None:
     """The per-task and summary comparison tables of every grouping and final-training
-    variant (and an HTML copy of the summary for the report). With ``variants_path``, also
-    the comparison of each variant with plain training, per grouping (and its HTML copy)
-    and per task (``variant_changes_path``)."""
+    variant (and an HTML copy of the summary for the report); a warning names the
+    groupings with group models whose training loss ended far above its start. With
+    ``variants_path``, also the comparison of each variant with plain training, per
+    grouping (and its HTML copy) and per task (``variant_changes_path``)."""
     tasks = read_table(tasks_path, TASKS)
     loaded = {name: read_table(path, GROUPING) for name, path in grouping_paths.items()}
     results = pd.concat([read_table(path, GROUP_RESULTS) for path in result_paths])
     per_task = per_task_table(loaded, results)
-    summary = summary_table(per_task, loaded, tasks)
+    diverged = diverged_models(results)
+    summary = summary_table(per_task, loaded, tasks, diverged=diverged)
+    if diverged:
+        flagged = summary[summary["n_diverged"] > 0]
+        log.warning(
+            "%d group model training(s) ended with a training loss far above its start "
+            "(the diverged column of results/<name>/final/; lower final.lr): their "
+            "groupings' rows in the summary (n_diverged > 0) compare models that may not "
+            "have trained: %s",
+            len(diverged), ", ".join(
+                f"{row.grouping} ({row.variant}, {row.n_diverged})"
+                for row in flagged.itertuples()
+            ),
+        )
     log.info(
         "%d groupings, %d group models (groups x variants); summary:\n%s",
         len(loaded), len(result_paths), summary.to_string(index=False),

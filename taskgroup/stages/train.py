@@ -31,7 +31,8 @@ def train_group_model(
 ) -> None:
     """Train one multi-head model per seed on the tasks ``members``; write their per-task
     val and test loss and metric (``metric``, evaluation.metric; group_results table, with
-    the ``variant`` name and each task's loss weight) and the models (one per seed, in the
+    the ``variant`` name, each task's loss weight and whether the seed's training loss
+    ended far above its start, ``diverged``) and the models (one per seed, in the
     order of ``seeds``).
 
     Each model's seed is derived from (seed, sorted member names), so a group gets the same
@@ -86,6 +87,7 @@ def train_group_model(
         results.insert(0, "group_key", group_key)
         results.insert(0, "variant", variant)
         results["loss_weight"] = results["task"].map(loss_weights).fillna(1.0)
+        results["diverged"] = trained.loss_rose_far
         log.info(
             "group %s (%d tasks), %s, seed %d: trained in %.1f s; mean test %s %.4f",
             group_key, len(members), variant, seed, time.perf_counter() - started, metric,
