@@ -3,6 +3,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+from taskgroup.config import check_yaml_file
+
+# Snakemake's message for a config file that is not YAML names neither the file nor the line.
+check_yaml_file("config/config.yaml")
+
+
 configfile: "config/config.yaml"
 
 

@@ -8,6 +8,9 @@ of tasks. Both run when Snakemake parses the workflow, before any job starts.
 from __future__ import annotations
 
 import math
+import os
+
+import yaml
 
 from taskgroup.data.datasets import DatasetKind, dataset_kind
 from taskgroup.data.designs import check_subset_design, expected_pair_count
@@ -34,6 +37,41 @@ GROUPING_KEYS = {
 
 class ConfigError(ValueError):
     """A config value that is valid on its own but inconsistent with the others."""
+
+
+def check_yaml_file(path: str | os.PathLike) -> None:
+    """Raise ConfigError if the config file ``path`` is not YAML with keys at the top level,
+    naming the file, the line and column (counting from 1), the parser's complaint and the
+    line's text. Snakemake's own message for such a file names neither the file nor the
+    line. A missing file passes (Snakemake reports it)."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable config file ({error})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        where = ""
+        if mark is not None:
+            lines = text.splitlines()
+            shown = lines[mark.line] if mark.line < len(lines) else ""
+            where = f" at line {mark.line + 1}, column {mark.column + 1}: {shown.strip()!r}"
+        raise ConfigError(
+            f"{path}: not valid YAML{where} ({problem}"
+            + (f", {context}" if context else "")
+            + "). Check the indentation (spaces only, no tabs), the colons after keys and "
+            "the closing brackets of [lists] and {mappings}"
+        ) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{path}: the config must be a mapping of keys (dataset:, model:, ...) at the top "
+            f"level; the file holds a {type(loaded).__name__}"
+        )
 
 
 def configured_dataset(dataset: dict) -> tuple[DatasetKind, object]:

@@ -16,7 +16,13 @@ import yaml
 from snakemake.utils import validate
 from workflow_helpers import make_workdir, smoke_config, snakemake
 
-from taskgroup.config import MIN_PAIR_COVERAGE, ConfigError, check_config, n_tasks
+from taskgroup.config import (
+    MIN_PAIR_COVERAGE,
+    ConfigError,
+    check_config,
+    check_yaml_file,
+    n_tasks,
+)
 from taskgroup.data.datasets import DataError
 from taskgroup.data.datasets.graph_files import load_graph
 from taskgroup.data.datasets.table import load_table, table_spec, table_task_names
@@ -137,6 +143,45 @@ def test_a_degenerate_design_stops_the_dry_run_before_any_job(tmp_path):
     output = result.stdout + result.stderr
     assert re.search(r"subsets.size \(alpha\) = 1 and subsets.count \(m\) = 9 .* k = 9", output)
     assert not (workdir / "results").exists()
+
+
+# --- config files that are not YAML (parse time) -----------------------------------------------
+
+
+def test_a_yaml_syntax_error_in_the_config_names_the_file_and_the_line(tmp_path):
+    workdir = make_workdir(tmp_path)
+    path = workdir / "config" / "config.yaml"
+    lines = path.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith("    n_train:"))
+    lines[number] = lines[number].replace("    ", "\t", 1)  # a tab indents the key
+    path.write_text("\n".join(lines) + "\n")
+    result = snakemake(workdir, "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(
+        rf"config/config\.yaml: not valid YAML at line {number + 1}, column 1: 'n_train: 60' "
+        r"\(found character '\\t' that cannot start any token.*no tabs",
+        result.stdout + result.stderr,
+    ), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("dataset:\n  name: x\nmeta_init: {epochs: 20, lr: 0.01\nmodel: {}\n",
+         r"at line 4, column 6: 'model: \{\}' \(expected ',' or '\}', but got ':'"),
+        ("dataset:\n  name: x\n   kind: planted\n",
+         r"at line 3, column 8: 'kind: planted' \(mapping values are not allowed here"),
+        ("- dataset\n- model\n", r"must be a mapping of keys .* the file holds a list"),
+    ],
+)
+def test_config_syntax_errors_name_the_line_and_the_problem(tmp_path, text, found):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: .*{found}"):
+        check_yaml_file(path)
+    path.write_text("dataset:\n  name: x\n")
+    check_yaml_file(path)
+    check_yaml_file(tmp_path / "absent.yaml")  # Snakemake reports a missing file itself
 
 
 # --- dataset.name: a plain folder name under results/ -----------------------------------------
