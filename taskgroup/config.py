@@ -13,7 +13,7 @@ import os
 import yaml
 
 from taskgroup.data.datasets import DatasetKind, dataset_kind
-from taskgroup.data.designs import check_subset_design, expected_pair_count
+from taskgroup.data.designs import check_subset_design, expected_pair_count, n_chunks
 from taskgroup.data.task_types import check_metric
 from taskgroup.group.groupings import BASELINES, check_n_clusters
 
@@ -23,6 +23,12 @@ from taskgroup.group.groupings import BASELINES, check_n_clusters
 # coefficient. Every shipped config is far above it (the smoke config 2.5, the examples 14
 # to 20); the default design of 600 subsets of 5 falls below it from k = 111 tasks on.
 MIN_PAIR_COVERAGE = 1.0
+
+# The singletons-and-pairs design grows as k^2 / 2 (k = 200 tasks: 20,100 subsets, each
+# fine-tuned or estimated, in hundreds of jobs); above this many subsets it is refused at
+# parse time rather than planning a run of hours to days. The shipped configs need at most
+# 9,730 (School, k = 139).
+MAX_PAIR_DESIGN_SUBSETS = 20_000
 
 
 # Where a dataset kind whose config can lack a known grouping takes it (the planted
@@ -133,6 +139,8 @@ def check_config(config: dict) -> None:
     users = random_design_users(config)
     if users:
         check_pair_coverage(k, subsets["size"], subsets["count"], users)
+    if needs_pair_design(config):
+        check_pair_design_size(k, subsets["chunk_size"], pair_design_users(config))
     forward = forward_selection_settings(config)
     if forward is not None and not 1 <= forward["max_size"] <= k:
         raise ConfigError(
@@ -258,6 +266,46 @@ def needs_pair_design(config: dict) -> bool:
 def pair_design_size(n_tasks: int) -> int:
     """k singletons + k (k - 1) / 2 pairs."""
     return n_tasks + n_tasks * (n_tasks - 1) // 2
+
+
+def pair_design_users(config: dict) -> list[str]:
+    """What needs the singletons-and-pairs design (:func:`needs_pair_design`), each named
+    with its config key."""
+    users = []
+    if "pairwise" in config["affinity"]["sources"]:
+        users.append("the pairwise affinity (affinity.sources lists pairwise)")
+    if config["surrogates"]["enabled"]:
+        users.append(
+            "the surrogates' negative-transfer scores (surrogates.enabled: true)"
+        )
+    return users
+
+
+def check_pair_design_size(n_tasks: int, chunk_size: int, users: list[str]) -> None:
+    """Raise ConfigError if the singletons-and-pairs design of ``n_tasks`` tasks has more
+    than :data:`MAX_PAIR_DESIGN_SUBSETS` subsets, naming the count, the jobs of
+    ``chunk_size`` subsets it would take, what needs it (``users``, from
+    :func:`pair_design_users`) and how to do without it."""
+    size = pair_design_size(n_tasks)
+    if size <= MAX_PAIR_DESIGN_SUBSETS:
+        return
+    fixes = []
+    if any("pairwise" in user for user in users):
+        fixes.append("drop pairwise from affinity.sources")
+    if any("surrogates" in user for user in users):
+        fixes.append("set surrogates.enabled: false")
+    largest = max(
+        k for k in range(1, n_tasks) if pair_design_size(k) <= MAX_PAIR_DESIGN_SUBSETS
+    )
+    raise ConfigError(
+        f"config: {' and '.join(users)} {'need' if len(users) > 1 else 'needs'} the "
+        f"singletons-and-pairs design, which for k = {n_tasks} tasks has {size:,} subsets "
+        f"(k + k (k - 1) / 2), valued in {n_chunks(size, chunk_size):,} jobs of "
+        f"subsets.chunk_size = {chunk_size}; more than {MAX_PAIR_DESIGN_SUBSETS:,} "
+        f"subsets are refused. To avoid it, {' and '.join(fixes)} (the higher-order "
+        f"affinity on the random design of subsets.* still works), or keep at most "
+        f"{largest} tasks"
+    )
 
 
 def sorted_deep(value):

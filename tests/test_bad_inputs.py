@@ -17,11 +17,13 @@ from snakemake.utils import validate
 from workflow_helpers import make_workdir, smoke_config, snakemake
 
 from taskgroup.config import (
+    MAX_PAIR_DESIGN_SUBSETS,
     MIN_PAIR_COVERAGE,
     ConfigError,
     check_config,
     check_yaml_file,
     n_tasks,
+    pair_design_size,
 )
 from taskgroup.data.datasets import DataError
 from taskgroup.data.datasets.graph_files import load_graph
@@ -143,6 +145,34 @@ def test_a_degenerate_design_stops_the_dry_run_before_any_job(tmp_path):
     output = result.stdout + result.stderr
     assert re.search(r"subsets.size \(alpha\) = 1 and subsets.count \(m\) = 9 .* k = 9", output)
     assert not (workdir / "results").exists()
+
+
+# --- a pair design too large to plan (parse time) ----------------------------------------------
+
+
+def test_a_pair_design_too_large_is_refused_naming_its_size_and_the_keys_to_change(smoke):
+    # k = 201 tasks: 201 + 201 * 200 / 2 = 20,301 singletons and pairs
+    smoke["dataset"]["planted"].update(n_groups=67, tasks_per_group=3)
+    smoke["subsets"].update(size=20, count=200)  # covers the pairs 1.9 times
+    assert pair_design_size(201) == 20_301 > MAX_PAIR_DESIGN_SUBSETS
+    with pytest.raises(ConfigError) as error:
+        check_config(smoke)
+    assert str(error.value) == (
+        "config: the pairwise affinity (affinity.sources lists pairwise) and the surrogates' "
+        "negative-transfer scores (surrogates.enabled: true) need the singletons-and-pairs "
+        "design, which for k = 201 tasks has 20,301 subsets (k + k (k - 1) / 2), valued in "
+        "1,354 jobs of subsets.chunk_size = 15; more than 20,000 subsets are refused. To "
+        "avoid it, drop pairwise from affinity.sources and set surrogates.enabled: false (the "
+        "higher-order affinity on the random design of subsets.* still works), or keep at "
+        "most 199 tasks"
+    )
+    assert pair_design_size(199) <= MAX_PAIR_DESIGN_SUBSETS < pair_design_size(200)
+    smoke["surrogates"]["enabled"] = False
+    with pytest.raises(ConfigError, match=r"^config: the pairwise affinity .* needs the .*To "
+                                          r"avoid it, drop pairwise from affinity.sources \("):
+        check_config(smoke)
+    smoke["affinity"]["sources"].remove("pairwise")
+    check_config(smoke)  # no pair design: the same 201 tasks pass
 
 
 # --- config files that are not YAML (parse time) -----------------------------------------------
