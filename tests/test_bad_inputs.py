@@ -273,6 +273,39 @@ def test_csv_task_ids_keep_their_spelling(tmp_path):
     }
 
 
+def test_tasks_are_left_out_by_name_and_a_name_the_data_lacks_is_an_error(tmp_path, caplog):
+    path = csv_table(tmp_path / "data.csv", ["a", "b", "c", "07"])
+    spec = table_spec(table_section(path, exclude_tasks=["b", 7]))
+    with pytest.raises(DataError, match=re.escape(
+        f"{path}: dataset.table.exclude_tasks names task(s) ['7'] that column 'task' does "
+        "not have; the data's 4 tasks are '07', 'a', 'b', 'c'"
+    )):
+        table_task_names(spec)
+    config = smoke_config()
+    config["dataset"] = {
+        "name": "t", "kind": "table",
+        "table": table_section(path, exclude_tasks=["b", "07"]),
+    }
+    validate(config, SCHEMA)
+    assert n_tasks(config) == 2
+    with caplog.at_level(logging.INFO, logger="taskgroup.data.datasets.table"):
+        examples, tasks = load_table(table_spec(config["dataset"]["table"]))
+    assert tasks["task"].tolist() == ["a", "c"] and set(examples["task"]) == {"a", "c"}
+    assert f"{path}: dataset.table.exclude_tasks leaves out 2 task(s): 'b', '07'; 2 remain" in (
+        caplog.text
+    )
+    # after tasks: what tasks keeps, minus the excluded; nothing left is an error
+    both = table_spec(table_section(path, tasks=["a", "b"], exclude_tasks=["b"]))
+    assert table_task_names(both) == ["a"]
+    with pytest.raises(DataError, match=r"exclude_tasks leaves out every task of "
+                                        r"dataset.table.tasks \('a'\); keep at least one"):
+        table_task_names(table_spec(table_section(path, tasks=["a"], exclude_tasks=["a"])))
+    default = smoke_config()
+    default["dataset"] = {"name": "t", "kind": "table", "table": table_section(path)}
+    validate(default, SCHEMA)
+    assert default["dataset"]["table"]["exclude_tasks"] == []
+
+
 def test_csv_task_names_that_look_missing_are_names(tmp_path):
     path = csv_table(tmp_path / "data.csv", ["NA", "None", "n/a", "nan"])
     _, tasks = load_table(table_spec(table_section(path)))

@@ -75,6 +75,7 @@ class TableSpec:
     min_rows_per_split: int = 5
     standardize_label: bool = True
     tasks: tuple | None = None
+    exclude_tasks: tuple = ()
     groups_path: str | None = None
     group_column: str | None = None
 
@@ -100,7 +101,7 @@ def table_spec(section: dict) -> TableSpec:
     values = dict(section)
     if isinstance(values.get("features"), list):
         values["features"] = tuple(values["features"])
-    for key in ("exclude_columns", "tasks"):
+    for key in ("exclude_columns", "tasks", "exclude_tasks"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     return TableSpec(**values)
@@ -228,26 +229,45 @@ def _task_names(path, column: pd.Series, task_column: str) -> tuple[pd.Series, l
     return row_names.astype(str), ordered
 
 
-def _selected_tasks(path, spec: TableSpec, available: list[str]) -> list[str]:
-    if spec.tasks is None:
-        return available
-    wanted = []
-    for value in spec.tasks:
+def _task_list(path, spec: TableSpec, key: str, available: list[str]) -> list[str]:
+    """The task names listed in ``dataset.table.<key>`` (normalized like the task column's),
+    each one a task of ``available`` (the data's); DataError naming the others."""
+    listed = []
+    for value in getattr(spec, key):
         name = normalize_task_name(value)
-        if name is None or name in wanted:
+        if name is None or name in listed:
             raise DataError(
-                f"dataset.table.tasks: {value!r} is empty or repeats another entry "
-                f"(entries are normalized like task names: {list(spec.tasks)})"
+                f"dataset.table.{key}: {value!r} is empty or repeats another entry "
+                f"(entries are normalized like task names: {list(getattr(spec, key))})"
             )
-        wanted.append(name)
-    lacking = [name for name in wanted if name not in set(available)]
+        listed.append(name)
+    lacking = [name for name in listed if name not in set(available)]
     if lacking:
         raise DataError(
-            f"{path}: dataset.table.tasks names task(s) {lacking} that column "
+            f"{path}: dataset.table.{key} names task(s) {lacking} that column "
             f"{spec.task_column!r} does not have; the data's {len(available)} tasks are "
             f"{_shown(available)}"
         )
-    chosen = set(wanted)
+    return listed
+
+
+def _selected_tasks(path, spec: TableSpec, available: list[str]) -> list[str]:
+    """The tasks of ``available`` (the data's, in canonical order) that ``tasks`` keeps
+    (all when None) and ``exclude_tasks`` does not leave out."""
+    chosen = set(available if spec.tasks is None else _task_list(path, spec, "tasks", available))
+    excluded = _task_list(path, spec, "exclude_tasks", available)
+    if excluded:
+        chosen -= set(excluded)
+        if not chosen:
+            raise DataError(
+                f"{path}: dataset.table.exclude_tasks leaves out every task "
+                + ("of dataset.table.tasks" if spec.tasks is not None else "of the data")
+                + f" ({_shown(excluded)}); keep at least one"
+            )
+        log.info(
+            "%s: dataset.table.exclude_tasks leaves out %d task(s): %s; %d remain",
+            path, len(excluded), _shown(excluded), len(chosen),
+        )
     return [name for name in available if name in chosen]
 
 
