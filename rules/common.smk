@@ -4,6 +4,7 @@
 # Which group models exist is discovered in rules/groups.smk.
 import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -16,6 +17,7 @@ from taskgroup.config import (
     n_tasks,
     needs_pair_design,
     pair_design_size,
+    run_summary,
     sorted_deep,
 )
 from taskgroup.data.designs import n_chunks
@@ -27,6 +29,9 @@ check_config(config)
 
 DATASET = config["dataset"]["name"]
 N_TASKS = n_tasks(config)
+# What the config decided, on the console before any job (job logs are read later, if ever).
+for line in run_summary(config, N_TASKS):
+    print(f"taskgroup: {line}", file=sys.stderr)
 # The random design of subsets.* feeds the higher-order affinity and the surrogates; the
 # singletons-and-pairs design is valued too when a pairwise affinity or the surrogates'
 # negative-transfer ground truth needs it.

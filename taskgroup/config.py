@@ -308,6 +308,41 @@ def check_pair_design_size(n_tasks: int, chunk_size: int, users: list[str]) -> N
     )
 
 
+def run_summary(config: dict, n_tasks: int) -> list[str]:
+    """A few lines on what the validated ``config`` decided, for the console when the
+    workflow is parsed: the dataset, its kind and k = ``n_tasks``, the tasks left out by
+    name, the estimator, the random design's expected pair coverage (when the higher-order
+    affinity or the surrogates read it) and the size of the singletons-and-pairs design
+    (when it is valued)."""
+    dataset = config["dataset"]
+    section = dataset_section(dataset)
+    lines = [
+        f"dataset {dataset['name']!r} (dataset.kind: {dataset['kind']}), k = {n_tasks} "
+        f"tasks; estimator: {config['estimator']}; results in results/{dataset['name']}/"
+    ]
+    excluded = section.get("exclude_tasks") or []
+    if excluded:
+        shown = ", ".join(repr(str(task)) for task in excluded[:10])
+        more = f", ... ({len(excluded)} in all)" if len(excluded) > 10 else ""
+        lines.append(
+            f"left out (dataset.{dataset['kind']}.exclude_tasks): {shown}{more}"
+        )
+    subsets = config["subsets"]
+    if random_design_users(config) and n_tasks > 1:
+        coverage = expected_pair_count(n_tasks, subsets["size"], subsets["count"])
+        lines.append(
+            f"random design: {subsets['count']} subsets of {subsets['size']} tasks; a pair "
+            f"of tasks is in {coverage:.3g} subsets on average (about "
+            f"{math.exp(-coverage):.0%} of the pairs in none)"
+        )
+    if needs_pair_design(config):
+        lines.append(
+            f"pair design: {pair_design_size(n_tasks)} subsets (every task alone and every "
+            "pair)"
+        )
+    return lines
+
+
 def sorted_deep(value):
     """``value`` with the keys of every mapping in it sorted, at every level (lists keep
     their order). Snakemake compares a rule's params by their text, so a config whose keys

@@ -24,6 +24,7 @@ from taskgroup.config import (
     check_yaml_file,
     n_tasks,
     pair_design_size,
+    run_summary,
 )
 from taskgroup.data.datasets import DataError
 from taskgroup.data.datasets.graph_files import load_graph
@@ -241,6 +242,36 @@ def test_a_dot_in_the_dataset_name_matches_only_a_dot(tmp_path):
     assert "No rule to produce results/runX1/data/tasks.parquet" in result.stdout + result.stderr
     result = snakemake(workdir, "-n", "results/run.1/data/tasks.parquet")
     assert "prepare_dataset" in result.stdout
+    # what the config decided, on the console before any job (run_summary)
+    assert "taskgroup: dataset 'run.1' (dataset.kind: planted), k = 9 tasks; estimator: " \
+        "finetune; results in results/run.1/\n" in result.stderr
+
+
+def test_the_run_summary_names_k_the_tasks_left_out_the_coverage_and_the_estimator(tmp_path):
+    path = csv_table(tmp_path / "data.csv", [f"t{i}" for i in range(12)])
+    config = smoke_config()
+    config["dataset"] = {
+        "name": "mine", "kind": "table",
+        "table": table_section(path, exclude_tasks=["t3", "t10"]),
+    }
+    config["estimator"] = "gradient"
+    validate(config, SCHEMA)
+    assert run_summary(config, n_tasks(config)) == [
+        "dataset 'mine' (dataset.kind: table), k = 10 tasks; estimator: gradient; results in "
+        "results/mine/",
+        "left out (dataset.table.exclude_tasks): 't3', 't10'",
+        # 30 subsets of 3 out of 10 tasks: 30 * 3 * 2 / (10 * 9) = 2 pairs; exp(-2) = 14%
+        "random design: 30 subsets of 3 tasks; a pair of tasks is in 2 subsets on average "
+        "(about 14% of the pairs in none)",
+        "pair design: 55 subsets (every task alone and every pair)",
+    ]
+    config["affinity"]["sources"] = ["covariance"]
+    config["surrogates"]["enabled"] = False
+    config["dataset"]["table"]["exclude_tasks"] = []
+    assert run_summary(config, 12) == [
+        "dataset 'mine' (dataset.kind: table), k = 12 tasks; estimator: gradient; results in "
+        "results/mine/",
+    ]
 
 
 # --- the user's table and graph files ---------------------------------------------------------
