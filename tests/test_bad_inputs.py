@@ -26,8 +26,9 @@ from taskgroup.config import (
     pair_design_size,
     run_summary,
 )
-from taskgroup.data.datasets import DataError
+from taskgroup.data.datasets import DATASET_KINDS, DataError
 from taskgroup.data.datasets.graph_files import load_graph
+from taskgroup.data.datasets.graph_generator import GraphCommunitySpec, generate_graph
 from taskgroup.data.datasets.table import load_table, table_spec, table_task_names
 from taskgroup.data.designs import expected_pair_count
 from taskgroup.data.tables import (
@@ -433,6 +434,28 @@ def test_unreadable_graph_files_name_the_file(tmp_path):
     edges.write_text("source,target\n")  # a graph without edges stays allowed
     loaded, _, _ = load_graph(edges, nodes)
     assert len(loaded) == 0
+
+
+def test_a_graph_without_node_features_says_what_to_add_and_a_constant_feature_works(tmp_path):
+    edges, nodes = generate_graph(GraphCommunitySpec(n_blocks=2, communities_per_block=2,
+                                                     nodes_per_community=20))
+    edges.to_parquet(tmp_path / "edges.parquet")
+    bare = nodes[[c for c in nodes.columns if not c.startswith("feature_")]]
+    bare.to_parquet(tmp_path / "nodes.parquet")
+    kind = DATASET_KINDS["graph_communities"]
+    spec = kind.spec({"edges_path": str(tmp_path / "edges.parquet"),
+                      "nodes_path": str(tmp_path / "nodes.parquet")})
+    with pytest.raises(DataError, match=r"nodes\.parquet: no feature columns \(names starting "
+                                        r"with 'feature_'\); found columns \['node', .*a graph "
+                                        r"without node attributes needs at least one: .*"
+                                        r"feature_degree .* feature_one = 1"):
+        kind.n_tasks(spec)  # at parse time
+    bare.assign(feature_one=1.0).to_parquet(tmp_path / "nodes.parquet")
+    examples, tasks = kind.load(spec)
+    assert len(tasks) == 4
+    # [X, SX, S^2 X] standardized: the constant column is 0, its propagations vary with degree
+    spread = examples[["feature_000", "feature_001", "feature_002"]].std()
+    assert spread["feature_000"] == 0 and (spread[["feature_001", "feature_002"]] > 0.1).all()
 
 
 # --- intermediates the workflow wrote -------------------------------------------------------

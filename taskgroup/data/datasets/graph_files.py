@@ -86,6 +86,17 @@ def _shown(values) -> str:
     return ", ".join(repr(v) for v in values[:_SHOWN]) + (", ..." if len(values) > _SHOWN else "")
 
 
+# What to do about a graph without node features (community data often has none): the
+# propagation [X, SX, S^2 X] needs at least one input column to carry the structure.
+NO_FEATURES_HINT = (
+    "; a graph without node attributes needs at least one: add a column to the node table, "
+    "e.g. feature_degree = the node's number of edges in the edge table (or its logarithm), "
+    "or a constant feature_one = 1; the propagation (hops) then turns it into features of "
+    "each node's neighbourhood. Or name existing numeric columns in "
+    "dataset.graph_communities.feature_columns"
+)
+
+
 def _pick_columns(columns: list[str], chosen: Sequence[str] | None, prefix: str, what: str,
                   path: Path) -> list[str]:
     if chosen is None:
@@ -93,7 +104,7 @@ def _pick_columns(columns: list[str], chosen: Sequence[str] | None, prefix: str,
         if not picked:
             raise DataError(
                 f"{path}: no {what} columns (names starting with {prefix!r}); found columns "
-                f"{list(columns)}"
+                f"{list(columns)}" + (NO_FEATURES_HINT if what == "feature" else "")
             )
         return picked
     missing = [c for c in chosen if c not in columns]
