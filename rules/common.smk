@@ -256,6 +256,15 @@ def final_diagnostics_output():
     return {}
 
 
+def selection_split_params():
+    """The fields of taskgroup.models.holdout.SelectionSplit: how each task's validation
+    rows are cut into the stopping part and the recommendation's selection part."""
+    return {
+        "fraction": config["recommendation"]["selection_fraction"],
+        "seed": config["recommendation"]["seed"],
+    }
+
+
 # --- Input, output and params functions of rules/subset_values.smk (its only user) ---
 
 

@@ -67,9 +67,12 @@ grouping   one row per task: task (str), group (int64).
 group_results one row per (seed, task, split) of the models of one group (a set of tasks,
            trained once per training seed and final-training variant): variant (str,
            "plain" | "reweighted" | "aligned" | "reweighted_aligned"), group_key (str, hash
-           of the member task names), seed (int64), task (str), split ("val" | "test"),
-           loss, metric (float64, see above), loss_weight (float64, the weight of the
-           task's loss in training: 1 unless reweighted, mean 1 over the group's tasks).
+           of the member task names), seed (int64), task (str), split ("val_stop" | "val_select"
+           | "test": the validation rows cut into the part early stopping read and the part
+           held out for the recommendation, :mod:`taskgroup.models.holdout`), loss, metric
+           (float64, see above), loss_weight (float64, the weight of the task's loss in
+           training: 1 unless reweighted, mean 1 over the group's tasks), n_examples (int64,
+           the task's rows in the split).
 meta-init metrics (meta_init/val_metrics.parquet) one row per task: task, split ("val"),
            loss, metric (float64, see above), n_examples (int64).
 task_weights (training_options.meta_init.reweighting; meta_init/task_weights.parquet; the
@@ -180,6 +183,7 @@ GROUP_RESULTS = {
     "loss": "float",
     "metric": "float",
     "loss_weight": "float",
+    "n_examples": "int",
 }
 
 TASK_WEIGHTS = {
