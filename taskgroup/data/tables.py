@@ -98,6 +98,19 @@ generalization_gap (evaluation/generalization_gap.parquet) one row per (variant,
            stl_val_loss, gap (float64, mtl_val_loss - stl_val_loss), final_difference
            (float64, mtl_val_loss minus the single-task model's final val loss).
            Definitions in :mod:`taskgroup.models.diagnostics`.
+recommendation groups (recommendation/groups.parquet) one row per task, in task order:
+           task (str), group (int64), group_key (str): the groups the recommendation says to
+           train (one group = all tasks together; one per task = each alone).
+recommendation verdict (recommendation/verdict.parquet) one row per candidate (clustered
+           groupings, naive_mtl, stl): candidate, kind ("clustered" | "naive_mtl" | "stl"),
+           n_groups, n_seeds (int64), selection_loss, selection_sd (float64, pooled loss over
+           the held-out validation rows, mean and sd over seeds), difference, difference_sd
+           (float64, paired by seed against naive_mtl; negative = better), median_selection_metric,
+           mean_test_metric, sd_test_metric, median_test_metric (float64), beats_reference,
+           eligible, chosen (bool). Definitions in :mod:`taskgroup.report.recommendation`.
+recommendation signal (recommendation/signal.parquet) one row: n_subsets_per_half, n_pairs
+           (int64), correlation, p_value, ari, alpha (float64), above_noise (bool): the
+           split-half reliability of the higher-order affinity.
 """
 
 from __future__ import annotations
@@ -185,6 +198,33 @@ GROUP_RESULTS = {
     "loss_weight": "float",
     "n_examples": "int",
 }
+RECOMMENDATION_GROUPS = {"task": "str", "group": "int", "group_key": "str"}
+RECOMMENDATION_VERDICT = {
+    "candidate": "str",
+    "kind": "str",
+    "n_groups": "int",
+    "n_seeds": "int",
+    "selection_loss": "float",
+    "selection_sd": "float",
+    "difference": "float",
+    "difference_sd": "float",
+    "median_selection_metric": "float",
+    "mean_test_metric": "float",
+    "sd_test_metric": "float",
+    "median_test_metric": "float",
+    "beats_reference": "bool",
+    "eligible": "bool",
+    "chosen": "bool",
+}
+RECOMMENDATION_SIGNAL = {
+    "n_subsets_per_half": "int",
+    "n_pairs": "int",
+    "correlation": "float",
+    "p_value": "float",
+    "ari": "float",
+    "alpha": "float",
+    "above_noise": "bool",
+}
 
 TASK_WEIGHTS = {
     "task": "str",
@@ -250,6 +290,8 @@ def _kind_matches(series: pd.Series, kind: str) -> bool:
         return pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
     if kind == "int":
         return pd.api.types.is_integer_dtype(series)
+    if kind == "bool":
+        return pd.api.types.is_bool_dtype(series)
     if kind == "float":
         return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
     raise ValueError(f"unknown column kind {kind!r}")
