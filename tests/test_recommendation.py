@@ -156,14 +156,16 @@ def test_split_half_reliability_is_high_on_a_planted_affinity_and_low_on_noise()
     assert sum(p < 0.05 for p in p_values) <= 1  # a 5% test rejects rarely on noise
 
 
-def copies_of_one_task(k=4, n=300, d=6, seed=0):
+def copies_of_one_task(k=4, n=300, d=6, seed=0, teachers=1):
     """Examples and tasks tables of k tasks that are copies of one task (the same teacher,
-    fresh inputs per task): each task only gains from the others' examples."""
+    fresh inputs per task): each task only gains from the others' examples. With
+    ``teachers`` = 2, tasks alternate between two orthogonal teachers."""
     rng = np.random.default_rng(seed)
-    theta = rng.standard_normal(d)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
     frames = []
     counts = []
     for task in range(k):
+        theta = 3.0 * basis[:, task % teachers]
         x = rng.standard_normal((n, d)).astype(np.float32)
         label = (x @ theta + 0.5 * rng.standard_normal(n) > 0).astype(np.float32)
         split = np.array(["train"] * (n // 6) + ["val"] * (n // 6) + ["test"] * (n - n // 3))
@@ -177,8 +179,9 @@ def copies_of_one_task(k=4, n=300, d=6, seed=0):
     return pd.concat(frames, ignore_index=True), tasks
 
 
-def test_copies_of_one_task_are_trained_together(tmp_path):
-    examples, tasks = copies_of_one_task()
+def recommend_on(tmp_path, examples, tasks, hidden_sizes, epochs=15):
+    """Train naive MTL, STL and a two-group grouping on the tables and recommend, with
+    subset values that hold no structure (the signal check finds noise)."""
     write_table(examples, tmp_path / "examples.parquet")
     write_table(tasks, tmp_path / "tasks.parquet")
     names = tasks["task"].tolist()
@@ -193,8 +196,8 @@ def test_copies_of_one_task_are_trained_together(tmp_path):
         path = tmp_path / f"{key}.parquet"
         train_group_model(
             tmp_path / "examples.parquet", tmp_path / "tasks.parquet", members,
-            group_key(members), path, [tmp_path / f"{key}_{s}.pt" for s in range(3)], [4],
-            {"epochs": 15, "lr": 0.02, "batch_size": 64, "weight_decay": 0.0}, [0, 1, 2],
+            group_key(members), path, [tmp_path / f"{key}_{s}.pt" for s in range(3)], hidden_sizes,
+            {"epochs": epochs, "lr": 0.02, "batch_size": 64, "weight_decay": 0.0}, [0, 1, 2],
             selection={"fraction": 0.5, "seed": 0},
         )
         results.append(read_table(path, GROUP_RESULTS))
@@ -215,6 +218,11 @@ def test_copies_of_one_task_are_trained_together(tmp_path):
         list(groupings), "plain", RecommendationSettings(1.0, 0.05, 0), "spectral",
         CLUSTERING, "accuracy",
     )
+    return out
+
+
+def test_copies_of_one_task_are_trained_together(tmp_path):
+    out = recommend_on(tmp_path, *copies_of_one_task(), [4])
     verdict = read_table(out["verdict"], RECOMMENDATION_VERDICT).set_index("candidate")
     assert verdict.index[verdict["chosen"]].tolist() == ["naive_mtl"]
     # the copies pool their examples: STL is clearly worse on the held-out rows
@@ -226,3 +234,14 @@ def test_copies_of_one_task_are_trained_together(tmp_path):
     assert groups["group_key"].nunique() == 1
     text = out["md"].read_text()
     assert "Train all tasks together" in text and "at its noise level" in text
+
+
+def test_tasks_that_conflict_in_one_narrow_trunk_are_not_trained_together(tmp_path):
+    # two orthogonal teachers and a one-unit trunk: one shared model cannot serve both
+    # (60 epochs: a single-task model takes one step per epoch on its 50 training rows)
+    out = recommend_on(tmp_path, *copies_of_one_task(teachers=2), [1], epochs=60)
+    verdict = read_table(out["verdict"], RECOMMENDATION_VERDICT).set_index("candidate")
+    chosen = verdict.index[verdict["chosen"]][0]
+    assert chosen == "stl"  # the clusters are not eligible: the subset values are noise
+    assert verdict.loc["stl", "beats_reference"]
+    assert "Train each task alone" in out["md"].read_text()
