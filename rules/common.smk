@@ -333,6 +333,7 @@ def recommendation_candidates():
 
 def recommendation_params():
     """The fields of taskgroup.report.recommendation.RecommendationSettings (the
-    recommendation section without selection_fraction, which acts in the final trainings)."""
+    recommendation section without selection_fraction, which acts in the final trainings).
+    """
     section = config["recommendation"]
     return {key: section[key] for key in ("margin", "reliability_alpha", "seed")}
