@@ -283,8 +283,9 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
             f" >= {alpha:g}; ARI of the halves' clusters {signal['ari']:.2f}): its clusters "
             "are not trusted, and the choice was between naive MTL and STL only."
         )
-    lines += ["", f"Test check (mean {metric} over tasks, mean +- sd over seeds; not used for "
-              "the choice):"]
+    named = "accuracy (binary) or R^2 (regression)" if metric == "auto" else metric
+    lines += ["", f"Test check (mean {named} over tasks, mean +- sd over seeds; not used "
+              "for the choice):"]
     shown = [chosen["candidate"]] + [
         name for name in (REFERENCE, SINGLE_TASK)
         if name in rows.index and name != chosen["candidate"]
