@@ -30,9 +30,18 @@ include: "rules/surrogates.smk"
 include: "rules/cluster.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/recommend.smk"
 
 
 rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+onsuccess:
+    # The last lines of a successful run: the verdict, when the recommendation was made.
+    verdict = Path(f"results/{DATASET}/recommendation/verdict.md")
+    if verdict.exists():
+        print(f"\nRecommendation ({verdict}):")
+        print("\n".join(verdict.read_text().splitlines()[:3]))

@@ -56,6 +56,8 @@ RANDOM = (
     else []
 )
 GROUPINGS = CLUSTERED + BASELINES + RANDOM
+# The recommendation compares every candidate with naive MTL, so it needs that baseline.
+RECOMMEND = "naive_mtl" in BASELINES
 # Trainings of every group model (training_options.final.variants); the first is the one
 # the figures show.
 FINAL_OPTIONS = config["training_options"]["final"]
@@ -211,6 +213,12 @@ def final_outputs():
         ]
         if config["surrogates"]["enabled"]:
             outputs.append("results/{dataset}/surrogates/forward_comparison.parquet")
+    if RECOMMEND:
+        outputs += [
+            "results/{dataset}/recommendation/groups.parquet",
+            "results/{dataset}/recommendation/verdict.parquet",
+            "results/{dataset}/recommendation/verdict.md",
+        ]
     if config["estimator"] == "gradient":
         outputs += [
             "results/{dataset}/validation/summary.parquet",
@@ -261,6 +269,15 @@ def final_diagnostics_output():
     return {}
 
 
+def selection_split_params():
+    """The fields of taskgroup.models.holdout.SelectionSplit: how each task's validation
+    rows are cut into the stopping part and the recommendation's selection part."""
+    return {
+        "fraction": config["recommendation"]["selection_fraction"],
+        "seed": config["recommendation"]["seed"],
+    }
+
+
 # --- Input, output and params functions of rules/subset_values.smk (its only user) ---
 
 
@@ -308,3 +325,20 @@ def variant_comparison_outputs():
             category="Within-group training",
         ),
     }
+
+
+# --- Params functions of rules/recommend.smk (its only user) ---
+
+
+def recommendation_candidates():
+    """The groupings the recommendation chooses among: every clustered grouping, naive MTL
+    and (when trained) STL; the planted and random groupings are yardsticks only."""
+    return CLUSTERED + [name for name in ("naive_mtl", "stl") if name in BASELINES]
+
+
+def recommendation_params():
+    """The fields of taskgroup.report.recommendation.RecommendationSettings (the
+    recommendation section without selection_fraction, which acts in the final trainings).
+    """
+    section = config["recommendation"]
+    return {key: section[key] for key in ("margin", "reliability_alpha", "seed")}

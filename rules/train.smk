@@ -27,5 +27,7 @@ rule train_group_model:
         training=training_params("final"),
         seeds=TRAINING_SEEDS,
         metric=config["evaluation"]["metric"],
+        # The cut of the validation rows into early stopping's and the recommendation's.
+        selection=selection_split_params(),
     script:
         "../workflow_scripts/train_group_model.py"

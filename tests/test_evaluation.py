@@ -47,11 +47,11 @@ def results_for(groupings, metric_of, variant="plain", loss_weight=1.0):
         for key, members in group_keys(grouping).groupby("group_key")["task"]:
             for seed in (0, 1):
                 for task in members:
-                    for split in ("val", "test"):
+                    for split in ("val_stop", "val_select", "test"):
                         rows.append({"variant": variant, "group_key": key, "seed": seed,
                                      "task": task, "split": split, "loss": 0.5,
                                      "metric": metric_of(len(members), seed, task),
-                                     "loss_weight": loss_weight})
+                                     "loss_weight": loss_weight, "n_examples": 5})
     return pd.DataFrame(rows).drop_duplicates(["group_key", "seed", "task", "split"])
 
 

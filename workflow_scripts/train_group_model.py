@@ -17,4 +17,5 @@ train_group_model(
     options=snakemake.params.get("options"),
     variant=snakemake.wildcards.variant,
     diagnostics_path=snakemake.output.get("diagnostics"),
+    selection=snakemake.params.selection,
 )

@@ -67,11 +67,13 @@ grouping   one row per task: task (str), group (int64).
 group_results one row per (seed, task, split) of the models of one group (a set of tasks,
            trained once per training seed and final-training variant): variant (str,
            "plain" | "reweighted" | "aligned" | "reweighted_aligned"), group_key (str, hash
-           of the member task names), seed (int64), task (str), split ("val" | "test"),
-           loss, metric (float64, see above), loss_weight (float64, the weight of the
-           task's loss in training: 1 unless reweighted, mean 1 over the group's tasks),
-           diverged (bool, the same on every row of a seed's model: its last epoch's
-           training loss ended far above its start, see
+           of the member task names), seed (int64), task (str), split ("val_stop" | "val_select"
+           | "test": the validation rows cut into the part early stopping read and the part
+           held out for the recommendation, :mod:`taskgroup.models.holdout`), loss, metric
+           (float64, see above), loss_weight (float64, the weight of the task's loss in
+           training: 1 unless reweighted, mean 1 over the group's tasks), n_examples (int64,
+           the task's rows in the split), diverged (bool, the same on every row of a seed's
+           model: its last epoch's training loss ended far above its start, see
            :attr:`taskgroup.models.training.LossHistory.rose_far`).
 meta-init metrics (meta_init/val_metrics.parquet) one row per task: task, split ("val"),
            loss, metric (float64, see above), n_examples (int64).
@@ -98,6 +100,19 @@ generalization_gap (evaluation/generalization_gap.parquet) one row per (variant,
            stl_val_loss, gap (float64, mtl_val_loss - stl_val_loss), final_difference
            (float64, mtl_val_loss minus the single-task model's final val loss).
            Definitions in :mod:`taskgroup.models.diagnostics`.
+recommendation groups (recommendation/groups.parquet) one row per task, in task order:
+           task (str), group (int64), group_key (str): the groups the recommendation says to
+           train (one group = all tasks together; one per task = each alone).
+recommendation verdict (recommendation/verdict.parquet) one row per candidate (clustered
+           groupings, naive_mtl, stl): candidate, kind ("clustered" | "naive_mtl" | "stl"),
+           n_groups, n_seeds (int64), selection_loss, selection_sd (float64, pooled loss over
+           the held-out validation rows, mean and sd over seeds), difference, difference_sd
+           (float64, paired by seed against naive_mtl; negative = better), median_selection_metric,
+           mean_test_metric, sd_test_metric, median_test_metric (float64), beats_reference,
+           eligible, chosen (bool). Definitions in :mod:`taskgroup.report.recommendation`.
+recommendation signal (recommendation/signal.parquet) one row: n_subsets_per_half, n_pairs
+           (int64), correlation, p_value, ari, alpha (float64), above_noise (bool): the
+           split-half reliability of the higher-order affinity.
 """
 
 from __future__ import annotations
@@ -183,7 +198,35 @@ GROUP_RESULTS = {
     "loss": "float",
     "metric": "float",
     "loss_weight": "float",
+    "n_examples": "int",
     "diverged": "bool",
+}
+RECOMMENDATION_GROUPS = {"task": "str", "group": "int", "group_key": "str"}
+RECOMMENDATION_VERDICT = {
+    "candidate": "str",
+    "kind": "str",
+    "n_groups": "int",
+    "n_seeds": "int",
+    "selection_loss": "float",
+    "selection_sd": "float",
+    "difference": "float",
+    "difference_sd": "float",
+    "median_selection_metric": "float",
+    "mean_test_metric": "float",
+    "sd_test_metric": "float",
+    "median_test_metric": "float",
+    "beats_reference": "bool",
+    "eligible": "bool",
+    "chosen": "bool",
+}
+RECOMMENDATION_SIGNAL = {
+    "n_subsets_per_half": "int",
+    "n_pairs": "int",
+    "correlation": "float",
+    "p_value": "float",
+    "ari": "float",
+    "alpha": "float",
+    "above_noise": "bool",
 }
 
 TASK_WEIGHTS = {

@@ -25,14 +25,22 @@ def variant_order(variants) -> list[str]:
 
 def per_task_table(groupings: dict[str, pd.DataFrame], results: pd.DataFrame) -> pd.DataFrame:
     """One row per (grouping, variant, seed, task): grouping, variant, seed, task, cluster,
-    group_key, loss_weight, test_loss, test_metric, val_loss, val_metric.
+    group_key, loss_weight, test_loss, test_metric, val_loss, val_metric (on the validation
+    rows early stopping read, split "val_stop"), val_select_loss, val_select_metric,
+    val_select_n (on the rows held out for the recommendation, split "val_select"; n: their
+    number).
 
     groupings: name -> grouping table (task, group); results: the group_results tables of
     every trained group and final-training variant, concatenated (one row per variant,
     group_key, seed, task, split)."""
     index = ["variant", "group_key", "seed", "task"]
-    wide = results.pivot_table(index=index, columns="split", values=["loss", "metric"])
-    wide.columns = [f"{split}_{value}" for value, split in wide.columns]
+    wide = results.pivot_table(
+        index=index, columns="split", values=["loss", "metric", "n_examples"]
+    )
+    names = {"val_stop": "val", "n_examples": "n"}
+    wide.columns = [
+        f"{names.get(split, split)}_{names.get(value, value)}" for value, split in wide.columns
+    ]
     weights = results.groupby(index)["loss_weight"].first()
     wide = wide.join(weights).reset_index()
     frames = []
@@ -50,10 +58,12 @@ def per_task_table(groupings: dict[str, pd.DataFrame], results: pd.DataFrame) ->
             frames.append(joined.assign(grouping=name, variant=variant))
     columns = [
         "grouping", "variant", "seed", "task", "cluster", "group_key", "loss_weight",
-        "test_loss", "test_metric", "val_loss", "val_metric",
+        "test_loss", "test_metric", "val_loss", "val_metric", "val_select_loss",
+        "val_select_metric", "val_select_n",
     ]
     table = pd.concat(frames, ignore_index=True)[columns]
     table["seed"] = table["seed"].astype(np.int64)
+    table["val_select_n"] = table["val_select_n"].astype(np.int64)
     table["variant"] = pd.Categorical(table["variant"], variant_order(table["variant"]))
     table = table.sort_values(["grouping", "variant", "seed", "task"], ignore_index=True)
     table["variant"] = table["variant"].astype(str)

@@ -7,9 +7,10 @@ import time
 
 import pandas as pd
 
-from taskgroup.data.tables import write_table
+from taskgroup.data.tables import GROUP_RESULTS, write_table
 from taskgroup.group import groupings
 from taskgroup.models import reweighting
+from taskgroup.models.holdout import SELECTION_SPLIT, SelectionSplit, hold_out_selection_rows
 from taskgroup.models.metrics import resolve_metrics
 from taskgroup.models.training import TrainSettings, evaluate
 from taskgroup.models.within_group import TrainingOptions, train_with_options
@@ -27,13 +28,19 @@ log = logging.getLogger(__name__)
 def train_group_model(
     examples_path, tasks_path, members: list, group_key: str, results_path, model_paths: list,
     hidden_sizes, training: dict, seeds: list, threads: int = 1, metric: str = "auto",
-    options: dict | None = None, variant: str = "plain", diagnostics_path=None,
+    options: dict | None = None, variant: str = "plain", diagnostics_path=None, *,
+    selection: dict,
 ) -> None:
     """Train one multi-head model per seed on the tasks ``members``; write their per-task
-    val and test loss and metric (``metric``, evaluation.metric; group_results table, with
-    the ``variant`` name, each task's loss weight and whether the seed's training loss
-    ended far above its start, ``diverged``) and the models (one per seed, in the
-    order of ``seeds``).
+    loss and metric (``metric``, evaluation.metric; group_results table, with the
+    ``variant`` name, each task's loss weight and whether the seed's training loss ended far
+    above its start, ``diverged``) on the splits val_stop, val_select and test, and the
+    models (one per seed, in the order of ``seeds``).
+
+    ``selection``: the fields of :class:`taskgroup.models.holdout.SelectionSplit` (fraction,
+    seed). Each task's validation rows are cut into a stopping part ("val_stop": the best
+    epoch is chosen on it, and the alignment phase and diagnostics read it) and a selection
+    part ("val_select": no model is fitted or stopped on it), the same cut in every group.
 
     Each model's seed is derived from (seed, sorted member names), so a group gets the same
     models in whichever grouping it appears, and every variant starts from the same
@@ -55,7 +62,7 @@ def train_group_model(
         raise ValueError(f"{len(seeds)} seeds but {len(model_paths)} model paths")
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
-    data = data.to(device)
+    data = hold_out_selection_rows(data, SelectionSplit(**selection)).to(device)
     indices = data.task_indices(list(members)).to(device)
     resolve_metrics(metric, data.types, data.task_names)  # fail before training
     settings = TrainSettings(**training, select_best_epoch=True)
@@ -81,13 +88,14 @@ def train_group_model(
             table.insert(0, "group_key", group_key)
             table.insert(0, "variant", variant)
             diagnostics.append(table)
-        results = evaluate(model, data, indices, ("val", "test"), metric)
-        results = results.drop(columns="n_examples")
+        results = evaluate(model, data, indices, ("val", SELECTION_SPLIT, "test"), metric)
+        results["split"] = results["split"].replace({"val": "val_stop"})
         results.insert(0, "seed", int(seed))
         results.insert(0, "group_key", group_key)
         results.insert(0, "variant", variant)
         results["loss_weight"] = results["task"].map(loss_weights).fillna(1.0)
         results["diverged"] = trained.loss_rose_far
+        results = results[list(GROUP_RESULTS)]
         log.info(
             "group %s (%d tasks), %s, seed %d: trained in %.1f s; mean test %s %.4f",
             group_key, len(members), variant, seed, time.perf_counter() - started, metric,

@@ -1,0 +1,35 @@
+# With naive_mtl in evaluation.baselines: the answer, chosen on held-out validation rows.
+if RECOMMEND:
+
+    rule recommend:
+        input:
+            per_task="results/{dataset}/evaluation/per_task.parquet",
+            values=subset_values("random"),
+            tasks=TASKS_TABLE,
+            code=library_code("recommend.py"),
+        output:
+            groups="results/{dataset}/recommendation/groups.parquet",
+            verdict="results/{dataset}/recommendation/verdict.parquet",
+            signal="results/{dataset}/recommendation/signal.parquet",
+            markdown="results/{dataset}/recommendation/verdict.md",
+            html=report(
+                "results/{dataset}/recommendation/verdict.html",
+                caption="../report/recommendation.rst",
+                category="Recommendation",
+            ),
+        log:
+            "results/{dataset}/logs/recommend.log",
+        conda:
+            "../envs/taskgroup.yaml"
+        params:
+            # Every clustered grouping, naive MTL and STL (never planted or random), trained
+            # with the first final-training variant.
+            candidates=recommendation_candidates(),
+            variant=VARIANTS[0],
+            settings=recommendation_params(),
+            # The signal check clusters each half of the subsets with the first method.
+            method=METHODS[0],
+            clustering=clustering_params(),
+            metric=config["evaluation"]["metric"],
+        script:
+            "../workflow_scripts/recommend.py"
