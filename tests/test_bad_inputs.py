@@ -558,13 +558,13 @@ def test_a_diverged_group_model_is_flagged_in_its_results_and_counted_in_the_sum
                 tmp_path / "examples.parquet", tmp_path / "tasks.parquet", list(members), key,
                 result_paths[-1], [tmp_path / f"{key}_0.pt", tmp_path / f"{key}_1.pt"], [2],
                 {"epochs": 5, "lr": 1e6 if name == "naive_mtl" else 0.01, "batch_size": 32,
-                 "weight_decay": 0.0}, [0, 1],
+                 "weight_decay": 0.0}, [0, 1], selection={"fraction": 0.5, "seed": 0},
             )
     flags = {
         path.stem: read_table(path, GROUP_RESULTS)["diverged"].tolist() for path in result_paths
     }
     mtl_key = group_key(names)
-    assert flags.pop(mtl_key) == [True] * (2 * len(names) * 2)  # seeds x tasks x splits
+    assert flags.pop(mtl_key) == [True] * (2 * len(names) * 3)  # seeds x tasks x splits
     assert not any(any(rows) for rows in flags.values())
     with caplog.at_level(logging.WARNING, logger="taskgroup.stages.evaluate"):
         evaluate_groupings(
