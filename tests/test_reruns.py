@@ -27,13 +27,15 @@ READERS = {
         "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
         "higher_order_affinity", "pairwise_affinity", "lookahead_affinity", "meta_init_affinity",
         "fit_surrogates", "cluster_tasks", "baseline_grouping", "train_group_model",
-        "evaluate_groupings", "plot_figures", "forward_selection",
+        "evaluate_groupings", "plot_figures", "forward_selection", "recommend",
     },
     "train_meta_init": {"finetune_subsets", "meta_init_affinity", "forward_selection"},
     "sample_subsets": {"finetune_subsets", "fit_surrogates"},
     "pair_design": {"finetune_subsets"},
     "finetune_subsets": {"gather_subset_values"},
-    "gather_subset_values": {"higher_order_affinity", "pairwise_affinity", "fit_surrogates"},
+    "gather_subset_values": {
+        "higher_order_affinity", "pairwise_affinity", "fit_surrogates", "recommend",
+    },
     "higher_order_affinity": {"cluster_tasks", "plot_figures"},
     "pairwise_affinity": {"cluster_tasks"},
     "lookahead_affinity": {"cluster_tasks"},
@@ -47,8 +49,9 @@ READERS = {
     "baseline_grouping": {"evaluate_groupings"},
     "random_grouping": {"evaluate_groupings"},
     "train_group_model": {"evaluate_groupings"},
-    "evaluate_groupings": {"plot_figures"},
+    "evaluate_groupings": {"plot_figures", "recommend"},
     "plot_figures": set(),
+    "recommend": set(),
 }
 
 

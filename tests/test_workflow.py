@@ -105,7 +105,8 @@ def test_changing_n_clusters_reruns_only_clustering_and_what_follows(finished_ru
     assert "cluster_tasks" in jobs
     assert not UPSTREAM_OF_CLUSTERING & set(jobs), jobs
     assert set(jobs) <= {"cluster_tasks", "gather_clustering", "random_grouping",
-                         "train_group_model", "evaluate_groupings", "plot_figures", "all"}
+                         "train_group_model", "evaluate_groupings", "plot_figures", "recommend",
+                         "all"}
 
 
 def test_changing_finetune_epochs_keeps_the_meta_initialization(finished_run):
@@ -118,7 +119,9 @@ def test_changing_final_epochs_retrains_only_group_models(finished_run):
     jobs = dry_run_with(finished_run, lambda c: c["final"].update(epochs=5))
     groups = finished_run / "results" / "smoke" / "final" / "plain"
     assert jobs.get("train_group_model") == len(list(groups.glob("*.parquet")))
-    assert set(jobs) == {"train_group_model", "evaluate_groupings", "plot_figures", "all"}
+    assert set(jobs) == {
+        "train_group_model", "evaluate_groupings", "plot_figures", "recommend", "all",
+    }
 
 
 def test_adding_a_training_variant_trains_only_that_variant(finished_run):
@@ -131,7 +134,7 @@ def test_adding_a_training_variant_trains_only_that_variant(finished_run):
     groups = finished_run / "results" / "smoke" / "final" / "plain"
     assert jobs.get("train_group_model") == len(list(groups.glob("*.parquet")))
     assert set(jobs) == {"train_group_model", "evaluate_groupings", "plot_figures",
-                         "plot_variants", "all"}
+                         "plot_variants", "recommend", "all"}
 
 
 @pytest.mark.parametrize(
