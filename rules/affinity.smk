@@ -24,6 +24,9 @@ rule pairwise_affinity:
         "results/{dataset}/logs/pairwise_affinity.log",
     conda:
         "../envs/taskgroup.yaml"
+    params:
+        # When the pairs are sampled, the unsampled ones are missing, not an error.
+        **pair_sample_params(),
     script:
         "../workflow_scripts/pairwise_affinity.py"
 

@@ -16,6 +16,7 @@ from taskgroup.config import (
     n_tasks,
     needs_pair_design,
     pair_design_size,
+    pair_sample,
     sorted_deep,
 )
 from taskgroup.data.designs import n_chunks
@@ -29,10 +30,13 @@ DATASET = config["dataset"]["name"]
 N_TASKS = n_tasks(config)
 # The random design of subsets.* feeds the higher-order affinity and the surrogates; the
 # singletons-and-pairs design is valued too when a pairwise affinity or the surrogates'
-# negative-transfer ground truth needs it.
+# negative-transfer ground truth needs it: every pair up to subsets.pairs.sample_above_tasks
+# tasks, a sample of pairs above (PAIR_SAMPLE: {per_task, seed}, else None), so that its
+# subset count grows as k, not k^2.
+PAIR_SAMPLE = pair_sample(config, N_TASKS)
 DESIGN_SIZES = {"random": config["subsets"]["count"]}
 if needs_pair_design(config):
-    DESIGN_SIZES["pairs"] = pair_design_size(N_TASKS)
+    DESIGN_SIZES["pairs"] = pair_design_size(N_TASKS, PAIR_SAMPLE)
 CHUNKS = {
     design: list(range(n_chunks(size, config["subsets"]["chunk_size"])))
     for design, size in DESIGN_SIZES.items()
@@ -144,6 +148,13 @@ def surrogate_params():
     return sorted_params(
         {key: value for key, value in config["surrogates"].items() if key != "enabled"}
     )
+
+
+def pair_sample_params():
+    """The pair design's sample settings as params: {"pair_sample": {per_task, seed}} when
+    the pairs are sampled (PAIR_SAMPLE), nothing when every pair is valued, so that the
+    jobs of a full pair design keep their params (and do not rerun)."""
+    return {"pair_sample": PAIR_SAMPLE} if PAIR_SAMPLE is not None else {}
 
 
 def subset_values(design):

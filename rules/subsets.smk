@@ -29,5 +29,8 @@ rule pair_design:
     localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    params:
+        # Above subsets.pairs.sample_above_tasks tasks: the sample's settings (else none).
+        **pair_sample_params(),
     script:
         "../workflow_scripts/pair_design.py"

@@ -25,6 +25,8 @@ rule fit_surrogates:
     conda:
         "../envs/taskgroup.yaml"
     params:
+        # When the pairs are sampled, only the sampled ones are scored.
+        **pair_sample_params(),
         surrogates=surrogate_params(),
     script:
         "../workflow_scripts/fit_surrogates.py"

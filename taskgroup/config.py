@@ -10,7 +10,11 @@ from __future__ import annotations
 import math
 
 from taskgroup.data.datasets import DatasetKind, dataset_kind
-from taskgroup.data.designs import check_subset_design, expected_pair_count
+from taskgroup.data.designs import (
+    check_subset_design,
+    expected_pair_count,
+    sampled_pair_count,
+)
 from taskgroup.data.task_types import check_metric
 from taskgroup.group.groupings import BASELINES, check_n_clusters
 
@@ -217,9 +221,22 @@ def needs_pair_design(config: dict) -> bool:
     return "pairwise" in config["affinity"]["sources"] or config["surrogates"]["enabled"]
 
 
-def pair_design_size(n_tasks: int) -> int:
-    """k singletons + k (k - 1) / 2 pairs."""
-    return n_tasks + n_tasks * (n_tasks - 1) // 2
+def pair_sample(config: dict, n_tasks: int) -> dict | None:
+    """How the pair design samples its pairs for ``n_tasks`` tasks: {"per_task", "seed"}
+    from ``subsets.pairs`` when k > ``sample_above_tasks`` and ``per_task`` < k - 1 (a
+    sample smaller than every pair), else None (every pair is valued)."""
+    section = config["subsets"]["pairs"]
+    if n_tasks <= section["sample_above_tasks"] or section["per_task"] >= n_tasks - 1:
+        return None
+    return {"per_task": section["per_task"], "seed": section["seed"]}
+
+
+def pair_design_size(n_tasks: int, sample: dict | None) -> int:
+    """Subsets of the pair design: k singletons + k (k - 1) / 2 pairs, or with ``sample``
+    (:func:`pair_sample`) k singletons + k per_task / 2 sampled pairs."""
+    if sample is None:
+        return n_tasks + n_tasks * (n_tasks - 1) // 2
+    return n_tasks + sampled_pair_count(n_tasks, sample["per_task"])
 
 
 def sorted_deep(value):
