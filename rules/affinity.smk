@@ -9,6 +9,8 @@ rule higher_order_affinity:
         "results/{dataset}/logs/higher_order_affinity.log",
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=design_mem_mb("random"),
     script:
         "../workflow_scripts/higher_order_affinity.py"
 
@@ -24,6 +26,8 @@ rule pairwise_affinity:
         "results/{dataset}/logs/pairwise_affinity.log",
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=design_mem_mb("pairs"),
     params:
         # When the pairs are sampled, the unsampled ones are missing, not an error.
         **pair_sample_params(),
@@ -44,6 +48,7 @@ rule lookahead_affinity:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=training_mem_mb(),
         gpu=1,
     params:
         hidden_sizes=config["model"]["hidden_sizes"],
@@ -71,6 +76,8 @@ rule meta_init_affinity:
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
+    resources:
+        mem_mb=training_mem_mb(),
     params:
         covariance_features=config["affinity"]["covariance_features"],
     script:

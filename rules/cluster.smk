@@ -13,6 +13,8 @@ checkpoint cluster_tasks:
         "results/{dataset}/logs/cluster_tasks/{source}.log",
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=sdp_mem_mb(),
     params:
         clustering=clustering_params(),
         methods=METHODS,

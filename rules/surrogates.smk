@@ -24,6 +24,8 @@ rule fit_surrogates:
     localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=design_mem_mb("random", "pairs"),
     params:
         # When the pairs are sampled, only the sampled ones are scored.
         **pair_sample_params(),
