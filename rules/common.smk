@@ -178,6 +178,13 @@ def design_mem_mb(*designs):
     return sizes.subset_table_mb(sum(DESIGN_SIZES.get(d, 0) for d in designs), N_TASKS)
 
 
+def surrogates_mem_mb():
+    """mem_mb of fit_surrogates (the random and the pair design)."""
+    return sizes.surrogates_mb(
+        DESIGN_SIZES["random"] + DESIGN_SIZES.get("pairs", 0), N_TASKS
+    )
+
+
 def gathered_mem_mb(wildcards):
     """mem_mb of gather_subset_values for the design {design}."""
     return design_mem_mb(wildcards.design)

@@ -25,7 +25,7 @@ rule fit_surrogates:
     conda:
         "../envs/taskgroup.yaml"
     resources:
-        mem_mb=design_mem_mb("random", "pairs"),
+        mem_mb=surrogates_mem_mb(),
     params:
         # When the pairs are sampled, only the sampled ones are scored.
         **pair_sample_params(),

@@ -147,3 +147,16 @@ def subset_table_mb(n_subsets: int, n_tasks: int) -> int:
     table process and COPIES of the dense (n_subsets, k) membership and loss matrices, for
     each of the train and validation splits."""
     return TABLE_PROCESS_MB + to_mb(COPIES * 2 * 2 * FLOAT * n_subsets * n_tasks)
+
+
+# fit_surrogates' memory above its tables grows with k: 274 MB peak at k = 30, 491 at
+# k = 100 (benchmarks/scale.py); a fit to those two, not an analysed cause (it fits k
+# ridge regressions with their folds and draws a (k, k) heatmap).
+SURROGATE_MB_PER_TASK = 2.5
+
+
+def surrogates_mb(n_subsets: int, n_tasks: int) -> int:
+    """fit_surrogates: :func:`subset_table_mb` of its designs plus SURROGATE_MB_PER_TASK
+    per task."""
+    return subset_table_mb(n_subsets, n_tasks) + math.ceil(SURROGATE_MB_PER_TASK * n_tasks)
+

@@ -61,6 +61,10 @@ def test_formulas_add_the_process_to_the_arrays():
         (605, lambda: resources.subset_estimate_mb(100, 20_000, 10_000, 234, 100)),
         (304, lambda: resources.sdp_mb(100)),  # cluster_tasks, SCS
         (580, lambda: resources.validation_mb(7_360_000, 342, 100)),
+        # fit_surrogates in benchmarks/scale.py: k = 30 (600 + 465 subsets), k = 100
+        # (1000 + 1100)
+        (274, lambda: resources.surrogates_mb(1065, 30)),
+        (491, lambda: resources.surrogates_mb(2100, 100)),
     ],
 )
 def test_formulas_cover_the_measured_peaks_without_gross_excess(measured_mb, formula):
