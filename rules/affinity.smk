@@ -7,8 +7,12 @@ rule higher_order_affinity:
         "results/{dataset}/affinity/higher_order.parquet",
     log:
         "results/{dataset}/logs/higher_order_affinity.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=design_mem_mb("random"),
     script:
         "../workflow_scripts/higher_order_affinity.py"
 
@@ -22,8 +26,15 @@ rule pairwise_affinity:
         "results/{dataset}/affinity/pairwise.parquet",
     log:
         "results/{dataset}/logs/pairwise_affinity.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=design_mem_mb("pairs"),
+    params:
+        # When the pairs are sampled, the unsampled ones are missing, not an error.
+        **pair_sample_params(),
     script:
         "../workflow_scripts/pairwise_affinity.py"
 
@@ -41,6 +52,7 @@ rule lookahead_affinity:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=training_mem_mb(),
         gpu=1,
     params:
         hidden_sizes=config["model"]["hidden_sizes"],
@@ -63,11 +75,11 @@ rule meta_init_affinity:
         "results/{dataset}/logs/meta_init_affinity/{source}.log",
     wildcard_constraints:
         source="gradient_cosine|covariance",
-    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
-    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
+    resources:
+        mem_mb=training_mem_mb(),
     params:
         covariance_features=config["affinity"]["covariance_features"],
     script:

@@ -11,8 +11,12 @@ checkpoint cluster_tasks:
         objective="results/{dataset}/clustering/{source}.parquet",
     log:
         "results/{dataset}/logs/cluster_tasks/{source}.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=sdp_mem_mb(),
     params:
         clustering=clustering_params(),
         methods=METHODS,
@@ -35,6 +39,8 @@ rule gather_clustering:
         ),
     log:
         "results/{dataset}/logs/gather_clustering.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     script:
@@ -51,6 +57,8 @@ checkpoint baseline_grouping:
         "results/{dataset}/logs/baseline_grouping/{grouping}.log",
     wildcard_constraints:
         grouping="naive_mtl|stl|planted",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     script:
@@ -73,10 +81,3 @@ if RANDOM:
             "../envs/taskgroup.yaml"
         script:
             "../workflow_scripts/random_grouping.py"
-
-    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
-    localrule: True
-    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
-    localrule: True
-    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
-    localrule: True

@@ -9,14 +9,17 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from taskgroup import resources as sizes
 from taskgroup.config import (
     check_config,
+    configured_dataset,
     dataset_files,
     dataset_section,
     forward_selection_settings,
     n_tasks,
     needs_pair_design,
     pair_design_size,
+    pair_sample,
     run_summary,
     sorted_deep,
 )
@@ -34,10 +37,13 @@ for line in run_summary(config, N_TASKS):
     print(f"taskgroup: {line}", file=sys.stderr)
 # The random design of subsets.* feeds the higher-order affinity and the surrogates; the
 # singletons-and-pairs design is valued too when a pairwise affinity or the surrogates'
-# negative-transfer ground truth needs it.
+# negative-transfer ground truth needs it: every pair up to subsets.pairs.sample_above_tasks
+# tasks, a sample of pairs above (PAIR_SAMPLE: {per_task, seed}, else None), so that its
+# subset count grows as k, not k^2.
+PAIR_SAMPLE = pair_sample(config, N_TASKS)
 DESIGN_SIZES = {"random": config["subsets"]["count"]}
 if needs_pair_design(config):
-    DESIGN_SIZES["pairs"] = pair_design_size(N_TASKS)
+    DESIGN_SIZES["pairs"] = pair_design_size(N_TASKS, PAIR_SAMPLE)
 CHUNKS = {
     design: list(range(n_chunks(size, config["subsets"]["chunk_size"])))
     for design, size in DESIGN_SIZES.items()
@@ -86,6 +92,109 @@ wildcard_constraints:
     grouping="|".join(GROUPINGS),
     variant="|".join(VARIANTS),
     key=r"[0-9a-f]{16}",
+
+
+# --- Memory of the jobs (resources: mem_mb=...), from the sizes known at parse time ---
+# The formulas and their units are in taskgroup/resources.py; these functions give them the
+# config's sizes. mem_mb does not rerun jobs; the SLURM profile leaves it to the rules.
+
+
+def data_sizes():
+    """(bytes of the examples in memory, examples with projected gradients (train + val),
+    validation examples, input features): exact for the planted generator; for the graph
+    generator every task labels every node; for a user's files the bytes are an upper
+    estimate from their size on disk, and the rows those bytes hold at 20 features (the
+    feature count is unknown before the data are read)."""
+    dataset = config["dataset"]
+    if dataset["kind"] == "planted":
+        planted = dataset["planted"]
+        rows = sizes.planted_examples(
+            N_TASKS, planted["n_train"], planted["n_val"], planted["n_test"]
+        )
+        data = sizes.examples_bytes(rows, planted["n_features"])
+        labelled = N_TASKS * (planted["n_train"] + planted["n_val"])
+        return data, labelled, N_TASKS * planted["n_val"], planted["n_features"]
+    files = dataset_files(dataset)
+    data = sizes.file_examples_bytes(sum(os.path.getsize(path) for path in files))
+    if not files:  # the graph generator: every task labels every node
+        _, graph = configured_dataset(dataset)
+        features = graph.n_features * (graph.hops + 1)
+        nodes = N_TASKS * graph.nodes_per_community
+        data = sizes.examples_bytes(N_TASKS * nodes, features)
+    # rows of a float64 table of 20 features: the bound the projected-table formulas need
+    rows = data // sizes.examples_bytes(1, 20)
+    return data, rows, rows, 20
+
+
+DATA_BYTES, N_LABELLED, N_VAL_EXAMPLES, N_FEATURES = data_sizes()
+SHAPES = sizes.layer_shapes(N_FEATURES, config["model"]["hidden_sizes"], N_TASKS)
+PROJECTED_DIM = sizes.projected_dim(
+    SHAPES,
+    config["projection"]["structure"],
+    config["projection"][
+        "factor_dim" if config["projection"]["structure"] == "kronecker" else "dim"
+    ],
+)
+
+
+def training_mem_mb():
+    """mem_mb of a job that trains the network on the examples."""
+    return sizes.training_mb(DATA_BYTES, sizes.n_parameters(SHAPES))
+
+
+def projection_mem_mb():
+    """mem_mb of project_gradients."""
+    return sizes.projection_mb(
+        DATA_BYTES, N_LABELLED, PROJECTED_DIM, config["projection"]["batch_size"]
+    )
+
+
+def gradient_estimate_mem_mb(chunk):
+    """mem_mb of a job that values ``chunk`` subsets at a time with the gradient
+    estimator."""
+    return sizes.subset_estimate_mb(
+        N_TASKS, N_LABELLED, N_VAL_EXAMPLES, PROJECTED_DIM, chunk
+    )
+
+
+def forward_mem_mb():
+    """mem_mb of forward_selection: fine-tuning (finetune), or batches of up to k
+    candidate subsets (gradient)."""
+    if config["estimator"] == "finetune":
+        return training_mem_mb()
+    return gradient_estimate_mem_mb(N_TASKS)
+
+
+def sdp_mem_mb():
+    """mem_mb of cluster_tasks (the SDP's solver dominates)."""
+    return sizes.sdp_mb(N_TASKS)
+
+
+def validation_mem_mb():
+    """mem_mb of validate_estimator (fine-tuning and clustering)."""
+    return sizes.validation_mb(DATA_BYTES, sizes.n_parameters(SHAPES), N_TASKS)
+
+
+def data_mem_mb():
+    """mem_mb of prepare_dataset, which builds the examples table."""
+    return sizes.data_table_mb(DATA_BYTES)
+
+
+def design_mem_mb(*designs):
+    """mem_mb of a table stage over the per-subset values of ``designs``."""
+    return sizes.subset_table_mb(sum(DESIGN_SIZES.get(d, 0) for d in designs), N_TASKS)
+
+
+def surrogates_mem_mb():
+    """mem_mb of fit_surrogates (the random and the pair design)."""
+    return sizes.surrogates_mb(
+        DESIGN_SIZES["random"] + DESIGN_SIZES.get("pairs", 0), N_TASKS
+    )
+
+
+def gathered_mem_mb(wildcards):
+    """mem_mb of gather_subset_values for the design {design}."""
+    return design_mem_mb(wildcards.design)
 
 
 # --- Functions that several rule files use ---
@@ -151,6 +260,13 @@ def surrogate_params():
     return sorted_params(
         {key: value for key, value in config["surrogates"].items() if key != "enabled"}
     )
+
+
+def pair_sample_params():
+    """The pair design's sample settings as params: {"pair_sample": {per_task, seed}} when
+    the pairs are sampled (PAIR_SAMPLE), nothing when every pair is valued, so that the
+    jobs of a full pair design keep their params (and do not rerun)."""
+    return {"pair_sample": PAIR_SAMPLE} if PAIR_SAMPLE is not None else {}
 
 
 def subset_values(design):

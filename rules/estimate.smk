@@ -19,6 +19,7 @@ rule project_gradients:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=projection_mem_mb(),
         gpu=1,
     params:
         # Only the settings the structure uses (factor_dim for kronecker, dim for dense),
@@ -46,6 +47,8 @@ rule estimate_subsets:
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
+    resources:
+        mem_mb=gradient_estimate_mem_mb(config["subsets"]["chunk_size"]),
     params:
         chunk_size=config["subsets"]["chunk_size"],
         estimate=sorted_params(config["gradient_estimate"]),

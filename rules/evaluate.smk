@@ -15,6 +15,8 @@ rule evaluate_groupings:
         ),
     log:
         "results/{dataset}/logs/evaluate_groupings.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     params:
@@ -43,6 +45,8 @@ rule plot_figures:
         ),
     log:
         "results/{dataset}/logs/plot_figures.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     params:
@@ -103,8 +107,3 @@ if FINAL_DIAGNOSTICS:
             variant=VARIANTS[0],
         script:
             "../workflow_scripts/diagnose_transfer.py"
-
-    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
-    localrule: True
-    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
-    localrule: True

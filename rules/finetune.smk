@@ -13,6 +13,7 @@ rule finetune_subsets:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=training_mem_mb(),
         gpu=1,
     params:
         chunk_size=config["subsets"]["chunk_size"],

@@ -14,6 +14,7 @@ rule forward_selection:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=forward_mem_mb(),
         # Fine-tunes every evaluated subset with estimator finetune; gradient only solves.
         gpu=1 if config["estimator"] == "finetune" else 0,
     params:

@@ -16,6 +16,7 @@ rule train_meta_init:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=training_mem_mb(),
         gpu=1,
     params:
         # Enabled training_options.meta_init only (none: plain training, no extra outputs).

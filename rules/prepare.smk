@@ -9,6 +9,8 @@ rule prepare_dataset:
         "results/{dataset}/logs/prepare_dataset.log",
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=data_mem_mb(),
     params:
         kind=config["dataset"]["kind"],
         settings=dataset_params(),

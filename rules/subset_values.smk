@@ -10,5 +10,7 @@ rule gather_subset_values:
     localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=gathered_mem_mb,
     script:
         "../workflow_scripts/gather_subset_values.py"

@@ -7,6 +7,8 @@ rule sample_subsets:
         pair_counts="results/{dataset}/subsets/pair_counts.parquet",
     log:
         "results/{dataset}/logs/sample_subsets.log",
+    # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
+    localrule: True
     conda:
         "../envs/taskgroup.yaml"
     params:
@@ -29,5 +31,8 @@ rule pair_design:
     localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    params:
+        # Above subsets.pairs.sample_above_tasks tasks: the sample's settings (else none).
+        **pair_sample_params(),
     script:
         "../workflow_scripts/pair_design.py"

@@ -24,7 +24,11 @@ rule fit_surrogates:
     localrule: True
     conda:
         "../envs/taskgroup.yaml"
+    resources:
+        mem_mb=surrogates_mem_mb(),
     params:
+        # When the pairs are sampled, only the sampled ones are scored.
+        **pair_sample_params(),
         surrogates=surrogate_params(),
     script:
         "../workflow_scripts/fit_surrogates.py"

@@ -16,6 +16,7 @@ rule train_group_model:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=training_mem_mb(),
         gpu=1,
     params:
         # The options the variant {variant} turns on, with their settings ({} = plain).

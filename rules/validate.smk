@@ -21,6 +21,7 @@ rule validate_estimator:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
+        mem_mb=validation_mem_mb(),
         gpu=1,
     params:
         validation=sorted_params(config["validation"]),

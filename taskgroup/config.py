@@ -13,7 +13,12 @@ import os
 import yaml
 
 from taskgroup.data.datasets import DatasetKind, dataset_kind
-from taskgroup.data.designs import check_subset_design, expected_pair_count, n_chunks
+from taskgroup.data.designs import (
+    check_subset_design,
+    expected_pair_count,
+    n_chunks,
+    sampled_pair_count,
+)
 from taskgroup.data.task_types import check_metric
 from taskgroup.group.groupings import BASELINES, check_n_clusters
 
@@ -140,7 +145,9 @@ def check_config(config: dict) -> None:
     if users:
         check_pair_coverage(k, subsets["size"], subsets["count"], users)
     if needs_pair_design(config):
-        check_pair_design_size(k, subsets["chunk_size"], pair_design_users(config))
+        check_pair_design_size(
+            k, pair_sample(config, k), subsets["chunk_size"], pair_design_users(config)
+        )
     forward = forward_selection_settings(config)
     if forward is not None and not 1 <= forward["max_size"] <= k:
         raise ConfigError(
@@ -263,9 +270,22 @@ def needs_pair_design(config: dict) -> bool:
     return "pairwise" in config["affinity"]["sources"] or config["surrogates"]["enabled"]
 
 
-def pair_design_size(n_tasks: int) -> int:
-    """k singletons + k (k - 1) / 2 pairs."""
-    return n_tasks + n_tasks * (n_tasks - 1) // 2
+def pair_sample(config: dict, n_tasks: int) -> dict | None:
+    """How the pair design samples its pairs for ``n_tasks`` tasks: {"per_task", "seed"}
+    from ``subsets.pairs`` when k > ``sample_above_tasks`` and ``per_task`` < k - 1 (a
+    sample smaller than every pair), else None (every pair is valued)."""
+    section = config["subsets"]["pairs"]
+    if n_tasks <= section["sample_above_tasks"] or section["per_task"] >= n_tasks - 1:
+        return None
+    return {"per_task": section["per_task"], "seed": section["seed"]}
+
+
+def pair_design_size(n_tasks: int, sample: dict | None) -> int:
+    """Subsets of the pair design: k singletons + k (k - 1) / 2 pairs, or with ``sample``
+    (:func:`pair_sample`) k singletons + k per_task / 2 sampled pairs."""
+    if sample is None:
+        return n_tasks + n_tasks * (n_tasks - 1) // 2
+    return n_tasks + sampled_pair_count(n_tasks, sample["per_task"])
 
 
 def pair_design_users(config: dict) -> list[str]:
@@ -281,21 +301,31 @@ def pair_design_users(config: dict) -> list[str]:
     return users
 
 
-def check_pair_design_size(n_tasks: int, chunk_size: int, users: list[str]) -> None:
-    """Raise ConfigError if the singletons-and-pairs design of ``n_tasks`` tasks has more
-    than :data:`MAX_PAIR_DESIGN_SUBSETS` subsets, naming the count, the jobs of
-    ``chunk_size`` subsets it would take, what needs it (``users``, from
-    :func:`pair_design_users`) and how to do without it."""
-    size = pair_design_size(n_tasks)
+def check_pair_design_size(
+    n_tasks: int, sample: dict | None, chunk_size: int, users: list[str]
+) -> None:
+    """Raise ConfigError if the singletons-and-pairs design of ``n_tasks`` tasks (every
+    pair, or the pairs ``sample`` draws, see :func:`pair_sample`) has more than
+    :data:`MAX_PAIR_DESIGN_SUBSETS` subsets, naming the count, the jobs of ``chunk_size``
+    subsets it would take, what needs it (``users``, from :func:`pair_design_users`) and how
+    to do without it."""
+    size = pair_design_size(n_tasks, sample)
     if size <= MAX_PAIR_DESIGN_SUBSETS:
         return
+    if sample is not None:
+        raise ConfigError(
+            f"config: the sampled pair design for k = {n_tasks} tasks has {size:,} subsets "
+            f"(k singletons and k x subsets.pairs.per_task / 2 = {size - n_tasks:,} pairs), "
+            f"more than {MAX_PAIR_DESIGN_SUBSETS:,}; lower subsets.pairs.per_task "
+            f"(now {sample['per_task']})"
+        )
     fixes = []
     if any("pairwise" in user for user in users):
         fixes.append("drop pairwise from affinity.sources")
     if any("surrogates" in user for user in users):
         fixes.append("set surrogates.enabled: false")
     largest = max(
-        k for k in range(1, n_tasks) if pair_design_size(k) <= MAX_PAIR_DESIGN_SUBSETS
+        k for k in range(1, n_tasks) if pair_design_size(k, None) <= MAX_PAIR_DESIGN_SUBSETS
     )
     raise ConfigError(
         f"config: {' and '.join(users)} {'need' if len(users) > 1 else 'needs'} the "
@@ -304,7 +334,7 @@ def check_pair_design_size(n_tasks: int, chunk_size: int, users: list[str]) -> N
         f"subsets.chunk_size = {chunk_size}; more than {MAX_PAIR_DESIGN_SUBSETS:,} "
         f"subsets are refused. To avoid it, {' and '.join(fixes)} (the higher-order "
         f"affinity on the random design of subsets.* still works), or keep at most "
-        f"{largest} tasks"
+        f"{largest} tasks, or sample the pairs (subsets.pairs.sample_above_tasks below k)"
     )
 
 
@@ -336,9 +366,14 @@ def run_summary(config: dict, n_tasks: int) -> list[str]:
             f"{math.exp(-coverage):.0%} of the pairs in none)"
         )
     if needs_pair_design(config):
+        sample = pair_sample(config, n_tasks)
+        pairs = (
+            "every pair" if sample is None
+            else f"{sample['per_task']} sampled pairs per task (subsets.pairs)"
+        )
         lines.append(
-            f"pair design: {pair_design_size(n_tasks)} subsets (every task alone and every "
-            "pair)"
+            f"pair design: {pair_design_size(n_tasks, sample)} subsets (every task alone and "
+            f"{pairs})"
         )
     return lines
 

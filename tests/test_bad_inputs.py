@@ -156,7 +156,8 @@ def test_a_pair_design_too_large_is_refused_naming_its_size_and_the_keys_to_chan
     # k = 201 tasks: 201 + 201 * 200 / 2 = 20,301 singletons and pairs
     smoke["dataset"]["planted"].update(n_groups=67, tasks_per_group=3)
     smoke["subsets"].update(size=20, count=200)  # covers the pairs 1.9 times
-    assert pair_design_size(201) == 20_301 > MAX_PAIR_DESIGN_SUBSETS
+    smoke["subsets"]["pairs"] = {"sample_above_tasks": 1000, "per_task": 20, "seed": 0}
+    assert pair_design_size(201, None) == 20_301 > MAX_PAIR_DESIGN_SUBSETS
     with pytest.raises(ConfigError) as error:
         check_config(smoke)
     assert str(error.value) == (
@@ -166,15 +167,18 @@ def test_a_pair_design_too_large_is_refused_naming_its_size_and_the_keys_to_chan
         "1,354 jobs of subsets.chunk_size = 15; more than 20,000 subsets are refused. To "
         "avoid it, drop pairwise from affinity.sources and set surrogates.enabled: false (the "
         "higher-order affinity on the random design of subsets.* still works), or keep at "
-        "most 199 tasks"
+        "most 199 tasks, or sample the pairs (subsets.pairs.sample_above_tasks below k)"
     )
-    assert pair_design_size(199) <= MAX_PAIR_DESIGN_SUBSETS < pair_design_size(200)
+    assert pair_design_size(199, None) <= MAX_PAIR_DESIGN_SUBSETS < pair_design_size(200, None)
     smoke["surrogates"]["enabled"] = False
     with pytest.raises(ConfigError, match=r"^config: the pairwise affinity .* needs the .*To "
                                           r"avoid it, drop pairwise from affinity.sources \("):
         check_config(smoke)
     smoke["affinity"]["sources"].remove("pairwise")
     check_config(smoke)  # no pair design: the same 201 tasks pass
+    smoke["affinity"]["sources"].append("pairwise")
+    smoke["subsets"]["pairs"]["sample_above_tasks"] = 60
+    check_config(smoke)  # sampled pairs: 201 + 201 x 10 subsets pass
 
 
 # --- config files that are not YAML (parse time) -----------------------------------------------

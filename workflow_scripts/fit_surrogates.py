@@ -16,4 +16,5 @@ fit_surrogates(
     settings=SurrogateSettings(**snakemake.params.surrogates),
     forward_path=snakemake.input.get("forward"),
     comparison_path=snakemake.output.get("comparison"),
+    every_pair=snakemake.params.get("pair_sample") is None,
 )

@@ -6,4 +6,5 @@ pairwise_affinity(
     values_path=snakemake.input.values,
     tasks_path=snakemake.input.tasks,
     output_path=snakemake.output[0],
+    every_pair=snakemake.params.get("pair_sample") is None,
 )

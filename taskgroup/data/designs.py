@@ -1,9 +1,11 @@
-"""Random task subsets of a fixed size, and how often each pair of tasks is covered."""
+"""Random task subsets of a fixed size, how often each pair of tasks is covered, and the
+explicit designs of singletons and pairs (every pair, or a sample of them at large k)."""
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -131,6 +133,61 @@ def singletons_and_pairs(n_tasks: int) -> list[tuple[int, ...]]:
         raise ValueError(f"singletons_and_pairs needs at least one task, got n_tasks = {n_tasks}")
     singletons = [(i,) for i in range(n_tasks)]
     return singletons + list(itertools.combinations(range(n_tasks), 2))
+
+
+@dataclass(frozen=True)
+class PairSample:
+    """How the pair design samples its pairs (config ``subsets.pairs``, once k is above
+    ``sample_above_tasks``).
+
+    per_task: pairs each task is in (even, >= 2, below k - 1: at k - 1 every pair is in).
+    seed: seed of the random order the pairs are drawn from.
+    """
+
+    per_task: int
+    seed: int
+
+
+def sampled_pairs(n_tasks: int, sample: PairSample) -> list[tuple[int, int]]:
+    """A seeded random set of pairs of the task indices 0..n_tasks-1 in which every task is
+    in exactly ``sample.per_task`` pairs.
+
+    The tasks are put in a random cyclic order (``numpy.random.default_rng(sample.seed)``)
+    and each is paired with the ``per_task / 2`` next tasks in that order (a circulant
+    graph on a random labelling): n_tasks * per_task / 2 distinct pairs, each pair of tasks
+    equally likely to be drawn (probability per_task / (n_tasks - 1)), and the pairs
+    connect every task to every other through a chain of pairs. Returned sorted
+    (each tuple (i, j) with i < j, in lexicographic order). Raises ValueError when
+    per_task is odd, below 2, or not below n_tasks - 1 (then every pair is needed: use
+    :func:`singletons_and_pairs`).
+    """
+    per_task = sample.per_task
+    if per_task < 2 or per_task % 2:
+        raise ValueError(f"pairs per task = {per_task} must be even and at least 2")
+    if per_task >= n_tasks - 1:
+        raise ValueError(
+            f"pairs per task = {per_task} with k = {n_tasks} tasks: a sample needs fewer than "
+            f"k - 1 = {n_tasks - 1} pairs per task; value every pair instead"
+        )
+    order = np.random.default_rng(sample.seed).permutation(n_tasks)
+    pairs = set()
+    for offset in range(1, per_task // 2 + 1):
+        partner = np.roll(order, -offset)
+        for first, second in zip(order.tolist(), partner.tolist()):
+            pairs.add((min(first, second), max(first, second)))
+    return sorted(pairs)
+
+
+def sampled_pair_count(n_tasks: int, per_task: int) -> int:
+    """Number of pairs :func:`sampled_pairs` draws: n_tasks * per_task / 2."""
+    return n_tasks * per_task // 2
+
+
+def singletons_and_sampled_pairs(n_tasks: int, sample: PairSample) -> list[tuple[int, ...]]:
+    """Every singleton ``(0,), ..., (k-1,)``, then the pairs of :func:`sampled_pairs` in
+    lexicographic order: k + k per_task / 2 subsets, against k + k (k-1) / 2 for
+    :func:`singletons_and_pairs`. Raises ValueError as :func:`sampled_pairs`."""
+    return [(i,) for i in range(n_tasks)] + list(sampled_pairs(n_tasks, sample))
 
 
 def design_table(design: list[tuple[int, ...]], task_names: list[str]) -> pd.DataFrame:

@@ -17,6 +17,8 @@ the ground truth of the surrogates' negative-transfer calls
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -119,7 +121,7 @@ def long_table(
 
 
 def transfer_matrices(
-    values: pd.DataFrame, task_names: list[str], split: str = "val"
+    values: pd.DataFrame, task_names: list[str], split: str = "val", every_pair: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairwise transfer f_i({i, j}) - f_i({i}) from the losses of the pair design.
 
@@ -134,8 +136,12 @@ def transfer_matrices(
     Returns (alone, together, transfer): alone (k,) = f_i({i}); together (k, k) =
     f_i({i, j}) at [i, j]; transfer (k, k) = together - alone[:, None] (loss units; > 0 =
     task j hurts task i); both (k, k) NaN on the diagonal; rows and columns in the order of
-    ``task_names``. Raises ValueError when there is no ``split`` row, when a task is not one
-    of ``task_names``, and naming the missing singletons and pairs.
+    ``task_names``. ``every_pair``: the design holds every pair, and a pair without losses
+    is an error; False (a sampled pair design,
+    :func:`taskgroup.data.designs.sampled_pairs`): the pairs it lacks are NaN in
+    ``together`` and ``transfer``. Raises ValueError when there is no ``split`` row, when a
+    task is not one of ``task_names``, and naming the missing singletons (always needed)
+    and, with ``every_pair``, the missing pairs.
     """
     check_one_design(values, VALUE_COLUMNS, "subset values")
     chosen = values[values["split"] == split]
@@ -161,7 +167,7 @@ def transfer_matrices(
     )
     alone = alone.reindex(task_names).to_numpy(dtype=float)
     missing_single = [name for name, loss in zip(task_names, alone) if np.isnan(loss)]
-    gaps = np.argwhere(np.isnan(together) & ~np.eye(k, dtype=bool))
+    gaps = np.argwhere(np.isnan(together) & ~np.eye(k, dtype=bool) & every_pair)
     if missing_single or len(gaps):
         parts = []
         if missing_single:
@@ -178,37 +184,45 @@ def transfer_matrices(
                 f"{missing_pair[:5]} (no value for {task_names[i]} trained with "
                 f"{task_names[j]})"
             )
-        raise ValueError(
-            "pairwise transfer needs the pair design (every singleton and pair): "
-            + "; ".join(parts)
-        )
+        needs = "every singleton and pair" if every_pair else "every singleton"
+        raise ValueError(f"pairwise transfer needs the pair design ({needs}): " + "; ".join(parts))
     return alone, together, together - alone[:, None]
 
 
-def pairwise_matrices(values: pd.DataFrame, task_names: list[str]) -> tuple[
-    np.ndarray, np.ndarray
-]:
+def pairwise_matrices(
+    values: pd.DataFrame, task_names: list[str], every_pair: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw pairwise transfer R (k, k) and its normalization N (k, k) from the validation
     losses of the singletons-and-pairs design.
 
     R_ij = f_i({i, j}) - f_i({i}) for i != j (``transfer_matrices``, whose rule for repeated
-    subsets and errors apply; loss units; negative = task j helps task i), R_ii = 0. N flips
-    the sign, z-scores each target's row over j != i, symmetrizes and sets the diagonal to
-    0, like the higher-order normalization.
+    subsets, ``every_pair`` and errors apply; loss units; negative = task j helps task i),
+    R_ii = 0. N flips the sign, z-scores each target's row over its pairs j != i,
+    symmetrizes and sets the diagonal to 0, like the higher-order normalization. With a
+    sampled pair design (``every_pair`` False) the unsampled pairs are NaN in R and N:
+    missing, not zero (the clustering counts NaN as the neutral 0 of a z-score).
     """
-    _, _, transfer = transfer_matrices(values, task_names)
+    _, _, transfer = transfer_matrices(values, task_names, every_pair=every_pair)
     off_diagonal = ~np.eye(len(task_names), dtype=bool)
     raw = np.where(off_diagonal, transfer, 0.0)
     flipped = np.where(off_diagonal, -raw, np.nan)
-    mean = np.nanmean(flipped, axis=1, keepdims=True)
-    spread = np.nanstd(flipped, axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        # a task in no sampled pair has an all-NaN row: its mean and spread are NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(flipped, axis=1, keepdims=True)
+        spread = np.nanstd(flipped, axis=1, keepdims=True)
     directed = (flipped - mean) / np.where(spread > 0, spread, 1.0)
-    normalized = np.nan_to_num((directed + directed.T) / 2.0, nan=0.0)
+    normalized = (directed + directed.T) / 2.0
+    normalized[~off_diagonal] = 0.0
     return raw, normalized
 
 
-def pairwise_affinity_table(values: pd.DataFrame, task_names: list[str]) -> pd.DataFrame:
-    """The long pairwise affinity table; n_subsets is 1 (the pair, or the singleton)."""
-    raw, normalized = pairwise_matrices(values, task_names)
-    counts = np.ones((len(task_names),) * 2, dtype=np.int64)
+def pairwise_affinity_table(
+    values: pd.DataFrame, task_names: list[str], every_pair: bool = True
+) -> pd.DataFrame:
+    """The long pairwise affinity table; n_subsets is 1 (the pair, or the singleton) and 0
+    for the pairs a sampled design (``every_pair`` False) lacks, whose raw and normalized
+    values are NaN."""
+    raw, normalized = pairwise_matrices(values, task_names, every_pair=every_pair)
+    counts = np.where(np.isnan(raw), 0, 1).astype(np.int64)
     return long_table(raw, normalized, counts, task_names)

@@ -241,23 +241,25 @@ def fit(
 
 
 def pairwise_transfer(
-    values: pd.DataFrame, task_names: list[str], split: str = "val"
+    values: pd.DataFrame, task_names: list[str], split: str = "val", every_pair: bool = True
 ) -> pd.DataFrame:
     """Ground-truth pairwise transfer from the losses of the pair design, as a long table.
 
     values: long subset-values table (schema SUBSET_VALUES); the transfer, its rule for
-    repeated subsets and its errors are those of
+    repeated subsets, ``every_pair`` and its errors are those of
     :func:`taskgroup.group.affinity.transfer_matrices`.
 
     Returns one row per ordered pair target i != source j (k (k - 1) rows, targets then sources
-    in task order): target, source (str); loss_alone (float64, f_i({i})); loss_with (float64,
+    in task order; with ``every_pair`` False only the pairs the sampled design holds, so
+    that :func:`score_negative_transfer` scores those alone): target, source (str);
+    loss_alone (float64, f_i({i})); loss_with (float64,
     f_i({i, j})); transfer (float64, loss_with - loss_alone, loss units; > 0 = j hurts i);
     negative (bool, transfer > 0). Raises ValueError naming the missing singletons and pairs.
     """
-    alone, together, transfer = transfer_matrices(values, task_names, split)
+    alone, together, transfer = transfer_matrices(values, task_names, split, every_pair)
     k = len(task_names)
     first, second = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    off = first != second
+    off = (first != second) & ~np.isnan(together)
     names = np.asarray(task_names, dtype=object)
     return pd.DataFrame(
         {

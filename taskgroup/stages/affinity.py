@@ -82,11 +82,18 @@ def higher_order_affinity(values_path, tasks_path, output_path) -> None:
     write_table(table, output_path)
 
 
-def pairwise_affinity(values_path, tasks_path, output_path) -> None:
-    """The long pairwise affinity table from the singletons-and-pairs design."""
+def pairwise_affinity(values_path, tasks_path, output_path, every_pair: bool) -> None:
+    """The long pairwise affinity table from the singletons-and-pairs design: every pair
+    (``every_pair``; a missing one is an error), or a sample of them (the others NaN)."""
     tasks = read_table(tasks_path, TASKS)
     names = tasks.sort_values("task_index")["task"].tolist()
     values = read_table(values_path, SUBSET_VALUES)
-    write_table(affinity_lib.pairwise_affinity_table(values, names), output_path)
-
-
+    table = affinity_lib.pairwise_affinity_table(values, names, every_pair=every_pair)
+    if not every_pair:
+        unsampled = int((table["n_subsets"] == 0).sum()) // 2
+        log.info(
+            "pairwise affinity from a sample of pairs: %d of the %d pairs of %d tasks were not "
+            "sampled; their affinity is NaN (neutral in the clustering)",
+            unsampled, len(names) * (len(names) - 1) // 2, len(names),
+        )
+    write_table(table, output_path)

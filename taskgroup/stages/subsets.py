@@ -28,14 +28,21 @@ def sample_subsets(tasks_path, subsets_path, pair_counts_path, size, count, seed
     write_table(counts, pair_counts_path)
 
 
-def pair_design(tasks_path, subsets_path) -> None:
-    """Write the design of every singleton and every pair of tasks."""
+def pair_design(tasks_path, subsets_path, sample: subsets_lib.PairSample | None) -> None:
+    """Write the design of every singleton and every pair of tasks, or, with ``sample``,
+    of every singleton and a sample of pairs (:func:`taskgroup.data.designs.sampled_pairs`)."""
     tasks = read_table(tasks_path, TASKS)
     names = tasks.sort_values("task_index")["task"].tolist()
-    design = subsets_lib.singletons_and_pairs(len(names))
+    k = len(names)
+    if sample is None:
+        design = subsets_lib.singletons_and_pairs(k)
+        log.info("%d singletons and %d pairs over %d tasks", k, len(design) - k, k)
+    else:
+        design = subsets_lib.singletons_and_sampled_pairs(k, sample)
+        log.info(
+            "%d singletons and a sample of %d of the %d pairs over %d tasks (each task in %d "
+            "pairs, seed %d): subsets.pairs.sample_above_tasks is below k",
+            k, len(design) - k, k * (k - 1) // 2, k, sample.per_task, sample.seed,
+        )
     table = subsets_lib.design_table(design, names).assign(design="pairs")
-    log.info("%d singletons and %d pairs over %d tasks", len(names), len(design) - len(names),
-             len(names))
     write_table(table, subsets_path)
-
-

@@ -21,12 +21,14 @@ log = logging.getLogger(__name__)
 def fit_surrogates(
     values_path, subsets_path, pairs_path, tasks_path, coefficients_path, quality_path,
     negative_transfer_path, selected_path, figure_path,
-    settings: surrogates_lib.SurrogateSettings, forward_path=None, comparison_path=None,
+    settings: surrogates_lib.SurrogateSettings, every_pair: bool, forward_path=None,
+    comparison_path=None,
 ) -> None:
     """Fit the per-target surrogates on the random design (plus the singletons when
     ``settings.anchor_singletons``), score their negative-transfer calls (at
     ``settings.threshold``) against the pairwise design, and write the tables and the
-    coefficient heatmap.
+    coefficient heatmap. ``every_pair``: the pair design holds every pair (a missing one is
+    an error); False: a sample of pairs, and only the sampled ones are scored.
 
     With ``forward_path`` (the forward_selection table) also compare, per target, the
     surrogate's selected sources with forward selection's (forward_comparison table, to
@@ -44,7 +46,12 @@ def fit_surrogates(
     if settings.anchor_singletons:
         subsets, values = surrogates_lib.with_singletons(subsets, values, pair_values)
     coefficients, quality = surrogates_lib.fit(subsets, values, names, settings)
-    pairwise = surrogates_lib.pairwise_transfer(pair_values, names)
+    pairwise = surrogates_lib.pairwise_transfer(pair_values, names, every_pair=every_pair)
+    if not every_pair:
+        log.info(
+            "negative transfer scored on the %d sampled ordered pairs of the pair design (of "
+            "%d)", len(pairwise), len(names) * (len(names) - 1),
+        )
     threshold = settings.threshold
     scores = surrogates_lib.score_negative_transfer(coefficients, pairwise, threshold)
     overall = scores[scores["level"] == "overall"].iloc[0]

@@ -1,0 +1,162 @@
+"""Memory each job needs, from the sizes known when the workflow is parsed.
+
+Every rule whose memory grows with the number of tasks k, the data or the projection
+declares ``resources: mem_mb=...`` from these formulas (through small functions in
+``rules/common.smk``), so that ``snakemake --resources mem_mb=N`` and the SLURM executor
+(``sbatch --mem``) do not start more jobs than the memory holds. Imported at parse time:
+standard library only.
+
+Units: every ``*_bytes`` function returns bytes (int), every ``*_mb`` function megabytes
+(MB, 10**6 bytes, int, rounded up), which is what Snakemake's ``mem_mb`` means. Sizes are
+peak resident memory (RSS) of the job's Python process. Each formula is a fixed process
+cost (interpreter and imports, measured) plus COPIES times the float64 arrays the stage
+holds, a safety margin over what was measured (README "Scaling" lists the measurements).
+"""
+
+from __future__ import annotations
+
+import math
+
+# Resident memory of a job's process before its data: Python with torch, numpy and pandas
+# imported (measured 410 to 420 MB on the k = 100 planted config, whose data are 8 MB) ...
+TORCH_PROCESS_MB = 450
+# ... with numpy, pandas, scikit-learn and cvxpy but no torch (measured 170 to 305 MB) ...
+TABLE_PROCESS_MB = 320
+# ... and with torch and cvxpy both (validate_estimator: 580 MB measured at k = 100).
+TORCH_SOLVER_PROCESS_MB = 600
+# Copies of a stage's main arrays alive at its peak (the Parquet read, the pandas frame,
+# the tensors or matrices made from it); the measured peaks need 2 to 3.
+COPIES = 3
+# A user's Parquet or CSV file holds its numbers compressed; in memory, as float64, they
+# take up to this many times the file's size.
+FILE_EXPANSION = 10
+# Bytes of a float64.
+FLOAT = 8
+# Up to this many tasks the SDP goes to the interior-point solver (Clarabel), whose memory
+# grows as k^4, above it to SCS (k^2). Mirrors taskgroup.group.clustering
+# .CLARABEL_MAX_TASKS, which is not imported here (that module imports cvxpy); a unit test
+# keeps the two equal.
+SDP_INTERIOR_POINT_MAX_TASKS = 60
+
+
+def to_mb(n_bytes: float) -> int:
+    """Bytes to MB (10**6 bytes), rounded up."""
+    return math.ceil(n_bytes / 10**6)
+
+
+def examples_bytes(n_examples: int, n_features: int) -> int:
+    """The examples table in memory: n_examples rows of n_features float64 features plus
+    the label and two bookkeeping columns (task, split)."""
+    return FLOAT * n_examples * (n_features + 3)
+
+
+def planted_examples(n_tasks: int, n_train: int, n_val: int, n_test: int) -> int:
+    """Rows of the planted generator's examples table: every task has n_train + n_val +
+    n_test examples."""
+    return n_tasks * (n_train + n_val + n_test)
+
+
+def file_examples_bytes(file_bytes: int) -> int:
+    """An upper estimate of the in-memory size of a user's data files of ``file_bytes``
+    bytes in all (FILE_EXPANSION times the files)."""
+    return FILE_EXPANSION * file_bytes
+
+
+def layer_shapes(n_features: int, hidden_sizes: list[int], n_tasks: int) -> list[tuple[int, int]]:
+    """(out, in + 1) of each linear layer of the multi-head network: the trunk's layers,
+    then the k heads of one output each as one (k, last hidden + 1) layer."""
+    sizes = [n_features, *hidden_sizes]
+    shapes = [(out, inputs + 1) for inputs, out in zip(sizes, sizes[1:])]
+    return shapes + [(n_tasks, sizes[-1] + 1)]
+
+
+def n_parameters(shapes: list[tuple[int, int]]) -> int:
+    """Parameters of a network of linear layers of ``shapes`` (weights and biases)."""
+    return sum(out * inputs for out, inputs in shapes)
+
+
+def projected_dim(shapes: list[tuple[int, int]], structure: str, size: int) -> int:
+    """Columns of the projected gradients: ``size`` (= projection.dim) for "dense"; for
+    "kronecker" (``size`` = projection.factor_dim) each layer's out and in + 1 capped at
+    ``size``, multiplied, summed over the layers (see
+    taskgroup.estimate.projection.KroneckerProjector)."""
+    if structure == "dense":
+        return size
+    return sum(min(out, size) * min(inputs, size) for out, inputs in shapes)
+
+
+def data_table_mb(data_bytes: int) -> int:
+    """A table stage over the examples (prepare_dataset): the table process and COPIES of
+    the examples."""
+    return TABLE_PROCESS_MB + to_mb(COPIES * data_bytes)
+
+
+def training_mb(data_bytes: int, n_params: int) -> int:
+    """A job that trains or fine-tunes the multi-head network on the examples (meta-init,
+    lookahead, fine-tuned subsets, group models, gradient cosine): the torch process, COPIES
+    of the data and of the parameters (with their gradients and optimizer state)."""
+    return TORCH_PROCESS_MB + to_mb(COPIES * (data_bytes + 4 * FLOAT * n_params))
+
+
+def projection_mb(data_bytes: int, n_projected: int, dim: int, batch_size: int) -> int:
+    """project_gradients: the torch process, COPIES of the examples and of the projected
+    table (n_projected train and validation examples by dim + 4 float64 columns), and one
+    batch of per-example projected gradients (batch_size by dim, float32)."""
+    table = FLOAT * n_projected * (dim + 4)
+    return TORCH_PROCESS_MB + to_mb(COPIES * (data_bytes + table) + 4 * batch_size * dim)
+
+
+def subset_estimate_mb(n_tasks: int, n_projected: int, n_val: int, dim: int, chunk: int) -> int:
+    """estimate_subsets (and forward selection with the gradient estimator): the torch
+    process; COPIES of the projected table; the per-task Hessians (k, dim, dim) and a
+    chunk's per-subset Hessians (chunk, dim, dim), float64, the latter COPIES times (the
+    einsum and the solve); the validation outputs per subset (n_val by chunk)."""
+    table = COPIES * FLOAT * n_projected * (dim + 4)
+    hessians = FLOAT * dim * dim * (n_tasks + COPIES * chunk)
+    outputs = COPIES * FLOAT * n_val * chunk
+    return TORCH_PROCESS_MB + to_mb(table + hessians + outputs)
+
+
+def sdp_solver_mb(n_tasks: int) -> int:
+    """The SDP solver's matrices, fitted to the peaks of benchmarks/sdp_scale.py (README
+    "The SDP at scale") less its process: Clarabel (k <= SDP_INTERIOR_POINT_MAX_TASKS)
+    1.6e-5 k^4 MB (0.2 GB at k = 60, 1.4 GB at k = 100), SCS 2.6e-3 k^2 MB (0.64 GB at
+    k = 500); doubled as a margin."""
+    if n_tasks <= SDP_INTERIOR_POINT_MAX_TASKS:
+        solver = 1.6e-5 * n_tasks**4
+    else:
+        solver = 2.6e-3 * n_tasks**2
+    return math.ceil(2 * solver)
+
+
+def sdp_mb(n_tasks: int) -> int:
+    """cluster_tasks, whose SDP dominates: the table process plus the solver."""
+    return TABLE_PROCESS_MB + sdp_solver_mb(n_tasks)
+
+
+def validation_mb(data_bytes: int, n_params: int, n_tasks: int) -> int:
+    """validate_estimator, which fine-tunes (torch) and clusters (cvxpy) in one process:
+    the process with both imported, the training's data and parameters, and the SDP's
+    solver."""
+    training = training_mb(data_bytes, n_params) - TORCH_PROCESS_MB
+    return TORCH_SOLVER_PROCESS_MB + training + sdp_solver_mb(n_tasks)
+
+
+def subset_table_mb(n_subsets: int, n_tasks: int) -> int:
+    """A table stage over the per-subset values of a design (affinities, surrogates): the
+    table process and COPIES of the dense (n_subsets, k) membership and loss matrices, for
+    each of the train and validation splits."""
+    return TABLE_PROCESS_MB + to_mb(COPIES * 2 * 2 * FLOAT * n_subsets * n_tasks)
+
+
+# fit_surrogates' memory above its tables grows with k: 274 MB peak at k = 30, 491 at
+# k = 100 (benchmarks/scale.py); a fit to those two, not an analysed cause (it fits k
+# ridge regressions with their folds and draws a (k, k) heatmap).
+SURROGATE_MB_PER_TASK = 2.5
+
+
+def surrogates_mb(n_subsets: int, n_tasks: int) -> int:
+    """fit_surrogates: :func:`subset_table_mb` of its designs plus SURROGATE_MB_PER_TASK
+    per task."""
+    return subset_table_mb(n_subsets, n_tasks) + math.ceil(SURROGATE_MB_PER_TASK * n_tasks)
+
