@@ -78,6 +78,21 @@ def test_a_grouping_that_wins_beyond_the_spread_is_chosen():
     assert not table.loc["stl", "eligible"]
 
 
+def test_equal_losses_go_to_the_candidate_listed_first():
+    # the same partition found by two sources: equal losses, the primary (first) wins
+    comparison = compare_with_reference(
+        pooled_selection_losses(per_task_for(lambda g, s, t: {2: 0.4, 1: 0.5, 4: 0.55}[g]
+                                             + 0.01 * s * s), CANDIDATES, "plain")
+    )
+    twin = comparison[comparison["candidate"] == "higher_order-sdp"].assign(
+        candidate="covariance-sdp"
+    )
+    for order in ([comparison, twin], [twin, comparison]):
+        table = choose_candidate(pd.concat(order, ignore_index=True), 1.0)
+        first = order[0]["candidate"].iloc[0]
+        assert table.loc[table["chosen"], "candidate"].tolist() == [first]
+
+
 def test_a_grouping_within_the_spread_loses_to_naive_mtl():
     # the grouping is better on average (-0.02) but its paired differences are -0.08,
     # +0.04, -0.02 (sd 0.06): within one spread, so naive MTL wins

@@ -19,9 +19,9 @@ A candidate with more groups than naive MTL is *eligible* only when it beats nai
 more than ``margin`` spreads: -mean(d) > margin x sd(d); with one seed the spread is
 undefined and no such candidate is eligible. Naive MTL is always eligible. Among the
 eligible candidates the one with the lowest mean selection loss is chosen (ties: fewer
-groups, then the name). When the signal check below finds the higher-order affinity at its
-noise level, the clustered groupings are not eligible: the choice is between naive MTL and
-STL, by the same rule.
+groups, then the candidate listed first: the primary grouping before other sources). When
+the signal check below finds the higher-order affinity at its noise level, the clustered
+groupings are not eligible: the choice is between naive MTL and STL, by the same rule.
 
 **Signal check** (:func:`split_half_reliability`). The random subsets are split into two
 disjoint halves of equal size (seeded); each half gives a normalized higher-order affinity.
@@ -151,7 +151,7 @@ def choose_candidate(comparison: pd.DataFrame, margin: float,
     (-difference > margin x difference_sd; False where the spread is undefined), eligible
     (kind in ``allowed_kinds``, and either no more groups than the reference or
     beats_reference) and chosen (exactly one row: the eligible candidate with the lowest
-    selection_loss; ties go to fewer groups, then to the name). Raises ValueError when no
+    selection_loss; ties go to fewer groups, then to the earlier row). Raises ValueError when no
     candidate is eligible (the reference is missing or not allowed)."""
     table = comparison.copy()
     reference_groups = int(table.loc[table["kind"] == REFERENCE, "n_groups"].min())
@@ -165,7 +165,9 @@ def choose_candidate(comparison: pd.DataFrame, margin: float,
     pool = table[table["eligible"]]
     if pool.empty:
         raise ValueError("no eligible candidate: the recommendation needs naive_mtl")
-    best = pool.sort_values(["selection_loss", "n_groups", "candidate"]).index[0]
+    # A stable sort: equal losses (e.g. the same partition from several methods) keep the
+    # candidates' order, so the first listed (the primary grouping) wins the tie.
+    best = pool.sort_values(["selection_loss", "n_groups"], kind="stable").index[0]
     table["chosen"] = table.index == best
     return table
 
