@@ -58,7 +58,7 @@ rule lookahead_affinity:
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("meta_init"),
         seed=config["meta_init"]["seed"],
-        lookahead=sorted_params(config["affinity"]["lookahead"]),
+        lookahead=sorted_deep(config["affinity"]["lookahead"]),
     script:
         "../workflow_scripts/lookahead_affinity.py"
 

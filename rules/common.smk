@@ -214,17 +214,10 @@ def library_code(script):
     return [os.path.relpath(path) for path in files]
 
 
-def sorted_params(mapping):
-    """A config section with the keys of every mapping in it sorted: Snakemake compares
-    params: by their text, so reordering keys in the config file must not look like a
-    change."""
-    return sorted_deep(mapping)
-
-
 def dataset_params():
     """The section of the configured dataset kind (dataset.<kind>), keys sorted at every
     level: only the active kind's settings change the prepared data."""
-    return sorted_params(dataset_section(config["dataset"]))
+    return sorted_deep(dataset_section(config["dataset"]))
 
 
 def dataset_inputs():
@@ -257,7 +250,7 @@ def clustering_params():
 def surrogate_params():
     """The fields of SurrogateSettings: the config section without "enabled" (the schema
     fills in the defaults), keys sorted."""
-    return sorted_params(
+    return sorted_deep(
         {key: value for key, value in config["surrogates"].items() if key != "enabled"}
     )
 
@@ -291,8 +284,8 @@ def estimator_params():
     the other's keys do not rerun the job): gradient_estimate (gradient), or finetune (its
     training settings and seed)."""
     if config["estimator"] == "gradient":
-        return {"estimate": sorted_params(config["gradient_estimate"])}
-    return {"finetune": sorted_params(config["finetune"])}
+        return {"estimate": sorted_deep(config["gradient_estimate"])}
+    return {"finetune": sorted_deep(config["finetune"])}
 
 
 def final_outputs():

@@ -51,7 +51,7 @@ rule estimate_subsets:
         mem_mb=gradient_estimate_mem_mb(config["subsets"]["chunk_size"]),
     params:
         chunk_size=config["subsets"]["chunk_size"],
-        estimate=sorted_params(config["gradient_estimate"]),
+        estimate=sorted_deep(config["gradient_estimate"]),
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/estimate_subsets.py"

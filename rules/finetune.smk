@@ -17,7 +17,7 @@ rule finetune_subsets:
         gpu=1,
     params:
         chunk_size=config["subsets"]["chunk_size"],
-        finetune=sorted_params(config["finetune"]),
+        finetune=sorted_deep(config["finetune"]),
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/finetune_subsets.py"

@@ -24,8 +24,8 @@ rule validate_estimator:
         mem_mb=validation_mem_mb(),
         gpu=1,
     params:
-        validation=sorted_params(config["validation"]),
-        finetune=sorted_params(config["finetune"]),
+        validation=sorted_deep(config["validation"]),
+        finetune=sorted_deep(config["finetune"]),
         # the estimated and real affinities are clustered with the primary method ("auto"
         # is resolved on the real one)
         clustering=clustering_params(),
