@@ -92,6 +92,7 @@ wildcard_constraints:
     grouping="|".join(GROUPINGS),
     variant="|".join(VARIANTS),
     key=r"[0-9a-f]{16}",
+    batch=r"\d+",
 
 
 # --- Memory of the jobs (resources: mem_mb=...), from the sizes known at parse time ---
@@ -373,9 +374,27 @@ def final_diagnostics_output():
     is on."""
     if FINAL_DIAGNOSTICS:
         return {
-            "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet"
+            "diagnostics": "results/{dataset}/final/{variant}/batch_{batch}_diagnostics.parquet"
         }
     return {}
+
+
+def batch_groups(wildcards):
+    """group key -> members of the groups that batch {batch} trains (see groups.smk)."""
+    return group_batches(wildcards.dataset)[int(wildcards.batch)]
+
+
+def group_models_mem_mb(wildcards):
+    """mem_mb of train_group_models: a training job plus the stacked models of its batch
+    (every group and seed) up to the stacking budget."""
+    n_models = len(batch_groups(wildcards)) * len(TRAINING_SEEDS)
+    return sizes.stacked_training_mb(
+        DATA_BYTES,
+        sizes.n_parameters(SHAPES),
+        n_models,
+        N_VAL_EXAMPLES,
+        max([N_FEATURES, *config["model"]["hidden_sizes"]]),
+    )
 
 
 def selection_split_params():

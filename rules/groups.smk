@@ -1,6 +1,6 @@
 # Which group models to train: the groupings are written by checkpoints, so the distinct
 # groups (sets of tasks, keyed by a hash of their members) are only known once those have
-# run. Every train_group_model job and the evaluation ask these functions.
+# run. Every train_group_models job and the evaluation ask these functions.
 import pandas as pd
 
 from taskgroup.group.groupings import group_keys
@@ -28,7 +28,7 @@ def group_members_by_key(dataset):
     """group_key -> sorted member tasks over every grouping table of ``dataset`` on disk.
 
     Read once per state of the tables (their paths and modification times), not once per
-    job: every train_group_model job asks for its members at DAG-building time, and the
+    job: every train_group_models job asks for its groups at DAG-building time, and the
     tables change only when a checkpoint rewrites them."""
     paths = [
         Path(f"results/{dataset}/groupings/{grouping}.parquet")
@@ -48,39 +48,38 @@ def group_members_by_key(dataset):
     return _MEMBERS_CACHE[state]
 
 
+def group_batches(dataset):
+    """batch -> {group key: members}: the distinct groups over every grouping, cut into
+    evaluation.training_jobs batches by their key (a hash of the members), so that a new
+    group changes one batch only. Batches without a group are left out."""
+    batches = {}
+    for key, members in sorted(group_members_by_key(dataset).items()):
+        batch = int(key, 16) % config["evaluation"]["training_jobs"]
+        batches.setdefault(batch, {})[key] = members
+    return batches
+
+
 def group_model_files(wildcards, kind="results"):
-    """One file per distinct group (set of tasks) over every grouping and per variant:
-    groups that several groupings share are trained once. ``kind``: "results" (the group
-    results tables) or "diagnostics"."""
+    """The group results of every batch of distinct groups (set of tasks) over every
+    grouping, per variant: groups that several groupings share are trained once. ``kind``:
+    "results" (the group results tables) or "diagnostics"."""
     # Asking for every grouping's file waits for the checkpoints that write them.
     for grouping in GROUPINGS:
         grouping_file(wildcards.dataset, grouping)
     pattern = {
-        "results": "results/{dataset}/final/{variant}/{key}.parquet",
-        "diagnostics": "results/{dataset}/final/{variant}/{key}/diagnostics.parquet",
+        "results": "results/{dataset}/final/{variant}/batch_{batch}.parquet",
+        "diagnostics": "results/{dataset}/final/{variant}/batch_{batch}_diagnostics.parquet",
     }[kind]
     return expand(
         pattern,
         dataset=wildcards.dataset,
         variant=VARIANTS,
-        key=sorted(group_members_by_key(wildcards.dataset)),
+        batch=sorted(group_batches(wildcards.dataset)),
     )
 
 
 def group_diagnostics_files(wildcards):
     return group_model_files(wildcards, "diagnostics")
-
-
-def group_members(wildcards):
-    """The member tasks of group ``key``, found in the grouping tables on disk (they exist:
-    the group's job is only requested once every grouping has been written)."""
-    members = group_members_by_key(wildcards.dataset).get(wildcards.key)
-    if members is None:
-        raise ValueError(
-            f"no grouping table under results/{wildcards.dataset}/groupings/ has a group "
-            f"with key {wildcards.key}; run the workflow from its final target instead"
-        )
-    return members
 
 
 def grouping_files(wildcards):

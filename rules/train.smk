@@ -1,29 +1,27 @@
-rule train_group_model:
+rule train_group_models:
     input:
         examples=EXAMPLES_TABLE,
         tasks=TASKS_TABLE,
-        code=library_code("train_group_model.py"),
+        code=library_code("train_group_models.py"),
     output:
         **final_diagnostics_output(),
-        results="results/{dataset}/final/{variant}/{key}.parquet",
-        models=expand(
-            "results/{{dataset}}/final/{{variant}}/{{key}}/model_seed{seed}.pt",
-            seed=TRAINING_SEEDS,
-        ),
+        results="results/{dataset}/final/{variant}/batch_{batch}.parquet",
     log:
-        "results/{dataset}/logs/train_group_model/{variant}/{key}.log",
+        "results/{dataset}/logs/train_group_models/{variant}/batch_{batch}.log",
     conda:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
-        mem_mb=training_mem_mb(),
+        mem_mb=group_models_mem_mb,
         gpu=1,
     params:
         # The options the variant {variant} turns on, with their settings ({} = plain).
         options=final_variant_options,
-        # The group's tasks; {key} is a hash of them, so a group's job and model are shared
-        # by every grouping that has the group and do not rerun when other groups change.
-        members=group_members,
+        # The batch's groups: group key (a hash of the members) -> members. A group goes to
+        # the batch its key picks, so new groups change only their batches; the job then
+        # trains only groups with no model from the same inputs in models_dir.
+        groups=batch_groups,
+        models_dir="results/{dataset}/final/{variant}",
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("final"),
         seeds=TRAINING_SEEDS,
@@ -31,4 +29,4 @@ rule train_group_model:
         # The cut of the validation rows into early stopping's and the recommendation's.
         selection=selection_split_params(),
     script:
-        "../workflow_scripts/train_group_model.py"
+        "../workflow_scripts/train_group_models.py"

@@ -98,6 +98,35 @@ def training_mb(data_bytes: int, n_params: int) -> int:
     return TORCH_PROCESS_MB + to_mb(COPIES * (data_bytes + 4 * FLOAT * n_params))
 
 
+# Bytes the stacked models of one stack of train_group_models may hold; a batch whose models
+# need more is trained in several stacks, one after another (same results).
+STACK_BUDGET_BYTES = 1_000_000_000
+# float32 copies of each stacked model's parameters alive in a step: the parameters, their
+# gradients, Adam's two moments, the best epoch's copy and the update's temporaries.
+STACKED_PARAMETER_COPIES = 8
+
+
+def stacked_model_bytes(n_params: int, n_val: int, widest: int) -> int:
+    """Bytes one model adds to a stack: its parameter copies and its validation pass (the
+    activations of the widest layer on every validation example, three alive at a time)."""
+    return 4 * (STACKED_PARAMETER_COPIES * n_params + 3 * n_val * widest)
+
+
+def models_per_stack(n_params: int, n_val: int, widest: int) -> int:
+    """How many models one stack holds within :data:`STACK_BUDGET_BYTES` (at least 1)."""
+    return max(1, STACK_BUDGET_BYTES // stacked_model_bytes(n_params, n_val, widest))
+
+
+def stacked_training_mb(data_bytes: int, n_params: int, n_models: int, n_val: int,
+                        widest: int) -> int:
+    """train_group_models: a training job (:func:`training_mb`) plus its largest stack of
+    ``n_models`` models (:func:`models_per_stack`)."""
+    stack = min(n_models, models_per_stack(n_params, n_val, widest))
+    return training_mb(data_bytes, n_params) + to_mb(
+        stack * stacked_model_bytes(n_params, n_val, widest)
+    )
+
+
 def projection_mb(data_bytes: int, n_projected: int, dim: int, batch_size: int) -> int:
     """project_gradients: the torch process, COPIES of the examples and of the projected
     table (n_projected train and validation examples by dim + 4 float64 columns), and one

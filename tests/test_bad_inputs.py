@@ -47,7 +47,7 @@ from taskgroup.models.training import (
     fit,
 )
 from taskgroup.stages.evaluate import evaluate_groupings
-from taskgroup.stages.train import train_group_model
+from taskgroup.stages.train import train_group_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config" / "config.schema.yaml")
@@ -555,18 +555,16 @@ def test_a_diverged_group_model_is_flagged_in_its_results_and_counted_in_the_sum
     for name, grouping in groupings.items():
         grouping_paths[name] = tmp_path / f"{name}.parquet"
         write_table(grouping, grouping_paths[name])
-        for _, members in grouping.groupby("group")["task"]:
-            key = group_key(list(members))
-            result_paths.append(tmp_path / f"{key}.parquet")
-            train_group_model(
-                tmp_path / "examples.parquet", tmp_path / "tasks.parquet", list(members), key,
-                result_paths[-1], [tmp_path / f"{key}_0.pt", tmp_path / f"{key}_1.pt"], [2],
-                {"epochs": 5, "lr": 1e6 if name == "naive_mtl" else 0.01, "batch_size": 32,
-                 "weight_decay": 0.0}, [0, 1], selection={"fraction": 0.5, "seed": 0},
-            )
-    flags = {
-        path.stem: read_table(path, GROUP_RESULTS)["diverged"].tolist() for path in result_paths
-    }
+        groups = {group_key(list(m)): list(m) for _, m in grouping.groupby("group")["task"]}
+        result_paths.append(tmp_path / f"{name}_results.parquet")
+        train_group_models(
+            tmp_path / "examples.parquet", tmp_path / "tasks.parquet", groups,
+            result_paths[-1], tmp_path / "models", [], [2],
+            {"epochs": 5, "lr": 1e6 if name == "naive_mtl" else 0.01, "batch_size": 32,
+             "weight_decay": 0.0}, [0, 1], selection={"fraction": 0.5, "seed": 0},
+        )
+    results = pd.concat(read_table(path, GROUP_RESULTS) for path in result_paths)
+    flags = {key: rows["diverged"].tolist() for key, rows in results.groupby("group_key")}
     mtl_key = group_key(names)
     assert flags.pop(mtl_key) == [True] * (2 * len(names) * 3)  # seeds x tasks x splits
     assert not any(any(rows) for rows in flags.values())

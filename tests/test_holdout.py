@@ -13,7 +13,7 @@ from taskgroup.models.holdout import (
     hold_out_selection_rows,
     selection_mask,
 )
-from taskgroup.stages.train import train_group_model
+from taskgroup.stages.train import train_group_models
 
 
 def test_the_cut_is_seeded_stratified_and_disjoint(small_data):
@@ -73,9 +73,9 @@ def test_group_results_report_the_stopping_and_selection_rows(small_tables, tmp_
     write_table(examples, tmp_path / "examples.parquet")
     write_table(tasks, tmp_path / "tasks.parquet")
     members = ["task_0", "task_3"]
-    train_group_model(
-        tmp_path / "examples.parquet", tmp_path / "tasks.parquet", members,
-        group_key(members), tmp_path / "results.parquet", [tmp_path / "m0.pt"], [4],
+    train_group_models(
+        tmp_path / "examples.parquet", tmp_path / "tasks.parquet", {group_key(members): members},
+        tmp_path / "results.parquet", tmp_path / "models", [], [4],
         {"epochs": 3, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0],
         selection={"fraction": 0.25, "seed": 0},
     )

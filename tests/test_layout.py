@@ -20,7 +20,7 @@ ALLOWED = {
     "group": {"data"},
     "report": {"data", "group"},
     "config": {"data", "group"},
-    "stages": {"data", "models", "estimate", "group", "report", "config"},
+    "stages": {"data", "models", "estimate", "group", "report", "config", "resources"},
 }
 BASE = {"seeding", "logs", "imports"}
 # Single modules a part may import from a part it may not: the training options are plain

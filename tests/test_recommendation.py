@@ -16,7 +16,7 @@ from taskgroup.data.tables import (
     write_table,
 )
 from taskgroup.group.clustering import ClusteringSettings
-from taskgroup.group.groupings import group_key, group_keys
+from taskgroup.group.groupings import group_keys
 from taskgroup.report.evaluation import per_task_table
 from taskgroup.report.recommendation import (
     RecommendationSettings,
@@ -26,7 +26,7 @@ from taskgroup.report.recommendation import (
     split_half_reliability,
 )
 from taskgroup.stages.recommend import recommend
-from taskgroup.stages.train import train_group_model
+from taskgroup.stages.train import train_group_models
 
 TASKS = list("abcd")
 GROUPINGS = {
@@ -205,18 +205,16 @@ def recommend_on(tmp_path, examples, tasks, hidden_sizes, epochs=15):
         "naive_mtl": pd.DataFrame({"task": names, "group": [0] * 4}),
         "stl": pd.DataFrame({"task": names, "group": [0, 1, 2, 3]}),
     }
-    results = []
-    for key, members in {k: sorted(m) for grouping in groupings.values()
-                         for k, m in group_keys(grouping).groupby("group_key")["task"]}.items():
-        path = tmp_path / f"{key}.parquet"
-        train_group_model(
-            tmp_path / "examples.parquet", tmp_path / "tasks.parquet", members,
-            group_key(members), path, [tmp_path / f"{key}_{s}.pt" for s in range(3)], hidden_sizes,
-            {"epochs": epochs, "lr": 0.02, "batch_size": 64, "weight_decay": 0.0}, [0, 1, 2],
-            selection={"fraction": 0.5, "seed": 0},
-        )
-        results.append(read_table(path, GROUP_RESULTS))
-    write_table(per_task_table(groupings, pd.concat(results)), tmp_path / "per_task.parquet")
+    groups = {k: sorted(m) for grouping in groupings.values()
+              for k, m in group_keys(grouping).groupby("group_key")["task"]}
+    train_group_models(
+        tmp_path / "examples.parquet", tmp_path / "tasks.parquet", groups,
+        tmp_path / "results.parquet", tmp_path / "models", [], hidden_sizes,
+        {"epochs": epochs, "lr": 0.02, "batch_size": 64, "weight_decay": 0.0}, [0, 1, 2],
+        selection={"fraction": 0.5, "seed": 0},
+    )
+    results = read_table(tmp_path / "results.parquet", GROUP_RESULTS)
+    write_table(per_task_table(groupings, results), tmp_path / "per_task.parquet")
     # subset values with no structure: every task's loss is noise around the same value
     rng = np.random.default_rng(1)
     rows = [(subset, task) for subset in range(60)

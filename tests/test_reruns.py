@@ -26,7 +26,7 @@ READERS = {
     "prepare_dataset": {
         "train_meta_init", "sample_subsets", "pair_design", "finetune_subsets",
         "higher_order_affinity", "pairwise_affinity", "lookahead_affinity", "meta_init_affinity",
-        "fit_surrogates", "cluster_tasks", "baseline_grouping", "train_group_model",
+        "fit_surrogates", "cluster_tasks", "baseline_grouping", "train_group_models",
         "evaluate_groupings", "plot_figures", "forward_selection", "recommend",
     },
     "train_meta_init": {"finetune_subsets", "meta_init_affinity", "forward_selection"},
@@ -48,7 +48,7 @@ READERS = {
     "gather_clustering": set(),
     "baseline_grouping": {"evaluate_groupings"},
     "random_grouping": {"evaluate_groupings"},
-    "train_group_model": {"evaluate_groupings"},
+    "train_group_models": {"evaluate_groupings"},
     "evaluate_groupings": {"plot_figures", "recommend"},
     "plot_figures": set(),
     "recommend": set(),
@@ -69,13 +69,14 @@ def downstream(*rules: str) -> set[str]:
         if rule not in found:
             found.add(rule)
             pending += READERS[rule]
-    if found & CHECKPOINTS and "train_group_model" not in rules:
-        found.discard("train_group_model")
+    if found & CHECKPOINTS and "train_group_models" not in rules:
+        found.discard("train_group_models")
     return found | {"all"}
 
 
-def distinct_groups(repository) -> int:
-    return len(list((repository / "results" / "smoke" / "final" / "plain").glob("*.parquet")))
+def training_batches(repository) -> int:
+    final = repository / "results" / "smoke" / "final" / "plain"
+    return len(list(final.glob("batch_*.parquet")))
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_complete_run_has_nothing_left_to_do(repository):
          {"random_grouping"}),
         (["fit_surrogates"], lambda c: c["surrogates"].update(alpha=0.1), set()),
         (["cluster_tasks"], lambda c: c["clustering"].update(seed=1), set()),
-        (["train_group_model"], lambda c: c["final"].update(lr=0.02), set()),
+        (["train_group_models"], lambda c: c["final"].update(lr=0.02), set()),
     ],
     ids=lambda value: value[0] if isinstance(value, list) else "",
 )
@@ -133,8 +134,8 @@ def test_a_parameter_change_reruns_its_stage_and_what_follows_only(
         assert jobs["finetune_subsets"] == 2  # the random design's chunks only
     elif "finetune_subsets" in jobs:
         assert jobs["finetune_subsets"] == 2 + 3  # random design 30 / 15, pairs 45 / 15
-    if stages == ["train_group_model"]:
-        assert jobs["train_group_model"] == distinct_groups(repository)
+    if stages == ["train_group_models"]:
+        assert jobs["train_group_models"] == training_batches(repository) == 2
 
 
 def test_library_edits_rerun_the_stages_that_import_the_library(repository, tmp_path):

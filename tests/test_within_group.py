@@ -23,7 +23,7 @@ from taskgroup.models.within_group import (
     train_with_options,
 )
 from taskgroup.stages.evaluate import generalization_gaps
-from taskgroup.stages.train import train_group_model
+from taskgroup.stages.train import train_group_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config" / "config.schema.yaml")
@@ -207,9 +207,9 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
         {"reweighting": {"enabled": True}, "diagnostics": {"enabled": True, "every": 2},
          "alignment": {"enabled": True, "epochs": 2}}
     )
-    train_group_model(
-        tmp_path / "examples.parquet", tmp_path / "tasks.parquet", members, key,
-        tmp_path / "results.parquet", [tmp_path / "m0.pt", tmp_path / "m1.pt"], [4],
+    train_group_models(
+        tmp_path / "examples.parquet", tmp_path / "tasks.parquet", {key: members},
+        tmp_path / "results.parquet", tmp_path / "models", [], [4],
         {"epochs": 3, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0, 1],
         options=options, variant="reweighted_aligned", diagnostics_path=tmp_path / "d.parquet",
         selection={"fraction": 0.5, "seed": 0},
@@ -228,9 +228,9 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
     assert sorted(diagnostics.query("phase == 'joint'")["epoch"].unique()) == [0, 2, 3]
     assert sorted(diagnostics.query("phase == 'alignment'")["epoch"].unique()) == [5]
     with pytest.raises(ValueError, match="diagnostics: enabled=True but its output path"):
-        train_group_model(
-            tmp_path / "examples.parquet", tmp_path / "tasks.parquet", members, key,
-            tmp_path / "r.parquet", [tmp_path / "m.pt"], [4],
+        train_group_models(
+            tmp_path / "examples.parquet", tmp_path / "tasks.parquet", {key: members},
+            tmp_path / "r.parquet", tmp_path / "models", [], [4],
             {"epochs": 1, "lr": 0.02, "batch_size": 32}, [0], options=options,
             selection={"fraction": 0.5, "seed": 0},
         )

@@ -64,9 +64,19 @@ def test_full_run_writes_every_artifact(finished_run):
     assert len(per_task) == len(GROUPINGS) * 2 * 9
     assert set(per_task.columns) >= {"grouping", "variant", "seed", "task", "cluster", "group_key",
                                      "test_loss", "test_metric"}
-    # a group shared by several groupings is trained once: one model per distinct task set
+    # a group shared by several groupings is trained once: one model per distinct task set,
+    # trained by the batch its key picks (evaluation.training_jobs = 2 batches)
     keys = per_task["group_key"].unique()
-    assert sorted(keys) == sorted(p.stem for p in (results / "final" / "plain").glob("*.parquet"))
+    final = results / "final" / "plain"
+    assert sorted(keys) == sorted(p.name for p in final.iterdir() if p.is_dir())
+    for key in keys:
+        assert sorted(p.name for p in (final / key).iterdir()) == [
+            "fingerprint.txt", "model_seed0.pt", "model_seed1.pt", "results.parquet"]
+    batches = {p.name: pd.read_parquet(p) for p in final.glob("batch_*.parquet")}
+    assert sorted(batches) == ["batch_0.parquet", "batch_1.parquet"]
+    assert sorted(pd.concat(batches.values())["group_key"].unique()) == sorted(keys)
+    for name, table in batches.items():
+        assert {int(key, 16) % 2 for key in table["group_key"]} == {int(name[6])}
     for design, n_subsets in (("random", 30), ("pairs", 9 + 36)):
         values = pd.read_parquet(results / "subset_values" / "finetune" / f"{design}.parquet")
         assert values["subset_id"].nunique() == n_subsets
@@ -105,7 +115,7 @@ def test_changing_n_clusters_reruns_only_clustering_and_what_follows(finished_ru
     assert "cluster_tasks" in jobs
     assert not UPSTREAM_OF_CLUSTERING & set(jobs), jobs
     assert set(jobs) <= {"cluster_tasks", "gather_clustering", "random_grouping",
-                         "train_group_model", "evaluate_groupings", "plot_figures", "recommend",
+                         "train_group_models", "evaluate_groupings", "plot_figures", "recommend",
                          "all"}
 
 
@@ -118,9 +128,9 @@ def test_changing_finetune_epochs_keeps_the_meta_initialization(finished_run):
 def test_changing_final_epochs_retrains_only_group_models(finished_run):
     jobs = dry_run_with(finished_run, lambda c: c["final"].update(epochs=5))
     groups = finished_run / "results" / "smoke" / "final" / "plain"
-    assert jobs.get("train_group_model") == len(list(groups.glob("*.parquet")))
+    assert jobs.get("train_group_models") == len(list(groups.glob("batch_*.parquet"))) == 2
     assert set(jobs) == {
-        "train_group_model", "evaluate_groupings", "plot_figures", "recommend", "all",
+        "train_group_models", "evaluate_groupings", "plot_figures", "recommend", "all",
     }
 
 
@@ -132,8 +142,8 @@ def test_adding_a_training_variant_trains_only_that_variant(finished_run):
         ),
     )
     groups = finished_run / "results" / "smoke" / "final" / "plain"
-    assert jobs.get("train_group_model") == len(list(groups.glob("*.parquet")))
-    assert set(jobs) == {"train_group_model", "evaluate_groupings", "plot_figures",
+    assert jobs.get("train_group_models") == len(list(groups.glob("batch_*.parquet"))) == 2
+    assert set(jobs) == {"train_group_models", "evaluate_groupings", "plot_figures",
                          "plot_variants", "recommend", "all"}
 
 

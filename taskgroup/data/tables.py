@@ -247,6 +247,8 @@ DIAGNOSTICS = {
     "grad_cosine": "float",
     "grad_norm": "float",
 }
+# The diagnostics of the group models: one DIAGNOSTICS table per model, keyed.
+GROUP_DIAGNOSTICS = {"variant": "str", "group_key": "str", "seed": "int", **DIAGNOSTICS}
 GENERALIZATION_GAP = {
     "variant": "str",
     "group_key": "str",

@@ -157,7 +157,7 @@ def fit(
                 raise TrainingDivergedError(
                     f"training diverged: an optimizer step of epoch {len(history) + 1} of "
                     f"{settings.epochs} overflowed ({error}) with lr = {settings.lr:g}; "
-                    f"{_LOWER_LR}"
+                    f"{LOWER_LR}"
                 ) from None
             batch_loss = loss.item()
             if history.start is None:
@@ -169,7 +169,7 @@ def fit(
                 f"training diverged: the mean training loss of epoch {len(history)} of "
                 f"{settings.epochs} is {history[-1]} (at the start {history.start:.4g}) with "
                 f"Adam, lr = {settings.lr:g}, batch_size = {settings.batch_size}, "
-                f"weight_decay = {settings.weight_decay:g}; {_LOWER_LR}"
+                f"weight_decay = {settings.weight_decay:g}; {LOWER_LR}"
             )
         if after_epoch is not None:
             after_epoch(len(history), model)
@@ -183,7 +183,7 @@ def fit(
         log.warning(
             "training loss rose from %.4g at the start to %.4g in the last epoch (%d) with "
             "lr = %g: the training may have diverged; %s",
-            history.start, history[-1], len(history), settings.lr, _LOWER_LR,
+            history.start, history[-1], len(history), settings.lr, LOWER_LR,
         )
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -191,7 +191,7 @@ def fit(
     return history
 
 
-_LOWER_LR = (
+LOWER_LR = (
     "lower the learning rate (lr of the config section of this training: meta_init, "
     "finetune or final)"
 )

@@ -9,8 +9,8 @@ import pandas as pd
 
 from taskgroup.data.tables import (
     AFFINITY,
-    DIAGNOSTICS,
     GENERALIZATION_GAP,
+    GROUP_DIAGNOSTICS,
     GROUP_RESULTS,
     GROUPING,
     TASKS,
@@ -124,10 +124,9 @@ def _diagnostics_by_group(paths: list) -> dict:
     """(variant, group_key) -> the group model's diagnostics table (every seed)."""
     tables = {}
     for path in paths:
-        table = read_table(path, {**DIAGNOSTICS, "variant": "str", "group_key": "str",
-                                   "seed": "int"})
-        first = table.iloc[0]
-        tables[(first["variant"], first["group_key"])] = table
+        table = read_table(path, GROUP_DIAGNOSTICS)
+        for key, rows in table.groupby(["variant", "group_key"], sort=False):
+            tables[key] = rows.reset_index(drop=True)
     return tables
 
 

@@ -1,14 +1,14 @@
 from taskgroup.logs import log_to_file
-from taskgroup.stages.train import train_group_model
+from taskgroup.stages.train import train_group_models
 
 log_to_file(snakemake.log[0])
-train_group_model(
+train_group_models(
     examples_path=snakemake.input.examples,
     tasks_path=snakemake.input.tasks,
-    members=snakemake.params.members,
-    group_key=snakemake.wildcards.key,
+    groups=snakemake.params.groups,
     results_path=snakemake.output.results,
-    model_paths=snakemake.output.models,
+    models_dir=snakemake.params.models_dir,
+    code_paths=list(snakemake.input.code),
     hidden_sizes=snakemake.params.hidden_sizes,
     training=snakemake.params.training,
     seeds=snakemake.params.seeds,

@@ -1,0 +1,280 @@
+"""Many multi-head networks trained at once, in one process.
+
+The parameters of M networks of one architecture are stacked along a leading model axis;
+every step runs one batched forward and backward pass over the M models' minibatches and
+one Adam update per model. Each model keeps everything it would have had if trained alone by
+:func:`taskgroup.models.training.train_new_model`: its seeded initialization, its own
+minibatch order (its own generator), its own step count, its loss weights and its best-epoch
+selection. The results equal those of separate trainings up to float rounding (the batched
+products sum in another order). What it saves is the per-model overhead: for the small
+networks of the final training, a step costs about the same for one model as for hundreds.
+
+Models with fewer training examples finish their epoch in fewer steps; they sit out the
+remaining steps of the epoch (no update, their Adam state unchanged), exactly as if the epoch
+had ended for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from taskgroup.data.examples import TaskData
+from taskgroup.models.metrics import example_losses
+from taskgroup.models.network import MultiHeadNet
+from taskgroup.models.training import (
+    LOWER_LR,
+    LossHistory,
+    TrainingDivergedError,
+    TrainSettings,
+)
+
+log = logging.getLogger(__name__)
+
+# torch.optim.Adam's defaults, which train_new_model uses.
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One network to train: the tasks whose training examples it sees (``task_indices``,
+    int64 (n_members,)), its seed (initialization and minibatch order, as the ``seed`` of
+    :func:`train_new_model`), and optional per-task loss weights (``task_weights``,
+    (n_tasks,) float, as in :func:`taskgroup.models.training.fit`)."""
+
+    task_indices: torch.Tensor
+    seed: int
+    task_weights: torch.Tensor | None = None
+
+
+def train_new_models(
+    data: TaskData, specs: list[ModelSpec], hidden_sizes: list[int],
+    settings: TrainSettings, device: torch.device,
+) -> list[tuple[MultiHeadNet, LossHistory]]:
+    """Train one fresh network per spec, all at once; returns (model, loss history) per spec,
+    in order, each model in eval mode on ``device``.
+
+    Same contract as :func:`taskgroup.models.training.train_new_model` for each spec (Adam
+    with ``settings``; best validation epoch kept with ``settings.select_best_epoch``), up to
+    float rounding. ``data`` must be on ``device``.
+
+    Raises ValueError if a spec's tasks have no training example, and
+    :class:`TrainingDivergedError` naming the model's tasks, seed and epoch if its mean
+    training loss of an epoch is not finite."""
+    if not specs:
+        return []
+    models = []
+    for spec in specs:
+        torch.manual_seed(spec.seed)  # the initialization train_new_model draws
+        models.append(MultiHeadNet(data.n_features, data.n_tasks, hidden_sizes).to(device))
+    stack = _Stack(models)
+    train, val = data.splits["train"], data.splits["val"]
+    rows = [_rows_of(train.task_index, spec.task_indices) for spec in specs]
+    for spec, model_rows in zip(specs, rows):
+        if model_rows.numel() == 0:
+            raise ValueError(f"no training examples for tasks {spec.task_indices.tolist()}")
+    n_examples = torch.tensor([len(r) for r in rows], dtype=torch.float32, device=device)
+    weights = _weight_matrix(specs, data.n_tasks, device)
+    members = torch.zeros(len(specs), data.n_tasks, dtype=torch.bool, device=device)
+    for m, spec in enumerate(specs):
+        members[m, spec.task_indices.to(device)] = True
+    generators = [torch.Generator().manual_seed(spec.seed) for spec in specs]
+    adam = _StackedAdam(stack.parameters, settings.lr, settings.weight_decay)
+    histories = [LossHistory() for _ in specs]
+    best_score = torch.full((len(specs),), float("inf"), device=device)
+    best = [p.detach().clone() for p in stack.parameters]
+    has_best = torch.zeros(len(specs), dtype=torch.bool, device=device)
+    batch_size = settings.batch_size
+    for epoch in range(1, settings.epochs + 1):
+        order = _epoch_order(rows, generators, batch_size, device)
+        epoch_loss = torch.zeros(len(specs), device=device)
+        for step in range(order.shape[1] // batch_size):
+            ids = order[:, step * batch_size : (step + 1) * batch_size]
+            present = ids >= 0
+            counts = present.sum(dim=1)
+            ids = ids.clamp(min=0)
+            task_index = train.task_index[ids]
+            outputs = stack.forward(train.features[ids], task_index)
+            regression = None if train.regression is None else train.regression[ids]
+            losses = example_losses(outputs, train.labels[ids], regression)
+            if weights is not None:
+                losses = losses * torch.gather(weights, 1, task_index)
+            batch_loss = (losses * present).sum(dim=1) / counts.clamp(min=1)
+            gradients = torch.autograd.grad(batch_loss.sum(), stack.parameters)
+            adam.step(gradients, counts > 0)
+            batch_loss = batch_loss.detach()
+            if epoch == 1 and step == 0:  # at the initial parameters, as fit records it
+                for history, value in zip(histories, batch_loss.tolist()):
+                    history.start = value
+            epoch_loss += batch_loss * counts
+        mean_loss = (epoch_loss / n_examples).tolist()
+        for m, (history, value) in enumerate(zip(histories, mean_loss)):
+            history.append(value)
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"training diverged: the mean training loss of epoch {epoch} of "
+                    f"{settings.epochs} is {value} (at the start {history.start:.4g}) for "
+                    f"the model of tasks {specs[m].task_indices.tolist()} with seed "
+                    f"{specs[m].seed}, Adam, lr = {settings.lr:g}, batch_size = "
+                    f"{batch_size}, weight_decay = {settings.weight_decay:g}; {LOWER_LR}"
+                )
+        if settings.select_best_epoch:
+            score = _validation_scores(stack, val, members, data.n_tasks)
+            improved = score < best_score
+            best_score = torch.where(improved, score, best_score)
+            has_best |= improved
+            for kept, current in zip(best, stack.parameters):
+                kept.copy_(torch.where(_expand(improved, kept), current.detach(), kept))
+    if settings.select_best_epoch:
+        with torch.no_grad():
+            for kept, current in zip(best, stack.parameters):
+                current.copy_(torch.where(_expand(has_best, kept), kept, current))
+    stack.unstack_into(models)
+    for spec, history in zip(specs, histories):
+        if history.rose_far:
+            log.warning(
+                "model of tasks %s (seed %d): training loss rose from %.4g at the start to "
+                "%.4g in the last epoch (%d) with lr = %g: the training may have diverged; %s",
+                spec.task_indices.tolist(), spec.seed, history.start, history[-1],
+                len(history), settings.lr, LOWER_LR,
+            )
+    for model in models:
+        model.eval()
+    return list(zip(models, histories))
+
+
+def _rows_of(task_index: torch.Tensor, task_indices: torch.Tensor) -> torch.Tensor:
+    """Positions (ascending, the order SplitTensors.select_tasks keeps) of the rows whose
+    task is in ``task_indices``."""
+    keep = torch.isin(task_index, task_indices.to(task_index.device))
+    return torch.nonzero(keep).flatten().cpu()
+
+
+def _weight_matrix(specs, n_tasks: int, device) -> torch.Tensor | None:
+    """(M, n_tasks) loss weights (1 where a spec has none), or None when no spec has any."""
+    if all(spec.task_weights is None for spec in specs):
+        return None
+    return torch.stack([
+        torch.ones(n_tasks, device=device) if spec.task_weights is None
+        else spec.task_weights.to(device=device, dtype=torch.float32)
+        for spec in specs
+    ])
+
+
+def _epoch_order(rows, generators, batch_size: int, device) -> torch.Tensor:
+    """(M, n_steps * batch_size) row positions of one epoch, model m's shuffled rows first
+    and -1 after them: step j takes columns [j * batch_size, (j + 1) * batch_size). Each
+    model's permutation comes from its own generator, as in fit."""
+    longest = max(len(r) for r in rows)
+    n_steps = -(-longest // batch_size)
+    order = torch.full((len(rows), n_steps * batch_size), -1, dtype=torch.long)
+    for m, (model_rows, generator) in enumerate(zip(rows, generators)):
+        permutation = torch.randperm(len(model_rows), generator=generator)
+        order[m, : len(model_rows)] = model_rows[permutation]
+    return order.to(device)
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(M,) mask viewed to broadcast against a stacked (M, ...) tensor."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _validation_scores(stack, val, members, n_tasks: int) -> torch.Tensor:
+    """(M,) mean over each model's tasks (those with validation rows) of the mean
+    validation loss: the score fit's best-epoch selection uses."""
+    with torch.no_grad():
+        n_models = members.shape[0]
+        features = val.features.expand(n_models, *val.features.shape)
+        task_index = val.task_index.expand(n_models, -1)
+        outputs = stack.forward(features, task_index)
+        losses = example_losses(outputs, val.labels, val.regression)
+        sums = torch.zeros(n_models, n_tasks, device=losses.device).index_add_(
+            1, val.task_index, losses
+        )
+        counts = torch.bincount(val.task_index, minlength=n_tasks).to(losses.dtype)
+        scored = members & (counts > 0)
+        per_task = torch.where(scored, sums / counts.clamp(min=1), torch.zeros_like(sums))
+        return per_task.sum(dim=1) / scored.sum(dim=1)
+
+
+class _Stack:
+    """The parameters of M MultiHeadNets stacked along dim 0 (leaf tensors with grad):
+    per trunk layer a weight (M, out, in) and a bias (M, out), then the heads
+    (M, n_tasks, width) and (M, n_tasks)."""
+
+    def __init__(self, models: list[MultiHeadNet]):
+        self.layers = [
+            index for index, module in enumerate(models[0].trunk)
+            if isinstance(module, torch.nn.Linear)
+        ]
+        tensors = []
+        for index in self.layers:
+            tensors.append(torch.stack([model.trunk[index].weight.detach() for model in models]))
+            tensors.append(torch.stack([model.trunk[index].bias.detach() for model in models]))
+        tensors.append(torch.stack([model.head_weight.detach() for model in models]))
+        tensors.append(torch.stack([model.head_bias.detach() for model in models]))
+        self.parameters = [tensor.clone().requires_grad_(True) for tensor in tensors]
+
+    def forward(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """Outputs (M, B) of model m's own head on its examples: features (M, B, p),
+        task_index (M, B)."""
+        hidden = features
+        for layer in range(len(self.layers)):
+            weight, bias = self.parameters[2 * layer], self.parameters[2 * layer + 1]
+            hidden = torch.relu(torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2)))
+        head_weight, head_bias = self.parameters[-2], self.parameters[-1]
+        width = head_weight.shape[-1]
+        heads = torch.gather(
+            head_weight, 1, task_index.unsqueeze(-1).expand(*task_index.shape, width)
+        )
+        return (hidden * heads).sum(dim=-1) + torch.gather(head_bias, 1, task_index)
+
+    def unstack_into(self, models: list[MultiHeadNet]) -> None:
+        """Copy model m's slice of the stacked parameters into ``models[m]``."""
+        with torch.no_grad():
+            for m, model in enumerate(models):
+                targets = []
+                for index in self.layers:
+                    targets += [model.trunk[index].weight, model.trunk[index].bias]
+                targets += [model.head_weight, model.head_bias]
+                for target, stacked in zip(targets, self.parameters):
+                    target.copy_(stacked[m])
+
+
+class _StackedAdam:
+    """Adam (torch.optim.Adam's update, L2 ``weight_decay`` added to the gradient) with one
+    step count per model; a model not active in a step keeps its parameters and state."""
+
+    def __init__(self, parameters: list[torch.Tensor], lr: float, weight_decay: float):
+        self.parameters = parameters
+        self.lr, self.weight_decay = lr, weight_decay
+        self.first = [torch.zeros_like(p) for p in parameters]
+        self.second = [torch.zeros_like(p) for p in parameters]
+        self.steps = torch.zeros(parameters[0].shape[0], dtype=torch.float64,
+                                 device=parameters[0].device)
+
+    @torch.no_grad()
+    def step(self, gradients, active: torch.Tensor) -> None:
+        beta1, beta2 = BETAS
+        self.steps += active.to(self.steps.dtype)
+        steps = self.steps.clamp(min=1)
+        # Bias corrections in float64, like torch's Python-float scalars.
+        step_size = (self.lr / (1 - beta1 ** steps)).to(self.parameters[0].dtype)
+        correction2 = ((1 - beta2 ** steps) ** 0.5).to(self.parameters[0].dtype)
+        for param, grad, first, second in zip(
+            self.parameters, gradients, self.first, self.second
+        ):
+            if self.weight_decay:
+                grad = grad.add(param, alpha=self.weight_decay)
+            shape = _expand(active, param)
+            new_first = torch.lerp(first, grad, 1 - beta1)
+            new_second = second.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = new_second.sqrt().div_(_expand(correction2, param)).add_(EPS)
+            update = new_first.div(denom).mul_(_expand(step_size, param))
+            param.sub_(torch.where(shape, update, torch.zeros_like(update)))
+            first.copy_(torch.where(shape, new_first, first))
+            second.copy_(torch.where(shape, new_second, second))

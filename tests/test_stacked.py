@@ -1,0 +1,130 @@
+"""Many group models trained in one process: the same models as training each alone, and a
+batch that reuses the groups it already has."""
+
+import logging
+
+import pandas as pd
+import pytest
+import torch
+from conftest import small_spec
+from test_regression import linear_tables
+
+from taskgroup.data.datasets.planted import generate_planted
+from taskgroup.data.examples import build_task_data
+from taskgroup.data.tables import GROUP_RESULTS, read_table, write_table
+from taskgroup.group.groupings import group_key
+from taskgroup.models.network import load_checkpoint
+from taskgroup.models.stacked import ModelSpec, train_new_models
+from taskgroup.models.training import TrainingDivergedError, TrainSettings, train_new_model
+from taskgroup.stages.train import train_group_models
+
+CPU = torch.device("cpu")
+
+
+def assert_same_models(data, specs, hidden_sizes, settings, tolerance):
+    stacked = train_new_models(data, specs, hidden_sizes, settings, CPU)
+    for spec, (model, history) in zip(specs, stacked):
+        histories = []
+        alone = train_new_model(data, spec.task_indices, hidden_sizes, settings, spec.seed, CPU,
+                                task_weights=spec.task_weights, after_training=histories.append)
+        for (name, expected), found in zip(alone.state_dict().items(),
+                                           model.state_dict().values()):
+            torch.testing.assert_close(found, expected, atol=tolerance, rtol=0, msg=name)
+        assert history.start == pytest.approx(histories[0].start, abs=1e-6)
+        assert history == pytest.approx(list(histories[0]), abs=1e-5)
+
+
+def test_stacked_models_equal_models_trained_alone_with_early_stopping_and_weight_decay(
+    small_data,
+):
+    # groups of 1 to 9 tasks: their epochs take 1 to 9 steps, so most models sit out steps
+    groups = [[0, 1, 2], [3], [4, 5, 6, 7, 8], list(range(9))]
+    specs = [ModelSpec(torch.tensor(g), seed) for g in groups for seed in (0, 7)]
+    settings = TrainSettings(epochs=12, lr=0.01, batch_size=16, weight_decay=0.001,
+                             select_best_epoch=True)
+    assert_same_models(small_data, specs, [4, 3], settings, tolerance=1e-5)
+
+
+def test_stacked_models_equal_alone_on_mixed_regression_tasks_with_loss_weights():
+    examples, tasks = linear_tables(binary=(0, 4))
+    data = build_task_data(examples, tasks)
+    weights = torch.linspace(0.5, 1.5, data.n_tasks)
+    specs = [ModelSpec(torch.tensor([0, 1, 2]), 3, weights),
+             ModelSpec(torch.tensor([3, 4, 5]), 4), ModelSpec(torch.tensor([1]), 5)]
+    settings = TrainSettings(epochs=15, lr=0.02, batch_size=32, select_best_epoch=True)
+    assert_same_models(data, specs, [5], settings, tolerance=1e-5)
+
+
+def test_a_model_is_the_same_bytes_whatever_else_is_in_its_stack(small_data):
+    settings = TrainSettings(epochs=10, lr=0.01, batch_size=16, select_best_epoch=True)
+    spec = ModelSpec(torch.tensor([0, 1, 2]), 5)
+    others = [ModelSpec(torch.tensor(g), 1) for g in ([3], [4, 5], list(range(9)))]
+    alone = train_new_models(small_data, [spec], [6], settings, CPU)[0][0]
+    among = train_new_models(small_data, [*others, spec], [6], settings, CPU)[-1][0]
+    for first, second in zip(alone.state_dict().values(), among.state_dict().values()):
+        assert torch.equal(first, second)
+
+
+def test_a_diverging_stacked_model_names_its_tasks_and_seed(small_data):
+    settings = TrainSettings(epochs=3, lr=1e30, batch_size=16)
+    with pytest.raises(TrainingDivergedError, match=r"tasks \[0, 1\] with seed 3.*lower"):
+        train_new_models(small_data, [ModelSpec(torch.tensor([0, 1]), 3)], [4], settings, CPU)
+
+
+@pytest.fixture
+def tables_on_disk(tmp_path):
+    examples, tasks = generate_planted(small_spec())
+    write_table(examples, tmp_path / "examples.parquet")
+    write_table(tasks, tmp_path / "tasks.parquet")
+    return tmp_path
+
+
+def run_batch(folder, groups, out, epochs=4, caplog=None):
+    train_group_models(
+        folder / "examples.parquet", folder / "tasks.parquet",
+        {group_key(members): members for members in groups}, folder / out, folder / "models",
+        [folder / "tasks.parquet"], [4],
+        {"epochs": epochs, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0, 1],
+        selection={"fraction": 0.5, "seed": 0},
+    )
+    return read_table(folder / out, GROUP_RESULTS)
+
+
+def test_a_batch_trains_only_groups_it_has_no_model_for(tables_on_disk, caplog):
+    folder = tables_on_disk
+    first, second, third = ["task_0", "task_1"], ["task_2"], ["task_3", "task_4", "task_5"]
+    with caplog.at_level(logging.INFO, logger="taskgroup.stages.train"):
+        before = run_batch(folder, [first, second], "a.parquet")
+    model = folder / "models" / group_key(first) / "model_seed1.pt"
+    written = model.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="taskgroup.stages.train"):
+        after = run_batch(folder, [first, third], "b.parquet")
+    assert "2 groups, 1 already trained with these inputs (reused), 1 to train" in caplog.text
+    assert model.stat().st_mtime_ns == written
+    kept = after[after["group_key"] == group_key(first)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        kept, before[before["group_key"] == group_key(first)].reset_index(drop=True)
+    )
+    assert set(after["group_key"]) == {group_key(first), group_key(third)}
+    assert len(after) == 2 * (2 + 3) * 3  # seeds x tasks x splits
+    loaded = load_checkpoint(model, [f"task_{i}" for i in range(9)])
+    assert loaded.config["hidden_sizes"] == [4]
+    # another setting (or other data or library code): every group is trained again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="taskgroup.stages.train"):
+        run_batch(folder, [first, third], "c.parquet", epochs=5)
+    assert "0 already trained with these inputs (reused), 2 to train" in caplog.text
+    assert model.stat().st_mtime_ns != written
+
+
+def test_a_group_folder_without_its_fingerprint_is_trained_again(tables_on_disk, caplog):
+    folder = tables_on_disk
+    members = ["task_6", "task_7"]
+    run_batch(folder, [members], "a.parquet")
+    (folder / "models" / group_key(members) / "fingerprint.txt").unlink()
+    with caplog.at_level(logging.INFO, logger="taskgroup.stages.train"):
+        run_batch(folder, [members], "b.parquet")
+    assert "0 already trained with these inputs (reused), 1 to train" in caplog.text
+    pd.testing.assert_frame_equal(read_table(folder / "a.parquet", GROUP_RESULTS),
+                                  read_table(folder / "b.parquet", GROUP_RESULTS))
