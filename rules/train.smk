@@ -28,5 +28,6 @@ rule train_group_models:
         metric=config["evaluation"]["metric"],
         # The cut of the validation rows into early stopping's and the recommendation's.
         selection=selection_split_params(),
+        budget=config["evaluation"]["training_budget"],
     script:
         "../workflow_scripts/train_group_models.py"

@@ -211,7 +211,7 @@ def recommend_on(tmp_path, examples, tasks, hidden_sizes, epochs=15):
         tmp_path / "examples.parquet", tmp_path / "tasks.parquet", groups,
         tmp_path / "results.parquet", tmp_path / "models", [], hidden_sizes,
         {"epochs": epochs, "lr": 0.02, "batch_size": 64, "weight_decay": 0.0}, [0, 1, 2],
-        selection={"fraction": 0.5, "seed": 0},
+        selection={"fraction": 0.5, "seed": 0}, budget="epochs",
     )
     results = read_table(tmp_path / "results.parquet", GROUP_RESULTS)
     write_table(per_task_table(groupings, results), tmp_path / "per_task.parquet")

@@ -2,6 +2,7 @@
 batch that reuses the groups it already has."""
 
 import logging
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -15,7 +16,12 @@ from taskgroup.data.tables import GROUP_RESULTS, read_table, write_table
 from taskgroup.group.groupings import group_key
 from taskgroup.models.network import load_checkpoint
 from taskgroup.models.stacked import ModelSpec, train_new_models
-from taskgroup.models.training import TrainingDivergedError, TrainSettings, train_new_model
+from taskgroup.models.training import (
+    TrainingDivergedError,
+    TrainSettings,
+    budget_epochs,
+    train_new_model,
+)
 from taskgroup.stages.train import train_group_models
 
 CPU = torch.device("cpu")
@@ -85,7 +91,7 @@ def run_batch(folder, groups, out, epochs=4, caplog=None):
         {group_key(members): members for members in groups}, folder / out, folder / "models",
         [folder / "tasks.parquet"], [4],
         {"epochs": epochs, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0, 1],
-        selection={"fraction": 0.5, "seed": 0},
+        selection={"fraction": 0.5, "seed": 0}, budget="epochs",
     )
     return read_table(folder / out, GROUP_RESULTS)
 
@@ -128,3 +134,44 @@ def test_a_group_folder_without_its_fingerprint_is_trained_again(tables_on_disk,
     assert "0 already trained with these inputs (reused), 1 to train" in caplog.text
     pd.testing.assert_frame_equal(read_table(folder / "a.parquet", GROUP_RESULTS),
                                   read_table(folder / "b.parquet", GROUP_RESULTS))
+
+
+def test_budget_epochs_give_every_model_the_steps_of_the_model_of_all_tasks():
+    # 1000 rows of all tasks in batches of 64: 16 steps per epoch, 160 in 10 epochs
+    assert budget_epochs(10, 64, 1000, 1000, "steps") == 10
+    assert budget_epochs(10, 64, 100, 1000, "steps") == 80  # 2 steps per epoch
+    assert budget_epochs(10, 64, 30, 1000, "steps") == 160  # 1 step per epoch
+    assert budget_epochs(10, 64, 300, 1000, "steps") == 32  # 5 steps: 32 x 5 >= 160
+    assert budget_epochs(10, 64, 30, 1000, "epochs") == 10
+    with pytest.raises(ValueError, match="training budget 'time'"):
+        budget_epochs(10, 64, 30, 1000, "time")
+    with pytest.raises(ValueError, match="n_examples 0"):
+        budget_epochs(10, 64, 0, 1000, "steps")
+
+
+def test_models_with_their_own_epochs_equal_models_trained_alone_for_as_long(small_data):
+    settings = TrainSettings(epochs=3, lr=0.01, batch_size=16, select_best_epoch=True)
+    specs = [ModelSpec(torch.tensor([0]), 1, epochs=20), ModelSpec(torch.tensor([1, 2]), 2),
+             ModelSpec(torch.tensor(list(range(9))), 3, epochs=5)]
+    stacked = train_new_models(small_data, specs, [4], settings, CPU)
+    for spec, (model, history) in zip(specs, stacked):
+        epochs = spec.epochs or settings.epochs
+        assert len(history) == epochs
+        alone = train_new_model(small_data, spec.task_indices, [4],
+                                replace(settings, epochs=epochs), spec.seed, CPU)
+        for expected, found in zip(alone.state_dict().values(), model.state_dict().values()):
+            torch.testing.assert_close(found, expected, atol=1e-5, rtol=0)
+
+
+def test_the_steps_budget_trains_small_groups_for_more_epochs(tables_on_disk, caplog):
+    folder = tables_on_disk
+    groups = {group_key(m): m for m in (["task_0"], [f"task_{i}" for i in range(9)])}
+    with caplog.at_level(logging.INFO, logger="taskgroup.stages.train"):
+        train_group_models(
+            folder / "examples.parquet", folder / "tasks.parquet", groups, folder / "r.parquet",
+            folder / "models", [], [4],
+            {"epochs": 2, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0],
+            selection={"fraction": 0.5, "seed": 0}, budget="steps",
+        )
+    # 9 tasks x 60 rows: 17 steps per epoch; one task's 60 rows: 2 steps, so 17 epochs
+    assert "training budget 'steps': 2 to 17 epochs per model" in caplog.text

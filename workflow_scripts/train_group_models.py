@@ -18,4 +18,5 @@ train_group_models(
     variant=snakemake.wildcards.variant,
     diagnostics_path=snakemake.output.get("diagnostics"),
     selection=snakemake.params.selection,
+    budget=snakemake.params.budget,
 )

@@ -9,9 +9,10 @@ selection. The results equal those of separate trainings up to float rounding (t
 products sum in another order). What it saves is the per-model overhead: for the small
 networks of the final training, a step costs about the same for one model as for hundreds.
 
-Models with fewer training examples finish their epoch in fewer steps; they sit out the
-remaining steps of the epoch (no update, their Adam state unchanged), exactly as if the epoch
-had ended for them.
+The models step together: step j is each model's j-th minibatch of its own sequence of
+epochs. A model with fewer training examples ends its epochs sooner (and reshuffles and is
+scored on its validation rows sooner); a model that has taken all its steps sits out the
+rest (no update, its Adam state unchanged).
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ EPS = 1e-8
 class ModelSpec:
     """One network to train: the tasks whose training examples it sees (``task_indices``,
     int64 (n_members,)), its seed (initialization and minibatch order, as the ``seed`` of
-    :func:`train_new_model`), and optional per-task loss weights (``task_weights``,
-    (n_tasks,) float, as in :func:`taskgroup.models.training.fit`)."""
+    :func:`train_new_model`), optional per-task loss weights (``task_weights``,
+    (n_tasks,) float, as in :func:`taskgroup.models.training.fit`), and its number of epochs
+    (None: the settings' ``epochs``)."""
 
     task_indices: torch.Tensor
     seed: int
     task_weights: torch.Tensor | None = None
+    epochs: int | None = None
 
 
 def train_new_models(
@@ -59,8 +62,11 @@ def train_new_models(
     in order, each model in eval mode on ``device``.
 
     Same contract as :func:`taskgroup.models.training.train_new_model` for each spec (Adam
-    with ``settings``; best validation epoch kept with ``settings.select_best_epoch``), up to
-    float rounding. ``data`` must be on ``device``.
+    with ``settings``, for the spec's own ``epochs`` or ``settings.epochs``; best validation
+    epoch kept with ``settings.select_best_epoch``), up to float rounding. The models step
+    together: step j is every model's j-th minibatch, so a model with fewer rows starts its
+    next epoch (a new shuffle, its validation score) sooner, and a model with fewer steps in
+    all stops earlier. ``data`` must be on ``device``.
 
     Raises ValueError if a spec's tasks have no training example, and
     :class:`TrainingDivergedError` naming the model's tasks, seed and epoch if its mean
@@ -77,58 +83,79 @@ def train_new_models(
     for spec, model_rows in zip(specs, rows):
         if model_rows.numel() == 0:
             raise ValueError(f"no training examples for tasks {spec.task_indices.tolist()}")
-    n_examples = torch.tensor([len(r) for r in rows], dtype=torch.float32, device=device)
+    batch_size = settings.batch_size
+    n_models = len(specs)
+    n_rows = [len(model_rows) for model_rows in rows]
+    epoch_steps = [-(-n // batch_size) for n in n_rows]
+    epochs = [settings.epochs if spec.epochs is None else spec.epochs for spec in specs]
+    total_steps = torch.tensor([e * s for e, s in zip(epochs, epoch_steps)], device=device)
+    steps_per_epoch = torch.tensor(epoch_steps, device=device)
     weights = _weight_matrix(specs, data.n_tasks, device)
-    members = torch.zeros(len(specs), data.n_tasks, dtype=torch.bool, device=device)
-    for m, spec in enumerate(specs):
-        members[m, spec.task_indices.to(device)] = True
+    val_rows = [_rows_of(val.task_index, spec.task_indices).to(device) for spec in specs]
     generators = [torch.Generator().manual_seed(spec.seed) for spec in specs]
+    # Row positions of each model's current epoch, shuffled, -1 past its rows.
+    order = torch.full((n_models, max(epoch_steps) * batch_size), -1, dtype=torch.long)
+    for m in range(n_models):
+        order[m, : n_rows[m]] = rows[m][torch.randperm(n_rows[m], generator=generators[m])]
+    order = order.to(device)
+    offsets = torch.arange(batch_size, device=device)
+    position = torch.zeros(n_models, dtype=torch.long, device=device)  # step within epoch
     adam = _StackedAdam(stack.parameters, settings.lr, settings.weight_decay)
     histories = [LossHistory() for _ in specs]
-    best_score = torch.full((len(specs),), float("inf"), device=device)
+    best_score = torch.full((n_models,), float("inf"), device=device)
     best = [p.detach().clone() for p in stack.parameters]
-    has_best = torch.zeros(len(specs), dtype=torch.bool, device=device)
-    batch_size = settings.batch_size
-    for epoch in range(1, settings.epochs + 1):
-        order = _epoch_order(rows, generators, batch_size, device)
-        epoch_loss = torch.zeros(len(specs), device=device)
-        for step in range(order.shape[1] // batch_size):
-            ids = order[:, step * batch_size : (step + 1) * batch_size]
-            present = ids >= 0
-            counts = present.sum(dim=1)
-            ids = ids.clamp(min=0)
-            task_index = train.task_index[ids]
-            outputs = stack.forward(train.features[ids], task_index)
-            regression = None if train.regression is None else train.regression[ids]
-            losses = example_losses(outputs, train.labels[ids], regression)
-            if weights is not None:
-                losses = losses * torch.gather(weights, 1, task_index)
-            batch_loss = (losses * present).sum(dim=1) / counts.clamp(min=1)
-            gradients = torch.autograd.grad(batch_loss.sum(), stack.parameters)
-            adam.step(gradients, counts > 0)
-            batch_loss = batch_loss.detach()
-            if epoch == 1 and step == 0:  # at the initial parameters, as fit records it
-                for history, value in zip(histories, batch_loss.tolist()):
-                    history.start = value
-            epoch_loss += batch_loss * counts
-        mean_loss = (epoch_loss / n_examples).tolist()
-        for m, (history, value) in enumerate(zip(histories, mean_loss)):
-            history.append(value)
-            if not math.isfinite(value):
+    has_best = torch.zeros(n_models, dtype=torch.bool, device=device)
+    epoch_loss = torch.zeros(n_models, device=device)
+    for step in range(int(total_steps.max())):
+        active = step < total_steps
+        ids = order.gather(1, (position * batch_size).unsqueeze(1) + offsets)
+        present = (ids >= 0) & active.unsqueeze(1)
+        counts = present.sum(dim=1)
+        ids = ids.clamp(min=0)
+        task_index = train.task_index[ids]
+        outputs = stack.forward(train.features[ids], task_index)
+        regression = None if train.regression is None else train.regression[ids]
+        losses = example_losses(outputs, train.labels[ids], regression)
+        if weights is not None:
+            losses = losses * torch.gather(weights, 1, task_index)
+        batch_loss = (losses * present).sum(dim=1) / counts.clamp(min=1)
+        gradients = torch.autograd.grad(batch_loss.sum(), stack.parameters)
+        adam.step(gradients, active)
+        batch_loss = batch_loss.detach()
+        if step == 0:  # at the initial parameters, as fit records it
+            for history, value in zip(histories, batch_loss.tolist()):
+                history.start = value
+        epoch_loss += batch_loss * counts
+        position += active.long()
+        ended = active & (position == steps_per_epoch)
+        if not bool(ended.any()):
+            continue
+        finished = torch.nonzero(ended).flatten()
+        for m, value in zip(finished.tolist(), epoch_loss[finished].tolist()):
+            history = histories[m]
+            history.append(value / n_rows[m])
+            if not math.isfinite(history[-1]):
                 raise TrainingDivergedError(
-                    f"training diverged: the mean training loss of epoch {epoch} of "
-                    f"{settings.epochs} is {value} (at the start {history.start:.4g}) for "
-                    f"the model of tasks {specs[m].task_indices.tolist()} with seed "
+                    f"training diverged: the mean training loss of epoch {len(history)} of "
+                    f"{epochs[m]} is {history[-1]} (at the start {history.start:.4g}) for the "
+                    f"model of tasks {specs[m].task_indices.tolist()} with seed "
                     f"{specs[m].seed}, Adam, lr = {settings.lr:g}, batch_size = "
                     f"{batch_size}, weight_decay = {settings.weight_decay:g}; {LOWER_LR}"
                 )
+            if len(history) < epochs[m]:  # the next epoch's shuffle, from its own generator
+                permutation = torch.randperm(n_rows[m], generator=generators[m])
+                order[m, : n_rows[m]] = rows[m][permutation].to(device)
+        epoch_loss[finished] = 0.0
+        position[finished] = 0
         if settings.select_best_epoch:
-            score = _validation_scores(stack, val, members, data.n_tasks)
-            improved = score < best_score
-            best_score = torch.where(improved, score, best_score)
-            has_best |= improved
+            score = _validation_scores(stack, val, [val_rows[m] for m in finished.tolist()],
+                                       finished, data.n_tasks)
+            improved = score < best_score[finished]
+            best_score[finished] = torch.where(improved, score, best_score[finished])
+            has_best[finished] |= improved
+            keep = finished[improved]
             for kept, current in zip(best, stack.parameters):
-                kept.copy_(torch.where(_expand(improved, kept), current.detach(), kept))
+                kept[keep] = current.detach()[keep]
     if settings.select_best_epoch:
         with torch.no_grad():
             for kept, current in zip(best, stack.parameters):
@@ -165,38 +192,29 @@ def _weight_matrix(specs, n_tasks: int, device) -> torch.Tensor | None:
     ])
 
 
-def _epoch_order(rows, generators, batch_size: int, device) -> torch.Tensor:
-    """(M, n_steps * batch_size) row positions of one epoch, model m's shuffled rows first
-    and -1 after them: step j takes columns [j * batch_size, (j + 1) * batch_size). Each
-    model's permutation comes from its own generator, as in fit."""
-    longest = max(len(r) for r in rows)
-    n_steps = -(-longest // batch_size)
-    order = torch.full((len(rows), n_steps * batch_size), -1, dtype=torch.long)
-    for m, (model_rows, generator) in enumerate(zip(rows, generators)):
-        permutation = torch.randperm(len(model_rows), generator=generator)
-        order[m, : len(model_rows)] = model_rows[permutation]
-    return order.to(device)
-
-
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(M,) mask viewed to broadcast against a stacked (M, ...) tensor."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _validation_scores(stack, val, members, n_tasks: int) -> torch.Tensor:
-    """(M,) mean over each model's tasks (those with validation rows) of the mean
-    validation loss: the score fit's best-epoch selection uses."""
+def _validation_scores(stack, val, rows: list, models: torch.Tensor, n_tasks: int):
+    """(len(models),) each model's mean over its tasks (those with validation rows) of the
+    mean validation loss, the score fit's best-epoch selection uses; ``rows``: each model's
+    validation row positions."""
     with torch.no_grad():
-        n_models = members.shape[0]
-        features = val.features.expand(n_models, *val.features.shape)
-        task_index = val.task_index.expand(n_models, -1)
-        outputs = stack.forward(features, task_index)
-        losses = example_losses(outputs, val.labels, val.regression)
-        sums = torch.zeros(n_models, n_tasks, device=losses.device).index_add_(
-            1, val.task_index, losses
+        ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=-1)
+        present = ids >= 0
+        ids = ids.clamp(min=0)
+        task_index = val.task_index[ids]
+        outputs = stack.forward(val.features[ids], task_index, models)
+        regression = None if val.regression is None else val.regression[ids]
+        losses = example_losses(outputs, val.labels[ids], regression) * present
+        shape = (len(rows), n_tasks)
+        sums = torch.zeros(shape, device=losses.device).scatter_add_(1, task_index, losses)
+        counts = torch.zeros(shape, device=losses.device).scatter_add_(
+            1, task_index, present.to(losses.dtype)
         )
-        counts = torch.bincount(val.task_index, minlength=n_tasks).to(losses.dtype)
-        scored = members & (counts > 0)
+        scored = counts > 0
         per_task = torch.where(scored, sums / counts.clamp(min=1), torch.zeros_like(sums))
         return per_task.sum(dim=1) / scored.sum(dim=1)
 
@@ -219,14 +237,20 @@ class _Stack:
         tensors.append(torch.stack([model.head_bias.detach() for model in models]))
         self.parameters = [tensor.clone().requires_grad_(True) for tensor in tensors]
 
-    def forward(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, task_index: torch.Tensor,
+        models: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Outputs (M, B) of model m's own head on its examples: features (M, B, p),
-        task_index (M, B)."""
+        task_index (M, B); with ``models`` (S,) only those models (features (S, B, p))."""
+        parameters = self.parameters
+        if models is not None:
+            parameters = [parameter[models] for parameter in parameters]
         hidden = features
         for layer in range(len(self.layers)):
-            weight, bias = self.parameters[2 * layer], self.parameters[2 * layer + 1]
+            weight, bias = parameters[2 * layer], parameters[2 * layer + 1]
             hidden = torch.relu(torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2)))
-        head_weight, head_bias = self.parameters[-2], self.parameters[-1]
+        head_weight, head_bias = parameters[-2], parameters[-1]
         width = head_weight.shape[-1]
         heads = torch.gather(
             head_weight, 1, task_index.unsqueeze(-1).expand(*task_index.shape, width)

@@ -63,6 +63,35 @@ class TrainSettings:
     select_best_epoch: bool = False
 
 
+TRAINING_BUDGETS = ("steps", "epochs")
+
+
+def budget_epochs(
+    epochs: int, batch_size: int, n_examples: int, n_examples_all: int, budget: str
+) -> int:
+    """Epochs for a model trained on ``n_examples`` training examples, so that models of
+    groups of different sizes are compared at a fair budget.
+
+    ``budget`` "epochs": ``epochs`` passes over its own examples, whatever their number (a
+    one-task model then takes a small share of the steps of a model of every task).
+    "steps": the least number of passes over its own examples that takes at least the
+    optimizer steps of ``epochs`` passes over ``n_examples_all`` examples (every task's: the
+    one-group model's), in minibatches of ``batch_size``.
+
+    Raises ValueError for another budget or a count below 1."""
+    if budget not in TRAINING_BUDGETS:
+        raise ValueError(f"training budget {budget!r}: expected one of {TRAINING_BUDGETS}")
+    if min(epochs, batch_size, n_examples, n_examples_all) < 1:
+        raise ValueError(
+            f"epochs {epochs}, batch_size {batch_size}, n_examples {n_examples} and "
+            f"n_examples_all {n_examples_all} must all be at least 1"
+        )
+    if budget == "epochs":
+        return epochs
+    steps = epochs * -(-n_examples_all // batch_size)
+    return -(-steps // -(-n_examples // batch_size))
+
+
 def per_task_losses(
     model: MultiHeadNet, split: SplitTensors, n_tasks: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

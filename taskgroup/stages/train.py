@@ -7,9 +7,11 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from taskgroup import resources as sizes
 from taskgroup.data.tables import (
@@ -24,7 +26,7 @@ from taskgroup.models import reweighting
 from taskgroup.models.holdout import SELECTION_SPLIT, SelectionSplit, hold_out_selection_rows
 from taskgroup.models.metrics import resolve_metrics
 from taskgroup.models.stacked import ModelSpec, train_new_models
-from taskgroup.models.training import TrainSettings, evaluate
+from taskgroup.models.training import TrainSettings, budget_epochs, evaluate
 from taskgroup.models.within_group import TrainingOptions, train_with_options
 from taskgroup.seeding import derived_seed
 from taskgroup.stages.common import (
@@ -50,7 +52,7 @@ def train_group_models(
     examples_path, tasks_path, groups: dict, results_path, models_dir, code_paths: list,
     hidden_sizes, training: dict, seeds: list, threads: int = 1, metric: str = "auto",
     options: dict | None = None, variant: str = "plain", diagnostics_path=None, *,
-    selection: dict,
+    selection: dict, budget: str,
 ) -> None:
     """Train one multi-head model per group of ``groups`` (group_key -> member task names)
     and seed; write their per-task loss and metric on the splits val_stop, val_select and
@@ -69,6 +71,10 @@ def train_group_models(
     epoch is chosen on it, and the alignment phase and diagnostics read it) and a selection
     part ("val_select": no model is fitted or stopped on it), the same cut in every group.
 
+    ``budget`` (evaluation.training_budget): "steps" trains every model for the optimizer
+    steps the one-group model takes in ``training["epochs"]`` epochs, "epochs" for that many
+    passes over its own examples (see :func:`taskgroup.models.training.budget_epochs`).
+
     Each model's seed is derived from (seed, sorted member names), so a group gets the same
     models in whichever grouping and batch it appears, and every variant starts from the
     same initialization (paired comparisons). Without alignment and diagnostics the models
@@ -84,7 +90,7 @@ def train_group_models(
     under the job).
     """
     settings = dict(hidden_sizes=hidden_sizes, training=training, seeds=seeds, metric=metric,
-                    options=options or {}, variant=variant, selection=selection)
+                    options=options or {}, variant=variant, selection=selection, budget=budget)
     options = TrainingOptions.from_dict(options)
     check_option_output("diagnostics", options.diagnostics.enabled, diagnostics_path)
     for key, members in groups.items():
@@ -110,7 +116,7 @@ def train_group_models(
     if to_train:
         _train_and_store(
             examples_path, tasks_path, to_train, folders, fingerprints, hidden_sizes,
-            training, seeds, threads, metric, options, variant, selection,
+            training, seeds, threads, metric, options, variant, selection, budget,
         )
     frames = [read_table(folders[key] / RESULTS_FILE, GROUP_RESULTS) for key in sorted(groups)]
     write_table(pd.concat(frames, ignore_index=True), results_path)
@@ -123,7 +129,7 @@ def train_group_models(
 
 def _train_and_store(
     examples_path, tasks_path, groups, folders, fingerprints, hidden_sizes, training, seeds,
-    threads, metric, options, variant, selection,
+    threads, metric, options, variant, selection, budget,
 ) -> None:
     """Train every seed of every group of ``groups`` and write each group's folder."""
     device = prepare_torch(threads)
@@ -133,6 +139,16 @@ def _train_and_store(
     settings = TrainSettings(**training, select_best_epoch=True)
     keys = sorted(groups)
     indices = {key: data.task_indices(list(groups[key])).to(device) for key in keys}
+    train_tasks = data.splits["train"].task_index
+    epochs = {
+        key: budget_epochs(
+            settings.epochs, settings.batch_size,
+            int(torch.isin(train_tasks, indices[key]).sum()), train_tasks.numel(), budget,
+        )
+        for key in keys
+    }
+    log.info("training budget %r: %d to %d epochs per model", budget,
+             min(epochs.values()), max(epochs.values()))
     weights = {}
     if options.reweighting.enabled:
         for key in keys:
@@ -146,7 +162,7 @@ def _train_and_store(
         trained = []
         for key, seed in jobs:
             result = train_with_options(
-                data, indices[key], hidden_sizes, settings,
+                data, indices[key], hidden_sizes, replace(settings, epochs=epochs[key]),
                 derived_seed(seed, *sorted(groups[key])), device, options,
                 weights=weights.get(key),
             )
@@ -157,6 +173,7 @@ def _train_and_store(
                 indices[key], derived_seed(seed, *sorted(groups[key])),
                 None if key not in weights
                 else reweighting.weight_vector(weights[key], data, device),
+                epochs[key],
             )
             for key, seed in jobs
         ]
