@@ -91,13 +91,18 @@ def train_new_models(
     total_steps = torch.tensor([e * s for e, s in zip(epochs, epoch_steps)], device=device)
     steps_per_epoch = torch.tensor(epoch_steps, device=device)
     weights = _weight_matrix(specs, data.n_tasks, device)
-    val_rows = [_rows_of(val.task_index, spec.task_indices).to(device) for spec in specs]
+    val_rows, val_counts = _padded([
+        _rows_of(val.task_index, spec.task_indices) for spec in specs
+    ])
+    val_rows, val_counts = val_rows.to(device), val_counts.to(device)
     generators = [torch.Generator().manual_seed(spec.seed) for spec in specs]
-    # Row positions of each model's current epoch, shuffled, -1 past its rows.
-    order = torch.full((n_models, max(epoch_steps) * batch_size), -1, dtype=torch.long)
-    for m in range(n_models):
-        order[m, : n_rows[m]] = rows[m][torch.randperm(n_rows[m], generator=generators[m])]
-    order = order.to(device)
+    # Each model's training rows, and the order of its current epoch: positions into them,
+    # shuffled, -1 past its rows.
+    rows, _ = _padded(rows)
+    rows = rows.to(device)
+    order = torch.full((n_models, max(epoch_steps) * batch_size), -1, dtype=torch.long,
+                       device=device)
+    _shuffle(order, list(range(n_models)), n_rows, generators)
     offsets = torch.arange(batch_size, device=device)
     position = torch.zeros(n_models, dtype=torch.long, device=device)  # step within epoch
     adam = _StackedAdam(stack.parameters, settings.lr, settings.weight_decay)
@@ -111,7 +116,7 @@ def train_new_models(
         ids = order.gather(1, (position * batch_size).unsqueeze(1) + offsets)
         present = (ids >= 0) & active.unsqueeze(1)
         counts = present.sum(dim=1)
-        ids = ids.clamp(min=0)
+        ids = rows.gather(1, ids.clamp(min=0))
         task_index = train.task_index[ids]
         outputs = stack.forward(train.features[ids], task_index)
         regression = None if train.regression is None else train.regression[ids]
@@ -131,9 +136,12 @@ def train_new_models(
         if not bool(ended.any()):
             continue
         finished = torch.nonzero(ended).flatten()
+        renew = []
         for m, value in zip(finished.tolist(), epoch_loss[finished].tolist()):
             history = histories[m]
             history.append(value / n_rows[m])
+            if len(history) < epochs[m]:
+                renew.append(m)
             if not math.isfinite(history[-1]):
                 raise TrainingDivergedError(
                     f"training diverged: the mean training loss of epoch {len(history)} of "
@@ -142,14 +150,13 @@ def train_new_models(
                     f"{specs[m].seed}, Adam, lr = {settings.lr:g}, batch_size = "
                     f"{batch_size}, weight_decay = {settings.weight_decay:g}; {LOWER_LR}"
                 )
-            if len(history) < epochs[m]:  # the next epoch's shuffle, from its own generator
-                permutation = torch.randperm(n_rows[m], generator=generators[m])
-                order[m, : n_rows[m]] = rows[m][permutation].to(device)
+        _shuffle(order, renew, n_rows, generators)
         epoch_loss[finished] = 0.0
         position[finished] = 0
         if settings.select_best_epoch:
-            score = _validation_scores(stack, val, [val_rows[m] for m in finished.tolist()],
-                                       finished, data.n_tasks)
+            width = int(val_counts[finished].max())
+            score = _validation_scores(stack, val, val_rows[finished, :width], finished,
+                                       data.n_tasks)
             improved = score < best_score[finished]
             best_score[finished] = torch.where(improved, score, best_score[finished])
             has_best[finished] |= improved
@@ -181,6 +188,28 @@ def _rows_of(task_index: torch.Tensor, task_indices: torch.Tensor) -> torch.Tens
     return torch.nonzero(keep).flatten().cpu()
 
 
+def _padded(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, longest) the row positions of each model, -1 after them, and (M,) their counts."""
+    counts = torch.tensor([len(r) for r in rows])
+    padded = torch.full((len(rows), max(int(counts.max()), 1)), -1, dtype=torch.long)
+    for m, model_rows in enumerate(rows):
+        padded[m, : len(model_rows)] = model_rows
+    return padded, counts
+
+
+def _shuffle(order: torch.Tensor, models: list, n_rows: list, generators: list) -> None:
+    """Write the next epoch's shuffle of each of ``models`` into its row of ``order``:
+    a permutation of its n_rows positions drawn from its own generator (as fit draws it)."""
+    if not models:
+        return
+    permutations = [torch.randperm(n_rows[m], generator=generators[m]) for m in models]
+    which = torch.repeat_interleave(torch.tensor(models), torch.tensor([n_rows[m] for m in models]))
+    columns = torch.cat([torch.arange(len(p)) for p in permutations])
+    order[which.to(order.device), columns.to(order.device)] = torch.cat(permutations).to(
+        order.device
+    )
+
+
 def _weight_matrix(specs, n_tasks: int, device) -> torch.Tensor | None:
     """(M, n_tasks) loss weights (1 where a spec has none), or None when no spec has any."""
     if all(spec.task_weights is None for spec in specs):
@@ -197,19 +226,18 @@ def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _validation_scores(stack, val, rows: list, models: torch.Tensor, n_tasks: int):
-    """(len(models),) each model's mean over its tasks (those with validation rows) of the
-    mean validation loss, the score fit's best-epoch selection uses; ``rows``: each model's
-    validation row positions."""
+def _validation_scores(stack, val, ids: torch.Tensor, models: torch.Tensor, n_tasks: int):
+    """(S,) each of ``models``' (S,) mean over its tasks (those with validation rows) of the
+    mean validation loss, the score fit's best-epoch selection uses; ``ids`` (S, width): each
+    model's validation row positions, -1 after them."""
     with torch.no_grad():
-        ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=-1)
         present = ids >= 0
         ids = ids.clamp(min=0)
         task_index = val.task_index[ids]
         outputs = stack.forward(val.features[ids], task_index, models)
         regression = None if val.regression is None else val.regression[ids]
         losses = example_losses(outputs, val.labels[ids], regression) * present
-        shape = (len(rows), n_tasks)
+        shape = (ids.shape[0], n_tasks)
         sums = torch.zeros(shape, device=losses.device).scatter_add_(1, task_index, losses)
         counts = torch.zeros(shape, device=losses.device).scatter_add_(
             1, task_index, present.to(losses.dtype)
