@@ -29,3 +29,11 @@ def small_tables():
 def small_data(small_tables):
     examples, tasks = small_tables
     return build_task_data(examples, tasks)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the SLURM test last. Once SLURM's commands are installed, every Snakemake start
+    asks the SLURM plugin, which waits up to 10 s for `scontrol show config` when no
+    controller answers (after the test stops its cluster): workflow tests collected after it
+    would each pay that wait."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)
