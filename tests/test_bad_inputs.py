@@ -690,3 +690,51 @@ def test_an_explicit_feature_list_keeps_a_leaky_column_with_a_warning(tmp_path, 
     assert "feature_copy" in examples.columns
     assert "feature column(s) 'copy' equals it" in caplog.text
     assert "it is kept because dataset.table.features lists it" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [
+        (lambda frame: np.arange(len(frame)), "row number 0..149"),
+        (lambda frame: np.arange(1, len(frame) + 1), "row number 1..150"),
+        (lambda frame: 1000 + 7 * np.arange(len(frame)) ** 2, "increasing ids"),
+        (lambda frame: -np.arange(len(frame)), "decreasing ids"),
+        (lambda frame: frame.groupby("task").cumcount().to_numpy(),
+         "row number within each task 0..n_t-1"),
+    ],
+)
+def test_features_auto_refuses_a_column_that_counts_the_rows(tmp_path, caplog, make, kind):
+    path = csv_table(tmp_path / "data.csv", ["x", "y", "z"], rows=50)
+    frame = pd.read_csv(path, dtype={"task": str})
+    frame.insert(0, "row", make(frame))
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=re.escape(
+        f"{path}: feature column(s) 'row' ({kind}) count the file's 150 data rows in file "
+        "order (a row number or a row id): such a column says where a row sits in the file, "
+        "not what the example is. Leave it out (dataset.table.exclude_columns)"
+    )):
+        load_table(table_spec(table_section(path)))
+    examples, _ = load_table(table_spec(table_section(path, exclude_columns=["row"])))
+    assert [c for c in examples.columns if c.startswith("feature_")] == ["feature_a", "feature_b"]
+    # an explicit list keeps it, with a warning
+    with caplog.at_level(logging.WARNING, logger="taskgroup.data.datasets.table"):
+        examples, _ = load_table(table_spec(table_section(path, features=["row", "a"])))
+    assert "feature_row" in examples.columns
+    assert f"'row' ({kind}) count the file's" in caplog.text
+    assert "it is kept because dataset.table.features lists it" in caplog.text
+
+
+def test_counts_that_do_not_follow_the_rows_are_features(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["x", "y", "z"], rows=50)
+    frame = pd.read_csv(path, dtype={"task": str})
+    rng = np.random.default_rng(3)
+    frame["shuffled"] = rng.permutation(len(frame))  # unique ids, not in file order
+    frame["year"] = 2000 + np.arange(len(frame)) // 10  # sorted, but repeated
+    frame["half"] = np.arange(len(frame)) + 0.5  # monotone, but not whole numbers
+    counter = frame.groupby("task").cumcount().to_numpy()
+    frame["uneven"] = np.where(frame["task"] == "z", counter + 1, counter)  # start differs
+    frame.to_csv(path, index=False)
+    examples, _ = load_table(table_spec(table_section(path)))
+    assert {"feature_shuffled", "feature_year", "feature_half", "feature_uneven"} <= set(
+        examples.columns
+    )

@@ -23,8 +23,12 @@ Conventions (see also the README, "Bring your own data"):
   its name and its rows in file order, not on the other tasks.
 - **Task type** (one for all tasks): ``auto`` = ``binary`` when the label column holds exactly
   the values 0 and 1, ``regression`` otherwise.
-- **Features** are standardized with the mean and standard deviation (ddof 0) of the training
-  split, per feature over all tasks; a constant feature keeps standard deviation 1. Column
+- **Features** ``auto``: every numeric column but the task, label and split columns and
+  ``exclude_columns``; a column among them that carries the label (a leak) or counts the
+  rows (a row number or a row id, :func:`row_counter_kind`) is an error that names it (with
+  an explicit ``features`` list: a warning, the column is kept). Features are standardized
+  with the mean and standard deviation (ddof 0) of the training split, per feature over
+  all tasks; a constant feature keeps standard deviation 1. Column
   ``x`` becomes ``feature_x``. With ``standardize_label`` (the default), the labels of
   regression tasks are standardized the same way (one mean and standard deviation over the
   training rows of all tasks), so that the squared-error losses are in units of the label's
@@ -424,6 +428,76 @@ def _check_label_leaks(
     )
 
 
+def _counts_from(values: np.ndarray) -> int | None:
+    """0 or 1 when ``values`` are exactly start, start + 1, .., start + n - 1; else None."""
+    for start in (0, 1):
+        if np.array_equal(values, np.arange(start, start + len(values))):
+            return start
+    return None
+
+
+def row_counter_kind(values: np.ndarray, tasks: np.ndarray | None = None) -> str | None:
+    """How ``values`` (one column, in file order) count the rows, or None when they do not:
+    "row number 0..n-1" or "1..n" (e.g. the index pandas writes to a CSV file as
+    'Unnamed: 0'); "increasing ids" / "decreasing ids" (whole numbers, strictly monotone
+    in file order, so one per row: a row id, or the row number of a filtered file); with
+    ``tasks`` (the task of each row), "row number within each task 0..n_t-1" (or 1..n_t),
+    the count restarting at every task. Fewer than 3 rows, NaN or a fraction: None."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 3 or not np.isfinite(values).all() or not np.all(np.mod(values, 1) == 0):
+        return None
+    start = _counts_from(values)
+    if start is not None:
+        return f"row number {start}..{n - 1 + start}"
+    steps = np.diff(values)
+    if (steps > 0).all():
+        return "increasing ids"
+    if (steps < 0).all():
+        return "decreasing ids"
+    if tasks is None:
+        return None
+    groups = pd.Series(np.arange(n)).groupby(np.asarray(tasks), sort=False).indices.values()
+    starts = {_counts_from(values[rows]) for rows in groups}
+    if len(starts) == 1 and None not in starts:
+        start = starts.pop()
+        return f"row number within each task {start}..n_t{'-1' if start == 0 else ''}"
+    return None
+
+
+def _check_row_counters(
+    path, spec: TableSpec, frame: pd.DataFrame, features: list[str], tasks: pd.Series
+) -> None:
+    """Refuse a feature taken by features 'auto' that counts the rows of the file
+    (:func:`row_counter_kind` over all its data rows, in file order, ``tasks`` the task
+    name of each): it says where a row sits in the file, not what the example is; warn
+    about one in an explicit features list (the user chose it)."""
+    counters = []
+    for column in features:
+        series = frame[column]
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        kind = row_counter_kind(
+            series.to_numpy(dtype=np.float64, na_value=np.nan), tasks.to_numpy()
+        )
+        if kind is not None:
+            counters.append(f"{column!r} ({kind})")
+    if not counters:
+        return
+    found = (
+        f"{path}: feature column(s) {', '.join(counters)} count the file's {len(frame)} data "
+        "rows in file order (a row number or a row id): such a column says where a row "
+        "sits in the file, not what the example is"
+    )
+    if spec.features != "auto":
+        log.warning("%s; it is kept because dataset.table.features lists it", found)
+        return
+    raise DataError(
+        f"{found}. Leave it out (dataset.table.exclude_columns), or list the features "
+        "(dataset.table.features) if it is a real one"
+    )
+
+
 def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
     values = np.unique(labels)
     is_binary = set(values.tolist()) == {0.0, 1.0}
@@ -593,6 +667,7 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
     row_names, ordered = _task_names(path, frame[spec.task_column], spec.task_column)
+    _check_row_counters(path, spec, frame, features, row_names)
     tasks = _selected_tasks(path, spec, ordered)
     keep = row_names.isin(tasks).to_numpy()
     file_rows = np.flatnonzero(keep)
