@@ -119,8 +119,7 @@ def data_sizes():
     if not files:  # the graph generator: every task labels every node
         _, graph = configured_dataset(dataset)
         features = graph.n_features * (graph.hops + 1)
-        nodes = N_TASKS * graph.nodes_per_community
-        data = sizes.examples_bytes(N_TASKS * nodes, features)
+        data = sizes.examples_bytes(N_TASKS * graph.n_nodes, features)
     # rows of a float64 table of 20 features: the bound the projected-table formulas need
     rows = data // sizes.examples_bytes(1, 20)
     return data, rows, rows, 20

@@ -324,7 +324,7 @@ def test_tasks_are_left_out_by_name_and_a_name_the_data_lacks_is_an_error(tmp_pa
     }
     validate(config, SCHEMA)
     assert n_tasks(config) == 2
-    with caplog.at_level(logging.INFO, logger="taskgroup.data.datasets.table"):
+    with caplog.at_level(logging.INFO, logger="taskgroup.data.datasets.task_selection"):
         examples, tasks = load_table(table_spec(config["dataset"]["table"]))
     assert tasks["task"].tolist() == ["a", "c"] and set(examples["task"]) == {"a", "c"}
     assert f"{path}: dataset.table.exclude_tasks leaves out 2 task(s): 'b', '07'; 2 remain" in (

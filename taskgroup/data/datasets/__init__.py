@@ -28,13 +28,14 @@ from typing import Any
 import pandas as pd
 
 from taskgroup.data.datasets.errors import DataError
-from taskgroup.data.datasets.graph_files import FILE_KEYS, GraphFilesSpec, node_columns
+from taskgroup.data.datasets.graph_files import FILE_KEYS, GraphFilesSpec
 from taskgroup.data.datasets.graph_generator import (
     GENERATOR_KEYS,
     SHARED_KEYS,
     GraphCommunitySpec,
+    community_tasks,
 )
-from taskgroup.data.datasets.planted import generate_planted, planted_spec
+from taskgroup.data.datasets.planted import generate_planted, planted_spec, planted_task_names
 from taskgroup.data.datasets.table import TableSpec, load_table, table_spec, table_task_names
 
 __all__ = ["DATASET_KINDS", "DataError", "DatasetKind", "dataset_kind", "graph_spec"]
@@ -108,10 +109,7 @@ def graph_spec(section: Mapping) -> GraphCommunitySpec | GraphFilesSpec:
 
 
 def _graph_n_tasks(spec: GraphCommunitySpec | GraphFilesSpec) -> int:
-    if isinstance(spec, GraphCommunitySpec):
-        return spec.n_tasks
-    _, communities = node_columns(spec.nodes_path, spec.feature_columns, spec.community_columns)
-    return len(communities)
+    return len(community_tasks(spec)[1])
 
 
 def _graph_has_planted_groups(spec: GraphCommunitySpec | GraphFilesSpec) -> bool:
@@ -143,7 +141,7 @@ DATASET_KINDS: dict[str, DatasetKind] = {
         DatasetKind(
             name="planted",
             spec=planted_spec,
-            n_tasks=lambda spec: spec.n_tasks,
+            n_tasks=lambda spec: len(planted_task_names(spec)),
             has_planted_groups=lambda spec: True,
             declared_task_type=lambda spec: "binary",
             files=lambda spec: [],

@@ -43,7 +43,7 @@ class GraphFilesSpec:
         (None: the columns named feature_* resp. community_*).
     community_groups: community column -> its known group (the planted_group), every
         community and only them; None: no known groups.
-    hops, propagation, standardize, train_fraction, val_fraction, seed: as in
+    hops, propagation, standardize, train_fraction, val_fraction, seed, exclude_tasks: as in
         :class:`taskgroup.data.datasets.graph_generator.GraphCommunitySpec`.
     """
 
@@ -58,6 +58,10 @@ class GraphFilesSpec:
     train_fraction: float
     val_fraction: float
     seed: int
+    exclude_tasks: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude_tasks", tuple(self.exclude_tasks))
 
 
 def _kind(path: Path, what: str) -> str:
@@ -224,16 +228,21 @@ def load_graph(
 
 
 def community_groups(
-    groups: dict[str, int] | None, communities: Sequence[str]
+    groups: dict[str, int] | None, communities: Sequence[str],
+    every_community: Sequence[str] | None = None,
 ) -> dict[str, int] | None:
-    """The known group of every community, in ``communities`` order (None stays None).
+    """The known group of every community of ``communities`` (the tasks), in that order
+    (None stays None).
 
-    Raises DataError when ``groups`` misses a community or names an unknown one.
+    Raises DataError when ``groups`` misses one of them or names a community that is not
+    one of ``every_community`` (default ``communities``; a community left out of the
+    tasks may keep its group).
     """
     if groups is None:
         return None
+    known = communities if every_community is None else every_community
     missing = [c for c in communities if c not in groups]
-    extra = sorted(set(groups) - set(communities))
+    extra = sorted(set(groups) - set(known))
     if missing or extra:
         raise DataError(
             "dataset.graph_communities.community_groups must give a group to every "

@@ -39,7 +39,6 @@ Conventions (see also the README, "Bring your own data"):
 from __future__ import annotations
 
 import logging
-import numbers
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +49,13 @@ import pandas as pd
 from taskgroup.data.datasets.errors import DataError
 from taskgroup.data.datasets.files import read_header, read_rows
 from taskgroup.data.datasets.splits import stratified_split
+from taskgroup.data.datasets.task_selection import SHOWN, kept_tasks, normalize_task_name
+from taskgroup.data.datasets.task_selection import shown_names as _shown
 from taskgroup.data.tables import FEATURE_PREFIX, SPLITS, tasks_table
 
 log = logging.getLogger(__name__)
 
 TASK_TYPES = ("auto", "binary", "regression")
-SHOWN = 5  # offending values listed in a message
 # |Pearson correlation| with the label on the training rows above which a feature taken by
 # features "auto" is refused as a leak of the label.
 LEAK_CORRELATION = 0.999
@@ -158,12 +158,6 @@ def _require_columns(path, available: list[str], wanted: dict[str, str]) -> None
             )
 
 
-def _shown(values) -> str:
-    values = list(values)
-    text = ", ".join(repr(v) for v in values[:SHOWN])
-    return text + (f", ... ({len(values)} in all)" if len(values) > SHOWN else "")
-
-
 def _positions(mask: np.ndarray, rows: np.ndarray | None = None) -> str:
     """The data rows (counting from 0, as in the file) where ``mask`` holds; ``rows``: the
     file row of each entry of ``mask`` (default: its position)."""
@@ -173,20 +167,6 @@ def _positions(mask: np.ndarray, rows: np.ndarray | None = None) -> str:
 
 
 # --- task names ----------------------------------------------------------------------------
-
-
-def normalize_task_name(value) -> str | None:
-    """The task name of a raw task value (module docstring); None for a missing value."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real) and float(value).is_integer():
-        return str(int(value))
-    name = str(value).strip()
-    return name or None
 
 
 def _is_number(text: str) -> bool:
@@ -233,46 +213,13 @@ def _task_names(path, column: pd.Series, task_column: str) -> tuple[pd.Series, l
     return row_names.astype(str), ordered
 
 
-def _task_list(path, spec: TableSpec, key: str, available: list[str]) -> list[str]:
-    """The task names listed in ``dataset.table.<key>`` (normalized like the task column's),
-    each one a task of ``available`` (the data's); DataError naming the others."""
-    listed = []
-    for value in getattr(spec, key):
-        name = normalize_task_name(value)
-        if name is None or name in listed:
-            raise DataError(
-                f"dataset.table.{key}: {value!r} is empty or repeats another entry "
-                f"(entries are normalized like task names: {list(getattr(spec, key))})"
-            )
-        listed.append(name)
-    lacking = [name for name in listed if name not in set(available)]
-    if lacking:
-        raise DataError(
-            f"{path}: dataset.table.{key} names task(s) {lacking} that column "
-            f"{spec.task_column!r} does not have; the data's {len(available)} tasks are "
-            f"{_shown(available)}"
-        )
-    return listed
-
-
 def _selected_tasks(path, spec: TableSpec, available: list[str]) -> list[str]:
     """The tasks of ``available`` (the data's, in canonical order) that ``tasks`` keeps
     (all when None) and ``exclude_tasks`` does not leave out."""
-    chosen = set(available if spec.tasks is None else _task_list(path, spec, "tasks", available))
-    excluded = _task_list(path, spec, "exclude_tasks", available)
-    if excluded:
-        chosen -= set(excluded)
-        if not chosen:
-            raise DataError(
-                f"{path}: dataset.table.exclude_tasks leaves out every task "
-                + ("of dataset.table.tasks" if spec.tasks is not None else "of the data")
-                + f" ({_shown(excluded)}); keep at least one"
-            )
-        log.info(
-            "%s: dataset.table.exclude_tasks leaves out %d task(s): %s; %d remain",
-            path, len(excluded), _shown(excluded), len(chosen),
-        )
-    return [name for name in available if name in chosen]
+    return kept_tasks(
+        available, spec.exclude_tasks, "dataset.table", f"{path}: ",
+        f"column {spec.task_column!r}", keep=spec.tasks,
+    )
 
 
 def table_task_names(spec: TableSpec) -> list[str]:
