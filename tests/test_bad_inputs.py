@@ -738,3 +738,48 @@ def test_counts_that_do_not_follow_the_rows_are_features(tmp_path):
     assert {"feature_shuffled", "feature_year", "feature_half", "feature_uneven"} <= set(
         examples.columns
     )
+
+
+# --- what the run decided, in the report ------------------------------------------------------
+
+
+def test_the_run_decisions_table_lists_features_tasks_design_coverage_and_estimator(tmp_path):
+    from taskgroup.data.designs import random_design
+    from taskgroup.data.tables import RUN_DECISIONS, SUBSETS
+    from taskgroup.report.evaluation import run_decisions
+    from taskgroup.stages.prepare import prepare_dataset
+
+    path = csv_table(tmp_path / "data.csv", ["a", "b", "c", "d", "e"])
+    spec = table_spec(table_section(path, exclude_tasks=["c"], exclude_columns=["b"]))
+    prepare_dataset("table", spec, tmp_path / "examples.parquet", tmp_path / "tasks.parquet",
+                    tmp_path / "decisions.parquet")
+    dataset = read_table(tmp_path / "decisions.parquet", RUN_DECISIONS)
+    assert list(dataset.itertuples(index=False, name=None)) == [
+        ("dataset_kind", "table"), ("feature", "feature_a"),
+        ("task", "a"), ("task", "b"), ("task", "d"), ("task", "e"),
+        ("excluded_task", "c"), ("task_type", "binary"),
+    ]
+    # 3 subsets of 2 out of the 4 kept tasks: 3 of the 6 pairs are covered once
+    names = ["a", "b", "d", "e"]
+    subsets = random_design(names, 2, 3, 0).assign(design="random")
+    write_table(subsets, tmp_path / "random.parquet")
+    decided = run_decisions(dataset, read_table(tmp_path / "random.parquet", SUBSETS), "gradient")
+    assert list(decided.itertuples(index=False, name=None))[8:] == [
+        ("estimator", "gradient"), ("random_design", "3 subsets of 2 tasks"),
+        ("pair_coverage_mean", "0.5"), ("pair_coverage_min", "0"),
+        ("pairs_in_no_subset", "3 of 6"),
+    ]
+    assert decided.iloc[:8].equals(dataset)
+    # the planted generator: its features and every task; none left out
+    config = smoke_config()
+    validate(config, SCHEMA)
+    section = config["dataset"]
+    kind = DATASET_KINDS["planted"]
+    spec = kind.spec({**section["planted"], "exclude_tasks": ["task_4"]})
+    prepare_dataset("planted", spec, tmp_path / "e.parquet", tmp_path / "t.parquet",
+                    tmp_path / "d.parquet")
+    rows = read_table(tmp_path / "d.parquet", RUN_DECISIONS)
+    counts = rows["item"].value_counts().to_dict()
+    assert counts == {"dataset_kind": 1, "feature": section["planted"]["n_features"],
+                      "task": 8, "excluded_task": 1, "task_type": 1}
+    assert rows.loc[rows["item"] == "excluded_task", "value"].tolist() == ["task_4"]
