@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import yaml
 
@@ -387,3 +388,33 @@ def sorted_deep(value):
     if isinstance(value, list):
         return [sorted_deep(item) for item in value]
     return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m taskgroup.config FILE..``: check that each config file is YAML with keys
+    at the top level (:func:`check_yaml_file`), printing its error (file, line, column) or
+    that it is fine; exit status 1 if any is not. Snakemake reads a file given with
+    ``--configfile`` before the workflow starts, and its message for a YAML error names
+    neither the file nor the line; this one does."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m taskgroup.config CONFIG.yaml [MORE.yaml ..]", file=sys.stderr)
+        return 2
+    failed = False
+    for path in paths:
+        if not os.path.isfile(path):
+            print(f"{path}: file not found", file=sys.stderr)
+            failed = True
+            continue
+        try:
+            check_yaml_file(path)
+        except ConfigError as error:
+            print(error, file=sys.stderr)
+            failed = True
+        else:
+            print(f"{path}: valid YAML with keys at the top level")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

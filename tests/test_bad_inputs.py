@@ -6,6 +6,8 @@ stages."""
 import copy
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +220,39 @@ def test_config_syntax_errors_name_the_line_and_the_problem(tmp_path, text, foun
     path.write_text("dataset:\n  name: x\n")
     check_yaml_file(path)
     check_yaml_file(tmp_path / "absent.yaml")  # Snakemake reports a missing file itself
+
+
+def test_a_configfile_with_a_syntax_error_is_named_with_its_line_by_the_checker(tmp_path, capsys):
+    """Snakemake reads a --configfile before the workflow starts, and its message names
+    neither the file nor the line (checked here, so that the README's advice goes when
+    Snakemake's message improves); `python -m taskgroup.config FILE` names both."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.settings.types import ConfigSettings
+
+    from taskgroup.config import main
+
+    bad = tmp_path / "my.yaml"
+    bad.write_text("dataset:\n  name: x\n\tkind: planted\n")
+    with pytest.raises(WorkflowError) as error:
+        ConfigSettings(configfiles=[bad])
+    assert "not valid JSON or YAML" in str(error.value) and str(bad) not in str(error.value)
+
+    good = tmp_path / "good.yaml"
+    good.write_text("dataset:\n  name: x\n")
+    assert main([str(good), str(bad), str(tmp_path / "absent.yaml")]) == 1
+    out, err = capsys.readouterr()
+    assert out == f"{good}: valid YAML with keys at the top level\n"
+    assert err.startswith(
+        f"{bad}: not valid YAML at line 3, column 1: 'kind: planted' (found character '\\t' "
+        "that cannot start any token"
+    )
+    assert err.endswith(f"{tmp_path / 'absent.yaml'}: file not found\n")
+    assert main([str(good)]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "taskgroup.config", str(bad)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 1 and f"{bad}: not valid YAML at line 3" in result.stderr
 
 
 # --- dataset.name: a plain folder name under results/ -----------------------------------------
