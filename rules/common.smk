@@ -16,6 +16,8 @@ from taskgroup.config import (
     dataset_files,
     dataset_section,
     forward_selection_settings,
+    missing_intermediate_lines,
+    missing_intermediates,
     n_tasks,
     needs_pair_design,
     pair_design_size,
@@ -32,8 +34,11 @@ check_config(config)
 
 DATASET = config["dataset"]["name"]
 N_TASKS = n_tasks(config)
-# What the config decided, on the console before any job (job logs are read later, if ever).
-for line in run_summary(config, N_TASKS):
+# What the config decided, on the console before any job (job logs are read later, if ever);
+# then the results deleted by hand that a plain run would leave missing.
+for line in run_summary(config, N_TASKS) + missing_intermediate_lines(
+    missing_intermediates(".snakemake/metadata", f"results/{DATASET}")
+):
     print(f"taskgroup: {line}", file=sys.stderr)
 # The random design of subsets.* feeds the higher-order affinity and the surrogates; the
 # singletons-and-pairs design is valued too when a pairwise affinity or the surrogates'

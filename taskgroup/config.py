@@ -7,9 +7,12 @@ of tasks. Both run when Snakemake parses the workflow, before any job starts.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -376,6 +379,69 @@ def run_summary(config: dict, n_tasks: int) -> list[str]:
             f"pair design: {pair_design_size(n_tasks, sample)} subsets (every task alone and "
             f"{pairs})"
         )
+    return lines
+
+
+def missing_intermediates(
+    metadata_dir: str | os.PathLike, results_dir: str
+) -> dict[str, list[str]]:
+    """Files under ``results_dir`` that are missing although files made from them exist:
+    missing input -> the existing outputs that Snakemake recorded as made from it, both as
+    Snakemake writes them (relative to the working directory).
+
+    Read from Snakemake's metadata (``metadata_dir``, ``.snakemake/metadata``: one JSON
+    record per output file, named by the urlsafe base64 of its path, cut into pieces that
+    start with '@' when longer than a file name may be, holding the job's ``input``).
+    Snakemake writes a deleted intermediate again only when a job that has to run needs it,
+    so after a completed run a plain rerun leaves it missing ("Nothing to be done"); only
+    ``--forcerun <file>`` writes it again. A record that cannot be read is skipped, and
+    with another persistence backend there is no such folder: then nothing is found."""
+    root = Path(metadata_dir)
+    if not root.is_dir():
+        return {}
+    prefix = results_dir.rstrip("/") + "/"
+    found: dict[str, list[str]] = {}
+    exists: dict[str, bool] = {}
+    for record in root.rglob("*"):
+        if not record.is_file() or record.name.startswith("@"):
+            continue
+        pieces = [part.lstrip("@") for part in record.relative_to(root).parts]
+        try:
+            output = base64.urlsafe_b64decode("".join(pieces)).decode()
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not output.startswith(prefix) or not os.path.exists(output):
+            continue
+        try:
+            inputs = json.loads(record.read_text()).get("input") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for path in inputs:
+            if not isinstance(path, str) or not path.startswith(prefix):
+                continue
+            if path not in exists:
+                exists[path] = os.path.exists(path)
+            if not exists[path]:
+                found.setdefault(path, []).append(output)
+    return {path: sorted(found[path]) for path in sorted(found)}
+
+
+def missing_intermediate_lines(missing: dict[str, list[str]]) -> list[str]:
+    """Console lines on :func:`missing_intermediates`: each missing file with a few of the
+    files made from it, then the one command that writes them all again (and reruns what is
+    made from them); none when nothing is missing."""
+    if not missing:
+        return []
+    lines = []
+    for path, made in missing.items():
+        shown = ", ".join(made[:3]) + (f", ... ({len(made)} in all)" if len(made) > 3 else "")
+        lines.append(f"{path} is missing, but files made from it exist ({shown})")
+    lines.append(
+        "Snakemake writes a missing file again only when a job that has to run reads it, so "
+        "a plain run may leave " + ("it" if len(missing) == 1 else "them") + " missing; to "
+        "regenerate (and rerun what is made from " + ("it" if len(missing) == 1 else "them")
+        + f"): snakemake --cores 2 --forcerun {' '.join(missing)}"
+    )
     return lines
 
 

@@ -818,3 +818,79 @@ def test_the_run_decisions_table_lists_features_tasks_design_coverage_and_estima
     assert counts == {"dataset_kind": 1, "feature": section["planted"]["n_features"],
                       "task": 8, "excluded_task": 1, "task_type": 1}
     assert rows.loc[rows["item"] == "excluded_task", "value"].tolist() == ["task_4"]
+
+
+# --- results deleted by hand -------------------------------------------------------------------
+
+
+def test_missing_intermediates_are_found_from_snakemakes_records(tmp_path, monkeypatch):
+    import base64
+    import json
+
+    from taskgroup.config import missing_intermediate_lines, missing_intermediates
+
+    monkeypatch.chdir(tmp_path)
+    metadata = tmp_path / ".snakemake" / "metadata"
+    metadata.mkdir(parents=True)
+
+    def record(output: str, inputs: list[str], split: int | None = None) -> None:
+        name = base64.urlsafe_b64encode(output.encode()).decode()
+        parts = [name] if split is None else ["@" + name[:split], name[split:]]
+        path = metadata.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rule": "x", "input": inputs}))
+        (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / output).write_text("x")
+
+    record("results/r/data/tasks.parquet", ["data.csv", "taskgroup/x.py"])
+    record("results/r/affinity/higher_order.parquet", ["results/r/data/tasks.parquet"])
+    # a long name, cut into pieces as Snakemake does
+    record("results/r/groupings/higher_order-sdp.parquet",
+           ["results/r/affinity/higher_order.parquet", "results/r/data/tasks.parquet"], 10)
+    record("results/other/groupings/a.parquet", ["results/other/affinity/gone.parquet"])
+    (metadata / "not-base64!").write_text("{}")
+    assert missing_intermediates(".snakemake/metadata", "results/r") == {}
+    (tmp_path / "results/r/affinity/higher_order.parquet").unlink()
+    (tmp_path / "results/r/data/tasks.parquet").unlink()
+    missing = missing_intermediates(".snakemake/metadata", "results/r")
+    assert missing == {
+        "results/r/affinity/higher_order.parquet": ["results/r/groupings/higher_order-sdp.parquet"],
+        "results/r/data/tasks.parquet": ["results/r/groupings/higher_order-sdp.parquet"],
+    }
+    assert missing_intermediate_lines(missing)[-1].endswith(
+        "to regenerate (and rerun what is made from them): snakemake --cores 2 --forcerun "
+        "results/r/affinity/higher_order.parquet results/r/data/tasks.parquet"
+    )
+    assert missing_intermediates(tmp_path / "absent", "results/r") == {}
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize(
+    "deleted, rule",
+    [
+        ("results/smoke/affinity/higher_order.parquet", "higher_order_affinity"),
+        ("results/smoke/meta_init/model.pt", "train_meta_init"),
+    ],
+)
+def test_a_deleted_intermediate_is_rerun_or_the_dry_run_names_the_forcerun(
+    tmp_path_factory, tmp_path, deleted, rule
+):
+    """Dry runs only, on a copy of the shared completed smoke run: Snakemake leaves a deleted
+    intermediate missing when the files made from it are done, so the dry run names the
+    --forcerun that writes it again, and that --forcerun schedules its rule and everything
+    made from it."""
+    import shutil
+
+    from test_reruns import downstream
+    from workflow_helpers import scheduled_jobs, shared_smoke_repository, snakemake_in_repository
+
+    clone = tmp_path / "clone"
+    shutil.copytree(shared_smoke_repository(tmp_path_factory), clone, symlinks=True)
+    (clone / deleted).unlink()
+    result = snakemake_in_repository(clone, "-n")
+    output = result.stdout + result.stderr
+    if rule not in scheduled_jobs(output):
+        assert f"taskgroup: {deleted} is missing, but files made from it exist (" in output
+        assert f"snakemake --cores 2 --forcerun {deleted}\n" in output
+    forced = snakemake_in_repository(clone, "-n", "--forcerun", deleted)
+    assert set(scheduled_jobs(forced.stdout + forced.stderr)) == downstream(rule)
