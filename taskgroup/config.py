@@ -134,6 +134,13 @@ def dataset_files(dataset: dict) -> list[str]:
 def check_config(config: dict) -> None:
     """Raise ConfigError, naming the key, if the config's values are inconsistent."""
     k = n_tasks(config)
+    if k < 2:
+        kind = config["dataset"]["kind"]
+        raise ConfigError(
+            f"config: the dataset (dataset.kind: {kind}) has k = {k} task: grouping tasks "
+            f"needs at least 2 (3 with clustering.n_clusters: auto); check dataset.{kind} "
+            "(its task column, tasks and exclude_tasks)"
+        )
     task_type = declared_task_type(config["dataset"])
     if task_type is not None:
         try:

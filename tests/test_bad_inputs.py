@@ -894,3 +894,116 @@ def test_a_deleted_intermediate_is_rerun_or_the_dry_run_names_the_forcerun(
         assert f"snakemake --cores 2 --forcerun {deleted}\n" in output
     forced = snakemake_in_repository(clone, "-n", "--forcerun", deleted)
     assert set(scheduled_jobs(forced.stdout + forced.stderr)) == downstream(rule)
+
+
+# --- a second round of a new user's tables ------------------------------------------------------
+
+
+def edited_table(tmp_path, edit, name="data.csv") -> Path:
+    """The 4-task CSV table of :func:`csv_table` (columns task, a, b, label), edited by
+    ``edit`` (frame -> frame) and written to ``name`` (CSV, or Parquet by its suffix)."""
+    path = csv_table(tmp_path / "base.csv", ["p", "q", "r", "s"])
+    frame = edit(pd.read_csv(path, dtype={"task": str}))
+    target = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(target, index=False)
+    else:
+        frame.to_csv(target, index=False)
+    return target
+
+
+def with_column(column, make):
+    def edit(frame):
+        frame[column] = make(frame)
+        return frame
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, overrides, message",
+    [
+        (with_column("label", lambda f: 2 * f["label"] - 1), {},
+         r"column 'label' holds exactly two values, -1 and 1: with dataset\.table\.task_type "
+         r"'auto' that is a regression target, .* recode them \(-1 -> 0, 1 -> 1\), or set "
+         r"dataset\.table\.task_type: regression"),
+        (with_column("a", lambda f: f["a"].map(lambda v: f"{v:.3f}".replace(".", ","))), {},
+         r"column 'a' holds numbers written with a decimal comma \(such as '.*\(\d+ in all\)\); "
+         r"features "
+         r"'auto' takes numeric columns only and would leave it out"),
+        (with_column("a", lambda f: f["a"].astype(str).where(f.index != 7, "?")), {},
+         r"column 'a' holds numbers but for 1 of its 120 values \('\?'\), so it was read as "
+         r"text; features 'auto' .* Replace those values"),
+        (with_column("a", lambda f: 0.0 * f["a"] + 1.0), {"features": ["a"]},
+         r"every feature column \('a'\) is constant on the 72 training rows: the inputs "
+         r"carry no information"),
+        (with_column("label", lambda f: 0.0 * f["label"] + 3.5), {},
+         r"regression task\(s\) whose column 'label' is the same in every row: 'p' \(label "
+         r"3\.5 in 30 rows\), .*There is nothing to learn and R\^2 is undefined"),
+        (lambda f: f, {"label_column": "task"},
+         r"^dataset\.table: task_column, label_column and split_column must name different "
+         r"columns; found task_column = 'task', label_column = 'task', split_column = None"),
+        (lambda f: f.rename(columns={"b": "a"}), {},
+         r"column name\(s\) \['a'\] appear more than once in the header; expected unique "
+         r"column names"),
+    ],
+    ids=["labels -1/1", "decimal comma", "a '?' in numbers", "constant features",
+         "constant regression label", "label column = task column", "repeated column name"],
+)
+def test_a_new_users_table_mistakes_are_named(tmp_path, edit, overrides, message):
+    path = edited_table(tmp_path, edit)
+    with pytest.raises(DataError, match=message):
+        load_table(table_spec(table_section(path, **overrides)))
+
+
+def test_repeated_names_in_parquet_a_semicolon_csv_and_a_folder_are_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = [pa.array(["p", "q"]), pa.array([1.0, 2.0]), pa.array([3.0, 4.0]),
+               pa.array([0.0, 1.0])]
+    pq.write_table(pa.table(columns, names=["task", "a", "a", "label"]), tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d\.parquet: column name\(s\) \['a'\] appear more "
+                                        r"than once"):
+        table_task_names(table_spec(table_section(tmp_path / "d.parquet")))
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("task;a;label\np;1,5;0\nq;2,5;1\n")
+    with pytest.raises(DataError, match=re.escape(
+        f"{semicolons}: the header is a single column name, 'task;a;label', holding "
+        "semicolons: the file seems separated by semicolons, but a .csv file is read as "
+        "separated by commas; save it with commas (or with tabs, named .tsv)"
+    )):
+        table_task_names(table_spec(table_section(semicolons)))
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DataError, match=r"folder\.csv: is a folder \(dataset\.table\.path\); "
+                                        r"expected a Parquet or CSV file"):
+        table_task_names(table_spec(table_section(tmp_path / "folder.csv")))
+    # the pandas index written to a CSV file keeps its usual name, and is a row counter
+    path = csv_table(tmp_path / "data.csv", ["p", "q"])
+    pd.read_csv(path).to_csv(tmp_path / "indexed.csv")
+    with pytest.raises(DataError, match=r"feature column\(s\) 'Unnamed: 0' \(row number "
+                                        r"0\.\.59\) count the file's 60 data rows"):
+        load_table(table_spec(table_section(tmp_path / "indexed.csv")))
+
+
+def test_a_dataset_of_one_task_is_refused_at_parse_time(tmp_path):
+    config = smoke_config()
+    config["dataset"] = {"name": "one", "kind": "table",
+                         "table": table_section(csv_table(tmp_path / "d.csv", ["solo"]))}
+    config["evaluation"]["baselines"] = ["naive_mtl", "stl"]
+    validate(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"config: the dataset \(dataset\.kind: table\) has "
+                                          r"k = 1 task: grouping tasks needs at least 2"):
+        check_config(config)
+
+
+def test_graph_node_ids_written_as_whole_floats_match_integer_ids(tmp_path):
+    edges, nodes = generate_graph(GraphCommunitySpec(n_blocks=2, communities_per_block=2,
+                                                     nodes_per_community=15, n_features=4))
+    nodes = nodes.drop(columns="block")
+    nodes.to_csv(tmp_path / "nodes.csv", index=False)
+    edges.to_csv(tmp_path / "int_edges.csv", index=False)
+    edges.astype(float).to_csv(tmp_path / "float_edges.csv", index=False)  # 7.0 for 7
+    whole = load_graph(tmp_path / "int_edges.csv", tmp_path / "nodes.csv")
+    floats = load_graph(tmp_path / "float_edges.csv", tmp_path / "nodes.csv")
+    pd.testing.assert_frame_equal(whole[0], floats[0])
+    assert len(whole[0]) == len(edges)

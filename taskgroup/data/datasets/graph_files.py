@@ -7,8 +7,9 @@ graph_communities`` with ``edges_path`` + ``nodes_path``).
   columns (default: every column whose name starts with ``feature_``; numeric, no NaN);
   one 0/1 membership column per community (default: every column whose name starts with
   ``community_``). A node may belong to several communities or to none. The task name is
-  the membership column's name. Node ids are matched between the tables as text, so an id
-  stored as 7 in one file and "7" in the other is one node.
+  the membership column's name. Node ids are matched between the tables as text, a whole
+  number as its digits, so an id stored as 7 in one file and as "7" or 7.0 (a number
+  column with an empty cell) in the other is one node.
 
 The graph becomes the community tasks' tables in :mod:`taskgroup.data.datasets.graph_tasks`.
 Every problem raises :class:`DataError` naming the file and the column.
@@ -26,6 +27,7 @@ import pandas as pd
 
 from taskgroup.data.datasets.errors import DataError
 from taskgroup.data.datasets.files import read_header, read_rows
+from taskgroup.data.datasets.task_selection import normalize_task_name
 from taskgroup.data.tables import FEATURE_PREFIX
 
 COMMUNITY_PREFIX = "community_"
@@ -160,7 +162,7 @@ def load_graph(
     if nodes["node"].isna().any():
         raise DataError(f"{nodes_path}: column 'node' has {int(nodes['node'].isna().sum())} "
                         "empty value(s)")
-    ids = nodes["node"].astype(str)
+    ids = nodes["node"].map(normalize_task_name).astype(str)
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
         raise DataError(
@@ -212,7 +214,7 @@ def load_graph(
         if empty.any():
             problems.append(f"column {column!r} has {int(empty.sum())} empty value(s)")
             continue
-        text = edges[column].astype(str)
+        text = edges[column].map(normalize_task_name).astype(str)
         unknown = text[~text.isin(position.index)].unique()
         if len(unknown):
             problems.append(

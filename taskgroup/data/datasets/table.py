@@ -94,6 +94,14 @@ class TableSpec:
                 f"dataset.table.split_fractions = {dict(fractions)}; expected keys train, val, "
                 "test summing to 1"
             )
+        roles = {"task_column": self.task_column, "label_column": self.label_column,
+                 "split_column": self.split_column}
+        named = [value for value in roles.values() if value is not None]
+        if len(set(named)) < len(named):
+            raise DataError(
+                "dataset.table: task_column, label_column and split_column must name "
+                f"different columns; found {', '.join(f'{k} = {v!r}' for k, v in roles.items())}"
+            )
         if (self.groups_path is None) != (self.group_column is None):
             raise DataError(
                 "dataset.table: groups_path and group_column go together; set both or neither"
@@ -129,6 +137,8 @@ def _format(path: str | Path) -> str:
 
 
 def _check_exists(path: str | Path, key: str) -> None:
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder ({key}); expected a Parquet or CSV file")
     if not Path(path).is_file():
         raise DataError(
             f"{path}: file not found ({key}; a relative path is read from the directory "
@@ -237,7 +247,42 @@ def table_task_names(spec: TableSpec) -> list[str]:
 # --- the checks and the tables -------------------------------------------------------------
 
 
-def _feature_names(path, spec: TableSpec, frame_columns: list[str], dtypes) -> list[str]:
+# Share of a text column's values that must read as numbers for features "auto" to take it
+# for a numeric column spoilt by a few markers ("?", "-", "missing") rather than text.
+NUMERIC_SHARE = 0.9
+
+
+def _check_text_numbers(path, frame: pd.DataFrame, columns: list[str]) -> None:
+    """Refuse a text column that features 'auto' would leave out but that holds numbers:
+    written with a decimal comma, or numbers but for a few markers (at least
+    :data:`NUMERIC_SHARE` of its values read as numbers)."""
+    for column in columns:
+        values = frame[column].dropna().astype(str).str.strip()
+        values = values[values != ""]
+        if values.empty:
+            continue
+        numbers = pd.to_numeric(values, errors="coerce").notna()
+        commas = pd.to_numeric(values.str.replace(",", ".", regex=False), errors="coerce")
+        if commas.notna().all() and not numbers.all():
+            raise DataError(
+                f"{path}: column {column!r} holds numbers written with a decimal comma "
+                f"(such as {_shown(pd.unique(values[~numbers]).tolist())}); features 'auto' "
+                "takes numeric columns only and would leave it out. Write the numbers with a "
+                "decimal point, or leave the column out (dataset.table.exclude_columns)"
+            )
+        if numbers.mean() >= NUMERIC_SHARE:
+            bad = values[~numbers]
+            raise DataError(
+                f"{path}: column {column!r} holds numbers but for {len(bad)} of its "
+                f"{len(values)} values ({_shown(pd.unique(bad).tolist())}), so it was read as "
+                "text; features 'auto' takes numeric columns only and would leave it out. "
+                "Replace those values (leave the cell empty for a missing value, then impute "
+                "it), or leave the column out (dataset.table.exclude_columns)"
+            )
+
+
+def _feature_names(path, spec: TableSpec, frame_columns: list[str], frame) -> list[str]:
+    dtypes = frame.dtypes
     reserved = {spec.task_column, spec.label_column, spec.split_column}
     unknown = [c for c in spec.exclude_columns if c not in frame_columns]
     if unknown:
@@ -254,6 +299,7 @@ def _feature_names(path, spec: TableSpec, frame_columns: list[str], dtypes) -> l
             if pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c])
         ]
         skipped = sorted(set(candidates) - set(features))
+        _check_text_numbers(path, frame, skipped)
         if skipped:
             log.info("features 'auto': left out the non-numeric column(s) %s", skipped)
     else:
@@ -454,6 +500,15 @@ def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
             f"{path}: dataset.table.task_type is 'binary', but column {spec.label_column!r} "
             f"has values other than 0 and 1: {_shown(other)}"
         )
+    if spec.task_type == "auto" and len(values) == 2 and not is_binary:
+        low, high = values.tolist()
+        raise DataError(
+            f"{path}: column {spec.label_column!r} holds exactly two values, {low:g} and "
+            f"{high:g}: with dataset.table.task_type 'auto' that is a regression target, but "
+            f"two values are usually two classes. Binary labels are 0 and 1: recode them "
+            f"({low:g} -> 0, {high:g} -> 1), or set dataset.table.task_type: regression if "
+            "they are amounts"
+        )
     if spec.task_type == "auto":
         return "binary" if is_binary else "regression"
     return spec.task_type
@@ -470,8 +525,8 @@ def _splits(
         if bad.any():
             raise DataError(
                 f"{path}: column {spec.split_column!r} (dataset.table.split_column) has "
-                f"values {_shown(pd.unique(raw[bad]))} in {int(bad.sum())} row(s); expected "
-                "train, val or test"
+                f"values {_shown(pd.unique(raw[bad]).tolist())} in {int(bad.sum())} row(s); "
+                "expected train, val or test"
             )
         return split.to_numpy(dtype=object)
     split = np.empty(len(frame), dtype=object)
@@ -529,6 +584,36 @@ def _check_classes(path, spec: TableSpec, frame: pd.DataFrame) -> None:
             f"{'' if len(single) <= SHOWN else f', ... ({len(single)} in all)'}. Every "
             "split needs both labels (for the ROC AUC and the validation loss); leave the "
             "task out, or give it more rows of its rarer class in that split"
+        )
+
+
+def _check_label_spread(path, spec: TableSpec, frame: pd.DataFrame) -> None:
+    """Refuse regression tasks (``frame``: columns task, label) whose label is the same in
+    every row: there is nothing to learn, and R^2 is undefined."""
+    whole = frame.groupby("task", sort=False)["label"].agg(["nunique", "first", "size"])
+    constant = whole[whole["nunique"] < 2]
+    if len(constant):
+        listed = ", ".join(
+            f"{task!r} (label {row['first']:g} in {int(row['size'])} rows)"
+            for task, row in constant.head(SHOWN).iterrows()
+        )
+        raise DataError(
+            f"{path}: regression task(s) whose column {spec.label_column!r} is the same in "
+            f"every row: {listed}"
+            f"{'' if len(constant) <= SHOWN else f', ... ({len(constant)} in all)'}. There "
+            "is nothing to learn and R^2 is undefined; leave it out (dataset.table.exclude_tasks)"
+        )
+
+
+def _check_feature_spread(path, frame: pd.DataFrame, features: list[str], train) -> None:
+    """Refuse features that are all constant on the training rows: the inputs would carry
+    no information, and every model would predict one value per task."""
+    values = frame[features].to_numpy(dtype=np.float64)[train]
+    if len(values) and np.all(values.max(axis=0) == values.min(axis=0)):
+        raise DataError(
+            f"{path}: every feature column ({_shown(features)}) is constant on the "
+            f"{int(np.sum(train))} training rows: the inputs carry no information. Check "
+            "dataset.table.features and exclude_columns"
         )
 
 
@@ -606,7 +691,7 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         wanted[spec.split_column] = "dataset.table.split_column"
     _require_columns(path, available, wanted)
     frame = read_columns(path, available, (spec.task_column,))
-    features = _feature_names(path, spec, available, frame.dtypes)
+    features = _feature_names(path, spec, available, frame)
     log.info(
         "%s: features %s (dataset.table.features = %r%s)", path, features, spec.features,
         ": every numeric column but the task, label and split columns and exclude_columns "
@@ -638,8 +723,10 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     _check_task_sizes(path, spec, counts)
     if task_type == "binary":
         _check_classes(path, spec, work)
-
+    else:
+        _check_label_spread(path, spec, work)
     train = (work["split"] == "train").to_numpy()
+    _check_feature_spread(path, frame, features, train)
     _check_label_leaks(path, spec, frame, features, labels, train)
     standardized = _standardize(frame[features].to_numpy(dtype=np.float64), train)
     if task_type == "regression" and spec.standardize_label:
