@@ -7,11 +7,13 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 from taskgroup import resources as sizes
 from taskgroup.config import (
     check_config,
+    check_number_texts,
     configured_dataset,
     dataset_files,
     dataset_section,
@@ -29,6 +31,11 @@ from taskgroup.data.designs import n_chunks
 from taskgroup.imports import library_files
 from taskgroup.models.options import enabled_options, variant_options
 
+# Before the schema: its message for lr: 1e-3 (text to YAML) does not say why.
+check_number_texts(
+    config,
+    yaml.safe_load(Path(workflow.basedir, "config/config.schema.yaml").read_text()),
+)
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
 

@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -87,6 +88,76 @@ def check_yaml_file(path: str | os.PathLike) -> None:
             f"{path}: the config must be a mapping of keys (dataset:, model:, ...) at the top "
             f"level; the file holds a {type(loaded).__name__}"
         )
+
+
+# YAML 1.1 (PyYAML, which Snakemake reads configs with) takes 1e-3 for text: a number in
+# exponent notation needs a decimal point (1.0e-3).
+EXPONENT_WITHOUT_POINT = re.compile(r"[+-]?\d+[eE][+-]?\d+")
+
+
+def _schema_types(node: dict, schema: dict) -> set[str]:
+    """The JSON types a schema ``node`` allows (through $ref to #/$defs/.. and
+    oneOf/anyOf); empty when it does not say."""
+    if "$ref" in node:
+        target = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target.get(part, {})
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    kinds = node.get("type", [])
+    types = {kinds} if isinstance(kinds, str) else set(kinds)
+    for key in ("oneOf", "anyOf"):
+        for option in node.get(key, []):
+            types |= _schema_types(option, schema)
+    return types
+
+
+def _schema_children(node: dict, schema: dict, key) -> list[dict]:
+    """The schema nodes that may describe ``node``'s child ``key`` (a property name or a
+    list index)."""
+    if "$ref" in node:
+        target = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target.get(part, {})
+        node = target
+    children = []
+    for option in [node] + node.get("oneOf", []) + node.get("anyOf", []):
+        if isinstance(key, int):
+            if isinstance(option.get("items"), dict):
+                children.append(option["items"])
+        elif key in option.get("properties", {}):
+            children.append(option["properties"][key])
+        elif isinstance(option.get("additionalProperties"), dict):
+            children.append(option["additionalProperties"])
+    return children
+
+
+def check_number_texts(config, schema: dict, nodes: list[dict] | None = None,
+                       name: str = "") -> None:
+    """Raise ConfigError naming the first key where the ``schema`` expects a number but the
+    ``config`` holds text written like a number in exponent notation without a decimal
+    point (``lr: 1e-3``): YAML reads it as the text '1e-3', and the schema's complaint
+    ("'1e-3' is not of type 'number'") does not say why. Where text is allowed (task names,
+    column names) such a value is left alone."""
+    nodes = [schema] if nodes is None else nodes
+    items = config.items() if isinstance(config, dict) else enumerate(config)
+    for key, value in items:
+        child_name = f"{name}[{key}]" if isinstance(key, int) else (
+            f"{name}.{key}" if name else str(key)
+        )
+        children = [c for node in nodes for c in _schema_children(node, schema, key)]
+        if isinstance(value, (dict, list)):
+            check_number_texts(value, schema, children, child_name)
+            continue
+        if not isinstance(value, str) or not EXPONENT_WITHOUT_POINT.fullmatch(value.strip()):
+            continue
+        types = set().union(*(_schema_types(child, schema) for child in children))
+        if types & {"number", "integer"} and "string" not in types:
+            mantissa, exponent = re.split("[eE]", value.strip())
+            raise ConfigError(
+                f"config: {child_name} = {value!r} is text, not a number: YAML reads a "
+                "number in exponent notation only with a decimal point; write "
+                f"{mantissa}.0e{exponent} (or {float(value):g})"
+            )
 
 
 def configured_dataset(dataset: dict) -> tuple[DatasetKind, object]:

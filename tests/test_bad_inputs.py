@@ -1007,3 +1007,29 @@ def test_graph_node_ids_written_as_whole_floats_match_integer_ids(tmp_path):
     floats = load_graph(tmp_path / "float_edges.csv", tmp_path / "nodes.csv")
     pd.testing.assert_frame_equal(whole[0], floats[0])
     assert len(whole[0]) == len(edges)
+
+
+def test_a_number_in_exponent_notation_without_a_point_is_named(smoke, tmp_path):
+    """YAML (as Snakemake reads it) takes lr: 1e-3 for the text '1e-3'."""
+    from taskgroup.config import check_number_texts
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    path = tmp_path / "c.yaml"
+    path.write_text("final:\n  lr: 1e-3\nsubsets:\n  size: 3\n")
+    loaded = yaml.safe_load(path.read_text())
+    assert loaded["final"]["lr"] == "1e-3"
+    smoke["final"]["lr"] = loaded["final"]["lr"]
+    with pytest.raises(ConfigError, match=re.escape(
+        "config: final.lr = '1e-3' is text, not a number: YAML reads a number in exponent "
+        "notation only with a decimal point; write 1.0e-3 (or 0.001)"
+    )):
+        check_number_texts(smoke, schema)
+    smoke["final"]["lr"] = 1.0e-3
+    smoke["dataset"]["planted"]["label_noise"] = ["5e-2"]  # in a list, behind a oneOf
+    with pytest.raises(ConfigError, match=r"dataset\.planted\.label_noise\[0\] = '5e-2'"):
+        check_number_texts(smoke, schema)
+    # where text is allowed, such a value is a name
+    smoke["dataset"]["planted"]["label_noise"] = 0.05
+    smoke["dataset"]["name"] = "1e5"
+    smoke["dataset"]["planted"]["exclude_tasks"] = ["1e5"]
+    check_number_texts(smoke, schema)
