@@ -7,15 +7,19 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 from taskgroup import resources as sizes
 from taskgroup.config import (
     check_config,
+    check_number_texts,
     configured_dataset,
     dataset_files,
     dataset_section,
     forward_selection_settings,
+    missing_intermediate_lines,
+    missing_intermediates,
     n_tasks,
     needs_pair_design,
     pair_design_size,
@@ -27,13 +31,21 @@ from taskgroup.data.designs import n_chunks
 from taskgroup.imports import library_files
 from taskgroup.models.options import enabled_options, variant_options
 
+# Before the schema: its message for lr: 1e-3 (text to YAML) does not say why.
+check_number_texts(
+    config,
+    yaml.safe_load(Path(workflow.basedir, "config/config.schema.yaml").read_text()),
+)
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)
 
 DATASET = config["dataset"]["name"]
 N_TASKS = n_tasks(config)
-# What the config decided, on the console before any job (job logs are read later, if ever).
-for line in run_summary(config, N_TASKS):
+# What the config decided, on the console before any job (job logs are read later, if ever);
+# then the results deleted by hand that a plain run would leave missing.
+for line in run_summary(config, N_TASKS) + missing_intermediate_lines(
+    missing_intermediates(".snakemake/metadata", f"results/{DATASET}")
+):
     print(f"taskgroup: {line}", file=sys.stderr)
 # The random design of subsets.* feeds the higher-order affinity and the surrogates; the
 # singletons-and-pairs design is valued too when a pairwise affinity or the surrogates'
@@ -120,8 +132,7 @@ def data_sizes():
     if not files:  # the graph generator: every task labels every node
         _, graph = configured_dataset(dataset)
         features = graph.n_features * (graph.hops + 1)
-        nodes = N_TASKS * graph.nodes_per_community
-        data = sizes.examples_bytes(N_TASKS * nodes, features)
+        data = sizes.examples_bytes(N_TASKS * graph.n_nodes, features)
     # rows of a float64 table of 20 features: the bound the projected-table formulas need
     rows = data // sizes.examples_bytes(1, 20)
     return data, rows, rows, 20

@@ -3,9 +3,17 @@ rule evaluate_groupings:
         unpack(grouping_files),
         results=group_model_files,
         tasks=TASKS_TABLE,
+        decisions="results/{dataset}/data/run_decisions.parquet",
+        subsets="results/{dataset}/subsets/random.parquet",
         code=library_code("evaluate_groupings.py"),
     output:
         **variant_comparison_outputs(),
+        decisions="results/{dataset}/evaluation/run_decisions.parquet",
+        decisions_html=report(
+            "results/{dataset}/evaluation/run_decisions.html",
+            caption="../report/run_decisions.rst",
+            category="Evaluation",
+        ),
         per_task="results/{dataset}/evaluation/per_task.parquet",
         summary="results/{dataset}/evaluation/summary.parquet",
         summary_html=report(
@@ -21,6 +29,7 @@ rule evaluate_groupings:
         "../envs/taskgroup.yaml"
     params:
         groupings=GROUPINGS,
+        estimator=config["estimator"],
     script:
         "../workflow_scripts/evaluate_groupings.py"
 

@@ -5,6 +5,7 @@ rule prepare_dataset:
     output:
         examples=EXAMPLES_TABLE,
         tasks=TASKS_TABLE,
+        decisions="results/{dataset}/data/run_decisions.parquet",
     log:
         "results/{dataset}/logs/prepare_dataset.log",
     conda:

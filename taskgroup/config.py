@@ -7,8 +7,13 @@ of tasks. Both run when Snakemake parses the workflow, before any job starts.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
+import re
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -85,6 +90,76 @@ def check_yaml_file(path: str | os.PathLike) -> None:
         )
 
 
+# YAML 1.1 (PyYAML, which Snakemake reads configs with) takes 1e-3 for text: a number in
+# exponent notation needs a decimal point (1.0e-3).
+EXPONENT_WITHOUT_POINT = re.compile(r"[+-]?\d+[eE][+-]?\d+")
+
+
+def _schema_types(node: dict, schema: dict) -> set[str]:
+    """The JSON types a schema ``node`` allows (through $ref to #/$defs/.. and
+    oneOf/anyOf); empty when it does not say."""
+    if "$ref" in node:
+        target = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target.get(part, {})
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    kinds = node.get("type", [])
+    types = {kinds} if isinstance(kinds, str) else set(kinds)
+    for key in ("oneOf", "anyOf"):
+        for option in node.get(key, []):
+            types |= _schema_types(option, schema)
+    return types
+
+
+def _schema_children(node: dict, schema: dict, key) -> list[dict]:
+    """The schema nodes that may describe ``node``'s child ``key`` (a property name or a
+    list index)."""
+    if "$ref" in node:
+        target = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target.get(part, {})
+        node = target
+    children = []
+    for option in [node] + node.get("oneOf", []) + node.get("anyOf", []):
+        if isinstance(key, int):
+            if isinstance(option.get("items"), dict):
+                children.append(option["items"])
+        elif key in option.get("properties", {}):
+            children.append(option["properties"][key])
+        elif isinstance(option.get("additionalProperties"), dict):
+            children.append(option["additionalProperties"])
+    return children
+
+
+def check_number_texts(config, schema: dict, nodes: list[dict] | None = None,
+                       name: str = "") -> None:
+    """Raise ConfigError naming the first key where the ``schema`` expects a number but the
+    ``config`` holds text written like a number in exponent notation without a decimal
+    point (``lr: 1e-3``): YAML reads it as the text '1e-3', and the schema's complaint
+    ("'1e-3' is not of type 'number'") does not say why. Where text is allowed (task names,
+    column names) such a value is left alone."""
+    nodes = [schema] if nodes is None else nodes
+    items = config.items() if isinstance(config, dict) else enumerate(config)
+    for key, value in items:
+        child_name = f"{name}[{key}]" if isinstance(key, int) else (
+            f"{name}.{key}" if name else str(key)
+        )
+        children = [c for node in nodes for c in _schema_children(node, schema, key)]
+        if isinstance(value, (dict, list)):
+            check_number_texts(value, schema, children, child_name)
+            continue
+        if not isinstance(value, str) or not EXPONENT_WITHOUT_POINT.fullmatch(value.strip()):
+            continue
+        types = set().union(*(_schema_types(child, schema) for child in children))
+        if types & {"number", "integer"} and "string" not in types:
+            mantissa, exponent = re.split("[eE]", value.strip())
+            raise ConfigError(
+                f"config: {child_name} = {value!r} is text, not a number: YAML reads a "
+                "number in exponent notation only with a decimal point; write "
+                f"{mantissa}.0e{exponent} (or {float(value):g})"
+            )
+
+
 def configured_dataset(dataset: dict) -> tuple[DatasetKind, object]:
     """The kind named by ``dataset.kind`` (:data:`taskgroup.data.datasets.DATASET_KINDS`)
     and its spec from the section ``dataset.<kind>``."""
@@ -130,6 +205,13 @@ def dataset_files(dataset: dict) -> list[str]:
 def check_config(config: dict) -> None:
     """Raise ConfigError, naming the key, if the config's values are inconsistent."""
     k = n_tasks(config)
+    if k < 2:
+        kind = config["dataset"]["kind"]
+        raise ConfigError(
+            f"config: the dataset (dataset.kind: {kind}) has k = {k} task: grouping tasks "
+            f"needs at least 2 (3 with clustering.n_clusters: auto); check dataset.{kind} "
+            "(its task column, tasks and exclude_tasks)"
+        )
     task_type = declared_task_type(config["dataset"])
     if task_type is not None:
         try:
@@ -378,6 +460,69 @@ def run_summary(config: dict, n_tasks: int) -> list[str]:
     return lines
 
 
+def missing_intermediates(
+    metadata_dir: str | os.PathLike, results_dir: str
+) -> dict[str, list[str]]:
+    """Files under ``results_dir`` that are missing although files made from them exist:
+    missing input -> the existing outputs that Snakemake recorded as made from it, both as
+    Snakemake writes them (relative to the working directory).
+
+    Read from Snakemake's metadata (``metadata_dir``, ``.snakemake/metadata``: one JSON
+    record per output file, named by the urlsafe base64 of its path, cut into pieces that
+    start with '@' when longer than a file name may be, holding the job's ``input``).
+    Snakemake writes a deleted intermediate again only when a job that has to run needs it,
+    so after a completed run a plain rerun leaves it missing ("Nothing to be done"); only
+    ``--forcerun <file>`` writes it again. A record that cannot be read is skipped, and
+    with another persistence backend there is no such folder: then nothing is found."""
+    root = Path(metadata_dir)
+    if not root.is_dir():
+        return {}
+    prefix = results_dir.rstrip("/") + "/"
+    found: dict[str, list[str]] = {}
+    exists: dict[str, bool] = {}
+    for record in root.rglob("*"):
+        if not record.is_file() or record.name.startswith("@"):
+            continue
+        pieces = [part.lstrip("@") for part in record.relative_to(root).parts]
+        try:
+            output = base64.urlsafe_b64decode("".join(pieces)).decode()
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not output.startswith(prefix) or not os.path.exists(output):
+            continue
+        try:
+            inputs = json.loads(record.read_text()).get("input") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for path in inputs:
+            if not isinstance(path, str) or not path.startswith(prefix):
+                continue
+            if path not in exists:
+                exists[path] = os.path.exists(path)
+            if not exists[path]:
+                found.setdefault(path, []).append(output)
+    return {path: sorted(found[path]) for path in sorted(found)}
+
+
+def missing_intermediate_lines(missing: dict[str, list[str]]) -> list[str]:
+    """Console lines on :func:`missing_intermediates`: each missing file with a few of the
+    files made from it, then the one command that writes them all again (and reruns what is
+    made from them); none when nothing is missing."""
+    if not missing:
+        return []
+    lines = []
+    for path, made in missing.items():
+        shown = ", ".join(made[:3]) + (f", ... ({len(made)} in all)" if len(made) > 3 else "")
+        lines.append(f"{path} is missing, but files made from it exist ({shown})")
+    lines.append(
+        "Snakemake writes a missing file again only when a job that has to run reads it, so "
+        "a plain run may leave " + ("it" if len(missing) == 1 else "them") + " missing; to "
+        "regenerate (and rerun what is made from " + ("it" if len(missing) == 1 else "them")
+        + f"): snakemake --cores 2 --forcerun {' '.join(missing)}"
+    )
+    return lines
+
+
 def sorted_deep(value):
     """``value`` with the keys of every mapping in it sorted, at every level (lists keep
     their order). Snakemake compares a rule's params by their text, so a config whose keys
@@ -387,3 +532,33 @@ def sorted_deep(value):
     if isinstance(value, list):
         return [sorted_deep(item) for item in value]
     return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m taskgroup.config FILE..``: check that each config file is YAML with keys
+    at the top level (:func:`check_yaml_file`), printing its error (file, line, column) or
+    that it is fine; exit status 1 if any is not. Snakemake reads a file given with
+    ``--configfile`` before the workflow starts, and its message for a YAML error names
+    neither the file nor the line; this one does."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m taskgroup.config CONFIG.yaml [MORE.yaml ..]", file=sys.stderr)
+        return 2
+    failed = False
+    for path in paths:
+        if not os.path.isfile(path):
+            print(f"{path}: file not found", file=sys.stderr)
+            failed = True
+            continue
+        try:
+            check_yaml_file(path)
+        except ConfigError as error:
+            print(error, file=sys.stderr)
+            failed = True
+        else:
+            print(f"{path}: valid YAML with keys at the top level")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,8 @@ stages."""
 import copy
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +222,39 @@ def test_config_syntax_errors_name_the_line_and_the_problem(tmp_path, text, foun
     check_yaml_file(tmp_path / "absent.yaml")  # Snakemake reports a missing file itself
 
 
+def test_a_configfile_with_a_syntax_error_is_named_with_its_line_by_the_checker(tmp_path, capsys):
+    """Snakemake reads a --configfile before the workflow starts, and its message names
+    neither the file nor the line (checked here, so that the README's advice goes when
+    Snakemake's message improves); `python -m taskgroup.config FILE` names both."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.settings.types import ConfigSettings
+
+    from taskgroup.config import main
+
+    bad = tmp_path / "my.yaml"
+    bad.write_text("dataset:\n  name: x\n\tkind: planted\n")
+    with pytest.raises(WorkflowError) as error:
+        ConfigSettings(configfiles=[bad])
+    assert "not valid JSON or YAML" in str(error.value) and str(bad) not in str(error.value)
+
+    good = tmp_path / "good.yaml"
+    good.write_text("dataset:\n  name: x\n")
+    assert main([str(good), str(bad), str(tmp_path / "absent.yaml")]) == 1
+    out, err = capsys.readouterr()
+    assert out == f"{good}: valid YAML with keys at the top level\n"
+    assert err.startswith(
+        f"{bad}: not valid YAML at line 3, column 1: 'kind: planted' (found character '\\t' "
+        "that cannot start any token"
+    )
+    assert err.endswith(f"{tmp_path / 'absent.yaml'}: file not found\n")
+    assert main([str(good)]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "taskgroup.config", str(bad)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 1 and f"{bad}: not valid YAML at line 3" in result.stderr
+
+
 # --- dataset.name: a plain folder name under results/ -----------------------------------------
 
 
@@ -324,7 +359,7 @@ def test_tasks_are_left_out_by_name_and_a_name_the_data_lacks_is_an_error(tmp_pa
     }
     validate(config, SCHEMA)
     assert n_tasks(config) == 2
-    with caplog.at_level(logging.INFO, logger="taskgroup.data.datasets.table"):
+    with caplog.at_level(logging.INFO, logger="taskgroup.data.datasets.task_selection"):
         examples, tasks = load_table(table_spec(config["dataset"]["table"]))
     assert tasks["task"].tolist() == ["a", "c"] and set(examples["task"]) == {"a", "c"}
     assert f"{path}: dataset.table.exclude_tasks leaves out 2 task(s): 'b', '07'; 2 remain" in (
@@ -688,3 +723,311 @@ def test_an_explicit_feature_list_keeps_a_leaky_column_with_a_warning(tmp_path, 
     assert "feature_copy" in examples.columns
     assert "feature column(s) 'copy' equals it" in caplog.text
     assert "it is kept because dataset.table.features lists it" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "make, kind",
+    [
+        (lambda frame: np.arange(len(frame)), "row number 0..149"),
+        (lambda frame: np.arange(1, len(frame) + 1), "row number 1..150"),
+        (lambda frame: 1000 + 7 * np.arange(len(frame)) ** 2, "increasing ids"),
+        (lambda frame: -np.arange(len(frame)), "decreasing ids"),
+        (lambda frame: frame.groupby("task").cumcount().to_numpy(),
+         "row number within each task 0..n_t-1"),
+    ],
+)
+def test_features_auto_refuses_a_column_that_counts_the_rows(tmp_path, caplog, make, kind):
+    path = csv_table(tmp_path / "data.csv", ["x", "y", "z"], rows=50)
+    frame = pd.read_csv(path, dtype={"task": str})
+    frame.insert(0, "row", make(frame))
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=re.escape(
+        f"{path}: feature column(s) 'row' ({kind}) count the file's 150 data rows in file "
+        "order (a row number or a row id): such a column says where a row sits in the file, "
+        "not what the example is. Leave it out (dataset.table.exclude_columns)"
+    )):
+        load_table(table_spec(table_section(path)))
+    examples, _ = load_table(table_spec(table_section(path, exclude_columns=["row"])))
+    assert [c for c in examples.columns if c.startswith("feature_")] == ["feature_a", "feature_b"]
+    # an explicit list keeps it, with a warning
+    with caplog.at_level(logging.WARNING, logger="taskgroup.data.datasets.table"):
+        examples, _ = load_table(table_spec(table_section(path, features=["row", "a"])))
+    assert "feature_row" in examples.columns
+    assert f"'row' ({kind}) count the file's" in caplog.text
+    assert "it is kept because dataset.table.features lists it" in caplog.text
+
+
+def test_counts_that_do_not_follow_the_rows_are_features(tmp_path):
+    path = csv_table(tmp_path / "data.csv", ["x", "y", "z"], rows=50)
+    frame = pd.read_csv(path, dtype={"task": str})
+    rng = np.random.default_rng(3)
+    frame["shuffled"] = rng.permutation(len(frame))  # unique ids, not in file order
+    frame["year"] = 2000 + np.arange(len(frame)) // 10  # sorted, but repeated
+    frame["half"] = np.arange(len(frame)) + 0.5  # monotone, but not whole numbers
+    counter = frame.groupby("task").cumcount().to_numpy()
+    frame["uneven"] = np.where(frame["task"] == "z", counter + 1, counter)  # start differs
+    frame.to_csv(path, index=False)
+    examples, _ = load_table(table_spec(table_section(path)))
+    assert {"feature_shuffled", "feature_year", "feature_half", "feature_uneven"} <= set(
+        examples.columns
+    )
+
+
+# --- what the run decided, in the report ------------------------------------------------------
+
+
+def test_the_run_decisions_table_lists_features_tasks_design_coverage_and_estimator(tmp_path):
+    from taskgroup.data.designs import random_design
+    from taskgroup.data.tables import RUN_DECISIONS, SUBSETS
+    from taskgroup.report.evaluation import run_decisions
+    from taskgroup.stages.prepare import prepare_dataset
+
+    path = csv_table(tmp_path / "data.csv", ["a", "b", "c", "d", "e"])
+    spec = table_spec(table_section(path, exclude_tasks=["c"], exclude_columns=["b"]))
+    prepare_dataset("table", spec, tmp_path / "examples.parquet", tmp_path / "tasks.parquet",
+                    tmp_path / "decisions.parquet")
+    dataset = read_table(tmp_path / "decisions.parquet", RUN_DECISIONS)
+    assert list(dataset.itertuples(index=False, name=None)) == [
+        ("dataset_kind", "table"), ("feature", "feature_a"),
+        ("task", "a"), ("task", "b"), ("task", "d"), ("task", "e"),
+        ("excluded_task", "c"), ("task_type", "binary"),
+    ]
+    # 3 subsets of 2 out of the 4 kept tasks: 3 of the 6 pairs are covered once
+    names = ["a", "b", "d", "e"]
+    subsets = random_design(names, 2, 3, 0).assign(design="random")
+    write_table(subsets, tmp_path / "random.parquet")
+    decided = run_decisions(dataset, read_table(tmp_path / "random.parquet", SUBSETS), "gradient")
+    assert list(decided.itertuples(index=False, name=None))[8:] == [
+        ("estimator", "gradient"), ("random_design", "3 subsets of 2 tasks"),
+        ("pair_coverage_mean", "0.5"), ("pair_coverage_min", "0"),
+        ("pairs_in_no_subset", "3 of 6"),
+    ]
+    assert decided.iloc[:8].equals(dataset)
+    # the planted generator: its features and every task; none left out
+    config = smoke_config()
+    validate(config, SCHEMA)
+    section = config["dataset"]
+    kind = DATASET_KINDS["planted"]
+    spec = kind.spec({**section["planted"], "exclude_tasks": ["task_4"]})
+    prepare_dataset("planted", spec, tmp_path / "e.parquet", tmp_path / "t.parquet",
+                    tmp_path / "d.parquet")
+    rows = read_table(tmp_path / "d.parquet", RUN_DECISIONS)
+    counts = rows["item"].value_counts().to_dict()
+    assert counts == {"dataset_kind": 1, "feature": section["planted"]["n_features"],
+                      "task": 8, "excluded_task": 1, "task_type": 1}
+    assert rows.loc[rows["item"] == "excluded_task", "value"].tolist() == ["task_4"]
+
+
+# --- results deleted by hand -------------------------------------------------------------------
+
+
+def test_missing_intermediates_are_found_from_snakemakes_records(tmp_path, monkeypatch):
+    import base64
+    import json
+
+    from taskgroup.config import missing_intermediate_lines, missing_intermediates
+
+    monkeypatch.chdir(tmp_path)
+    metadata = tmp_path / ".snakemake" / "metadata"
+    metadata.mkdir(parents=True)
+
+    def record(output: str, inputs: list[str], split: int | None = None) -> None:
+        name = base64.urlsafe_b64encode(output.encode()).decode()
+        parts = [name] if split is None else ["@" + name[:split], name[split:]]
+        path = metadata.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rule": "x", "input": inputs}))
+        (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / output).write_text("x")
+
+    record("results/r/data/tasks.parquet", ["data.csv", "taskgroup/x.py"])
+    record("results/r/affinity/higher_order.parquet", ["results/r/data/tasks.parquet"])
+    # a long name, cut into pieces as Snakemake does
+    record("results/r/groupings/higher_order-sdp.parquet",
+           ["results/r/affinity/higher_order.parquet", "results/r/data/tasks.parquet"], 10)
+    record("results/other/groupings/a.parquet", ["results/other/affinity/gone.parquet"])
+    (metadata / "not-base64!").write_text("{}")
+    assert missing_intermediates(".snakemake/metadata", "results/r") == {}
+    (tmp_path / "results/r/affinity/higher_order.parquet").unlink()
+    (tmp_path / "results/r/data/tasks.parquet").unlink()
+    missing = missing_intermediates(".snakemake/metadata", "results/r")
+    assert missing == {
+        "results/r/affinity/higher_order.parquet": ["results/r/groupings/higher_order-sdp.parquet"],
+        "results/r/data/tasks.parquet": ["results/r/groupings/higher_order-sdp.parquet"],
+    }
+    assert missing_intermediate_lines(missing)[-1].endswith(
+        "to regenerate (and rerun what is made from them): snakemake --cores 2 --forcerun "
+        "results/r/affinity/higher_order.parquet results/r/data/tasks.parquet"
+    )
+    assert missing_intermediates(tmp_path / "absent", "results/r") == {}
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize(
+    "deleted, rule",
+    [
+        ("results/smoke/affinity/higher_order.parquet", "higher_order_affinity"),
+        ("results/smoke/meta_init/model.pt", "train_meta_init"),
+    ],
+)
+def test_a_deleted_intermediate_is_rerun_or_the_dry_run_names_the_forcerun(
+    tmp_path_factory, tmp_path, deleted, rule
+):
+    """Dry runs only, on a copy of the shared completed smoke run: Snakemake leaves a deleted
+    intermediate missing when the files made from it are done, so the dry run names the
+    --forcerun that writes it again, and that --forcerun schedules its rule and everything
+    made from it."""
+    import shutil
+
+    from test_reruns import downstream
+    from workflow_helpers import scheduled_jobs, shared_smoke_repository, snakemake_in_repository
+
+    clone = tmp_path / "clone"
+    shutil.copytree(shared_smoke_repository(tmp_path_factory), clone, symlinks=True)
+    (clone / deleted).unlink()
+    result = snakemake_in_repository(clone, "-n")
+    output = result.stdout + result.stderr
+    if rule not in scheduled_jobs(output):
+        assert f"taskgroup: {deleted} is missing, but files made from it exist (" in output
+        assert f"snakemake --cores 2 --forcerun {deleted}\n" in output
+    forced = snakemake_in_repository(clone, "-n", "--forcerun", deleted)
+    assert set(scheduled_jobs(forced.stdout + forced.stderr)) == downstream(rule)
+
+
+# --- a second round of a new user's tables ------------------------------------------------------
+
+
+def edited_table(tmp_path, edit, name="data.csv") -> Path:
+    """The 4-task CSV table of :func:`csv_table` (columns task, a, b, label), edited by
+    ``edit`` (frame -> frame) and written to ``name`` (CSV, or Parquet by its suffix)."""
+    path = csv_table(tmp_path / "base.csv", ["p", "q", "r", "s"])
+    frame = edit(pd.read_csv(path, dtype={"task": str}))
+    target = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(target, index=False)
+    else:
+        frame.to_csv(target, index=False)
+    return target
+
+
+def with_column(column, make):
+    def edit(frame):
+        frame[column] = make(frame)
+        return frame
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, overrides, message",
+    [
+        (with_column("label", lambda f: 2 * f["label"] - 1), {},
+         r"column 'label' holds exactly two values, -1 and 1: with dataset\.table\.task_type "
+         r"'auto' that is a regression target, .* recode them \(-1 -> 0, 1 -> 1\), or set "
+         r"dataset\.table\.task_type: regression"),
+        (with_column("a", lambda f: f["a"].map(lambda v: f"{v:.3f}".replace(".", ","))), {},
+         r"column 'a' holds numbers written with a decimal comma \(such as '.*\(\d+ in all\)\); "
+         r"features "
+         r"'auto' takes numeric columns only and would leave it out"),
+        (with_column("a", lambda f: f["a"].astype(str).where(f.index != 7, "?")), {},
+         r"column 'a' holds numbers but for 1 of its 120 values \('\?'\), so it was read as "
+         r"text; features 'auto' .* Replace those values"),
+        (with_column("a", lambda f: 0.0 * f["a"] + 1.0), {"features": ["a"]},
+         r"every feature column \('a'\) is constant on the 72 training rows: the inputs "
+         r"carry no information"),
+        (with_column("label", lambda f: 0.0 * f["label"] + 3.5), {},
+         r"regression task\(s\) whose column 'label' is the same in every row: 'p' \(label "
+         r"3\.5 in 30 rows\), .*There is nothing to learn and R\^2 is undefined"),
+        (lambda f: f, {"label_column": "task"},
+         r"^dataset\.table: task_column, label_column and split_column must name different "
+         r"columns; found task_column = 'task', label_column = 'task', split_column = None"),
+        (lambda f: f.rename(columns={"b": "a"}), {},
+         r"column name\(s\) \['a'\] appear more than once in the header; expected unique "
+         r"column names"),
+    ],
+    ids=["labels -1/1", "decimal comma", "a '?' in numbers", "constant features",
+         "constant regression label", "label column = task column", "repeated column name"],
+)
+def test_a_new_users_table_mistakes_are_named(tmp_path, edit, overrides, message):
+    path = edited_table(tmp_path, edit)
+    with pytest.raises(DataError, match=message):
+        load_table(table_spec(table_section(path, **overrides)))
+
+
+def test_repeated_names_in_parquet_a_semicolon_csv_and_a_folder_are_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = [pa.array(["p", "q"]), pa.array([1.0, 2.0]), pa.array([3.0, 4.0]),
+               pa.array([0.0, 1.0])]
+    pq.write_table(pa.table(columns, names=["task", "a", "a", "label"]), tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d\.parquet: column name\(s\) \['a'\] appear more "
+                                        r"than once"):
+        table_task_names(table_spec(table_section(tmp_path / "d.parquet")))
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("task;a;label\np;1,5;0\nq;2,5;1\n")
+    with pytest.raises(DataError, match=re.escape(
+        f"{semicolons}: the header is a single column name, 'task;a;label', holding "
+        "semicolons: the file seems separated by semicolons, but a .csv file is read as "
+        "separated by commas; save it with commas (or with tabs, named .tsv)"
+    )):
+        table_task_names(table_spec(table_section(semicolons)))
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DataError, match=r"folder\.csv: is a folder \(dataset\.table\.path\); "
+                                        r"expected a Parquet or CSV file"):
+        table_task_names(table_spec(table_section(tmp_path / "folder.csv")))
+    # the pandas index written to a CSV file keeps its usual name, and is a row counter
+    path = csv_table(tmp_path / "data.csv", ["p", "q"])
+    pd.read_csv(path).to_csv(tmp_path / "indexed.csv")
+    with pytest.raises(DataError, match=r"feature column\(s\) 'Unnamed: 0' \(row number "
+                                        r"0\.\.59\) count the file's 60 data rows"):
+        load_table(table_spec(table_section(tmp_path / "indexed.csv")))
+
+
+def test_a_dataset_of_one_task_is_refused_at_parse_time(tmp_path):
+    config = smoke_config()
+    config["dataset"] = {"name": "one", "kind": "table",
+                         "table": table_section(csv_table(tmp_path / "d.csv", ["solo"]))}
+    config["evaluation"]["baselines"] = ["naive_mtl", "stl"]
+    validate(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"config: the dataset \(dataset\.kind: table\) has "
+                                          r"k = 1 task: grouping tasks needs at least 2"):
+        check_config(config)
+
+
+def test_graph_node_ids_written_as_whole_floats_match_integer_ids(tmp_path):
+    edges, nodes = generate_graph(GraphCommunitySpec(n_blocks=2, communities_per_block=2,
+                                                     nodes_per_community=15, n_features=4))
+    nodes = nodes.drop(columns="block")
+    nodes.to_csv(tmp_path / "nodes.csv", index=False)
+    edges.to_csv(tmp_path / "int_edges.csv", index=False)
+    edges.astype(float).to_csv(tmp_path / "float_edges.csv", index=False)  # 7.0 for 7
+    whole = load_graph(tmp_path / "int_edges.csv", tmp_path / "nodes.csv")
+    floats = load_graph(tmp_path / "float_edges.csv", tmp_path / "nodes.csv")
+    pd.testing.assert_frame_equal(whole[0], floats[0])
+    assert len(whole[0]) == len(edges)
+
+
+def test_a_number_in_exponent_notation_without_a_point_is_named(smoke, tmp_path):
+    """YAML (as Snakemake reads it) takes lr: 1e-3 for the text '1e-3'."""
+    from taskgroup.config import check_number_texts
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    path = tmp_path / "c.yaml"
+    path.write_text("final:\n  lr: 1e-3\nsubsets:\n  size: 3\n")
+    loaded = yaml.safe_load(path.read_text())
+    assert loaded["final"]["lr"] == "1e-3"
+    smoke["final"]["lr"] = loaded["final"]["lr"]
+    with pytest.raises(ConfigError, match=re.escape(
+        "config: final.lr = '1e-3' is text, not a number: YAML reads a number in exponent "
+        "notation only with a decimal point; write 1.0e-3 (or 0.001)"
+    )):
+        check_number_texts(smoke, schema)
+    smoke["final"]["lr"] = 1.0e-3
+    smoke["dataset"]["planted"]["label_noise"] = ["5e-2"]  # in a list, behind a oneOf
+    with pytest.raises(ConfigError, match=r"dataset\.planted\.label_noise\[0\] = '5e-2'"):
+        check_number_texts(smoke, schema)
+    # where text is allowed, such a value is a name
+    smoke["dataset"]["planted"]["label_noise"] = 0.05
+    smoke["dataset"]["name"] = "1e5"
+    smoke["dataset"]["planted"]["exclude_tasks"] = ["1e5"]
+    check_number_texts(smoke, schema)

@@ -2,6 +2,7 @@
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,108 @@ def test_tasks_table_follows_its_schema():
     plain = tasks_table(["x"], ["regression"], np.array([[4, 1, 1]]))
     assert plain["task_type"].tolist() == ["regression"]
     assert plain["planted_group"].isna().all() and str(plain["planted_group"].dtype) == "Int64"
+
+
+# --- tasks left out by name: the same key and the same error for every kind ------------------
+
+
+def excluding_sections(tmp_path) -> dict:
+    """One small section per kind (a user graph from the generator's files)."""
+    from taskgroup.data.datasets.graph_generator import GraphCommunitySpec, generate_graph
+
+    generator = {"n_blocks": 2, "communities_per_block": 2, "nodes_per_community": 15,
+                 "n_features": 4, "seed": 0}
+    edges, nodes = generate_graph(GraphCommunitySpec(**generator))
+    edges.to_parquet(tmp_path / "edges.parquet", index=False)
+    nodes.drop(columns="block").to_parquet(tmp_path / "nodes.parquet", index=False)
+    return {
+        "planted": {
+            "n_groups": 2, "tasks_per_group": 2, "n_train": 20, "n_val": 10, "n_test": 10,
+            "n_features": 3, "label_noise": 0.0, "within_group_spread": 0.2,
+            "covariance_decay": 1.0, "train_imbalance": 2.0, "seed": 0,
+        },
+        "graph generator": generator,
+        "graph files": {"edges_path": str(tmp_path / "edges.parquet"),
+                        "nodes_path": str(tmp_path / "nodes.parquet")},
+    }
+
+
+@pytest.mark.parametrize(
+    "case, left_out, unknown, message",
+    [
+        ("planted", "task_1", "task_9",
+         "dataset.planted.exclude_tasks names task(s) ['task_9'] that the planted generator "
+         "(task_0.. up to n_groups x tasks_per_group) does not have; the data's 4 tasks are "
+         "'task_0', 'task_1', 'task_2', 'task_3'"),
+        ("graph generator", "community_1", "community_7",
+         "dataset.graph_communities.exclude_tasks names task(s) ['community_7'] that the "
+         "generated graph (community_0.. of n_blocks x communities_per_block) does not have; "
+         "the data's 4 tasks are 'community_0', 'community_1', 'community_2', 'community_3'"),
+        ("graph files", "community_1", "community_7",
+         "{nodes}: dataset.graph_communities.exclude_tasks names task(s) ['community_7'] that "
+         "the node table (community columns) does not have; the data's 4 tasks are "
+         "'community_0', 'community_1', 'community_2', 'community_3'"),
+    ],
+)
+def test_every_kind_leaves_tasks_out_by_name_and_the_others_stay_the_same(
+    tmp_path, case, left_out, unknown, message
+):
+    from snakemake.utils import validate
+
+    from taskgroup.config import run_summary
+
+    kind_name = case.split()[0].replace("graph", "graph_communities")
+    section = excluding_sections(tmp_path)[case]
+    kind = DATASET_KINDS[kind_name]
+    full_examples, full_tasks = kind.load(kind.spec(section))
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["dataset"] = {"name": "x", "kind": kind_name,
+                         kind_name: {**section, "exclude_tasks": [left_out]}}
+    config["evaluation"]["baselines"] = ["naive_mtl"]
+    validate(config, str(ROOT / "config" / "config.schema.yaml"))
+    assert n_tasks(config) == 3  # at parse time
+    assert f"left out (dataset.{kind_name}.exclude_tasks): '{left_out}'" in run_summary(
+        config, 3
+    )
+    examples, tasks = kind.load(kind.spec(config["dataset"][kind_name]))
+    kept = [task for task in full_tasks["task"] if task != left_out]
+    assert tasks["task"].tolist() == kept
+    assert tasks["task_index"].tolist() == [0, 1, 2]
+    expected = full_tasks[full_tasks["task"] != left_out].drop(columns="task_index")
+    pd.testing.assert_frame_equal(
+        tasks.drop(columns="task_index"), expected.reset_index(drop=True)
+    )
+    # the other tasks' examples (features, labels, splits) are those of the full dataset
+    pd.testing.assert_frame_equal(
+        examples,
+        full_examples[full_examples["task"] != left_out].reset_index(drop=True),
+    )
+    wrong = {**section, "exclude_tasks": [unknown]}
+    text = message.format(nodes=section.get("nodes_path"))
+    with pytest.raises(DataError, match=re.escape(text)):
+        kind.n_tasks(kind.spec(wrong))
+    with pytest.raises(DataError, match=re.escape(text)):
+        kind.load(kind.spec(wrong))
+    every = {**section, "exclude_tasks": full_tasks["task"].tolist()}
+    with pytest.raises(DataError, match=rf"dataset\.{kind_name}\.exclude_tasks leaves out "
+                                        r"every task of the data \(.*\); keep at least one"):
+        kind.n_tasks(kind.spec(every))
+
+
+def test_a_community_too_small_to_split_can_be_left_out(tmp_path):
+    section = excluding_sections(tmp_path)["graph files"]
+    nodes = pd.read_parquet(section["nodes_path"])
+    nodes["community_tiny"] = (np.arange(len(nodes)) < 2).astype(np.int8)
+    nodes["community_tiny"] = nodes["community_tiny"].astype(np.int8)
+    nodes.to_parquet(section["nodes_path"], index=False)
+    kind = DATASET_KINDS["graph_communities"]
+    with pytest.raises(DataError, match="community 'community_tiny' has 2 members"):
+        kind.load(kind.spec(section))
+    # community_groups may keep a group for the community left out
+    groups = {f"community_{i}": i // 2 for i in range(4)}
+    _, tasks = kind.load(kind.spec(
+        {**section, "exclude_tasks": ["community_tiny"],
+         "community_groups": {**groups, "community_tiny": 0}}
+    ))
+    assert tasks["task"].tolist() == [f"community_{i}" for i in range(4)]
+    assert tasks["planted_group"].tolist() == [0, 0, 1, 1]

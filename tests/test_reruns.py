@@ -30,7 +30,7 @@ READERS = {
         "evaluate_groupings", "plot_figures", "forward_selection", "recommend",
     },
     "train_meta_init": {"finetune_subsets", "meta_init_affinity", "forward_selection"},
-    "sample_subsets": {"finetune_subsets", "fit_surrogates"},
+    "sample_subsets": {"finetune_subsets", "fit_surrogates", "evaluate_groupings"},
     "pair_design": {"finetune_subsets"},
     "finetune_subsets": {"gather_subset_values"},
     "gather_subset_values": {

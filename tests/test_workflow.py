@@ -103,6 +103,13 @@ def test_full_run_writes_every_artifact(finished_run):
     ):
         assert (results / figure).stat().st_size > 10_000
     assert (results / "logs" / "train_meta_init.log").read_text().count("meta-initialization")
+    # what the run decided, for the report: the preparation's rows, then the run's
+    decided = pd.read_parquet(results / "evaluation" / "run_decisions.parquet")
+    values = decided.groupby("item", sort=False)["value"].apply(list).to_dict()
+    assert list(values)[:2] == ["dataset_kind", "feature"] and values["dataset_kind"] == ["planted"]
+    assert len(values["task"]) == 9 and values["estimator"] == ["finetune"]
+    assert values["random_design"] == ["30 subsets of 3 tasks"]
+    assert (results / "evaluation" / "run_decisions.html").stat().st_size > 0
 
 
 def test_complete_run_has_nothing_left_to_do(finished_run):

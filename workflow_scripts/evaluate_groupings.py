@@ -12,4 +12,11 @@ evaluate_groupings(
     variants_path=snakemake.output.get("variants"),
     variant_changes_path=snakemake.output.get("variant_changes"),
     variants_html_path=snakemake.output.get("variants_html"),
+    decisions={
+        "dataset": snakemake.input.decisions,
+        "subsets": snakemake.input.subsets,
+        "estimator": snakemake.params.estimator,
+        "table": snakemake.output.decisions,
+        "html": snakemake.output.decisions_html,
+    },
 )

@@ -9,4 +9,5 @@ prepare_dataset(
     dataset_kind(kind).spec(snakemake.params.settings),
     snakemake.output.examples,
     snakemake.output.tasks,
+    snakemake.output.decisions,
 )

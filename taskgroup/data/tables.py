@@ -110,6 +110,15 @@ recommendation verdict (recommendation/verdict.parquet) one row per candidate (c
            (float64, paired by seed against naive_mtl; negative = better), median_selection_metric,
            mean_test_metric, sd_test_metric, median_test_metric (float64), beats_reference,
            eligible, chosen (bool). Definitions in :mod:`taskgroup.report.recommendation`.
+run_decisions (data/run_decisions.parquet, from the preparation; evaluation/run_decisions.parquet,
+           the same rows and then the run's) one row per decision, in this order: item
+           (str), value (str). The preparation's: dataset_kind; feature (one row per column
+           of the examples table the network takes, feature_<column> for a user's table);
+           task (one row per task kept, in task order); excluded_task (one row per task left
+           out by dataset.<kind>.exclude_tasks); task_type (one row per type). The
+           evaluation's: estimator; random_design ("<m> subsets of <a> tasks");
+           pair_coverage_mean (subsets holding a pair of tasks, mean over the pairs),
+           pair_coverage_min, pairs_in_no_subset ("<n> of <pairs>").
 recommendation signal (recommendation/signal.parquet) one row: n_subsets_per_half, n_pairs
            (int64), correlation, p_value, ari, alpha (float64), above_noise (bool): the
            split-half reliability of the higher-order affinity.
@@ -139,6 +148,7 @@ TASKS = {
     "planted_group": "int",
 }
 SUBSETS = {"subset_id": "int", "task": "str", "design": "str"}
+RUN_DECISIONS = {"item": "str", "value": "str"}
 PAIR_COUNTS = {"task_i": "str", "task_j": "str", "n_subsets": "int"}
 SUBSET_VALUES = {
     "subset_id": "int",

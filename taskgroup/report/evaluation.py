@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
+from taskgroup.data.designs import pair_counts
 from taskgroup.group.groupings import group_keys
 
 
@@ -249,3 +250,32 @@ def variant_comparison(per_task: pd.DataFrame, baseline: str = "plain") -> pd.Da
         within = _within_spread(table["change"], table["sd_change"])
         table.insert(table.columns.get_loc("sd_change") + 1, "within_spread", within)
     return table
+
+
+def run_decisions(
+    dataset: pd.DataFrame, subsets: pd.DataFrame, estimator: str
+) -> pd.DataFrame:
+    """The run_decisions table of the report (schema
+    :data:`taskgroup.data.tables.RUN_DECISIONS`): the preparation's rows (``dataset``,
+    data/run_decisions.parquet), then the ``estimator``, the random design (``subsets``,
+    the subsets table of subsets/random.parquet) and its pair coverage over the tasks kept:
+    the subsets holding a pair, mean and minimum over the k (k - 1) / 2 pairs, and the pairs
+    in none (those have no higher-order affinity)."""
+    names = dataset.loc[dataset["item"] == "task", "value"].tolist()
+    sizes = subsets.groupby("subset_id").size()
+    counts = pair_counts(subsets, names)
+    index = {name: i for i, name in enumerate(names)}
+    upper = counts["task_i"].map(index) < counts["task_j"].map(index)
+    covered = counts.loc[upper, "n_subsets"]
+    design = "no subsets" if sizes.empty else (
+        f"{len(sizes)} subsets of {'/'.join(str(s) for s in sorted(set(sizes)))} tasks"
+    )
+    rows = [("estimator", estimator), ("random_design", design)]
+    if len(covered):
+        rows += [
+            ("pair_coverage_mean", f"{covered.mean():.3g}"),
+            ("pair_coverage_min", str(int(covered.min()))),
+            ("pairs_in_no_subset", f"{int((covered == 0).sum())} of {len(covered)}"),
+        ]
+    added = pd.DataFrame(rows, columns=["item", "value"])
+    return pd.concat([dataset[["item", "value"]], added], ignore_index=True).astype(str)

@@ -13,6 +13,8 @@ from taskgroup.data.tables import (
     GROUP_DIAGNOSTICS,
     GROUP_RESULTS,
     GROUPING,
+    RUN_DECISIONS,
+    SUBSETS,
     TASKS,
     read_table,
     write_atomically,
@@ -25,6 +27,7 @@ from taskgroup.report import plots
 from taskgroup.report.evaluation import (
     diverged_models,
     per_task_table,
+    run_decisions,
     summary_table,
     variant_comparison,
     variant_task_changes,
@@ -42,13 +45,17 @@ def _write_html(table: pd.DataFrame, path) -> None:
 def evaluate_groupings(
     grouping_paths: dict, result_paths: list, tasks_path, per_task_path, summary_path,
     summary_html_path, variants_path=None, variant_changes_path=None,
-    variants_html_path=None,
+    variants_html_path=None, decisions: dict | None = None,
 ) -> None:
     """The per-task and summary comparison tables of every grouping and final-training
     variant (and an HTML copy of the summary for the report); a warning names the
     groupings with group models whose training loss ended far above its start. With
     ``variants_path``, also the comparison of each variant with plain training, per
-    grouping (and its HTML copy) and per task (``variant_changes_path``)."""
+    grouping (and its HTML copy) and per task (``variant_changes_path``). With
+    ``decisions`` ({dataset, subsets: input paths of the preparation's run_decisions table
+    and the random design; estimator: the configured one; table, html: output paths}),
+    also the run_decisions table of the report (:func:`taskgroup.report.evaluation.run_decisions`)
+    and its HTML copy."""
     tasks = read_table(tasks_path, TASKS)
     loaded = {name: read_table(path, GROUPING) for name, path in grouping_paths.items()}
     results = pd.concat([read_table(path, GROUP_RESULTS) for path in result_paths])
@@ -84,6 +91,14 @@ def evaluate_groupings(
         write_table(comparison, variants_path)
         write_table(variant_task_changes(per_task), variant_changes_path)
         _write_html(comparison, variants_html_path)
+    if decisions is not None:
+        decided = run_decisions(
+            read_table(decisions["dataset"], RUN_DECISIONS),
+            read_table(decisions["subsets"], SUBSETS),
+            decisions["estimator"],
+        )
+        write_table(decided, decisions["table"])
+        _write_html(decided, decisions["html"])
 
 
 def plot_figures(

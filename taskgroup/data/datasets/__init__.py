@@ -28,16 +28,21 @@ from typing import Any
 import pandas as pd
 
 from taskgroup.data.datasets.errors import DataError
-from taskgroup.data.datasets.graph_files import FILE_KEYS, GraphFilesSpec, node_columns
+from taskgroup.data.datasets.graph_files import FILE_KEYS, GraphFilesSpec
 from taskgroup.data.datasets.graph_generator import (
     GENERATOR_KEYS,
     SHARED_KEYS,
     GraphCommunitySpec,
+    community_tasks,
 )
-from taskgroup.data.datasets.planted import generate_planted, planted_spec
+from taskgroup.data.datasets.planted import generate_planted, planted_spec, planted_task_names
 from taskgroup.data.datasets.table import TableSpec, load_table, table_spec, table_task_names
+from taskgroup.data.datasets.task_selection import normalize_task_name
+from taskgroup.data.tables import feature_columns
 
-__all__ = ["DATASET_KINDS", "DataError", "DatasetKind", "dataset_kind", "graph_spec"]
+__all__ = [
+    "DATASET_KINDS", "DataError", "DatasetKind", "dataset_decisions", "dataset_kind", "graph_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -108,10 +113,7 @@ def graph_spec(section: Mapping) -> GraphCommunitySpec | GraphFilesSpec:
 
 
 def _graph_n_tasks(spec: GraphCommunitySpec | GraphFilesSpec) -> int:
-    if isinstance(spec, GraphCommunitySpec):
-        return spec.n_tasks
-    _, communities = node_columns(spec.nodes_path, spec.feature_columns, spec.community_columns)
-    return len(communities)
+    return len(community_tasks(spec)[1])
 
 
 def _graph_has_planted_groups(spec: GraphCommunitySpec | GraphFilesSpec) -> bool:
@@ -143,7 +145,7 @@ DATASET_KINDS: dict[str, DatasetKind] = {
         DatasetKind(
             name="planted",
             spec=planted_spec,
-            n_tasks=lambda spec: spec.n_tasks,
+            n_tasks=lambda spec: len(planted_task_names(spec)),
             has_planted_groups=lambda spec: True,
             declared_task_type=lambda spec: "binary",
             files=lambda spec: [],
@@ -178,3 +180,19 @@ def dataset_kind(name: str) -> DatasetKind:
             f"dataset.kind = {name!r} is not supported; expected one of {list(DATASET_KINDS)}"
         )
     return DATASET_KINDS[name]
+
+
+def dataset_decisions(
+    kind: str, spec, examples: pd.DataFrame, tasks: pd.DataFrame
+) -> pd.DataFrame:
+    """What the preparation decided for the user, as the long run_decisions table (schema
+    :data:`taskgroup.data.tables.RUN_DECISIONS`): the kind, the features the network
+    takes (the examples table's columns), the tasks kept (tasks table order), those left
+    out by ``spec.exclude_tasks`` (every kind's spec has it) and the task types.
+    ``examples`` and ``tasks``: the tables ``dataset_kind(kind).load(spec)`` returned."""
+    rows = [("dataset_kind", kind)]
+    rows += [("feature", column) for column in feature_columns(examples)]
+    rows += [("task", task) for task in tasks.sort_values("task_index")["task"]]
+    rows += [("excluded_task", normalize_task_name(task)) for task in spec.exclude_tasks]
+    rows += [("task_type", task_type) for task_type in pd.unique(tasks["task_type"])]
+    return pd.DataFrame(rows, columns=["item", "value"]).astype(str)

@@ -23,22 +23,58 @@ from taskgroup.data.tables import PARQUET_MAGIC, parquet_damage
 FORMATS = ("parquet", "csv", "tsv")
 
 
+# Separators of spreadsheet exports other than the expected one (a CSV file saved with
+# semicolons where the decimal mark is a comma, a tab-separated file named .csv).
+OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars", ",": "commas"}
+
+
 def read_header(path: str | os.PathLike, kind: str) -> list[str]:
     """The column names of the ``kind`` file at ``path`` (one of :data:`FORMATS`), without
-    reading its rows. Raises DataError naming the file if it cannot be read as ``kind``."""
+    reading its rows. Raises DataError naming the file if it cannot be read as ``kind``,
+    if two columns have the same name, or if a CSV or TSV header is one name holding
+    another separator (a file separated by semicolons, tabs or commas)."""
     if kind == "parquet":
         import pyarrow.parquet as pq
 
         try:
-            return list(pq.read_schema(path).names)
+            names = list(pq.read_schema(path).names)
         except Exception as error:  # pyarrow's ArrowInvalid, OSError
             raise _unreadable_parquet(path, error) from None
-    if _starts_as_parquet(path):  # the CSV parser would take it for text
-        raise _unreadable_text(path, kind, None)
-    try:
-        return list(pd.read_csv(path, nrows=0, sep=_separator(kind)).columns)
-    except Exception as error:  # EmptyDataError, ParserError, UnicodeDecodeError
-        raise _unreadable_text(path, kind, error) from None
+    else:
+        if _starts_as_parquet(path):  # the CSV parser would take it for text
+            raise _unreadable_text(path, kind, None)
+        try:
+            names = list(pd.read_csv(path, nrows=0, sep=_separator(kind)).columns)
+            # the names as written: pandas renames a repeated name "a" to "a.1"
+            written = pd.read_csv(path, nrows=1, header=None, sep=_separator(kind),
+                                  dtype=str, keep_default_na=False).iloc[0].tolist()
+        except Exception as error:  # EmptyDataError, ParserError, UnicodeDecodeError
+            raise _unreadable_text(path, kind, error) from None
+        repeated = sorted({name for name in written if name and written.count(name) > 1})
+        if repeated:
+            raise _repeated_names(path, repeated)
+        if len(names) == 1:
+            found = [name for sep, name in OTHER_SEPARATORS.items()
+                     if sep != _separator(kind) and sep in names[0]]
+            if found:
+                expected = "tabs" if kind == "tsv" else "commas"
+                raise DataError(
+                    f"{path}: the header is a single column name, {names[0]!r}, holding "
+                    f"{found[0]}: the file seems separated by {found[0]}, but a .{kind} file "
+                    f"is read as separated by {expected}; save it with {expected}"
+                    + ("" if kind == "tsv" else " (or with tabs, named .tsv)")
+                )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise _repeated_names(path, repeated)
+    return names
+
+
+def _repeated_names(path, repeated: list[str]) -> DataError:
+    return DataError(
+        f"{path}: column name(s) {repeated} appear more than once in the header; expected "
+        "unique column names (rename or drop the copies)"
+    )
 
 
 def read_rows(

@@ -7,8 +7,9 @@ graph_communities`` with ``edges_path`` + ``nodes_path``).
   columns (default: every column whose name starts with ``feature_``; numeric, no NaN);
   one 0/1 membership column per community (default: every column whose name starts with
   ``community_``). A node may belong to several communities or to none. The task name is
-  the membership column's name. Node ids are matched between the tables as text, so an id
-  stored as 7 in one file and "7" in the other is one node.
+  the membership column's name. Node ids are matched between the tables as text, a whole
+  number as its digits, so an id stored as 7 in one file and as "7" or 7.0 (a number
+  column with an empty cell) in the other is one node.
 
 The graph becomes the community tasks' tables in :mod:`taskgroup.data.datasets.graph_tasks`.
 Every problem raises :class:`DataError` naming the file and the column.
@@ -26,6 +27,7 @@ import pandas as pd
 
 from taskgroup.data.datasets.errors import DataError
 from taskgroup.data.datasets.files import read_header, read_rows
+from taskgroup.data.datasets.task_selection import normalize_task_name
 from taskgroup.data.tables import FEATURE_PREFIX
 
 COMMUNITY_PREFIX = "community_"
@@ -43,7 +45,7 @@ class GraphFilesSpec:
         (None: the columns named feature_* resp. community_*).
     community_groups: community column -> its known group (the planted_group), every
         community and only them; None: no known groups.
-    hops, propagation, standardize, train_fraction, val_fraction, seed: as in
+    hops, propagation, standardize, train_fraction, val_fraction, seed, exclude_tasks: as in
         :class:`taskgroup.data.datasets.graph_generator.GraphCommunitySpec`.
     """
 
@@ -58,6 +60,10 @@ class GraphFilesSpec:
     train_fraction: float
     val_fraction: float
     seed: int
+    exclude_tasks: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude_tasks", tuple(self.exclude_tasks))
 
 
 def _kind(path: Path, what: str) -> str:
@@ -156,7 +162,7 @@ def load_graph(
     if nodes["node"].isna().any():
         raise DataError(f"{nodes_path}: column 'node' has {int(nodes['node'].isna().sum())} "
                         "empty value(s)")
-    ids = nodes["node"].astype(str)
+    ids = nodes["node"].map(normalize_task_name).astype(str)
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
         raise DataError(
@@ -208,7 +214,7 @@ def load_graph(
         if empty.any():
             problems.append(f"column {column!r} has {int(empty.sum())} empty value(s)")
             continue
-        text = edges[column].astype(str)
+        text = edges[column].map(normalize_task_name).astype(str)
         unknown = text[~text.isin(position.index)].unique()
         if len(unknown):
             problems.append(
@@ -224,16 +230,21 @@ def load_graph(
 
 
 def community_groups(
-    groups: dict[str, int] | None, communities: Sequence[str]
+    groups: dict[str, int] | None, communities: Sequence[str],
+    every_community: Sequence[str] | None = None,
 ) -> dict[str, int] | None:
-    """The known group of every community, in ``communities`` order (None stays None).
+    """The known group of every community of ``communities`` (the tasks), in that order
+    (None stays None).
 
-    Raises DataError when ``groups`` misses a community or names an unknown one.
+    Raises DataError when ``groups`` misses one of them or names a community that is not
+    one of ``every_community`` (default ``communities``; a community left out of the
+    tasks may keep its group).
     """
     if groups is None:
         return None
+    known = communities if every_community is None else every_community
     missing = [c for c in communities if c not in groups]
-    extra = sorted(set(groups) - set(communities))
+    extra = sorted(set(groups) - set(known))
     if missing or extra:
         raise DataError(
             "dataset.graph_communities.community_groups must give a group to every "

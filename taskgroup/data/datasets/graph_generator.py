@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from taskgroup.data.datasets.errors import DataError
-from taskgroup.data.datasets.graph_files import COMMUNITY_PREFIX
+from taskgroup.data.datasets.graph_files import COMMUNITY_PREFIX, GraphFilesSpec, node_columns
+from taskgroup.data.datasets.task_selection import kept_tasks
 from taskgroup.data.tables import FEATURE_PREFIX
 
 
@@ -46,6 +47,8 @@ class GraphCommunitySpec:
     train_fraction, val_fraction: per-task, per-class share of nodes in train and val
         (test gets the rest).
     seed: seed of the graph, the features and the splits.
+    exclude_tasks: communities (names as in the node table, community_0..) that are not
+        made tasks; the graph, the features and the other tasks' splits stay the same.
     """
 
     n_blocks: int = 4
@@ -64,9 +67,14 @@ class GraphCommunitySpec:
     train_fraction: float = 0.2
     val_fraction: float = 0.2
     seed: int = 0
+    exclude_tasks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude_tasks", tuple(self.exclude_tasks))
 
     @property
     def n_tasks(self) -> int:
+        """Communities the generator draws (exclude_tasks included)."""
         return self.n_blocks * self.communities_per_block
 
     @property
@@ -74,13 +82,32 @@ class GraphCommunitySpec:
         return self.n_tasks * self.nodes_per_community
 
 
-SHARED_KEYS = ("hops", "propagation", "standardize", "train_fraction", "val_fraction", "seed")
+SHARED_KEYS = (
+    "hops", "propagation", "standardize", "train_fraction", "val_fraction", "seed",
+    "exclude_tasks",
+)
 GENERATOR_KEYS = tuple(f.name for f in fields(GraphCommunitySpec) if f.name not in SHARED_KEYS)
 
 
 def _community_names(n: int) -> list[str]:
     width = len(str(n - 1))
     return [f"{COMMUNITY_PREFIX}{i:0{width}d}" for i in range(n)]
+
+
+def community_tasks(spec: GraphCommunitySpec | GraphFilesSpec) -> tuple[list[str], list[str]]:
+    """(every community, the communities that become tasks): the generator's
+    community_0.., or the node table's community columns (read from its header), and those
+    of them that ``exclude_tasks`` does not leave out. DataError for a name that is not a
+    community."""
+    if isinstance(spec, GraphCommunitySpec):
+        communities = _community_names(spec.n_tasks)
+        where = ""
+        source = "the generated graph (community_0.. of n_blocks x communities_per_block)"
+    else:
+        _, communities = node_columns(spec.nodes_path, spec.feature_columns, spec.community_columns)
+        where, source = f"{spec.nodes_path}: ", "the node table (community columns)"
+    kept = kept_tasks(communities, spec.exclude_tasks, "dataset.graph_communities", where, source)
+    return communities, kept
 
 
 def generate_graph(spec: GraphCommunitySpec) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -39,7 +39,12 @@ from taskgroup.data.datasets.graph_files import (
     community_groups,
     load_graph,
 )
-from taskgroup.data.datasets.graph_generator import SHARED_KEYS, GraphCommunitySpec, generate_graph
+from taskgroup.data.datasets.graph_generator import (
+    SHARED_KEYS,
+    GraphCommunitySpec,
+    community_tasks,
+    generate_graph,
+)
 from taskgroup.data.datasets.splits import TooFewToSplit, stratified_split
 from taskgroup.data.tables import FEATURE_PREFIX, SPLITS, tasks_table
 
@@ -94,13 +99,17 @@ def community_tables(
     val_fraction: float,
     seed: int,
     groups: dict[str, int] | None,
+    tasks: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The examples and tasks tables of the community tasks (schemas in taskgroup.data.tables).
 
     edges: DataFrame[source, target], node positions 0..n-1 (undirected; duplicates and
     self-loops collapse); features: raw node features (n x p);
     membership: n rows, one 0/1 column per community (the column name is the task name);
-    groups: planted group of each community (None: planted_group is null).
+    groups: planted group of each task (None: planted_group is null);
+    tasks: the membership columns that become tasks, in membership order (None: all);
+    a task's split is seeded by its column's position in ``membership``, so leaving
+    communities out changes no other task.
     Examples are ordered by task, then split (train, val, test), then node.
     Raises DataError on bad fractions, propagation or hops, and when a community has too
     few members or non-members for one of each in every split.
@@ -122,7 +131,10 @@ def community_tables(
     split_rank = {name: rank for rank, name in enumerate(SPLITS)}
 
     frames, counts = [], []
+    chosen = set(membership.columns if tasks is None else tasks)
     for task_index, task in enumerate(membership.columns):
+        if task not in chosen:
+            continue
         labels = membership[task].to_numpy(dtype=np.int64)
         rng = np.random.default_rng([seed, task_index])
         try:
@@ -143,9 +155,9 @@ def community_tables(
         frames.append(frame)
         counts.append([int((split == name).sum()) for name in SPLITS])
     examples = pd.concat(frames, ignore_index=True)
-    tasks = list(membership.columns)
-    planted = None if groups is None else [groups[task] for task in tasks]
-    return examples, tasks_table(tasks, "binary", counts, planted)
+    names = [task for task in membership.columns if task in chosen]
+    planted = None if groups is None else [groups[task] for task in names]
+    return examples, tasks_table(names, "binary", counts, planted)
 
 
 def graph_dataset(spec: GraphCommunitySpec | GraphFilesSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -154,7 +166,8 @@ def graph_dataset(spec: GraphCommunitySpec | GraphFilesSpec) -> tuple[pd.DataFra
 
     Raises DataError on any problem of the graph or the settings.
     """
-    options = {key: getattr(spec, key) for key in SHARED_KEYS}
+    options = {key: getattr(spec, key) for key in SHARED_KEYS if key != "exclude_tasks"}
+    every_community, tasks = community_tasks(spec)
     if isinstance(spec, GraphCommunitySpec):
         edges, nodes = generate_graph(spec)
         features = nodes[[c for c in nodes.columns if c.startswith(FEATURE_PREFIX)]].to_numpy()
@@ -164,5 +177,7 @@ def graph_dataset(spec: GraphCommunitySpec | GraphFilesSpec) -> tuple[pd.DataFra
         edges, features, membership = load_graph(
             spec.edges_path, spec.nodes_path, spec.feature_columns, spec.community_columns
         )
-        groups = community_groups(spec.community_groups, list(membership.columns))
-    return community_tables(edges, features, membership, groups=groups, **options)
+        groups = community_groups(spec.community_groups, tasks, every_community)
+    return community_tables(
+        edges, features, membership, groups=groups, tasks=tasks, **options
+    )

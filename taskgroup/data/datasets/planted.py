@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from taskgroup.data.datasets.task_selection import kept_tasks
 from taskgroup.data.tables import FEATURE_PREFIX, tasks_table
 
 
@@ -32,6 +33,8 @@ class PlantedSpec:
     label_noise: probability that a label is flipped, one float for every task or a sequence
         of n_groups floats (e.g. one heavily noisy group).
     seed: seed of every random draw.
+    exclude_tasks: task names (task_00, ...) left out of the tables; the generator draws
+        every task all the same, so the others are the tasks of the full dataset.
     """
 
     n_groups: int
@@ -45,8 +48,12 @@ class PlantedSpec:
     covariance_decay: float
     train_imbalance: float
     seed: int
+    # Empty (none left out) as the schema's default, like the other dataset specs' optional
+    # keys: specs built from a section read without the schema stay valid.
+    exclude_tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude_tasks", tuple(self.exclude_tasks))
         for key in ("tasks_per_group", "label_noise"):
             value = getattr(self, key)
             if isinstance(value, (list, tuple)):
@@ -73,7 +80,23 @@ class PlantedSpec:
 
     @property
     def n_tasks(self) -> int:
+        """Tasks the generator draws (exclude_tasks included)."""
         return sum(self.group_sizes)
+
+    @property
+    def task_names(self) -> list[str]:
+        """Names of the drawn tasks, task_0.. with as many digits as the last one needs."""
+        width = len(str(self.n_tasks - 1))
+        return [f"task_{index:0{width}d}" for index in range(self.n_tasks)]
+
+
+def planted_task_names(spec: PlantedSpec) -> list[str]:
+    """The tasks of the planted dataset: the drawn ones but ``exclude_tasks``; DataError
+    for a name the generator does not draw."""
+    return kept_tasks(
+        spec.task_names, spec.exclude_tasks, "dataset.planted", "",
+        "the planted generator (task_0.. up to n_groups x tasks_per_group)",
+    )
 
 
 def planted_spec(section: dict) -> PlantedSpec:
@@ -101,7 +124,9 @@ def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     -------
     examples : DataFrame, one row per example, columns task, split, feature_000.., label.
     tasks : DataFrame, one row per task, with its planted group.
+    The tasks of ``exclude_tasks`` are drawn and then left out of both tables.
     """
+    kept = set(planted_task_names(spec))
     rng = np.random.default_rng(spec.seed)
     eigenvalues = np.arange(1, spec.n_features + 1, dtype=float) ** -spec.covariance_decay
     eigenvalues *= spec.n_features / eigenvalues.sum()  # average variance 1 per feature
@@ -110,12 +135,11 @@ def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     group_teachers /= np.linalg.norm(group_teachers, axis=1, keepdims=True)
     train_sizes = _train_sizes(spec, rng)
 
-    width = len(str(spec.n_tasks - 1))
     group_of_task = np.repeat(np.arange(spec.n_groups), spec.group_sizes)
-    frames, tasks, counts = [], [], []
+    frames, tasks, counts, groups = [], [], [], []
     for task_index in range(spec.n_tasks):
         group = int(group_of_task[task_index])
-        task = f"task_{task_index:0{width}d}"
+        task = spec.task_names[task_index]
         deviation = rng.standard_normal(spec.n_features)
         teacher = group_teachers[group] + spec.within_group_spread * deviation / np.linalg.norm(
             deviation
@@ -134,8 +158,11 @@ def generate_planted(spec: PlantedSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame.insert(0, "split", np.repeat(list(sizes), list(sizes.values())))
         frame.insert(0, "task", task)
         frame["label"] = labels
+        if task not in kept:  # drawn all the same: the later tasks' draws stay the same
+            continue
         frames.append(frame)
         tasks.append(task)
         counts.append([sizes["train"], sizes["val"], sizes["test"]])
+        groups.append(group)
     examples = pd.concat(frames, ignore_index=True)
-    return examples, tasks_table(tasks, "binary", counts, group_of_task.tolist())
+    return examples, tasks_table(tasks, "binary", counts, groups)

@@ -23,8 +23,12 @@ Conventions (see also the README, "Bring your own data"):
   its name and its rows in file order, not on the other tasks.
 - **Task type** (one for all tasks): ``auto`` = ``binary`` when the label column holds exactly
   the values 0 and 1, ``regression`` otherwise.
-- **Features** are standardized with the mean and standard deviation (ddof 0) of the training
-  split, per feature over all tasks; a constant feature keeps standard deviation 1. Column
+- **Features** ``auto``: every numeric column but the task, label and split columns and
+  ``exclude_columns``; a column among them that carries the label (a leak) or counts the
+  rows (a row number or a row id, :func:`row_counter_kind`) is an error that names it (with
+  an explicit ``features`` list: a warning, the column is kept). Features are standardized
+  with the mean and standard deviation (ddof 0) of the training split, per feature over
+  all tasks; a constant feature keeps standard deviation 1. Column
   ``x`` becomes ``feature_x``. With ``standardize_label`` (the default), the labels of
   regression tasks are standardized the same way (one mean and standard deviation over the
   training rows of all tasks), so that the squared-error losses are in units of the label's
@@ -35,7 +39,6 @@ Conventions (see also the README, "Bring your own data"):
 from __future__ import annotations
 
 import logging
-import numbers
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +49,13 @@ import pandas as pd
 from taskgroup.data.datasets.errors import DataError
 from taskgroup.data.datasets.files import read_header, read_rows
 from taskgroup.data.datasets.splits import stratified_split
+from taskgroup.data.datasets.task_selection import SHOWN, kept_tasks, normalize_task_name
+from taskgroup.data.datasets.task_selection import shown_names as _shown
 from taskgroup.data.tables import FEATURE_PREFIX, SPLITS, tasks_table
 
 log = logging.getLogger(__name__)
 
 TASK_TYPES = ("auto", "binary", "regression")
-SHOWN = 5  # offending values listed in a message
 # |Pearson correlation| with the label on the training rows above which a feature taken by
 # features "auto" is refused as a leak of the label.
 LEAK_CORRELATION = 0.999
@@ -90,6 +94,14 @@ class TableSpec:
                 f"dataset.table.split_fractions = {dict(fractions)}; expected keys train, val, "
                 "test summing to 1"
             )
+        roles = {"task_column": self.task_column, "label_column": self.label_column,
+                 "split_column": self.split_column}
+        named = [value for value in roles.values() if value is not None]
+        if len(set(named)) < len(named):
+            raise DataError(
+                "dataset.table: task_column, label_column and split_column must name "
+                f"different columns; found {', '.join(f'{k} = {v!r}' for k, v in roles.items())}"
+            )
         if (self.groups_path is None) != (self.group_column is None):
             raise DataError(
                 "dataset.table: groups_path and group_column go together; set both or neither"
@@ -125,6 +137,8 @@ def _format(path: str | Path) -> str:
 
 
 def _check_exists(path: str | Path, key: str) -> None:
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder ({key}); expected a Parquet or CSV file")
     if not Path(path).is_file():
         raise DataError(
             f"{path}: file not found ({key}; a relative path is read from the directory "
@@ -154,12 +168,6 @@ def _require_columns(path, available: list[str], wanted: dict[str, str]) -> None
             )
 
 
-def _shown(values) -> str:
-    values = list(values)
-    text = ", ".join(repr(v) for v in values[:SHOWN])
-    return text + (f", ... ({len(values)} in all)" if len(values) > SHOWN else "")
-
-
 def _positions(mask: np.ndarray, rows: np.ndarray | None = None) -> str:
     """The data rows (counting from 0, as in the file) where ``mask`` holds; ``rows``: the
     file row of each entry of ``mask`` (default: its position)."""
@@ -169,20 +177,6 @@ def _positions(mask: np.ndarray, rows: np.ndarray | None = None) -> str:
 
 
 # --- task names ----------------------------------------------------------------------------
-
-
-def normalize_task_name(value) -> str | None:
-    """The task name of a raw task value (module docstring); None for a missing value."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real) and float(value).is_integer():
-        return str(int(value))
-    name = str(value).strip()
-    return name or None
 
 
 def _is_number(text: str) -> bool:
@@ -229,46 +223,13 @@ def _task_names(path, column: pd.Series, task_column: str) -> tuple[pd.Series, l
     return row_names.astype(str), ordered
 
 
-def _task_list(path, spec: TableSpec, key: str, available: list[str]) -> list[str]:
-    """The task names listed in ``dataset.table.<key>`` (normalized like the task column's),
-    each one a task of ``available`` (the data's); DataError naming the others."""
-    listed = []
-    for value in getattr(spec, key):
-        name = normalize_task_name(value)
-        if name is None or name in listed:
-            raise DataError(
-                f"dataset.table.{key}: {value!r} is empty or repeats another entry "
-                f"(entries are normalized like task names: {list(getattr(spec, key))})"
-            )
-        listed.append(name)
-    lacking = [name for name in listed if name not in set(available)]
-    if lacking:
-        raise DataError(
-            f"{path}: dataset.table.{key} names task(s) {lacking} that column "
-            f"{spec.task_column!r} does not have; the data's {len(available)} tasks are "
-            f"{_shown(available)}"
-        )
-    return listed
-
-
 def _selected_tasks(path, spec: TableSpec, available: list[str]) -> list[str]:
     """The tasks of ``available`` (the data's, in canonical order) that ``tasks`` keeps
     (all when None) and ``exclude_tasks`` does not leave out."""
-    chosen = set(available if spec.tasks is None else _task_list(path, spec, "tasks", available))
-    excluded = _task_list(path, spec, "exclude_tasks", available)
-    if excluded:
-        chosen -= set(excluded)
-        if not chosen:
-            raise DataError(
-                f"{path}: dataset.table.exclude_tasks leaves out every task "
-                + ("of dataset.table.tasks" if spec.tasks is not None else "of the data")
-                + f" ({_shown(excluded)}); keep at least one"
-            )
-        log.info(
-            "%s: dataset.table.exclude_tasks leaves out %d task(s): %s; %d remain",
-            path, len(excluded), _shown(excluded), len(chosen),
-        )
-    return [name for name in available if name in chosen]
+    return kept_tasks(
+        available, spec.exclude_tasks, "dataset.table", f"{path}: ",
+        f"column {spec.task_column!r}", keep=spec.tasks,
+    )
 
 
 def table_task_names(spec: TableSpec) -> list[str]:
@@ -286,7 +247,42 @@ def table_task_names(spec: TableSpec) -> list[str]:
 # --- the checks and the tables -------------------------------------------------------------
 
 
-def _feature_names(path, spec: TableSpec, frame_columns: list[str], dtypes) -> list[str]:
+# Share of a text column's values that must read as numbers for features "auto" to take it
+# for a numeric column spoilt by a few markers ("?", "-", "missing") rather than text.
+NUMERIC_SHARE = 0.9
+
+
+def _check_text_numbers(path, frame: pd.DataFrame, columns: list[str]) -> None:
+    """Refuse a text column that features 'auto' would leave out but that holds numbers:
+    written with a decimal comma, or numbers but for a few markers (at least
+    :data:`NUMERIC_SHARE` of its values read as numbers)."""
+    for column in columns:
+        values = frame[column].dropna().astype(str).str.strip()
+        values = values[values != ""]
+        if values.empty:
+            continue
+        numbers = pd.to_numeric(values, errors="coerce").notna()
+        commas = pd.to_numeric(values.str.replace(",", ".", regex=False), errors="coerce")
+        if commas.notna().all() and not numbers.all():
+            raise DataError(
+                f"{path}: column {column!r} holds numbers written with a decimal comma "
+                f"(such as {_shown(pd.unique(values[~numbers]).tolist())}); features 'auto' "
+                "takes numeric columns only and would leave it out. Write the numbers with a "
+                "decimal point, or leave the column out (dataset.table.exclude_columns)"
+            )
+        if numbers.mean() >= NUMERIC_SHARE:
+            bad = values[~numbers]
+            raise DataError(
+                f"{path}: column {column!r} holds numbers but for {len(bad)} of its "
+                f"{len(values)} values ({_shown(pd.unique(bad).tolist())}), so it was read as "
+                "text; features 'auto' takes numeric columns only and would leave it out. "
+                "Replace those values (leave the cell empty for a missing value, then impute "
+                "it), or leave the column out (dataset.table.exclude_columns)"
+            )
+
+
+def _feature_names(path, spec: TableSpec, frame_columns: list[str], frame) -> list[str]:
+    dtypes = frame.dtypes
     reserved = {spec.task_column, spec.label_column, spec.split_column}
     unknown = [c for c in spec.exclude_columns if c not in frame_columns]
     if unknown:
@@ -303,6 +299,7 @@ def _feature_names(path, spec: TableSpec, frame_columns: list[str], dtypes) -> l
             if pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c])
         ]
         skipped = sorted(set(candidates) - set(features))
+        _check_text_numbers(path, frame, skipped)
         if skipped:
             log.info("features 'auto': left out the non-numeric column(s) %s", skipped)
     else:
@@ -424,6 +421,76 @@ def _check_label_leaks(
     )
 
 
+def _counts_from(values: np.ndarray) -> int | None:
+    """0 or 1 when ``values`` are exactly start, start + 1, .., start + n - 1; else None."""
+    for start in (0, 1):
+        if np.array_equal(values, np.arange(start, start + len(values))):
+            return start
+    return None
+
+
+def row_counter_kind(values: np.ndarray, tasks: np.ndarray | None = None) -> str | None:
+    """How ``values`` (one column, in file order) count the rows, or None when they do not:
+    "row number 0..n-1" or "1..n" (e.g. the index pandas writes to a CSV file as
+    'Unnamed: 0'); "increasing ids" / "decreasing ids" (whole numbers, strictly monotone
+    in file order, so one per row: a row id, or the row number of a filtered file); with
+    ``tasks`` (the task of each row), "row number within each task 0..n_t-1" (or 1..n_t),
+    the count restarting at every task. Fewer than 3 rows, NaN or a fraction: None."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 3 or not np.isfinite(values).all() or not np.all(np.mod(values, 1) == 0):
+        return None
+    start = _counts_from(values)
+    if start is not None:
+        return f"row number {start}..{n - 1 + start}"
+    steps = np.diff(values)
+    if (steps > 0).all():
+        return "increasing ids"
+    if (steps < 0).all():
+        return "decreasing ids"
+    if tasks is None:
+        return None
+    groups = pd.Series(np.arange(n)).groupby(np.asarray(tasks), sort=False).indices.values()
+    starts = {_counts_from(values[rows]) for rows in groups}
+    if len(starts) == 1 and None not in starts:
+        start = starts.pop()
+        return f"row number within each task {start}..n_t{'-1' if start == 0 else ''}"
+    return None
+
+
+def _check_row_counters(
+    path, spec: TableSpec, frame: pd.DataFrame, features: list[str], tasks: pd.Series
+) -> None:
+    """Refuse a feature taken by features 'auto' that counts the rows of the file
+    (:func:`row_counter_kind` over all its data rows, in file order, ``tasks`` the task
+    name of each): it says where a row sits in the file, not what the example is; warn
+    about one in an explicit features list (the user chose it)."""
+    counters = []
+    for column in features:
+        series = frame[column]
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        kind = row_counter_kind(
+            series.to_numpy(dtype=np.float64, na_value=np.nan), tasks.to_numpy()
+        )
+        if kind is not None:
+            counters.append(f"{column!r} ({kind})")
+    if not counters:
+        return
+    found = (
+        f"{path}: feature column(s) {', '.join(counters)} count the file's {len(frame)} data "
+        "rows in file order (a row number or a row id): such a column says where a row "
+        "sits in the file, not what the example is"
+    )
+    if spec.features != "auto":
+        log.warning("%s; it is kept because dataset.table.features lists it", found)
+        return
+    raise DataError(
+        f"{found}. Leave it out (dataset.table.exclude_columns), or list the features "
+        "(dataset.table.features) if it is a real one"
+    )
+
+
 def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
     values = np.unique(labels)
     is_binary = set(values.tolist()) == {0.0, 1.0}
@@ -432,6 +499,15 @@ def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
         raise DataError(
             f"{path}: dataset.table.task_type is 'binary', but column {spec.label_column!r} "
             f"has values other than 0 and 1: {_shown(other)}"
+        )
+    if spec.task_type == "auto" and len(values) == 2 and not is_binary:
+        low, high = values.tolist()
+        raise DataError(
+            f"{path}: column {spec.label_column!r} holds exactly two values, {low:g} and "
+            f"{high:g}: with dataset.table.task_type 'auto' that is a regression target, but "
+            f"two values are usually two classes. Binary labels are 0 and 1: recode them "
+            f"({low:g} -> 0, {high:g} -> 1), or set dataset.table.task_type: regression if "
+            "they are amounts"
         )
     if spec.task_type == "auto":
         return "binary" if is_binary else "regression"
@@ -449,8 +525,8 @@ def _splits(
         if bad.any():
             raise DataError(
                 f"{path}: column {spec.split_column!r} (dataset.table.split_column) has "
-                f"values {_shown(pd.unique(raw[bad]))} in {int(bad.sum())} row(s); expected "
-                "train, val or test"
+                f"values {_shown(pd.unique(raw[bad]).tolist())} in {int(bad.sum())} row(s); "
+                "expected train, val or test"
             )
         return split.to_numpy(dtype=object)
     split = np.empty(len(frame), dtype=object)
@@ -508,6 +584,36 @@ def _check_classes(path, spec: TableSpec, frame: pd.DataFrame) -> None:
             f"{'' if len(single) <= SHOWN else f', ... ({len(single)} in all)'}. Every "
             "split needs both labels (for the ROC AUC and the validation loss); leave the "
             "task out, or give it more rows of its rarer class in that split"
+        )
+
+
+def _check_label_spread(path, spec: TableSpec, frame: pd.DataFrame) -> None:
+    """Refuse regression tasks (``frame``: columns task, label) whose label is the same in
+    every row: there is nothing to learn, and R^2 is undefined."""
+    whole = frame.groupby("task", sort=False)["label"].agg(["nunique", "first", "size"])
+    constant = whole[whole["nunique"] < 2]
+    if len(constant):
+        listed = ", ".join(
+            f"{task!r} (label {row['first']:g} in {int(row['size'])} rows)"
+            for task, row in constant.head(SHOWN).iterrows()
+        )
+        raise DataError(
+            f"{path}: regression task(s) whose column {spec.label_column!r} is the same in "
+            f"every row: {listed}"
+            f"{'' if len(constant) <= SHOWN else f', ... ({len(constant)} in all)'}. There "
+            "is nothing to learn and R^2 is undefined; leave it out (dataset.table.exclude_tasks)"
+        )
+
+
+def _check_feature_spread(path, frame: pd.DataFrame, features: list[str], train) -> None:
+    """Refuse features that are all constant on the training rows: the inputs would carry
+    no information, and every model would predict one value per task."""
+    values = frame[features].to_numpy(dtype=np.float64)[train]
+    if len(values) and np.all(values.max(axis=0) == values.min(axis=0)):
+        raise DataError(
+            f"{path}: every feature column ({_shown(features)}) is constant on the "
+            f"{int(np.sum(train))} training rows: the inputs carry no information. Check "
+            "dataset.table.features and exclude_columns"
         )
 
 
@@ -585,7 +691,7 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         wanted[spec.split_column] = "dataset.table.split_column"
     _require_columns(path, available, wanted)
     frame = read_columns(path, available, (spec.task_column,))
-    features = _feature_names(path, spec, available, frame.dtypes)
+    features = _feature_names(path, spec, available, frame)
     log.info(
         "%s: features %s (dataset.table.features = %r%s)", path, features, spec.features,
         ": every numeric column but the task, label and split columns and exclude_columns "
@@ -593,6 +699,7 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
     row_names, ordered = _task_names(path, frame[spec.task_column], spec.task_column)
+    _check_row_counters(path, spec, frame, features, row_names)
     tasks = _selected_tasks(path, spec, ordered)
     keep = row_names.isin(tasks).to_numpy()
     file_rows = np.flatnonzero(keep)
@@ -616,8 +723,10 @@ def load_table(spec: TableSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     _check_task_sizes(path, spec, counts)
     if task_type == "binary":
         _check_classes(path, spec, work)
-
+    else:
+        _check_label_spread(path, spec, work)
     train = (work["split"] == "train").to_numpy()
+    _check_feature_spread(path, frame, features, train)
     _check_label_leaks(path, spec, frame, features, labels, train)
     standardized = _standardize(frame[features].to_numpy(dtype=np.float64), train)
     if task_type == "regression" and spec.standardize_label:
