@@ -390,7 +390,12 @@ def test_a_noise_floor_at_noise_level_turns_the_verdict_to_no_structure():
     lost = signal_check(membership, losses, "spectral", CLUSTERING, 5, SIGNAL, disagree)
     assert not lost["split_half_noise"] and lost["noise_floor_noise"]
     assert not lost["above_noise"]
-    assert "do not reproduce" in "\n".join(signal_lines(lost, 0.05))
+    assert "are not shown to reproduce" in "\n".join(signal_lines(lost, 0.05))
+    # with 4 tasks measured even full agreement (p = 1/16) cannot reject: not ruled on
+    few = signal_check(membership, losses, "spectral", CLUSTERING, 5, SIGNAL,
+                       disagree[disagree["task"].isin(names[:4])])
+    assert few["noise_floor_tasks"] == 4 and few["above_noise"]
+    assert "cannot be tested on so few tasks" in "\n".join(signal_lines(few, 0.05))
 
 
 def test_bootstrap_stability_is_high_on_planted_and_low_on_noise():

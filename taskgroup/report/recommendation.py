@@ -53,8 +53,9 @@ error), there is none.
 significant (p >= ``reliability_alpha``), or the held-out partition check chooses one
 cluster, or (c) the real values do not reproduce across fine-tuning seeds: a one-sided sign
 test of the per-task real-vs-real Spearman correlations against 0 (tasks with a defined
-correlation) has p >= ``reliability_alpha``. (c) counts only when measured (the validation
-ran and at least one task lies in 3 held-out subsets). (b) is reported, not ruled on: a
+correlation) has p >= ``reliability_alpha``. (c) counts only when it can reject: the
+validation ran and enough tasks lie in 3 held-out subsets for 0.5 ** tasks <
+``reliability_alpha`` (:func:`noise_floor_testable`). (b) is reported, not ruled on: a
 bootstrap draw shares about 63% of its subsets with the full data, so its ARI has no null
 value of 0 and any threshold on it would be a guess. At noise level the clustered groupings
 are not eligible: the choice is between naive MTL and STL, by the same rule as above.
@@ -337,6 +338,13 @@ def noise_floor(per_subset: pd.DataFrame | None) -> dict:
     return result
 
 
+def noise_floor_testable(n_tasks: int, alpha: float) -> bool:
+    """Whether the noise floor's sign test over ``n_tasks`` tasks can reject at ``alpha``:
+    its smallest p-value, every task positive, is 0.5 ** n_tasks (e.g. at least 5 tasks
+    for 0.05). With fewer, a perfect agreement would still read as noise."""
+    return n_tasks > 0 and 0.5**n_tasks < alpha
+
+
 def signal_check(
     membership: np.ndarray, losses: np.ndarray, method: str, clustering: ClusteringSettings,
     folds: int, settings: RecommendationSettings, per_subset: pd.DataFrame | None,
@@ -353,7 +361,8 @@ def signal_check(
     full-data clusters: the held-out count under "auto", else the configured one); (b)
     bootstrap_stability's; (c) noise_floor's; and alpha, split_half_noise,
     partition_noise (held_out_count is 1), noise_floor_noise (each part's verdict: True =
-    at noise level; False when (c) is unmeasured) and above_noise (none of the three)."""
+    at noise level; False when (c) cannot reject, :func:`noise_floor_testable`) and
+    above_noise (none of the three)."""
     alpha = settings.reliability_alpha
     row = split_half_reliability(membership, losses, method, clustering, settings.seed)
     _, full, _ = affinity_matrices(membership, losses)
@@ -373,7 +382,8 @@ def signal_check(
     row["split_half_noise"] = bool(row["p_value"] >= alpha)
     row["partition_noise"] = bool(row["held_out_count"] == 1)
     row["noise_floor_noise"] = bool(
-        np.isfinite(row["noise_floor_p_value"]) and row["noise_floor_p_value"] >= alpha
+        noise_floor_testable(row["noise_floor_tasks"], alpha)
+        and row["noise_floor_p_value"] >= alpha
     )
     row["above_noise"] = not (
         row["split_half_noise"] or row["partition_noise"] or row["noise_floor_noise"]
@@ -437,7 +447,7 @@ def signal_lines(signal: dict, alpha: float) -> list[str]:
         reasons = [text for flag, text in (
             ("split_half_noise", "its two halves do not agree beyond chance"),
             ("partition_noise", "no partition of the tasks predicts held-out subsets"),
-            ("noise_floor_noise", "real fine-tunings do not reproduce their own values"),
+            ("noise_floor_noise", "real fine-tunings are not shown to reproduce their values"),
         ) if signal[flag]]
         head = ("**Signal check: the higher-order affinity is at its noise level: there is no "
                 f"task structure to trust** ({'; '.join(reasons)}). Its clusters took no part "
@@ -472,14 +482,19 @@ def signal_lines(signal: dict, alpha: float) -> list[str]:
         lines.append("- (c) Noise floor: not measured (no estimator validation, or no task in "
                      "3 of its held-out subsets: raise validation.n_subsets).")
     else:
-        repro = ("do not reproduce (sign test p = {p:.3f} >= {a:g})"
-                 if signal["noise_floor_noise"] else "reproduce (sign test p = {p:.3g})")
+        p_value = signal["noise_floor_p_value"]
+        if not noise_floor_testable(signal["noise_floor_tasks"], alpha):
+            repro = ("cannot be tested on so few tasks (not ruled on; raise "
+                     "validation.n_subsets)")
+        elif signal["noise_floor_noise"]:
+            repro = f"are not shown to reproduce (sign test p = {p_value:.3f} >= {alpha:g})"
+        else:
+            repro = f"reproduce (sign test p = {p_value:.3g})"
         lines.append(
             f"- (c) Noise floor: two real fine-tunings with different seeds agree on the "
             f"order of a task's subsets with median Spearman {signal['noise_floor_spearman']:.2f}"
-            f" over {signal['noise_floor_tasks']} tasks, so the real values "
-            + repro.format(p=signal["noise_floor_p_value"], a=alpha)
-            + f"; the estimate agrees with real fine-tuning at {signal['estimator_spearman']:.2f}."
+            f" over {signal['noise_floor_tasks']} tasks, so the real values {repro}; the "
+            f"estimate agrees with real fine-tuning at {signal['estimator_spearman']:.2f}."
         )
     return lines
 
