@@ -64,8 +64,9 @@ class ClusteringSettings:
     similarity: one of SIMILARITIES, the kernel every method clusters (``similarity_kernel``).
     rounding: one of ROUNDINGS, how an SDP solution becomes labels (``round_sdp_solution``).
     n_clusters: an int >= 1, or "auto" for the count ``choose_n_clusters`` picks.
-    max_clusters: the largest count "auto" tries (the scan is 2 .. min(k - 1, max_clusters)).
-    seed: seed of every k-means and spectral fit.
+    max_clusters: the largest count "auto" tries (the scan is 1 .. min(k - 1, max_clusters)
+        held out, 2 .. min(k - 1, max_clusters) by the silhouette).
+    seed: seed of every k-means and spectral fit, and of the folds of an "auto" count.
     Raises ValueError for an unknown similarity or rounding, or an n_clusters that is neither
     an int nor "auto" (its range depends on k and is checked when clustering).
     """
@@ -90,8 +91,9 @@ class ClusteringSettings:
 @dataclass(frozen=True)
 class Clustering:
     """The result of ``cluster``: labels (k,) int64, canonically ordered; n_clusters, the
-    count used (configured or chosen); scan, the (n_clusters, score) table behind an "auto"
-    choice (see ``choose_n_clusters``), None for a configured count."""
+    count used (configured or chosen); scan, the (n_clusters, criterion, score, score_se)
+    table behind an "auto" choice (see ``choose_n_clusters``), None for a configured
+    count."""
 
     labels: np.ndarray
     n_clusters: int
