@@ -43,9 +43,8 @@ affinity is above its own noise:
 **Held-out partition check** (:func:`taskgroup.group.clustering.choose_n_clusters` on
 cross-fit folds of the subsets): for 1 .. max_clusters clusters, how well the clusters of
 the other folds' affinity predict a held-out fold's. A split-half correlation can come from
-structure that no grouping uses: a task that helps every partner (or a pair of tasks whose
-training samples happen to complement each other) reproduces across halves, and the
-correlation test counts it. This check asks for *group* structure: when one cluster (the
+structure that no grouping uses: a task that helps every partner reproduces across halves,
+and the correlation test counts it. This check asks for *group* structure: when one cluster (the
 overall mean) predicts the held-out folds as well as any partition (within one standard
 error), there is none.
 
