@@ -2,6 +2,8 @@ checkpoint cluster_tasks:
     input:
         affinity="results/{dataset}/affinity/{source}.parquet",
         tasks=TASKS_TABLE,
+        # n_clusters auto on the higher-order affinity: its subsets, cut into folds
+        values=auto_count_values,
         code=library_code("cluster_tasks.py"),
     output:
         # one grouping per clustering method of this affinity source
@@ -9,6 +11,7 @@ checkpoint cluster_tasks:
             "results/{{dataset}}/groupings/{{source}}-{method}.parquet", method=METHODS
         ),
         objective="results/{dataset}/clustering/{source}.parquet",
+        scan="results/{dataset}/clustering/{source}-scan.parquet",
     log:
         "results/{dataset}/logs/cluster_tasks/{source}.log",
     # Reads and writes small tables: on a cluster it runs in the main Snakemake process.
@@ -20,6 +23,7 @@ checkpoint cluster_tasks:
     params:
         clustering=clustering_params(),
         methods=METHODS,
+        auto_folds=auto_folds(),
     script:
         "../workflow_scripts/cluster_tasks.py"
 

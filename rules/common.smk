@@ -259,6 +259,24 @@ def clustering_params():
     }
 
 
+def auto_folds():
+    """clustering.auto_folds when n_clusters is "auto" (the held-out count), else None: it
+    changes no configured-count result, so it must not rerun those jobs."""
+    section = config["clustering"]
+    return section["auto_folds"] if section["n_clusters"] == "auto" else None
+
+
+def auto_count_values(wildcards):
+    """cluster_tasks' subset values: the random design's, for the held-out count of
+    n_clusters "auto" on the higher-order affinity; none otherwise."""
+    if (
+        config["clustering"]["n_clusters"] == "auto"
+        and wildcards.source == "higher_order"
+    ):
+        return subset_values("random").format(dataset=wildcards.dataset)
+    return []
+
+
 def surrogate_params():
     """The fields of SurrogateSettings: the config section without "enabled" (the schema
     fills in the defaults), keys sorted."""
@@ -480,4 +498,15 @@ def recommendation_params():
     recommendation section without selection_fraction, which acts in the final trainings).
     """
     section = config["recommendation"]
-    return {key: section[key] for key in ("margin", "reliability_alpha", "seed")}
+    return {
+        key: section[key]
+        for key in ("margin", "reliability_alpha", "bootstrap_draws", "seed")
+    }
+
+
+def validation_per_subset():
+    """The estimator validation's per-subset table, read by the recommendation's noise
+    floor; none when the validation does not run (estimator finetune)."""
+    if config["estimator"] == "gradient":
+        return "results/{dataset}/validation/per_subset.parquet"
+    return []

@@ -6,6 +6,8 @@ if RECOMMEND:
             per_task="results/{dataset}/evaluation/per_task.parquet",
             values=subset_values("random"),
             tasks=TASKS_TABLE,
+            # the estimator's noise floor, when the estimator validation runs
+            validation=validation_per_subset(),
             code=library_code("recommend.py"),
         output:
             groups="results/{dataset}/recommendation/groups.parquet",
@@ -30,6 +32,7 @@ if RECOMMEND:
             # The signal check clusters each half of the subsets with the first method.
             method=METHODS[0],
             clustering=clustering_params(),
+            auto_folds=config["clustering"]["auto_folds"],
             metric=config["evaluation"]["metric"],
         script:
             "../workflow_scripts/recommend.py"

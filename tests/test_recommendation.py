@@ -1,5 +1,6 @@
 """The recommendation's rule on hand-made per-task tables, its signal check on planted and
-noise affinities, and its verdict on a dataset where no grouping can help."""
+noise affinities, and its verdict on linear tasks where no grouping can help (copies of one
+task) and where tasks must be kept apart (opposite teachers)."""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,6 @@ import pytest
 
 from taskgroup.data.designs import membership_matrix
 from taskgroup.data.tables import (
-    GROUP_RESULTS,
     RECOMMENDATION_GROUPS,
     RECOMMENDATION_SIGNAL,
     RECOMMENDATION_VERDICT,
@@ -15,18 +15,24 @@ from taskgroup.data.tables import (
     tasks_table,
     write_table,
 )
-from taskgroup.group.clustering import ClusteringSettings
+from taskgroup.group.affinity import affinity_matrices
+from taskgroup.group.clustering import ClusteringSettings, cluster
 from taskgroup.group.groupings import group_keys
 from taskgroup.report.evaluation import per_task_table
 from taskgroup.report.recommendation import (
     RecommendationSettings,
+    bootstrap_stability,
     choose_candidate,
     compare_with_reference,
+    noise_floor,
     pooled_selection_losses,
+    recommendation,
+    signal_check,
+    signal_lines,
     split_half_reliability,
+    verdict_markdown,
 )
 from taskgroup.stages.recommend import recommend
-from taskgroup.stages.train import train_group_models
 
 TASKS = list("abcd")
 GROUPINGS = {
@@ -171,90 +177,240 @@ def test_split_half_reliability_is_high_on_a_planted_affinity_and_low_on_noise()
     assert sum(p < 0.05 for p in p_values) <= 1  # a 5% test rejects rarely on noise
 
 
-def copies_of_one_task(k=4, n=300, d=6, seed=0, teachers=1):
-    """Examples and tasks tables of k tasks that are copies of one task (the same teacher,
-    fresh inputs per task): each task only gains from the others' examples. With
-    ``teachers`` = 2, tasks alternate between two orthogonal teachers."""
+def linear_tasks(k, opposite=False, n_train=40, n_val=30, n_test=100, d=6, noise=0.5, seed=0):
+    """k regression tasks y = x . theta + noise (sd ``noise``), x ~ N(0, I_d), theta a unit
+    teacher: copies of one task (the same examples in every task), or with ``opposite``
+    tasks of their own examples, the second half of them with teacher -theta. Returns
+    {task: {split: (x, y)}} with splits train, val_stop, val_select, test of the given
+    sizes."""
     rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
-    frames = []
-    counts = []
-    for task in range(k):
-        theta = 3.0 * basis[:, task % teachers]
-        x = rng.standard_normal((n, d)).astype(np.float32)
-        label = (x @ theta + 0.5 * rng.standard_normal(n) > 0).astype(np.float32)
-        split = np.array(["train"] * (n // 6) + ["val"] * (n // 6) + ["test"] * (n - n // 3))
-        frame = pd.DataFrame(x, columns=[f"feature_{j}" for j in range(d)])
-        frame.insert(0, "label", label)
-        frame.insert(0, "split", split)
-        frame.insert(0, "task", f"copy_{task}")
-        frames.append(frame)
-        counts.append([n // 6, n // 6, n - n // 3])
-    tasks = tasks_table([f"copy_{t}" for t in range(k)], "binary", counts)
-    return pd.concat(frames, ignore_index=True), tasks
+    theta = rng.standard_normal(d)
+    theta /= np.linalg.norm(theta)
+    sizes = {"train": n_train, "val_stop": n_val, "val_select": n_val, "test": n_test}
+
+    def draw(sign):
+        splits = {}
+        for split, n in sizes.items():
+            x = rng.standard_normal((n, d))
+            splits[split] = (x, x @ (sign * theta) + noise * rng.standard_normal(n))
+        return splits
+
+    if not opposite:
+        one = draw(1.0)
+        return {f"t{index:02d}": one for index in range(k)}
+    return {f"t{index:02d}": draw(-1.0 if index >= k // 2 else 1.0) for index in range(k)}
 
 
-def recommend_on(tmp_path, examples, tasks, hidden_sizes, epochs=15):
-    """Train naive MTL, STL and a two-group grouping on the tables and recommend, with
-    subset values that hold no structure (the signal check finds noise)."""
-    write_table(examples, tmp_path / "examples.parquet")
-    write_table(tasks, tmp_path / "tasks.parquet")
-    names = tasks["task"].tolist()
+def ridge(x, y, strength=1.0):
+    """The ridge regression weights (d,) of rows x (n, d) and targets y (n,)."""
+    return np.linalg.solve(x.T @ x + strength * np.eye(x.shape[1]), x.T @ y)
+
+
+def pooled_fit(data, members, seed=None):
+    """One shared linear model on the members' training rows (with ``seed``: each task's
+    rows resampled with replacement, the stand-in for a training seed)."""
+    xs, ys = [], []
+    for index, task in enumerate(members):
+        x, y = data[task]["train"]
+        if seed is not None:
+            drawn = np.random.default_rng([seed, index]).integers(0, len(y), len(y))
+            x, y = x[drawn], y[drawn]
+        xs.append(x)
+        ys.append(y)
+    return ridge(np.concatenate(xs), np.concatenate(ys))
+
+
+def linear_per_task(data, groupings, seeds=(0, 1, 2)):
+    """The per-task table of every grouping, each group one pooled linear model per seed:
+    squared-error loss and R^2 on val_stop, val_select and test."""
+    rows = []
+    keyed = {key: sorted(members) for grouping in groupings.values()
+             for key, members in group_keys(grouping).groupby("group_key")["task"]}
+    for key, members in keyed.items():
+        for seed in seeds:
+            weights = pooled_fit(data, members, seed)
+            for task in members:
+                for split in ("val_stop", "val_select", "test"):
+                    x, y = data[task][split]
+                    loss = float(np.mean((y - x @ weights) ** 2))
+                    rows.append({"variant": "plain", "group_key": key, "seed": seed,
+                                 "task": task, "split": split, "loss": loss,
+                                 "metric": 1.0 - loss / float(np.var(y)), "loss_weight": 1.0,
+                                 "n_examples": len(y), "diverged": False})
+    return per_task_table(groupings, pd.DataFrame(rows))
+
+
+def linear_subset_values(data, count=200, size=3, seed=0):
+    """Membership (count, k) and validation losses (count, k) of random subsets, each
+    valued by one pooled linear model on its tasks' training rows resampled with the
+    subset's own seed (as each subset's fine-tuning has its own seed)."""
+    names = sorted(data)
+    rng = np.random.default_rng(seed)
+    membership = np.zeros((count, len(names)), dtype=bool)
+    losses = np.full(membership.shape, np.nan)
+    for row in range(count):
+        members = np.sort(rng.choice(len(names), size, replace=False))
+        membership[row, members] = True
+        weights = pooled_fit(data, [names[i] for i in members], seed=1000 + row)
+        for i in members:
+            x, y = data[names[i]]["val_stop"]
+            losses[row, i] = np.mean((y - x @ weights) ** 2)
+    return membership, losses
+
+
+SIGNAL = RecommendationSettings(margin=1.0, reliability_alpha=0.05, bootstrap_draws=20, seed=0)
+
+
+def answer_for(data):
+    """The signal check and the recommendation on linear tasks: the candidates are naive
+    MTL, STL and the higher-order affinity's two spectral clusters."""
+    names = sorted(data)
+    membership, losses = linear_subset_values(data)
+    signal = signal_check(membership, losses, "spectral", CLUSTERING, 5, SIGNAL, None)
+    clusters = cluster(affinity_matrices(membership, losses)[1], "spectral", CLUSTERING)
     groupings = {
-        "higher_order-sdp": pd.DataFrame({"task": names, "group": [0, 0, 1, 1]}),
-        "naive_mtl": pd.DataFrame({"task": names, "group": [0] * 4}),
-        "stl": pd.DataFrame({"task": names, "group": [0, 1, 2, 3]}),
+        "higher_order-spectral": pd.DataFrame({"task": names, "group": clusters.labels}),
+        "naive_mtl": pd.DataFrame({"task": names, "group": 0}),
+        "stl": pd.DataFrame({"task": names, "group": range(len(names))}),
     }
-    groups = {k: sorted(m) for grouping in groupings.values()
-              for k, m in group_keys(grouping).groupby("group_key")["task"]}
-    train_group_models(
-        tmp_path / "examples.parquet", tmp_path / "tasks.parquet", groups,
-        tmp_path / "results.parquet", tmp_path / "models", [], hidden_sizes,
-        {"epochs": epochs, "lr": 0.02, "batch_size": 64, "weight_decay": 0.0}, [0, 1, 2],
-        selection={"fraction": 0.5, "seed": 0}, budget="epochs",
-    )
-    results = read_table(tmp_path / "results.parquet", GROUP_RESULTS)
-    write_table(per_task_table(groupings, results), tmp_path / "per_task.parquet")
-    # subset values with no structure: every task's loss is noise around the same value
-    rng = np.random.default_rng(1)
-    rows = [(subset, task) for subset in range(60)
-            for task in rng.choice(names, 2, replace=False)]
-    values = pd.DataFrame({"subset_id": [r[0] for r in rows], "task": [r[1] for r in rows],
-                           "split": "val", "loss": 0.5 + 0.01 * rng.standard_normal(len(rows)),
-                           "metric": 0.8, "estimator": "finetune", "design": "random"})
-    write_table(values, tmp_path / "values.parquet")
-    out = {name: tmp_path / f"out_{name}" for name in
-           ("groups", "verdict", "signal", "md", "html")}
-    recommend(
-        tmp_path / "per_task.parquet", tmp_path / "values.parquet", tmp_path / "tasks.parquet",
-        out["groups"], out["verdict"], out["signal"], out["md"], out["html"],
-        list(groupings), "plain", RecommendationSettings(1.0, 0.05, 0), "spectral",
-        CLUSTERING, "accuracy",
-    )
-    return out
+    per_task = linear_per_task(data, groupings)
+    verdict, groups = recommendation(per_task, list(groupings), "plain", names, SIGNAL.margin,
+                                     signal["above_noise"])
+    return signal, verdict.set_index("candidate"), groups, per_task
 
 
-def test_copies_of_one_task_are_trained_together(tmp_path):
-    out = recommend_on(tmp_path, *copies_of_one_task(), [4])
+def test_copies_of_one_task_are_trained_together_and_show_no_structure():
+    signal, verdict, groups, _ = answer_for(linear_tasks(12))
+    # no subset of copies helps a task more than another: the affinity is noise, and no
+    # partition predicts held-out subsets better than none
+    assert not signal["above_noise"]
+    assert signal["split_half_noise"] and signal["p_value"] >= 0.05
+    assert signal["partition_noise"] and signal["held_out_count"] == 1
+    assert verdict.index[verdict["chosen"]].tolist() == ["naive_mtl"]
+    assert not verdict.loc["higher_order-spectral", "eligible"]
+    assert not verdict.loc["stl", "beats_reference"]
+    assert groups["group"].tolist() == [0] * 12 and groups["group_key"].nunique() == 1
+    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, "r2")
+    assert "Train all tasks together" in text
+    assert "at its noise level: there is no task structure to trust" in text
+
+
+def test_tasks_with_opposite_teachers_are_kept_apart():
+    signal, verdict, groups, _ = answer_for(linear_tasks(12, opposite=True))
+    assert signal["above_noise"] and signal["p_value"] < 0.01
+    assert signal["correlation"] > 0.8 and signal["held_out_count"] == 2
+    # the clusters are the two teachers, found again on every bootstrap draw
+    assert signal["n_clusters"] == 2 and signal["bootstrap_ari_mean"] == pytest.approx(1.0)
+    chosen = verdict.index[verdict["chosen"]][0]
+    assert chosen != "naive_mtl"
+    assert chosen == "higher_order-spectral" and verdict.loc[chosen, "beats_reference"]
+    assert groups["group"].tolist() == [0] * 6 + [1] * 6
+    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, "r2")
+    assert "Train these 2 groups" in text and "above its noise" in text
+
+
+def test_the_recommend_stage_reads_and_writes_its_tables(tmp_path):
+    data = linear_tasks(12)
+    names = sorted(data)
+    membership, losses = linear_subset_values(data)
+    groupings = {"higher_order-sdp": pd.DataFrame({"task": names, "group": np.arange(12) % 2}),
+                 "naive_mtl": pd.DataFrame({"task": names, "group": 0}),
+                 "stl": pd.DataFrame({"task": names, "group": range(12)})}
+    write_table(linear_per_task(data, groupings), tmp_path / "per_task.parquet")
+    subset, task = np.nonzero(membership)
+    write_table(pd.DataFrame({"subset_id": subset, "task": np.array(names)[task],
+                              "split": "val", "loss": losses[subset, task], "metric": 0.0,
+                              "estimator": "gradient", "design": "random"}),
+                tmp_path / "values.parquet")
+    write_table(tasks_table(names, "regression", [[12, 60, 100]] * 12),
+                tmp_path / "tasks.parquet")
+    out = {name: tmp_path / f"out_{name}" for name in ("groups", "verdict", "signal", "md",
+                                                       "html")}
+    recommend(tmp_path / "per_task.parquet", tmp_path / "values.parquet",
+              tmp_path / "tasks.parquet", out["groups"], out["verdict"], out["signal"],
+              out["md"], out["html"], list(groupings), "plain", SIGNAL, "spectral",
+              CLUSTERING, 5, "r2")
     verdict = read_table(out["verdict"], RECOMMENDATION_VERDICT).set_index("candidate")
     assert verdict.index[verdict["chosen"]].tolist() == ["naive_mtl"]
-    # the copies pool their examples: STL is clearly worse on the held-out rows
-    assert verdict.loc["stl", "difference"] > 0
     signal = read_table(out["signal"], RECOMMENDATION_SIGNAL)
-    assert not signal["above_noise"].item()
-    groups = read_table(out["groups"], RECOMMENDATION_GROUPS)
-    assert groups["group"].tolist() == [0, 0, 0, 0]
-    assert groups["group_key"].nunique() == 1
-    text = out["md"].read_text()
-    assert "Train all tasks together" in text and "at its noise level" in text
+    assert not signal["above_noise"].item() and signal["noise_floor_tasks"].item() == 0
+    assert read_table(out["groups"], RECOMMENDATION_GROUPS)["group"].tolist() == [0] * 12
+    assert "Train all tasks together" in out["md"].read_text()
+    # a per-task table without its selection columns is refused, naming the column
+    write_table(linear_per_task(data, groupings).drop(columns="val_select_n"),
+                tmp_path / "per_task.parquet")
+    with pytest.raises(ValueError, match="val_select_n"):
+        recommend(tmp_path / "per_task.parquet", tmp_path / "values.parquet",
+                  tmp_path / "tasks.parquet", out["groups"], out["verdict"], out["signal"],
+                  out["md"], out["html"], list(groupings), "plain", SIGNAL, "spectral",
+                  CLUSTERING, 5, "r2")
 
 
-def test_tasks_that_conflict_in_one_narrow_trunk_are_not_trained_together(tmp_path):
-    # two orthogonal teachers and a one-unit trunk: one shared model cannot serve both
-    # (60 epochs: a single-task model takes one step per epoch on its 50 training rows)
-    out = recommend_on(tmp_path, *copies_of_one_task(teachers=2), [1], epochs=60)
-    verdict = read_table(out["verdict"], RECOMMENDATION_VERDICT).set_index("candidate")
-    chosen = verdict.index[verdict["chosen"]][0]
-    assert chosen == "stl"  # the clusters are not eligible: the subset values are noise
-    assert verdict.loc["stl", "beats_reference"]
-    assert "Train each task alone" in out["md"].read_text()
+def validation_rows(k=10, n=40, agree=True, seed=0):
+    """A validation per-subset table: each task in n held-out subsets; the second real
+    fine-tuning repeats the first's losses plus small noise (``agree``) or is independent of
+    them; the gradient estimate is the first's losses plus larger noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for task in range(k):
+        real = rng.standard_normal(n)
+        again = real + 0.3 * rng.standard_normal(n) if agree else rng.standard_normal(n)
+        for name, loss in (("finetune_other_seed", again),
+                           ("gradient", real + rng.standard_normal(n))):
+            rows.append(pd.DataFrame({"estimator": name, "subset_id": np.arange(n),
+                                      "task": f"t{task}", "loss": 1.0 + 0.1 * loss,
+                                      "loss_reference": 1.0 + 0.1 * real}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_noise_floor_reads_the_validation_and_its_sign_test():
+    floor = noise_floor(validation_rows())
+    assert floor["noise_floor_tasks"] == 10
+    assert floor["noise_floor_spearman"] > 0.9  # sd 0.3 of noise on unit-sd losses
+    assert 0.5 < floor["estimator_spearman"] < 0.85  # unit noise: about 0.7
+    assert floor["noise_floor_p_value"] == pytest.approx(0.5 ** 10)  # 10 of 10 positive
+    unrelated = noise_floor(validation_rows(agree=False))
+    assert abs(unrelated["noise_floor_spearman"]) < 0.3
+    assert unrelated["noise_floor_p_value"] > 0.05
+    # too few held-out subsets per task to rank, and no validation at all: unmeasured
+    for missing in (noise_floor(validation_rows(n=2)), noise_floor(None)):
+        assert missing["noise_floor_tasks"] == 0 and np.isnan(missing["noise_floor_p_value"])
+
+
+def test_a_noise_floor_at_noise_level_turns_the_verdict_to_no_structure():
+    data = linear_tasks(12, opposite=True)
+    membership, losses = linear_subset_values(data)
+    names = sorted(data)
+    agree, disagree = (validation_rows(agree=flag).assign(task=lambda f: f["task"].map(
+        {f"t{i}": names[i] for i in range(10)})) for flag in (True, False))
+    kept = signal_check(membership, losses, "spectral", CLUSTERING, 5, SIGNAL, agree)
+    assert kept["above_noise"] and not kept["noise_floor_noise"]
+    # the affinity reproduces across halves, but the real values it stands for do not
+    # reproduce across fine-tuning seeds: no structure to trust
+    lost = signal_check(membership, losses, "spectral", CLUSTERING, 5, SIGNAL, disagree)
+    assert not lost["split_half_noise"] and lost["noise_floor_noise"]
+    assert not lost["above_noise"]
+    assert "are not shown to reproduce" in "\n".join(signal_lines(lost, 0.05))
+    # with 4 tasks measured even full agreement (p = 1/16) cannot reject: not ruled on
+    few = signal_check(membership, losses, "spectral", CLUSTERING, 5, SIGNAL,
+                       disagree[disagree["task"].isin(names[:4])])
+    assert few["noise_floor_tasks"] == 4 and few["above_noise"]
+    assert "cannot be tested on so few tasks" in "\n".join(signal_lines(few, 0.05))
+
+
+def test_bootstrap_stability_is_high_on_planted_and_low_on_noise():
+    membership, losses, group = planted_values(noise_only=False)
+    planted = bootstrap_stability(membership, losses, group, "spectral", CLUSTERING, 10, 0)
+    assert planted["bootstrap_draws"] == 10
+    assert planted["bootstrap_ari_mean"] == pytest.approx(1.0)
+    assert planted["bootstrap_ari_sd"] == pytest.approx(0.0)
+    membership, losses, _ = planted_values(noise_only=True)
+    full = affinity_matrices(membership, losses)[1]
+    reference = cluster(full, "spectral", CLUSTERING).labels
+    noise = bootstrap_stability(membership, losses, reference, "spectral", CLUSTERING, 10, 0)
+    assert noise["bootstrap_ari_mean"] < 0.6 and noise["bootstrap_ari_sd"] > 0
+    single = bootstrap_stability(membership, losses, np.zeros(8, dtype=int), "spectral",
+                                 CLUSTERING, 10, 0)
+    assert np.isnan(single["bootstrap_ari_mean"])
+    with pytest.raises(ValueError, match="bootstrap_draws = 0"):
+        bootstrap_stability(membership, losses, group, "spectral", CLUSTERING, 0, 0)

@@ -8,7 +8,10 @@ cluster_tasks(
     tasks_path=snakemake.input.tasks,
     grouping_paths=list(snakemake.output.groupings),
     objective_path=snakemake.output.objective,
+    scan_path=snakemake.output.scan,
     source=snakemake.wildcards.source,
     methods=snakemake.params.methods,
     settings=ClusteringSettings(**snakemake.params.clustering),
+    values_path=snakemake.input.values or None,
+    auto_folds=snakemake.params.auto_folds,
 )

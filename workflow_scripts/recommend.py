@@ -18,5 +18,7 @@ recommend(
     settings=RecommendationSettings(**snakemake.params.settings),
     method=snakemake.params.method,
     clustering=ClusteringSettings(**snakemake.params.clustering),
+    auto_folds=snakemake.params.auto_folds,
     metric=snakemake.params.metric,
+    validation_path=snakemake.input.validation or None,
 )

@@ -211,6 +211,20 @@ GROUP_RESULTS = {
     "n_examples": "int",
     "diverged": "bool",
 }
+# The per-task evaluation table (taskgroup.report.evaluation.per_task_table): the columns
+# the recommendation reads.
+PER_TASK = {
+    "grouping": "str",
+    "variant": "str",
+    "seed": "int",
+    "task": "str",
+    "cluster": "int",
+    "group_key": "str",
+    "test_metric": "float",
+    "val_select_loss": "float",
+    "val_select_metric": "float",
+    "val_select_n": "int",
+}
 RECOMMENDATION_GROUPS = {"task": "str", "group": "int", "group_key": "str"}
 RECOMMENDATION_VERDICT = {
     "candidate": "str",
@@ -235,8 +249,41 @@ RECOMMENDATION_SIGNAL = {
     "correlation": "float",
     "p_value": "float",
     "ari": "float",
+    "held_out_count": "int",
+    "held_out_score": "float",
+    "n_clusters": "int",
+    "bootstrap_draws": "int",
+    "bootstrap_ari_mean": "float",
+    "bootstrap_ari_sd": "float",
+    "noise_floor_tasks": "int",
+    "noise_floor_spearman": "float",
+    "estimator_spearman": "float",
+    "noise_floor_p_value": "float",
     "alpha": "float",
+    "split_half_noise": "bool",
+    "partition_noise": "bool",
+    "noise_floor_noise": "bool",
     "above_noise": "bool",
+}
+# The per-(subset, task) table of the estimator validation (taskgroup.stages.validate): the
+# columns the recommendation's noise floor reads.
+VALIDATION_PER_SUBSET = {
+    "estimator": "str",
+    "subset_id": "int",
+    "task": "str",
+    "loss": "float",
+    "loss_reference": "float",
+}
+# The count scan of clustering.n_clusters "auto" (taskgroup.group.clustering.choose_n_clusters),
+# one row per (method, candidate count) of a source.
+CLUSTER_SCAN = {
+    "source": "str",
+    "method": "str",
+    "n_clusters": "int",
+    "criterion": "str",
+    "score": "float",
+    "score_se": "float",
+    "chosen": "bool",
 }
 
 TASK_WEIGHTS = {

@@ -19,6 +19,7 @@ from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
+from taskgroup.group.affinity import affinity_matrices
 from taskgroup.group.groupings import check_n_clusters
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class ClusteringSettings:
     similarity: one of SIMILARITIES, the kernel every method clusters (``similarity_kernel``).
     rounding: one of ROUNDINGS, how an SDP solution becomes labels (``round_sdp_solution``).
     n_clusters: an int >= 1, or "auto" for the count ``choose_n_clusters`` picks.
-    max_clusters: the largest count "auto" tries (the scan is 2 .. min(k - 1, max_clusters)).
-    seed: seed of every k-means and spectral fit.
+    max_clusters: the largest count "auto" tries (the scan is 1 .. min(k - 1, max_clusters)
+        held out, 2 .. min(k - 1, max_clusters) by the silhouette).
+    seed: seed of every k-means and spectral fit, and of the folds of an "auto" count.
     Raises ValueError for an unknown similarity or rounding, or an n_clusters that is neither
     an int nor "auto" (its range depends on k and is checked when clustering).
     """
@@ -89,8 +91,9 @@ class ClusteringSettings:
 @dataclass(frozen=True)
 class Clustering:
     """The result of ``cluster``: labels (k,) int64, canonically ordered; n_clusters, the
-    count used (configured or chosen); scan, the (n_clusters, score) table behind an "auto"
-    choice (see ``choose_n_clusters``), None for a configured count."""
+    count used (configured or chosen); scan, the (n_clusters, criterion, score, score_se)
+    table behind an "auto" choice (see ``choose_n_clusters``), None for a configured
+    count."""
 
     labels: np.ndarray
     n_clusters: int
@@ -473,53 +476,177 @@ def _kernel_distance(kernel: np.ndarray) -> np.ndarray:
     return (distance + distance.T) / 2.0
 
 
+def fold_affinities(
+    membership: np.ndarray, losses: np.ndarray, n_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Normalized higher-order affinities (:func:`taskgroup.group.affinity.affinity_matrices`)
+    of complementary parts of the subsets, for a ``n_folds``-fold cross-fit.
+
+    membership (m, k) bool, losses (m, k): the subsets and their losses. The subsets are
+    shuffled by the generator seeded by ``seed`` and cut into ``n_folds`` folds of sizes
+    differing by at most one (``numpy.array_split``); fold f gives the pair (fit, held):
+    the affinity of every subset outside fold f, and that of fold f. With n_folds = 2 the
+    two pairs are the two disjoint halves, each way round. Returns ``n_folds`` pairs of
+    (k, k) matrices. Raises ValueError unless 2 <= n_folds and 2 n_folds <= m."""
+    m = membership.shape[0]
+    if n_folds < 2 or 2 * n_folds > m:
+        raise ValueError(
+            f"a {n_folds}-fold split of {m} subsets: expected 2 <= folds <= subsets / 2"
+        )
+    folds = np.array_split(np.random.default_rng(seed).permutation(m), n_folds)
+    pairs = []
+    for index, held in enumerate(folds):
+        fit = np.concatenate([fold for other, fold in enumerate(folds) if other != index])
+        pairs.append((
+            affinity_matrices(membership[fit], losses[fit])[1],
+            affinity_matrices(membership[held], losses[held])[1],
+        ))
+    return pairs
+
+
+def held_out_block_error(fit: np.ndarray, held: np.ndarray, labels: np.ndarray) -> float:
+    """How well a partition found on one affinity predicts another, independent one.
+
+    fit, held: (k, k) symmetric affinities (NaN = pair not covered); labels (k,) int. Each
+    block (pair of clusters, unordered) is predicted by the mean of ``fit`` over its task
+    pairs i < j (a block ``fit`` does not cover: the mean over every covered pair); returns
+    the mean squared error of that prediction over the pairs i < j that ``held`` covers
+    (NaN when it covers none). A single cluster predicts the overall mean: its error is the
+    held-out spread that no partition explains."""
+    k = len(labels)
+    upper = np.triu_indices(k, k=1)
+    first, second = labels[upper[0]], labels[upper[1]]
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    block = low * (int(labels.max()) + 1) + high
+    fitted, observed = fit[upper], held[upper]
+    covered = np.isfinite(fitted)
+    if not covered.any() or not np.isfinite(observed).any():
+        return float("nan")
+    sums = np.bincount(block[covered], weights=fitted[covered], minlength=block.max() + 1)
+    counts = np.bincount(block[covered], minlength=block.max() + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / counts, fitted[covered].mean())
+    prediction = means[block]
+    scored = np.isfinite(observed)
+    return float(np.mean((observed[scored] - prediction[scored]) ** 2))
+
+
+def _held_out_scan(
+    folds: list[tuple[np.ndarray, np.ndarray]], method: str, settings: ClusteringSettings,
+    candidates: list[int],
+) -> pd.DataFrame:
+    """Per candidate count: each fold's held-out block error, divided by the error of one
+    cluster on the same fold; its mean and standard error over folds."""
+    ratios = np.empty((len(candidates), len(folds)))
+    k = folds[0][0].shape[0]
+    for column, (fit, held) in enumerate(folds):
+        baseline = held_out_block_error(fit, held, np.zeros(k, dtype=np.int64))
+        for row, n in enumerate(candidates):
+            labels = partition(fit, method, replace(settings, n_clusters=n))
+            ratios[row, column] = held_out_block_error(fit, held, labels) / (
+                baseline if baseline > 0 else 1.0
+            )
+    return pd.DataFrame({
+        "n_clusters": np.array(candidates, dtype=np.int64),
+        "criterion": "held_out_block_error",
+        "score": ratios.mean(axis=1),
+        "score_se": ratios.std(axis=1, ddof=1) / np.sqrt(len(folds)),
+    })
+
+
+def _silhouette_scan(
+    affinity: np.ndarray, labels: list[np.ndarray], settings: ClusteringSettings,
+    candidates: list[int],
+) -> pd.DataFrame:
+    distance = _kernel_distance(similarity_kernel(affinity, settings.similarity))
+    return pd.DataFrame({
+        "n_clusters": np.array(candidates, dtype=np.int64),
+        "criterion": "silhouette",
+        "score": [
+            float(silhouette_score(distance, found, metric="precomputed")) for found in labels
+        ],
+        "score_se": np.nan,
+    })
+
+
 def choose_n_clusters(
-    affinity: np.ndarray, method: str, settings: ClusteringSettings, candidates=None
+    affinity: np.ndarray, method: str, settings: ClusteringSettings, candidates=None,
+    folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Clustering:
     """The clustering of ``clustering.n_clusters: auto``: the count, its labels and the scan.
 
-    Rule: cluster with ``partition`` (``method``, ``settings`` with n_clusters replaced) for
-    every candidate n (default 2 .. min(k - 1, settings.max_clusters)), score each partition
-    by its mean silhouette under the distance log(max K) - log(K_ij) of the similarity
-    kernel K (for "profile": the correlation distance of affinity rows, scaled), and pick
-    the best score, the smallest n on ties. The winner's labels are those of the scan (each
-    candidate is clustered once). Cost: one ``partition`` per candidate.
+    With ``folds`` (pairs (fit, held) of affinities of the same tasks from disjoint
+    evidence, e.g. the cross-fit folds of the subsets, :func:`fold_affinities`): a held-out
+    choice. For every candidate n (default 1 .. min(k - 1, settings.max_clusters)) each
+    fit affinity is clustered with ``partition`` (``method``, ``settings`` with n_clusters =
+    n), and that partition, with the fit's block means, predicts the held affinity
+    (:func:`held_out_block_error`); the score is that error divided by one cluster's (the
+    overall mean's), averaged over the folds (score_se: its standard error over them). Too
+    few clusters leave between-group contrast unexplained; too many fit the fit part's
+    noise, which the held part does not share. The count is the smallest n whose score is
+    within one standard error of the lowest (the one-standard-error rule: no finer
+    partition than the evidence supports); n = 1 means the affinity holds no structure
+    that reproduces. Cost: one ``partition`` per candidate and fold, plus one of the full
+    ``affinity`` at the chosen count (its labels are returned).
 
-    Returns a Clustering whose scan has int64 column n_clusters and float column score, one
-    row per candidate in ascending order. Fewer than 3 tasks leave no candidate: one
-    cluster and an empty scan, with a warning. Raises ValueError for an unknown method or a
-    candidate outside 2 .. k - 1.
-    """
+    Without ``folds`` (a source with no replicates to split): the mean silhouette of each
+    candidate's partition of ``affinity`` (default candidates 2 .. min(k - 1,
+    settings.max_clusters)) under the distance log(max K) - log(K_ij) of the similarity
+    kernel K, the best score winning (the smallest n on ties); a guess on the same data,
+    logged as such.
+
+    Returns a Clustering whose scan has columns n_clusters (int64), criterion (str:
+    "held_out_block_error", lower is better, or "silhouette", higher is better), score and
+    score_se (float; NaN for the silhouette), one row per candidate in ascending order.
+    Fewer than 3 tasks leave the silhouette no candidate: one cluster and an empty scan,
+    with a warning. Raises ValueError for an unknown method, fewer than 2 folds or a
+    candidate outside 1 .. k - 1 (2 .. k - 1 for the silhouette)."""
     k = affinity.shape[0]
     _check_choice("method", method, METHODS)
+    if folds is not None and len(folds) < 2:
+        raise ValueError(f"choose_n_clusters: {len(folds)} fold(s); expected at least 2")
+    lowest = 1 if folds else 2
     if candidates is None:
-        candidates = range(2, min(k - 1, settings.max_clusters) + 1)
+        candidates = range(lowest, min(k - 1, settings.max_clusters) + 1)
     candidates = sorted({int(n) for n in candidates})
-    if any(not 2 <= n <= k - 1 for n in candidates):
+    if any(not lowest <= n <= k - 1 for n in candidates):
         raise ValueError(
-            f"clustering.n_clusters candidates {candidates} must lie between 2 and k - 1 = {k - 1}"
+            f"clustering.n_clusters candidates {candidates} must lie between {lowest} and "
+            f"k - 1 = {k - 1}"
         )
     if not candidates:
         log.warning("choose_n_clusters: no candidate between 2 and k - 1 = %d; using 1", k - 1)
-        scan = pd.DataFrame(
-            {"n_clusters": pd.Series([], dtype="int64"), "score": pd.Series([], dtype=float)}
-        )
+        scan = pd.DataFrame({
+            "n_clusters": pd.Series([], dtype="int64"), "criterion": pd.Series([], dtype=str),
+            "score": pd.Series([], dtype=float), "score_se": pd.Series([], dtype=float),
+        })
         return Clustering(np.zeros(k, dtype=np.int64), 1, scan)
-    distance = _kernel_distance(similarity_kernel(affinity, settings.similarity))
+    if folds:
+        scan = _held_out_scan(folds, method, settings, candidates)
+        best = int(scan["score"].idxmin())
+        within = scan["score"] <= scan["score"].iloc[best] + scan["score_se"].iloc[best]
+        # the first such row is the smallest count, since candidates are sorted
+        chosen = candidates[int(np.flatnonzero(within.to_numpy())[0])]
+        return Clustering(
+            partition(affinity, method, replace(settings, n_clusters=chosen)), chosen, scan
+        )
+    log.warning("choose_n_clusters: no held-out folds of the affinity; the count is the "
+                "silhouette's guess on the same data")
     labels = [partition(affinity, method, replace(settings, n_clusters=n)) for n in candidates]
-    scores = [
-        float(silhouette_score(distance, found, metric="precomputed")) for found in labels
-    ]
-    scan = pd.DataFrame({"n_clusters": np.array(candidates, dtype=np.int64), "score": scores})
+    scan = _silhouette_scan(affinity, labels, settings, candidates)
     # idxmax returns the first maximum, i.e. the smallest n, since candidates are sorted.
     best = int(scan["score"].idxmax())
     return Clustering(labels[best], candidates[best], scan)
 
 
-def cluster(affinity: np.ndarray, method: str, settings: ClusteringSettings) -> Clustering:
+def cluster(
+    affinity: np.ndarray, method: str, settings: ClusteringSettings,
+    folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Clustering:
     """Cluster a symmetric (k, k) affinity with ``method`` into ``settings.n_clusters``
-    clusters, or, for "auto", into the count ``choose_n_clusters`` picks (its labels are
-    reused, not computed again). Raises as ``partition`` and ``choose_n_clusters``."""
+    clusters, or, for "auto", into the count ``choose_n_clusters`` picks (held out on
+    ``folds`` when given, else by the silhouette). Raises as ``partition`` and
+    ``choose_n_clusters``."""
     if settings.n_clusters == "auto":
-        return choose_n_clusters(affinity, method, settings)
+        return choose_n_clusters(affinity, method, settings, folds=folds)
     return Clustering(partition(affinity, method, settings), settings.n_clusters, None)

@@ -23,25 +23,55 @@ groups, then the candidate listed first: the primary grouping before other sourc
 the signal check below finds the higher-order affinity at its noise level, the clustered
 groupings are not eligible: the choice is between naive MTL and STL, by the same rule.
 
-**Signal check** (:func:`split_half_reliability`). The random subsets are split into two
-disjoint halves of equal size (seeded); each half gives a normalized higher-order affinity.
-Their correlation over the task pairs both halves cover is compared with its permutation
-null (the tasks of one half relabelled at random, :data:`PERMUTATIONS` times, as in a Mantel
-test): the affinity is above its noise when the one-sided p-value is below
-``reliability_alpha``. The adjusted Rand index of the two halves' clusters is reported next
-to it (not used by the rule).
+**Signal check** (:func:`signal_check`). Three measurements of whether the higher-order
+affinity is above its own noise:
+
+(a) split-half reliability (:func:`split_half_reliability`): the random subsets are split
+    into two disjoint halves of equal size (seeded); each half gives a normalized
+    higher-order affinity. Their correlation over the task pairs both halves cover is
+    compared with its permutation null (the tasks of one half relabelled at random,
+    :data:`PERMUTATIONS` times, as in a Mantel test); the adjusted Rand index of the two
+    halves' clusters is reported next to it.
+(b) cluster stability under a bootstrap of the subsets (:func:`bootstrap_stability`): the
+    subsets are resampled with replacement ``bootstrap_draws`` times; each draw's
+    normalized affinity is clustered with the same method and count as the full data, and
+    the mean and standard deviation of the ARI to the full-data clusters are reported.
+(c) the estimator's noise floor (:func:`noise_floor`, when the estimator validation ran):
+    per task, the Spearman correlation across held-out subsets of two real fine-tunings
+    with different seeds (real vs real), and of the estimate against the first of them.
+
+**Held-out partition check** (:func:`taskgroup.group.clustering.choose_n_clusters` on
+cross-fit folds of the subsets): for 1 .. max_clusters clusters, how well the clusters of
+the other folds' affinity predict a held-out fold's. A split-half correlation can come from
+structure that no grouping uses: a task that helps every partner reproduces across halves,
+and the correlation test counts it. This check asks for *group* structure: when one cluster (the
+overall mean) predicts the held-out folds as well as any partition (within one standard
+error), there is none.
+
+**Rule.** The affinity is *at its noise level* when (a) its split-half correlation is not
+significant (p >= ``reliability_alpha``), or the held-out partition check chooses one
+cluster, or (c) the real values do not reproduce across fine-tuning seeds: a one-sided sign
+test of the per-task real-vs-real Spearman correlations against 0 (tasks with a defined
+correlation) has p >= ``reliability_alpha``. (c) counts only when it can reject: the
+validation ran and enough tasks lie in 3 held-out subsets for 0.5 ** tasks <
+``reliability_alpha`` (:func:`noise_floor_testable`). (b) is reported, not ruled on: a
+bootstrap draw shares about 63% of its subsets with the full data, so its ARI has no null
+value of 0 and any threshold on it would be a guess. At noise level the clustered groupings
+are not eligible: the choice is between naive MTL and STL, by the same rule as above.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.group.affinity import affinity_matrices
-from taskgroup.group.clustering import ClusteringSettings, cluster
+from taskgroup.group.clustering import ClusteringSettings, cluster, fold_affinities
+from taskgroup.report.validation import within_task_spearman
 
 REFERENCE = "naive_mtl"
 SINGLE_TASK = "stl"
@@ -53,11 +83,12 @@ PERMUTATIONS = 999
 class RecommendationSettings:
     """The config section ``recommendation`` without the selection split's fraction (that
     one acts in the final trainings): ``margin`` (in paired seed spreads),
-    ``reliability_alpha`` (level of the signal check), ``seed`` (of the halves and of the
-    permutations)."""
+    ``reliability_alpha`` (level of the signal check's tests), ``bootstrap_draws`` (of the
+    cluster stability), ``seed`` (of the halves, the permutations and the bootstrap)."""
 
     margin: float
     reliability_alpha: float
+    bootstrap_draws: int
     seed: int
 
 
@@ -190,24 +221,20 @@ def split_half_reliability(
     of the subsets.
 
     membership (m, k) bool, losses (m, k): the random design's subsets and validation losses
-    (as :func:`taskgroup.group.affinity.value_matrix` gives them); m >= 4. The subsets are
-    shuffled (seeded by ``seed``) and cut into two halves of floor(m / 2) (an odd one left
-    out). Returns n_subsets_per_half, n_pairs (task pairs i < j that both halves cover),
-    correlation (Pearson, over those pairs, of the two normalized affinities; NaN with fewer
-    than 3 pairs or a constant half), p_value (one-sided, of the correlation against
-    ``permutations`` relabellings of the second half's tasks: (1 + #null >= observed) /
-    (1 + permutations); 1 when the correlation is NaN) and ari (adjusted Rand index of the
-    two halves' clusters with ``method`` under ``clustering``)."""
+    (as :func:`taskgroup.group.affinity.value_matrix` gives them); m >= 4. The halves are
+    the two folds of :func:`taskgroup.group.clustering.fold_affinities` (2 folds, ``seed``).
+    Returns n_subsets_per_half (the smaller half's, floor(m / 2)), n_pairs (task pairs i < j
+    that both halves cover), correlation (Pearson, over those pairs, of the two normalized
+    affinities; NaN with fewer than 3 pairs or a constant half), p_value (one-sided, of the
+    correlation against ``permutations`` relabellings of the second half's tasks, drawn from
+    the generator seeded by ``seed``: (1 + #null >= observed) / (1 + permutations); 1 when
+    the correlation is NaN) and ari (adjusted Rand index of the two halves' clusters with
+    ``method`` under ``clustering``; "auto" is chosen on each half by the silhouette)."""
     m, k = membership.shape
     if m < 4:
         raise ValueError(f"split-half reliability needs at least 4 subsets, got {m}")
+    (second, first), _ = fold_affinities(membership, losses, 2, seed)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(m)
-    half = m // 2
-    _, first, _ = affinity_matrices(membership[order[:half]], losses[order[:half]])
-    _, second, _ = affinity_matrices(
-        membership[order[half : 2 * half]], losses[order[half : 2 * half]]
-    )
     upper = np.triu_indices(k, k=1)
     n_pairs = int((np.isfinite(first[upper]) & np.isfinite(second[upper])).sum())
     observed = _off_diagonal_correlation(first, second)
@@ -222,12 +249,179 @@ def split_half_reliability(
         p_value = (1 + exceed) / (1 + permutations)
     labels = [cluster(matrix, method, clustering).labels for matrix in (first, second)]
     return {
-        "n_subsets_per_half": int(half),
+        "n_subsets_per_half": int(m // 2),
         "n_pairs": n_pairs,
         "correlation": observed,
         "p_value": float(p_value),
         "ari": float(adjusted_rand_score(labels[0], labels[1])),
     }
+
+
+def bootstrap_stability(
+    membership: np.ndarray, losses: np.ndarray, reference: np.ndarray, method: str,
+    clustering: ClusteringSettings, draws: int, seed: int,
+) -> dict:
+    """Stability of the full-data clusters ``reference`` ((k,) labels) under a bootstrap of
+    the subsets: ``draws`` times, m subsets are drawn with replacement (generator seeded by
+    ``seed``), their normalized affinity is clustered with ``method`` under ``clustering``
+    with n_clusters set to the reference's count, and compared with ``reference`` by the
+    adjusted Rand index. Returns bootstrap_draws, bootstrap_ari_mean and bootstrap_ari_sd
+    (ddof 1; NaN with one draw); both NaN when the reference has a single cluster (every
+    draw would agree trivially). Raises ValueError for draws < 1."""
+    if draws < 1:
+        raise ValueError(f"recommendation.bootstrap_draws = {draws}; expected >= 1")
+    count = int(np.unique(reference).size)
+    result = {"bootstrap_draws": int(draws), "bootstrap_ari_mean": float("nan"),
+              "bootstrap_ari_sd": float("nan")}
+    if count == 1:
+        return result
+    rng = np.random.default_rng(seed)
+    fixed = replace(clustering, n_clusters=count)
+    m = membership.shape[0]
+    scores = []
+    for _ in range(draws):
+        drawn = rng.integers(0, m, size=m)
+        _, normalized, _ = affinity_matrices(membership[drawn], losses[drawn])
+        scores.append(adjusted_rand_score(reference, cluster(normalized, method, fixed).labels))
+    result["bootstrap_ari_mean"] = float(np.mean(scores))
+    result["bootstrap_ari_sd"] = float(np.std(scores, ddof=1)) if draws > 1 else float("nan")
+    return result
+
+
+# The estimator names of the validation's per-subset table (taskgroup.stages.validate):
+# a second real fine-tuning (the noise floor) and the gradient estimate.
+REAL_AGAIN = "finetune_other_seed"
+ESTIMATE = "gradient"
+
+
+def _within_task_spearman(rows: pd.DataFrame) -> pd.Series:
+    """Per task, :func:`taskgroup.report.validation.within_task_spearman` of the rows' loss
+    against their loss_reference. It ranks changes from the meta-initialization's loss, a
+    constant per task, so a zero baseline gives the same ranks."""
+    estimate = rows[["subset_id", "task", "loss"]]
+    reference = rows[["subset_id", "task", "loss_reference"]].rename(
+        columns={"loss_reference": "loss"})
+    baseline = pd.Series(0.0, index=pd.unique(rows["task"]))
+    return within_task_spearman(estimate, reference, baseline)
+
+
+def noise_floor(per_subset: pd.DataFrame | None) -> dict:
+    """The estimator's noise floor from the validation's per-subset table (estimator,
+    subset_id, task, loss, loss_reference: each estimate of a held-out subset's loss
+    against one real fine-tuning), or None when the validation did not run.
+
+    Per task, the Spearman correlation across the held-out subsets that hold it (NaN below
+    3 subsets or for constant losses; a rank correlation, so the same as the correlation of
+    the changes from the meta-initialization) of a second real fine-tuning (REAL_AGAIN)
+    against the first, and of the estimate (ESTIMATE) against it. Returns noise_floor_tasks
+    (tasks with a defined real-vs-real correlation), noise_floor_spearman and
+    estimator_spearman (medians over tasks; NaN when unmeasured), noise_floor_p_value
+    (one-sided sign test: is the real-vs-real correlation positive in more tasks than chance,
+    ties at 0 left out; NaN when no task has a nonzero correlation)."""
+    result = {"noise_floor_tasks": 0, "noise_floor_spearman": float("nan"),
+              "estimator_spearman": float("nan"), "noise_floor_p_value": float("nan")}
+    if per_subset is None:
+        return result
+    real = _within_task_spearman(per_subset[per_subset["estimator"] == REAL_AGAIN]).dropna()
+    estimate = _within_task_spearman(per_subset[per_subset["estimator"] == ESTIMATE]).dropna()
+    result["noise_floor_tasks"] = int(len(real))
+    if len(real):
+        result["noise_floor_spearman"] = float(real.median())
+    if len(estimate):
+        result["estimator_spearman"] = float(estimate.median())
+    signs = real[real != 0]
+    if len(signs):
+        result["noise_floor_p_value"] = float(
+            binomtest(int((signs > 0).sum()), len(signs), 0.5, alternative="greater").pvalue
+        )
+    return result
+
+
+def noise_floor_testable(n_tasks: int, alpha: float) -> bool:
+    """Whether the noise floor's sign test over ``n_tasks`` tasks can reject at ``alpha``:
+    its smallest p-value, every task positive, is 0.5 ** n_tasks (e.g. at least 5 tasks
+    for 0.05). With fewer, a perfect agreement would still read as noise."""
+    return n_tasks > 0 and 0.5**n_tasks < alpha
+
+
+def signal_check(
+    membership: np.ndarray, losses: np.ndarray, method: str, clustering: ClusteringSettings,
+    folds: int, settings: RecommendationSettings, per_subset: pd.DataFrame | None,
+) -> dict:
+    """The signal check of the module docstring, one row of the signal table.
+
+    membership (m, k), losses (m, k): the random design's subsets and validation losses;
+    ``method``/``clustering``: the clusters checked; ``folds``: the cross-fit folds of the
+    held-out partition check (clustering.auto_folds); per_subset: the validation's
+    per-subset table or None. Returns (a) split_half_reliability's figures; the held-out
+    partition check (:func:`taskgroup.group.clustering.choose_n_clusters` on ``folds``
+    folds of the subsets, counts 1 .. max_clusters): held_out_count and held_out_score
+    (the held-out block error at that count, relative to one cluster's); n_clusters (of the
+    full-data clusters: the held-out count under "auto", else the configured one); (b)
+    bootstrap_stability's; (c) noise_floor's; and alpha, split_half_noise,
+    partition_noise (held_out_count is 1), noise_floor_noise (each part's verdict: True =
+    at noise level; False when (c) cannot reject, :func:`noise_floor_testable`) and
+    above_noise (none of the three)."""
+    alpha = settings.reliability_alpha
+    row = split_half_reliability(membership, losses, method, clustering, settings.seed)
+    _, full, _ = affinity_matrices(membership, losses)
+    held_out = cluster(full, method, replace(clustering, n_clusters="auto"),
+                       fold_affinities(membership, losses, folds, clustering.seed))
+    row["held_out_count"] = int(held_out.n_clusters)
+    row["held_out_score"] = float(
+        held_out.scan.loc[held_out.scan["n_clusters"] == held_out.n_clusters, "score"].iloc[0]
+    ) if not held_out.scan.empty else 1.0
+    reference = (held_out.labels if clustering.n_clusters == "auto"
+                 else cluster(full, method, clustering).labels)
+    row["n_clusters"] = int(np.unique(reference).size)
+    row.update(bootstrap_stability(membership, losses, reference, method, clustering,
+                                   settings.bootstrap_draws, settings.seed))
+    row.update(noise_floor(per_subset))
+    row["alpha"] = float(alpha)
+    row["split_half_noise"] = bool(row["p_value"] >= alpha)
+    row["partition_noise"] = bool(row["held_out_count"] == 1)
+    row["noise_floor_noise"] = bool(
+        noise_floor_testable(row["noise_floor_tasks"], alpha)
+        and row["noise_floor_p_value"] >= alpha
+    )
+    row["above_noise"] = not (
+        row["split_half_noise"] or row["partition_noise"] or row["noise_floor_noise"]
+    )
+    return row
+
+
+def recommended_groups(per_task: pd.DataFrame, candidate: str, variant: str,
+                       task_names: list[str]) -> pd.DataFrame:
+    """The groups of ``candidate`` under the final-training ``variant`` (task, group,
+    group_key: what to train), one row per task of ``task_names`` in that order. Raises
+    ValueError naming the tasks the per-task table lacks for it."""
+    rows = per_task[(per_task["grouping"] == candidate) & (per_task["variant"] == variant)]
+    groups = rows.drop_duplicates("task").set_index("task")
+    missing = [name for name in task_names if name not in groups.index]
+    if missing:
+        raise ValueError(f"per-task table: grouping {candidate!r}, variant {variant!r} has no "
+                         f"rows for tasks {missing[:5]}")
+    groups = groups.loc[task_names]
+    return pd.DataFrame({
+        "task": task_names,
+        "group": groups["cluster"].to_numpy(dtype="int64"),
+        "group_key": groups["group_key"].to_numpy(dtype=object),
+    })
+
+
+def recommendation(
+    per_task: pd.DataFrame, candidates: list[str], variant: str, task_names: list[str],
+    margin: float, above_noise: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The answer: (verdict, groups). verdict: :func:`choose_candidate` on the pooled
+    selection losses of ``candidates`` under ``variant``, clustered groupings allowed only
+    when the signal is ``above_noise``; groups: :func:`recommended_groups` of the chosen
+    candidate."""
+    allowed = ("clustered", REFERENCE, SINGLE_TASK) if above_noise else (REFERENCE, SINGLE_TASK)
+    comparison = compare_with_reference(pooled_selection_losses(per_task, candidates, variant))
+    verdict = choose_candidate(comparison, margin, allowed)
+    chosen = verdict.loc[verdict["chosen"], "candidate"].iloc[0]
+    return verdict, recommended_groups(per_task, chosen, variant, task_names)
 
 
 def answer_sentence(chosen: pd.Series) -> str:
@@ -242,12 +436,74 @@ def answer_sentence(chosen: pd.Series) -> str:
     )
 
 
+def signal_lines(signal: dict, alpha: float) -> list[str]:
+    """The signal check (:func:`signal_check`'s row) in plain Markdown lines: the verdict
+    first, then (a), (b) and (c)."""
+    if signal["above_noise"]:
+        head = ("**Signal check: the higher-order affinity is above its noise**; its clusters "
+                "took part in the choice.")
+    else:
+        reasons = [text for flag, text in (
+            ("split_half_noise", "its two halves do not agree beyond chance"),
+            ("partition_noise", "no partition of the tasks predicts held-out subsets"),
+            ("noise_floor_noise", "real fine-tunings are not shown to reproduce their values"),
+        ) if signal[flag]]
+        head = ("**Signal check: the higher-order affinity is at its noise level: there is no "
+                f"task structure to trust** ({'; '.join(reasons)}). Its clusters took no part "
+                "in the choice, which was between naive MTL and STL only.")
+    split = "not " if signal["split_half_noise"] else ""
+    lines = [head, "",
+             f"- (a) Split-half reliability: the affinities of two disjoint halves of the "
+             f"subsets ({signal['n_subsets_per_half']} each) correlate at "
+             f"{signal['correlation']:.3f} over {signal['n_pairs']} task pairs (permutation "
+             f"p = {signal['p_value']:.3f}: {split}significant at {alpha:g}); ARI of the "
+             f"halves' clusters {signal['ari']:.2f}."]
+    if signal["partition_noise"]:
+        lines.append("- Held-out partitions: no partition of the tasks predicts held-out "
+                     "subsets' affinity better than no partition (one cluster chosen).")
+    else:
+        lines.append(
+            f"- Held-out partitions: {signal['held_out_count']} clusters of the other folds "
+            f"predict a held-out fold's affinity best, leaving "
+            f"{signal['held_out_score']:.0%} of one cluster's error."
+        )
+    if np.isfinite(signal["bootstrap_ari_mean"]):
+        lines.append(
+            f"- (b) Cluster stability: over {signal['bootstrap_draws']} bootstrap draws of "
+            f"the subsets, the {signal['n_clusters']} clusters are found again with ARI "
+            f"{signal['bootstrap_ari_mean']:.2f} +- {signal['bootstrap_ari_sd']:.2f} (mean +- "
+            "sd; 1 = always the same clusters; reported, not ruled on)."
+        )
+    else:
+        lines.append("- (b) Cluster stability: the full data give a single cluster; nothing "
+                     "to resample.")
+    if signal["noise_floor_tasks"] == 0:
+        lines.append("- (c) Noise floor: not measured (no estimator validation, or no task in "
+                     "3 of its held-out subsets: raise validation.n_subsets).")
+    else:
+        p_value = signal["noise_floor_p_value"]
+        if not noise_floor_testable(signal["noise_floor_tasks"], alpha):
+            repro = ("cannot be tested on so few tasks (not ruled on; raise "
+                     "validation.n_subsets)")
+        elif signal["noise_floor_noise"]:
+            repro = f"are not shown to reproduce (sign test p = {p_value:.3f} >= {alpha:g})"
+        else:
+            repro = f"reproduce (sign test p = {p_value:.3g})"
+        lines.append(
+            f"- (c) Noise floor: two real fine-tunings with different seeds agree on the "
+            f"order of a task's subsets with median Spearman {signal['noise_floor_spearman']:.2f}"
+            f" over {signal['noise_floor_tasks']} tasks, so the real values {repro}; the "
+            f"estimate agrees with real fine-tuning at {signal['estimator_spearman']:.2f}."
+        )
+    return lines
+
+
 def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: float,
                      metric: str) -> str:
     """The verdict as a few plain Markdown lines: the answer, the selection evidence with its
     spread, the signal check, and the test metric (``metric``, evaluation.metric) of the
     answer next to naive MTL's and STL's. ``table``: :func:`choose_candidate`'s output;
-    ``signal``: :func:`split_half_reliability`'s, with above_noise added."""
+    ``signal``: :func:`signal_check`'s row."""
     chosen = table[table["chosen"]].iloc[0]
     rows = table.set_index("candidate")
     lines = ["# Recommendation", "", f"**{answer_sentence(chosen)}**", ""]
@@ -271,20 +527,8 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
             f"{row['difference_sd']:.4f} | {'yes' if row['eligible'] else 'no'} |"
         )
     lines.append("")
-    if signal["above_noise"]:
-        lines.append(
-            f"Signal check: the higher-order affinity reproduces across two disjoint halves "
-            f"of the subsets (correlation {signal['correlation']:.3f}, permutation p = "
-            f"{signal['p_value']:.3f} < {alpha:g}; ARI of their clusters "
-            f"{signal['ari']:.2f})."
-        )
-    else:
-        lines.append(
-            f"Signal check: the higher-order affinity is at its noise level (split-half "
-            f"correlation {signal['correlation']:.3f}, permutation p = {signal['p_value']:.3f}"
-            f" >= {alpha:g}; ARI of the halves' clusters {signal['ari']:.2f}): its clusters "
-            "are not trusted, and the choice was between naive MTL and STL only."
-        )
+    lines += signal_lines(signal, alpha)
+    lines.append("")
     named = "accuracy (binary) or R^2 (regression)" if metric == "auto" else metric
     lines += ["", f"Test check (mean {named} over tasks, mean +- sd over seeds; not used "
               "for the choice):"]
