@@ -20,9 +20,9 @@ ALLOWED = {
     "group": {"data"},
     "report": {"data", "group"},
     "config": {"data", "group"},
-    "stages": {"data", "models", "estimate", "group", "report", "config", "resources"},
+    "stages": {"data", "models", "estimate", "group", "report", "config"},
 }
-BASE = {"seeding", "logs", "imports"}
+BASE = {"seeding", "logs", "imports", "resources"}
 # Single modules a part may import from a part it may not: the training options are plain
 # dataclasses that the config checks read at parse time.
 ALLOWED_MODULES = {"config": {"taskgroup.models.options"}}

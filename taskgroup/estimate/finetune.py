@@ -13,6 +13,7 @@ import torch
 
 from taskgroup.data.examples import TaskData
 from taskgroup.models.network import MultiHeadNet
+from taskgroup.models.stacked import ModelSpec, fit_models
 from taskgroup.models.training import TrainSettings, evaluate, fit
 from taskgroup.seeding import derived_seed
 
@@ -49,6 +50,50 @@ def finetuned_model(
     return model
 
 
+def finetuned_models(
+    meta_model: MultiHeadNet, data: TaskData, subsets: pd.DataFrame,
+    settings: FinetuneSettings,
+) -> list[tuple[int, torch.Tensor, MultiHeadNet]]:
+    """(subset_id, member task indices, fine-tuned model) for every subset of ``subsets``
+    (long format: subset_id, task), in subset_id order: each model what
+    :func:`finetuned_model` gives (up to float rounding), all trained together
+    (:func:`taskgroup.models.stacked.fit_models`)."""
+    grouped = list(subsets.groupby("subset_id", sort=True)["task"])
+    device = next(meta_model.parameters()).device
+    indices = [data.task_indices(members.tolist()).to(device) for _, members in grouped]
+    specs = [
+        ModelSpec(members, derived_seed(settings.seed, int(subset_id)))
+        for (subset_id, _), members in zip(grouped, indices)
+    ]
+    started = time.perf_counter()
+    models = [copy.deepcopy(meta_model) for _ in grouped]
+    fit_models(models, data, specs, settings.training, device)
+    elapsed = time.perf_counter() - started
+    log.info("fine-tuned %d subsets in %.1f s (%.2f subsets/s)", len(grouped), elapsed,
+             len(grouped) / max(elapsed, 1e-9))
+    return [
+        (int(subset_id), members, model)
+        for (subset_id, _), members, model in zip(grouped, indices, models)
+    ]
+
+
+def values_of_models(
+    finetuned: list[tuple[int, torch.Tensor, MultiHeadNet]], data: TaskData,
+    metric: str = "auto",
+) -> pd.DataFrame:
+    """The subset_values table (split "val", estimator "finetune"; see
+    :mod:`taskgroup.data.tables`) of :func:`finetuned_models`' models: each member's
+    validation loss and ``metric`` (evaluation.metric)."""
+    rows = []
+    for subset_id, members, model in finetuned:
+        values = evaluate(model, data, members, splits=("val",), metric=metric)
+        values.insert(0, "subset_id", subset_id)
+        rows.append(values)
+    table = pd.concat(rows, ignore_index=True).drop(columns="n_examples")
+    table["estimator"] = "finetune"
+    return table.astype({"subset_id": "int64"})
+
+
 def finetune_values(
     meta_model: MultiHeadNet,
     data: TaskData,
@@ -58,26 +103,10 @@ def finetune_values(
 ) -> pd.DataFrame:
     """f_i(S) for every subset S in ``subsets`` and every member i, by real fine-tuning.
 
-    Each subset is fine-tuned by :func:`finetuned_model`, so a subset's value does not
-    depend on which chunk it was computed in. Returns the subset_values table (see
-    :mod:`taskgroup.data.tables`) with split "val", estimator "finetune"; its metric column
-    holds ``metric`` (evaluation.metric, see :func:`taskgroup.models.training.evaluate`).
+    Each subset is fine-tuned as by :func:`finetuned_model` (all of them together, see
+    :func:`finetuned_models`), so a subset's value does not depend on which chunk it was
+    computed in. Returns the subset_values table (see :mod:`taskgroup.data.tables`) with
+    split "val", estimator "finetune"; its metric column holds ``metric``
+    (evaluation.metric, see :func:`taskgroup.models.training.evaluate`).
     """
-    rows = []
-    grouped = list(subsets.groupby("subset_id", sort=True)["task"])
-    started = time.perf_counter()
-    for done, (subset_id, members) in enumerate(grouped, start=1):
-        indices = data.task_indices(members.tolist())
-        model = finetuned_model(meta_model, data, indices, settings, int(subset_id))
-        values = evaluate(model, data, indices, splits=("val",), metric=metric)
-        values.insert(0, "subset_id", int(subset_id))
-        rows.append(values)
-        if done % 25 == 0 or done == len(grouped):
-            elapsed = time.perf_counter() - started
-            log.info(
-                "fine-tuned %d/%d subsets in %.1f s (%.2f subsets/s)",
-                done, len(grouped), elapsed, done / max(elapsed, 1e-9),
-            )
-    table = pd.concat(rows, ignore_index=True).drop(columns="n_examples")
-    table["estimator"] = "finetune"
-    return table.astype({"subset_id": "int64"})
+    return values_of_models(finetuned_models(meta_model, data, subsets, settings), data, metric)

@@ -32,6 +32,7 @@ from taskgroup.models.training import (
     TrainingDivergedError,
     TrainSettings,
 )
+from taskgroup.resources import models_per_stack
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,46 @@ def train_new_models(
     Raises ValueError if a spec's tasks have no training example, and
     :class:`TrainingDivergedError` naming the model's tasks, seed and epoch if its mean
     training loss of an epoch is not finite."""
-    if not specs:
-        return []
     models = []
     for spec in specs:
         torch.manual_seed(spec.seed)  # the initialization train_new_model draws
         models.append(MultiHeadNet(data.n_features, data.n_tasks, hidden_sizes).to(device))
+    return fit_models(models, data, specs, settings, device)
+
+
+def fit_models(
+    models: list[MultiHeadNet], data: TaskData, specs: list[ModelSpec],
+    settings: TrainSettings, device: torch.device,
+) -> list[tuple[MultiHeadNet, LossHistory]]:
+    """Train ``models`` (networks of one architecture on ``device``, e.g. copies of one
+    meta-initialization) in place, model m as :func:`taskgroup.models.training.fit` trains it
+    on ``specs[m]`` (its tasks, its seed for the minibatch order, its loss weights and
+    epochs), all at once; returns (model, loss history) per model, in order, in eval mode.
+
+    The models are stacked as many at a time as
+    :func:`taskgroup.resources.models_per_stack` allows, one stack after another (the
+    results do not depend on the stacking). Raises what :func:`train_new_models` raises."""
+    if len(models) != len(specs):
+        raise ValueError(f"{len(models)} models but {len(specs)} specs")
+    if not models:
+        return []
+    widest = max(data.n_features, *(layer.out_features for layer in models[0].trunk
+                                     if isinstance(layer, torch.nn.Linear)))
+    per_stack = models_per_stack(
+        sum(p.numel() for p in models[0].parameters()),
+        data.splits["val"].labels.shape[0], widest,
+    )
+    trained = []
+    for first in range(0, len(models), per_stack):
+        trained += _fit_stack(
+            models[first : first + per_stack], data, specs[first : first + per_stack],
+            settings, device,
+        )
+    return trained
+
+
+def _fit_stack(models, data, specs, settings, device):
+    """:func:`fit_models` on one stack."""
     stack = _Stack(models)
     train, val = data.splits["train"], data.splits["val"]
     rows = [_rows_of(train.task_index, spec.task_indices) for spec in specs]

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from taskgroup import resources as sizes
 from taskgroup.data.tables import (
     GROUP_DIAGNOSTICS,
     GROUP_RESULTS,
@@ -177,19 +176,10 @@ def _train_and_store(
             )
             for key, seed in jobs
         ]
-        # Stacks within the memory budget, one after another (each model is independent).
-        per_stack = sizes.models_per_stack(
-            sizes.n_parameters(sizes.layer_shapes(data.n_features, hidden_sizes, data.n_tasks)),
-            data.splits["val"].labels.shape[0], max([data.n_features, *hidden_sizes]),
-        )
-        trained = []
-        for first in range(0, len(specs), per_stack):
-            trained += [
-                (model, history.rose_far, None)
-                for model, history in train_new_models(
-                    data, specs[first : first + per_stack], hidden_sizes, settings, device
-                )
-            ]
+        trained = [
+            (model, history.rose_far, None)
+            for model, history in train_new_models(data, specs, hidden_sizes, settings, device)
+        ]
     seconds = time.perf_counter() - started
     log.info("%s: trained %d models of %d groups in %.1f s (%.1f models/s)", variant,
              len(jobs), len(keys), seconds, len(jobs) / max(seconds, 1e-9))

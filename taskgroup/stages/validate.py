@@ -10,7 +10,12 @@ import pandas as pd
 import torch
 
 from taskgroup.data.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
-from taskgroup.estimate.finetune import FinetuneSettings, finetune_values, finetuned_model
+from taskgroup.estimate.finetune import (
+    FinetuneSettings,
+    finetune_values,
+    finetuned_models,
+    values_of_models,
+)
 from taskgroup.estimate.validity import first_order_validity
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import load_checkpoint
@@ -51,7 +56,8 @@ def validate_estimator(
     estimate = estimate[estimate["subset_id"].isin(chosen)].drop(
         columns=["relative_shift"], errors="ignore"
     )
-    real = finetune_values(meta, data, held_out, finetune, metric)
+    tuned = finetuned_models(meta, data, held_out, finetune)
+    real = values_of_models(tuned, data, metric)
     other_seed = dataclasses.replace(finetune, seed=finetune.seed + 1)
     other = finetune_values(meta, data, held_out, other_seed, metric)
     base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
@@ -71,10 +77,8 @@ def validate_estimator(
     summary = pd.DataFrame(summary)
     log.info("estimator validation on %d subsets:\n%s", len(chosen), summary.to_string())
     curves = []
-    for subset_id, members in held_out.groupby("subset_id")["task"]:
-        indices = data.task_indices(members.tolist()).to(device)
-        tuned = finetuned_model(meta, data, indices, finetune, int(subset_id))
-        curves.append(first_order_validity(meta, tuned, data, indices, scales, int(subset_id)))
+    for subset_id, indices, model in tuned:  # the fine-tunings of ``real``
+        curves.append(first_order_validity(meta, model, data, indices, scales, subset_id))
     curve = pd.concat(curves, ignore_index=True)
     write_table(pd.concat(per_subset, ignore_index=True), per_subset_path)
     write_table(summary, summary_path)
