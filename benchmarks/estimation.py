@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
-      [--subsets 600] [--best-epoch]
+      [--subsets 600] [--best-epoch] [--l2 0.05 0.5]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
@@ -12,12 +12,13 @@ projection setting (``structure:dim[:nonzeros]``, or ``exact`` for no projection
 run in a fresh process (so that its peak memory is its own) and compared with the same
 references. For each it prints: d, gradient collection + projection time as a share of one
 training epoch over all tasks, estimate throughput (subsets per second, projection
-excluded), the process's peak memory above its footprint after loading the data, the
+excluded), the process's peak memory above its footprint after loading the data and the
+meta-initialization, the
 speedup of the whole gradient path over real fine-tuning of the same subsets, and the
 agreement with real fine-tuning (median relative error, within-task Spearman, normalized
 affinity distance, ARI of the clusters from the config's primary method), next to the
-real-vs-real floor and the no-change estimate. One thread per process; nothing is
-asserted.
+real-vs-real floor and the no-change estimate; with ``--l2``, one row per l2 value
+(throughput: the fastest of them). One thread per process; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -86,10 +87,10 @@ def one_epoch_seconds(config, data, meta) -> float:
     return time.perf_counter() - started
 
 
-def _gradient_child(config, hidden, state, subsets, text, queue):
-    """Projection of every train/val example, then the estimate of every subset (the
-    library's projection and valuer, as the stages call them, without the Parquet round
-    trip), after a warm-up on 2 subsets."""
+def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
+    """Projection of every train/val example, then the estimate of every subset at each l2
+    of ``l2_values`` (the library's projection and valuer, as the stages call them, without
+    the Parquet round trip), after a warm-up on 2 subsets."""
     torch.set_num_threads(1)
     data, _ = load_data(config)
     meta = MultiHeadNet(data.n_features, data.n_tasks, hidden)
@@ -97,34 +98,41 @@ def _gradient_child(config, hidden, state, subsets, text, queue):
     settings = projection_settings(text, config)
     estimate = GradientEstimateSettings(**config["gradient_estimate"])
     metric = config["evaluation"]["metric"]
+    # The peak of the warm-up (a whole projection, 2 subsets) is below that of the run.
+    baseline = peak_rss_mb()
     warm = make_projector(meta, settings)
     splits = project_data(meta, warm, data, PROJECTION_BATCH)
     gradient_valuer(splits, warm, parameter_norm(meta), data.task_names, data.types, estimate,
                     metric, memory_mb=BATCH_MB)(subsets[subsets["subset_id"] < 2])
     del splits
-    baseline = peak_rss_mb()
     started = time.perf_counter()
     projector = make_projector(meta, settings)
     splits = project_data(meta, projector, data, PROJECTION_BATCH)
     projection_seconds = time.perf_counter() - started
-    value = gradient_valuer(splits, projector, parameter_norm(meta), data.task_names,
-                            data.types, estimate, metric, memory_mb=BATCH_MB)
-    started = time.perf_counter()
-    values = value(subsets)
-    estimate_seconds = time.perf_counter() - started
+    values, seconds = {}, []
+    for l2 in l2_values:
+        value = gradient_valuer(
+            splits, projector, parameter_norm(meta), data.task_names, data.types,
+            dataclasses.replace(estimate, l2=l2), metric, memory_mb=BATCH_MB,
+        )
+        started = time.perf_counter()
+        values[l2] = value(subsets).drop(columns="relative_shift")
+        seconds.append(time.perf_counter() - started)
+    estimate_seconds = min(seconds)
     queue.put({
-        "values": values.drop(columns="relative_shift"), "dim": projector.dim,
+        "values": values, "dim": projector.dim,
         "exact": projector.exact, "projection_seconds": projection_seconds,
         "estimate_seconds": estimate_seconds, "peak_mb": peak_rss_mb() - baseline,
     })
 
 
-def gradient_run(config, hidden, meta, subsets, text):
+def gradient_run(config, hidden, meta, subsets, text, l2_values):
     """One projection setting in a fresh process, so its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
-        target=_gradient_child, args=(config, hidden, meta.state_dict(), subsets, text, queue)
+        target=_gradient_child,
+        args=(config, hidden, meta.state_dict(), subsets, text, l2_values, queue),
     )
     process.start()
     result = queue.get()
@@ -137,6 +145,8 @@ def main():
     parser.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
     parser.add_argument("--hidden", type=int, nargs="+", default=None)
     parser.add_argument("--subsets", type=int, default=600)
+    parser.add_argument("--l2", type=float, nargs="+", default=None,
+                        help="gradient_estimate.l2 values to compare (default: the config's)")
     parser.add_argument("--best-epoch", action="store_true",
                         help="keep the meta-initialization's epoch of lowest validation loss")
     parser.add_argument("--settings", nargs="+",
@@ -187,18 +197,20 @@ def main():
           f"{real_seconds:.1f} s\n")
     rows = [{"what": "real vs real (floor)", **compare(other)},
             {"what": "no change vs real", **compare(trivial)}]
+    l2_values = args.l2 or [config["gradient_estimate"]["l2"]]
     for text in args.settings:
-        result = gradient_run(config, hidden, meta, subsets, text)
+        result = gradient_run(config, hidden, meta, subsets, text, l2_values)
         path = result["projection_seconds"] + result["estimate_seconds"]
-        rows.append({
-            "what": f"gradient {text}" + (" (exact)" if result["exact"] else ""),
-            "d": result["dim"],
-            "proj_epochs": result["projection_seconds"] / epoch,
-            "subsets_per_s": args.subsets / result["estimate_seconds"],
-            "peak_mb": result["peak_mb"],
-            "speedup": real_seconds / path,
-            **compare(result["values"]),
-        })
+        for l2, values in result["values"].items():
+            rows.append({
+                "what": f"gradient {text}" + (" (exact)" if result["exact"] else ""),
+                "l2": l2, "d": result["dim"],
+                "proj_epochs": result["projection_seconds"] / epoch,
+                "subsets_per_s": args.subsets / result["estimate_seconds"],
+                "peak_mb": result["peak_mb"],
+                "speedup": real_seconds / path,
+                **compare(values),
+            })
     table = pd.DataFrame(rows).drop(columns="affinity_dist_raw")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(4).to_string(index=False))
