@@ -1,20 +1,30 @@
-"""Benchmark: the gradient estimator against real fine-tuning, in one run.
+"""Benchmark: the gradient estimator's projection settings against real fine-tuning.
 
-Usage: python benchmarks/estimation.py [--config config/config.yaml] [--subsets 200 600]
+Usage:
+  python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
+      [--subsets 600] [--best-epoch] [--l2 0.05 0.5]
+      [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
-On the dataset of the config (at least 30 tasks), for each subset count m:
-- wall time (after a warm-up call on 2 subsets) and peak memory (resident set of a fresh
-  process, above its footprint after loading the data) of the gradient path (projection +
-  every subset's estimate) and of real fine-tuning of the same subsets;
-- gradient collection plus projection against one training epoch over the same examples;
-- the estimate's error against real fine-tuning, next to a second real fine-tuning with
-  another seed (the noise floor) and the trivial estimate that predicts no change.
-Prints a table and the ratios; nothing is asserted.
+On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
+config's model.hidden_sizes), the meta-initialization is trained once and m subsets are
+fine-tuned for real twice (finetune.seed and finetune.seed + 1), once per run. Every
+projection setting (``structure:dim[:nonzeros]``, or ``exact`` for no projection) is then
+run in a fresh process (so that its peak memory is its own) and compared with the same
+references. For each it prints: d, gradient collection + projection time as a share of one
+training epoch over all tasks, estimate throughput (subsets per second, projection
+excluded), the process's peak memory above its footprint after loading the data and the
+meta-initialization, the
+speedup of the whole gradient path over real fine-tuning of the same subsets, and the
+agreement with real fine-tuning (median relative error, within-task Spearman, normalized
+affinity distance, ARI of the clusters from the config's primary method), next to the
+real-vs-real floor and the no-change estimate; with ``--l2``, one row per l2 value
+(throughput: the fastest of them). One thread per process; nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import multiprocessing
 import resource
@@ -31,71 +41,44 @@ from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
 from taskgroup.estimate.finetune import FinetuneSettings
 from taskgroup.estimate.projection import make_projector, parameter_norm
-from taskgroup.estimate.settings import GradientEstimateSettings, ProjectionSettings
+from taskgroup.estimate.settings import BATCH_MB, GradientEstimateSettings, ProjectionSettings
 from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
+from taskgroup.group.clustering import ClusteringSettings
+from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
 from taskgroup.report.validation import agreement
 
 ROOT = Path(__file__).resolve().parents[1]
+# Examples projected at a time (the stage derives it from its memory; 4096 is its cap).
+PROJECTION_BATCH = 4096
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def training(section: dict) -> TrainSettings:
+def training(section: dict, best_epoch: bool = False) -> TrainSettings:
     return TrainSettings(section["epochs"], section["lr"], section["batch_size"],
-                         section["weight_decay"])
+                         section["weight_decay"], select_best_epoch=best_epoch)
 
 
-def finetuning(config: dict, seed_offset: int = 0) -> FinetuneSettings:
-    settings = FinetuneSettings.from_mapping(config["finetune"])
-    return dataclasses.replace(settings, seed=settings.seed + seed_offset)
+def projection_settings(text: str, config: dict) -> ProjectionSettings:
+    """``exact`` (a size above any model's: no projection) or structure:dim[:nonzeros]."""
+    kind, seed = config["projection"]["kind"], config["projection"]["seed"]
+    if text == "exact":
+        return ProjectionSettings("dense", kind, seed, 10**9, None)
+    structure, dim, *rest = text.split(":")
+    nonzeros = int(rest[0]) if rest else (4 if structure == "sparse" else None)
+    return ProjectionSettings(structure, kind, seed, int(dim), nonzeros)
 
 
-def setup(config: dict):
-    """Data, meta-initialization and task names, built the way the workflow builds them."""
-    torch.set_num_threads(1)
+def load_data(config: dict):
     examples, tasks = generate_planted(planted_spec(config["dataset"]["planted"]))
-    data = build_task_data(examples, tasks)
-    every = torch.arange(data.n_tasks)
-    meta = train_new_model(data, every, config["model"]["hidden_sizes"],
-                           training(config["meta_init"]), config["meta_init"]["seed"],
-                           torch.device("cpu"))
-    return data, tasks, meta
+    return build_task_data(examples, tasks), tasks
 
 
-def gradient_path(config, data, meta, subsets):
-    """Projection of every train/val example, then the estimate of every subset: the
-    library's projection and valuer, as the stages project_gradients and estimate_subsets
-    call them (without the Parquet round trip)."""
-    projection = config["projection"]
-    started = time.perf_counter()
-    projector = make_projector(meta, ProjectionSettings.from_mapping(projection))
-    splits = project_data(meta, projector, data, projection["batch_size"])
-    projection_seconds = time.perf_counter() - started
-    projected_mb = sum(s.z.numel() * s.z.element_size() for s in splits.values()) / 2**20
-    if subsets.empty:
-        return None, projection_seconds, projection_seconds, projected_mb
-    value = gradient_valuer(
-        splits, projector, parameter_norm(meta), data.task_names, data.types,
-        GradientEstimateSettings(**config["gradient_estimate"]), config["evaluation"]["metric"],
-    )
-    values = value(subsets)
-    total = time.perf_counter() - started
-    return values.drop(columns="relative_shift"), projection_seconds, total, projected_mb
-
-
-def finetune_path(config, data, meta, subsets, seed_offset=0):
-    """Real fine-tuning of every subset: the library's valuer, as finetune_subsets calls it."""
-    metric = config["evaluation"]["metric"]
-    return finetune_valuer(meta, data, finetuning(config, seed_offset), metric)(subsets)
-
-
-def one_epoch_seconds(config, data, meta):
+def one_epoch_seconds(config, data, meta) -> float:
     """One epoch of training on all tasks' training examples, from the meta-initialization."""
-    import copy
-
     model = copy.deepcopy(meta)
     settings = training(config["meta_init"])
     one = TrainSettings(1, settings.lr, settings.batch_size, settings.weight_decay)
@@ -104,37 +87,53 @@ def one_epoch_seconds(config, data, meta):
     return time.perf_counter() - started
 
 
-def _child(job, config, count, queue):
-    data, tasks, meta = setup(config)
-    subsets = random_design(data.task_names, config["subsets"]["size"], count,
-                             config["subsets"]["seed"])
+def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
+    """Projection of every train/val example, then the estimate of every subset at each l2
+    of ``l2_values`` (the library's projection and valuer, as the stages call them, without
+    the Parquet round trip), after a warm-up on 2 subsets."""
+    torch.set_num_threads(1)
+    data, _ = load_data(config)
+    meta = MultiHeadNet(data.n_features, data.n_tasks, hidden)
+    meta.load_state_dict(state)
+    settings = projection_settings(text, config)
+    estimate = GradientEstimateSettings(**config["gradient_estimate"])
+    metric = config["evaluation"]["metric"]
+    # The peak of the warm-up (a whole projection, 2 subsets) is below that of the run.
     baseline = peak_rss_mb()
-    warm_up = subsets[subsets["subset_id"] < 2]  # first calls pay one-off library set-up
-    if job == "finetune":
-        finetune_path(config, data, meta, warm_up, seed_offset=99)
-    elif job == "gradient":
-        gradient_path(config, data, meta, warm_up)
-    if job in ("projection", "gradient"):
-        values, projection_s, seconds, projected_mb = gradient_path(
-            config, data, meta, subsets if job == "gradient" else subsets.iloc[:0]
+    warm = make_projector(meta, settings)
+    splits = project_data(meta, warm, data, PROJECTION_BATCH)
+    gradient_valuer(splits, warm, parameter_norm(meta), data.task_names, data.types, estimate,
+                    metric, memory_mb=BATCH_MB)(subsets[subsets["subset_id"] < 2])
+    del splits
+    started = time.perf_counter()
+    projector = make_projector(meta, settings)
+    splits = project_data(meta, projector, data, PROJECTION_BATCH)
+    projection_seconds = time.perf_counter() - started
+    values, seconds = {}, []
+    for l2 in l2_values:
+        value = gradient_valuer(
+            splits, projector, parameter_norm(meta), data.task_names, data.types,
+            dataclasses.replace(estimate, l2=l2), metric, memory_mb=BATCH_MB,
         )
-        extra = {"projection_seconds": projection_s, "projected_mb": projected_mb,
-                 "epoch_seconds": one_epoch_seconds(config, data, meta)}
-    else:
         started = time.perf_counter()
-        values = finetune_path(config, data, meta, subsets, int(job == "finetune_other_seed"))
-        seconds, extra = time.perf_counter() - started, {}
-    base = evaluate(meta, data, torch.arange(data.n_tasks), splits=("val",),
-                    metric=config["evaluation"]["metric"])
-    queue.put({"values": values, "seconds": seconds, "peak_mb": peak_rss_mb() - baseline,
-               "base": base.set_index("task")["loss"], "planted": tasks, **extra})
+        values[l2] = value(subsets).drop(columns="relative_shift")
+        seconds.append(time.perf_counter() - started)
+    estimate_seconds = min(seconds)
+    queue.put({
+        "values": values, "dim": projector.dim,
+        "exact": projector.exact, "projection_seconds": projection_seconds,
+        "estimate_seconds": estimate_seconds, "peak_mb": peak_rss_mb() - baseline,
+    })
 
 
-def measure(job, config, count):
-    """Run one path in a fresh process, so its peak memory is its own."""
+def gradient_run(config, hidden, meta, subsets, text, l2_values):
+    """One projection setting in a fresh process, so its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(job, config, count, queue))
+    process = context.Process(
+        target=_gradient_child,
+        args=(config, hidden, meta.state_dict(), subsets, text, l2_values, queue),
+    )
     process.start()
     result = queue.get()
     process.join()
@@ -144,47 +143,76 @@ def measure(job, config, count):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
-    parser.add_argument("--subsets", type=int, nargs="+", default=[200, 600])
+    parser.add_argument("--hidden", type=int, nargs="+", default=None)
+    parser.add_argument("--subsets", type=int, default=600)
+    parser.add_argument("--l2", type=float, nargs="+", default=None,
+                        help="gradient_estimate.l2 values to compare (default: the config's)")
+    parser.add_argument("--best-epoch", action="store_true",
+                        help="keep the meta-initialization's epoch of lowest validation loss")
+    parser.add_argument("--settings", nargs="+",
+                        default=["exact", "sparse:1024:4", "kronecker:1024", "dense:1024"])
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     # The schema fills in the defaults, as it does for the workflow.
     validate(config, str(ROOT / "config" / "config.schema.yaml"))
-    k = config["dataset"]["planted"]["n_groups"] * config["dataset"]["planted"]["tasks_per_group"]
-    print(f"config {args.config}: k = {k} tasks, subset size {config['subsets']['size']}, "
-          f"projection {config['projection']['structure']}, l2 "
-          f"{config['gradient_estimate']['l2']}, {torch.get_num_threads()} thread(s) per run\n")
-    rows = []
-    for count in args.subsets:
-        projection = measure("projection", config, count)
-        gradient = measure("gradient", config, count)
-        real = measure("finetune", config, count)
-        other = measure("finetune_other_seed", config, count)
-        base = real["base"]
-        trivial = real["values"].copy()
-        trivial["loss"] = base.loc[trivial["task"]].to_numpy()
-        names = list(base.index)
-        n_clusters = config["clustering"]["n_clusters"]
-        clustering = {"n_clusters": n_clusters, "method": "spectral", "similarity": "profile",
-                      "seed": 0}
-        estimate_vs_real = agreement(gradient["values"], real["values"], base, names, clustering)
-        floor = agreement(other["values"], real["values"], base, names, clustering)
-        trivial_error = agreement(trivial, real["values"], base, names, clustering)
-        rows.append({"subsets": count, "what": "gradient vs real", **estimate_vs_real})
-        rows.append({"subsets": count, "what": "real vs real (noise floor)", **floor})
-        rows.append({"subsets": count, "what": "no change vs real",
-                     "median_rel_error": trivial_error["median_rel_error"]})
-        print(f"m = {count} subsets")
-        print(f"  gradient path: {gradient['seconds']:.2f} s (projection "
-              f"{gradient['projection_seconds']:.3f} s), peak memory +{gradient['peak_mb']:.1f} MB")
-        print(f"  projection stage alone (no warm-up): peak memory +{projection['peak_mb']:.1f} MB "
-              f"(the projected gradients take {projection['projected_mb']:.2f} MB)")
-        print(f"  real fine-tuning: {real['seconds']:.2f} s, peak memory +{real['peak_mb']:.1f} MB")
-        print(f"  speedup real / gradient: {real['seconds'] / gradient['seconds']:.1f}x")
-        print(f"  projection / one training epoch over the same examples: "
-              f"{gradient['projection_seconds'] / gradient['epoch_seconds']:.2f} "
-              f"({gradient['epoch_seconds']:.3f} s per epoch)\n")
-    table = pd.DataFrame(rows)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
+    hidden = args.hidden or config["model"]["hidden_sizes"]
+    torch.set_num_threads(1)
+    data, _ = load_data(config)
+    meta = train_new_model(data, torch.arange(data.n_tasks), hidden,
+                           training(config["meta_init"], args.best_epoch),
+                           config["meta_init"]["seed"],
+                           torch.device("cpu"))
+    n_parameters = sum(p.numel() for p in meta.parameters())
+    subsets = random_design(data.task_names, config["subsets"]["size"], args.subsets,
+                            config["subsets"]["seed"])
+    metric = config["evaluation"]["metric"]
+    epoch = one_epoch_seconds(config, data, meta)
+    finetune = FinetuneSettings.from_mapping(config["finetune"])
+    started = time.perf_counter()
+    real = finetune_valuer(meta, data, finetune, metric)(subsets)
+    real_seconds = time.perf_counter() - started
+    other = finetune_valuer(
+        meta, data, dataclasses.replace(finetune, seed=finetune.seed + 1), metric
+    )(subsets)
+    base = evaluate(meta, data, torch.arange(data.n_tasks), splits=("val",), metric=metric)
+    base = base.set_index("task")["loss"]
+    trivial = real.copy()
+    trivial["loss"] = base.loc[trivial["task"]].to_numpy()
+    clustering = ClusteringSettings(**{
+        key: config["clustering"][key]
+        for key in ("similarity", "rounding", "n_clusters", "max_clusters", "seed")
+    })
+    method = config["clustering"]["methods"][0]
+    names = data.task_names
+
+    def compare(values):
+        return agreement(values, real, base, names, clustering, method)
+
+    print(f"config {args.config}: k = {data.n_tasks} tasks, trunk {hidden}, p = {n_parameters} "
+          f"parameters, meta-initialization {'best' if args.best_epoch else 'last'} epoch, "
+          f"fine-tuning {config['finetune']['epochs']} epochs at lr {config['finetune']['lr']}, "
+          f"m = {args.subsets} subsets of size {config['subsets']['size']}, l2 "
+          f"{config['gradient_estimate']['l2']}, clusters by {method}, 1 thread per process")
+    print(f"one training epoch: {epoch:.3f} s; real fine-tuning of the m subsets: "
+          f"{real_seconds:.1f} s\n")
+    rows = [{"what": "real vs real (floor)", **compare(other)},
+            {"what": "no change vs real", **compare(trivial)}]
+    l2_values = args.l2 or [config["gradient_estimate"]["l2"]]
+    for text in args.settings:
+        result = gradient_run(config, hidden, meta, subsets, text, l2_values)
+        path = result["projection_seconds"] + result["estimate_seconds"]
+        for l2, values in result["values"].items():
+            rows.append({
+                "what": f"gradient {text}" + (" (exact)" if result["exact"] else ""),
+                "l2": l2, "d": result["dim"],
+                "proj_epochs": result["projection_seconds"] / epoch,
+                "subsets_per_s": args.subsets / result["estimate_seconds"],
+                "peak_mb": result["peak_mb"],
+                "speedup": real_seconds / path,
+                **compare(values),
+            })
+    table = pd.DataFrame(rows).drop(columns="affinity_dist_raw")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(4).to_string(index=False))
 
 

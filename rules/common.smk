@@ -140,13 +140,7 @@ def data_sizes():
 
 DATA_BYTES, N_LABELLED, N_VAL_EXAMPLES, N_FEATURES = data_sizes()
 SHAPES = sizes.layer_shapes(N_FEATURES, config["model"]["hidden_sizes"], N_TASKS)
-PROJECTED_DIM = sizes.projected_dim(
-    SHAPES,
-    config["projection"]["structure"],
-    config["projection"][
-        "factor_dim" if config["projection"]["structure"] == "kronecker" else "dim"
-    ],
-)
+PROJECTED_DIM = sizes.projected_dim(SHAPES, config["projection"]["dim"])
 
 
 def training_mem_mb():
@@ -156,9 +150,8 @@ def training_mem_mb():
 
 def projection_mem_mb():
     """mem_mb of project_gradients."""
-    return sizes.projection_mb(
-        DATA_BYTES, N_LABELLED, PROJECTED_DIM, config["projection"]["batch_size"]
-    )
+    widest = max(out * inputs for out, inputs in SHAPES)
+    return sizes.projection_mb(DATA_BYTES, N_LABELLED, PROJECTED_DIM, widest)
 
 
 def gradient_estimate_mem_mb(chunk):

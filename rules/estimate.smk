@@ -22,12 +22,10 @@ rule project_gradients:
         mem_mb=projection_mem_mb(),
         gpu=1,
     params:
-        # Only the settings the structure uses (factor_dim for kronecker, dim for dense),
-        # keys sorted, so that editing the other structure's size reruns nothing.
+        # Only the settings the structure uses (nonzeros for sparse only), keys sorted, so
+        # that editing an unused key reruns nothing. The examples projected at a time are
+        # derived from mem_mb: memory only, no params entry.
         projection=ProjectionSettings.from_mapping(config["projection"]).description(),
-        # Examples projected at a time: memory only, yet a params entry for now, so that
-        # changing it still reruns the job.
-        batch_size=config["projection"]["batch_size"],
     script:
         "../workflow_scripts/project_gradients.py"
 

@@ -32,6 +32,16 @@ COPIES = 3
 FILE_EXPANSION = 10
 # Bytes of a float64.
 FLOAT = 8
+# The batches of the projection and of the subset fits (taskgroup.estimate.settings sizes
+# them from a job's mem_mb with these): at most BATCH_MB, at most PROJECTION_BATCH_EXAMPLES
+# examples projected at a time (no faster beyond); bytes per example and entry of a
+# projection batch (float32, three copies: the per-example gradients, their projection, the
+# concatenation) and per subset and d x d entry of a batch of subset fits (float64, three
+# copies: the Hessian sums factored in place, the solve's work, a margin).
+BATCH_MB = 512
+PROJECTION_BATCH_EXAMPLES = 4096
+PROJECTION_BYTES = 3 * 4
+SUBSET_FIT_BYTES = 3 * FLOAT
 # Up to this many tasks the SDP goes to the interior-point solver (Clarabel), whose memory
 # grows as k^4, above it to SCS (k^2). Mirrors taskgroup.group.clustering
 # .CLARABEL_MAX_TASKS, which is not imported here (that module imports cvxpy); a unit test
@@ -75,14 +85,24 @@ def n_parameters(shapes: list[tuple[int, int]]) -> int:
     return sum(out * inputs for out, inputs in shapes)
 
 
-def projected_dim(shapes: list[tuple[int, int]], structure: str, size: int) -> int:
-    """Columns of the projected gradients: ``size`` (= projection.dim) for "dense"; for
-    "kronecker" (``size`` = projection.factor_dim) each layer's out and in + 1 capped at
-    ``size``, multiplied, summed over the layers (see
-    taskgroup.estimate.projection.KroneckerProjector)."""
-    if structure == "dense":
-        return size
-    return sum(min(out, size) * min(inputs, size) for out, inputs in shapes)
+def projected_dim(shapes: list[tuple[int, int]], dim: int) -> int:
+    """An upper bound on the columns of the projected gradients: every parameter when there
+    are at most ``dim`` (= projection.dim) of them, else ``dim`` plus up to one column per
+    task (every task keeps a head column; see
+    taskgroup.estimate.projection.allocate_columns)."""
+    total = n_parameters(shapes)
+    return total if total <= dim else dim + shapes[-1][0]
+
+
+def projection_batch_mb(widest: int, dim: int) -> int:
+    """The batches of project_gradients: PROJECTION_BATCH_EXAMPLES examples' gradients of
+    the ``widest`` layer (entries) and their ``dim`` projected columns, at most BATCH_MB."""
+    return min(BATCH_MB, to_mb(PROJECTION_BYTES * PROJECTION_BATCH_EXAMPLES * (widest + dim)))
+
+
+def subset_fit_batch_mb(dim: int, chunk: int) -> int:
+    """The batches of subset fits: a chunk's (chunk, dim, dim) Hessians, at most BATCH_MB."""
+    return min(BATCH_MB, to_mb(SUBSET_FIT_BYTES * chunk * dim * dim))
 
 
 def data_table_mb(data_bytes: int) -> int:
@@ -127,23 +147,27 @@ def stacked_training_mb(data_bytes: int, n_params: int, n_models: int, n_val: in
     )
 
 
-def projection_mb(data_bytes: int, n_projected: int, dim: int, batch_size: int) -> int:
+def projection_mb(data_bytes: int, n_projected: int, dim: int, widest: int) -> int:
     """project_gradients: the torch process, COPIES of the examples and of the projected
-    table (n_projected train and validation examples by dim + 4 float64 columns), and one
-    batch of per-example projected gradients (batch_size by dim, float32)."""
+    table (n_projected train and validation examples by dim + 4 float64 columns), and a
+    batch of per-example gradients (:func:`projection_batch_mb`; ``widest``: the entries of
+    the largest layer)."""
     table = FLOAT * n_projected * (dim + 4)
-    return TORCH_PROCESS_MB + to_mb(COPIES * (data_bytes + table) + 4 * batch_size * dim)
+    return (
+        TORCH_PROCESS_MB + to_mb(COPIES * (data_bytes + table))
+        + projection_batch_mb(widest, dim)
+    )
 
 
 def subset_estimate_mb(n_tasks: int, n_projected: int, n_val: int, dim: int, chunk: int) -> int:
     """estimate_subsets (and forward selection with the gradient estimator): the torch
-    process; COPIES of the projected table; the per-task Hessians (k, dim, dim) and a
-    chunk's per-subset Hessians (chunk, dim, dim), float64, the latter COPIES times (the
-    einsum and the solve); the validation outputs per subset (n_val by chunk)."""
+    process; COPIES of the projected table; the per-task Hessians (k, dim, dim) float64,
+    computed once; a batch of per-subset Hessians (:func:`subset_fit_batch_mb`); the
+    validation outputs per subset (n_val by chunk)."""
     table = COPIES * FLOAT * n_projected * (dim + 4)
-    hessians = FLOAT * dim * dim * (n_tasks + COPIES * chunk)
+    hessians = FLOAT * dim * dim * n_tasks
     outputs = COPIES * FLOAT * n_val * chunk
-    return TORCH_PROCESS_MB + to_mb(table + hessians + outputs)
+    return TORCH_PROCESS_MB + to_mb(table + hessians + outputs) + subset_fit_batch_mb(dim, chunk)
 
 
 def sdp_solver_mb(n_tasks: int) -> int:

@@ -43,7 +43,7 @@ def prepared(tmp_path_factory):
     project_gradients(
         paths["examples"], paths["tasks"], paths["model"], paths["projected"],
         paths["projection"],
-        ProjectionSettings("kronecker", "rademacher", 0, factor_dim=64, dim=None), 4096,
+        ProjectionSettings("kronecker", "rademacher", 0, dim=1024, nonzeros=None), 1024,
     )
     paths["folder"] = folder
     paths["names"] = tasks.sort_values("task_index")["task"].tolist()

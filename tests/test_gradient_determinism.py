@@ -29,13 +29,13 @@ def run_gradient_stages(folder, structure: str) -> None:
     sample_subsets(folder / "tasks.parquet", folder / "subsets.parquet",
                    folder / "pair_counts.parquet", size=3, count=8, seed=0)
     projection = (
-        ProjectionSettings("kronecker", "rademacher", 0, factor_dim=64, dim=None)
+        ProjectionSettings("kronecker", "rademacher", 0, dim=1024, nonzeros=None)
         if structure == "kronecker"
-        else ProjectionSettings("dense", "gaussian", 0, factor_dim=None, dim=32)
+        else ProjectionSettings("sparse", "gaussian", 0, dim=32, nonzeros=3)
     )
     project_gradients(
         folder / "examples.parquet", folder / "tasks.parquet", folder / "model.pt",
-        folder / "projected.parquet", folder / "projection.parquet", projection, 4096,
+        folder / "projected.parquet", folder / "projection.parquet", projection, 1024,
     )
     for chunk in (0, 1):
         estimate_subsets(
@@ -47,7 +47,7 @@ def run_gradient_stages(folder, structure: str) -> None:
 
 
 def test_two_gradient_runs_in_two_folders_write_byte_identical_parquet_files(tmp_path):
-    for structure in ("kronecker", "dense"):
+    for structure in ("kronecker", "sparse"):
         first, second = tmp_path / f"{structure}_1", tmp_path / f"{structure}_2"
         run_gradient_stages(first, structure)
         run_gradient_stages(second, structure)

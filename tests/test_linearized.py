@@ -10,6 +10,8 @@ from taskgroup.estimate.linearized import (
     estimate_values,
     fit_shifts,
     linearized_values,
+    per_task_statistics,
+    subsets_per_batch,
 )
 from taskgroup.estimate.settings import GradientEstimateSettings
 
@@ -87,3 +89,39 @@ def test_estimates_do_not_depend_on_chunking():
     pd.testing.assert_frame_equal(whole, parts)
     assert (whole["estimator"] == "gradient").all() and len(whole) == 6
     assert np.isfinite(whole["loss"]).all()
+
+
+def test_subset_sums_from_the_membership_equal_the_dense_sum_over_every_task():
+    """Each subset adds its own members' statistics: the same fit as the explicit solve of
+    (sum_t m_st H_t / n_S + l2 I) w = -sum_t m_st g_t / n_S over all k tasks."""
+    train = synthetic_split(60, 5, 4, torch.tensor([0.3, -0.1, 0.2, 0.0]), seed=5)
+    train.task_index[train.task_index == 4] = 3  # a task without examples
+    members = torch.tensor(
+        [[1, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]],
+        dtype=torch.float64,
+    )
+    statistics = per_task_statistics(train, 5)
+    assert statistics.counts.tolist() == [60, 60, 60, 120, 0]
+    fitted = fit_shifts(train, members, l2=0.2, statistics=statistics)
+    sizes = members @ statistics.counts
+    hessians = torch.einsum("sk,kde->sde", members, statistics.hessians) / sizes[:, None, None]
+    gradients = members @ statistics.gradients / sizes[:, None]
+    expected = -torch.linalg.solve(hessians + 0.2 * torch.eye(4, dtype=torch.float64),
+                                   gradients)
+    torch.testing.assert_close(fitted, expected)
+    with pytest.raises(ValueError, match="no training examples"):
+        fit_shifts(train, torch.tensor([[0, 0, 0, 0, 1.0]], dtype=torch.float64), l2=0.2)
+
+
+def test_estimates_do_not_depend_on_the_memory_of_a_batch():
+    train = synthetic_split(100, 6, 5, torch.tensor([0.4, -0.3, 0.1, 0.0, 0.2]), seed=6)
+    val = synthetic_split(50, 6, 5, torch.zeros(5), seed=7)
+    names = list("abcdef")
+    subsets = pd.DataFrame({"subset_id": np.repeat(np.arange(5), 3),
+                            "task": list("abcbcdcdedefafb")})
+    settings = GradientEstimateSettings(l2=0.05, newton_steps=1, max_relative_shift=None)
+    assert subsets_per_batch(5, 1e-9) == 1
+    assert subsets_per_batch(100, 3 * 8 * 100 * 100 * 7 / 1e6) == 7
+    one_at_a_time = estimate_values(train, val, subsets, names, settings, memory_mb=1e-9)
+    pd.testing.assert_frame_equal(one_at_a_time, estimate_values(train, val, subsets, names,
+                                                                 settings, memory_mb=512))

@@ -184,7 +184,7 @@ def gradient_against_finetuning(tables, n_subsets=16, seed=0):
     meta = train_new_model(data, every, [4], TrainSettings(epochs=40, lr=0.01, batch_size=32),
                            seed=seed, device=torch.device("cpu"))
     projector = make_projector(
-        meta, ProjectionSettings("kronecker", "rademacher", 0, factor_dim=64, dim=None)
+        meta, ProjectionSettings("kronecker", "rademacher", 0, dim=1024, nonzeros=None)
     )
     splits = {}
     for split in ("train", "val"):

@@ -22,12 +22,9 @@ def test_sizes_by_hand():
     shapes = resources.layer_shapes(20, [2], 100)
     assert shapes == [(2, 21), (100, 3)]
     assert resources.n_parameters(shapes) == 42 + 300
-    # the projected width the k = 100 planted config wrote: 2 * 21 + 64 * 3
-    assert resources.projected_dim(shapes, "kronecker", 64) == 234
-    assert resources.projected_dim(shapes, "dense", 256) == 256
-    assert resources.projected_dim(resources.layer_shapes(8, [16, 8], 9), "kronecker", 4) == (
-        4 * 4 + 4 * 4 + 4 * 4
-    )
+    # at most dim parameters: all of them; else dim and up to one head column per task
+    assert resources.projected_dim(shapes, 1024) == 342
+    assert resources.projected_dim(shapes, 256) == 256 + 100
 
 
 def test_formulas_add_the_process_to_the_arrays():
@@ -37,16 +34,17 @@ def test_formulas_add_the_process_to_the_arrays():
     assert resources.training_mb(data, params) == resources.TORCH_PROCESS_MB + math.ceil(
         (3 * (data + 4 * 8 * params)) / 1e6
     )
-    # projected table 20,000 by 238 float64, batch 4096 by 234 float32
+    # projected table 20,000 by 346 float64, a batch of 4096 examples by 300 + 342 float32
     expected = resources.TORCH_PROCESS_MB + math.ceil(
-        (3 * (data + 8 * 20_000 * 238) + 4 * 4096 * 234) / 1e6
-    )
-    assert resources.projection_mb(data, 20_000, 234, 4096) == expected
-    hessians = 8 * 234 * 234 * (100 + 3 * 100)
+        (3 * (data + 8 * 20_000 * 346)) / 1e6
+    ) + math.ceil(3 * 4 * 4096 * (300 + 342) / 1e6)
+    assert resources.projection_mb(data, 20_000, 342, 300) == expected
+    # per-task Hessians once, a chunk's Hessians (3 float64 copies) at most BATCH_MB
     expected = resources.TORCH_PROCESS_MB + math.ceil(
-        (3 * 8 * 20_000 * 238 + hessians + 3 * 8 * 10_000 * 100) / 1e6
-    )
-    assert resources.subset_estimate_mb(100, 20_000, 10_000, 234, 100) == expected
+        (3 * 8 * 20_000 * 346 + 8 * 342 * 342 * 100 + 3 * 8 * 10_000 * 100) / 1e6
+    ) + math.ceil(3 * 8 * 342 * 342 * 100 / 1e6)
+    assert resources.subset_estimate_mb(100, 20_000, 10_000, 342, 100) == expected
+    assert resources.subset_fit_batch_mb(1024, 1000) == resources.BATCH_MB
     assert resources.subset_table_mb(600, 30) == resources.TABLE_PROCESS_MB + math.ceil(
         3 * 2 * 2 * 8 * 600 * 30 / 1e6
     )
@@ -57,8 +55,10 @@ def test_formulas_add_the_process_to_the_arrays():
     [
         # peak RSS measured on the k = 100 planted config (10 groups of 10 tasks, defaults)
         (417, lambda: resources.training_mb(7_360_000, 342)),  # train_meta_init
-        (410, lambda: resources.projection_mb(7_360_000, 20_000, 234, 4096)),
-        (605, lambda: resources.subset_estimate_mb(100, 20_000, 10_000, 234, 100)),
+        # project_gradients and estimate_subsets (a chunk of 100) at projection.dim 1024,
+        # which keeps the 342 coordinates exactly (stage functions in a fresh process)
+        (466, lambda: resources.projection_mb(7_360_000, 20_000, 342, 300)),
+        (727, lambda: resources.subset_estimate_mb(100, 20_000, 10_000, 342, 100)),
         (304, lambda: resources.sdp_mb(100)),  # cluster_tasks, SCS
         (580, lambda: resources.validation_mb(7_360_000, 342, 100)),
         # fit_surrogates in benchmarks/scale.py: k = 30 (600 + 465 subsets), k = 100
@@ -79,3 +79,10 @@ def test_sdp_memory_follows_the_solver():
     assert above < below
     # the measured SCS peak at k = 500 (0.87 GB with its process) is covered
     assert resources.sdp_mb(500) >= 870
+
+
+def test_a_job_gives_its_batches_half_its_memory_up_to_batch_mb():
+    from taskgroup.estimate import settings
+
+    assert settings.batch_memory_mb(100) == 50
+    assert settings.batch_memory_mb(10_000) == settings.BATCH_MB

@@ -14,5 +14,6 @@ estimate_subsets(
     chunk_size=snakemake.params.chunk_size,
     settings=GradientEstimateSettings(**snakemake.params.estimate),
     threads=snakemake.threads,
+    memory_mb=snakemake.resources.mem_mb,
     metric=snakemake.params.metric,
 )

@@ -10,6 +10,6 @@ project_gradients(
     projected_path=snakemake.output.projected,
     projection_path=snakemake.output.projection,
     settings=ProjectionSettings.from_mapping(snakemake.params.projection),
-    batch_size=snakemake.params.batch_size,
+    memory_mb=snakemake.resources.mem_mb,
     threads=snakemake.threads,
 )

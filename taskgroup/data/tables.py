@@ -60,8 +60,8 @@ projected  one row per training or validation example: task, split (str), label 
            base_output (float32, the output f(x; theta*) of the example's own head at
            the meta-initialization: a logit for binary tasks, the prediction for regression
            tasks), z_* (float32, the projected gradient, one column per dimension).
-projection one row: structure, kind (str), seed (int64), dim (Int64, dense only, else
-           null), factor_dim (Int64, kronecker only, else null), projected_dim,
+projection one row: structure, kind (str), seed (int64), dim (int64, the setting),
+           nonzeros (Int64, sparse only, else null), projected_dim (the columns),
            n_parameters (int64), theta_norm (float64, ||theta*||).
 grouping   one row per task: task (str), group (int64).
 group_results one row per (seed, task, split) of the models of one group (a set of tasks,
@@ -193,7 +193,7 @@ PROJECTION = {
     "kind": "str",
     "seed": "int",
     "dim": "int",
-    "factor_dim": "int",
+    "nonzeros": "int",
     "projected_dim": "int",
     "n_parameters": "int",
     "theta_norm": "float",

@@ -28,6 +28,7 @@ w_S = -(2 Z^T Z / n_S + l2 I)^{-1} 2 Z^T (b - y) / n_S; further steps leave it u
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from dataclasses import dataclass
 
@@ -38,8 +39,14 @@ import torch
 from taskgroup.data.designs import membership_matrix
 from taskgroup.estimate.settings import GradientEstimateSettings
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
+from taskgroup.resources import SUBSET_FIT_BYTES
 
 log = logging.getLogger(__name__)
+
+
+def peak_memory_mb() -> float:
+    """The peak resident memory of this process so far, in MB (Linux: ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -77,9 +84,19 @@ def membership(subsets: pd.DataFrame, task_names: list[str]) -> tuple[np.ndarray
     return ids, torch.from_numpy(membership_matrix(subsets, task_names).astype(np.float64))
 
 
-def _per_task_statistics(train: ProjectedSplit, n_tasks: int):
-    """Per task: example count (k,), loss-gradient sum g_t (k, d), loss-Hessian sum H_t
-    (k, d, d) of the offset loss (logistic or squared, by task type) at w = 0, in float64."""
+@dataclass
+class TaskStatistics:
+    """Per task sums of the offset loss at w = 0 over a training split: counts (k,)
+    examples, gradients (k, d) g_t, hessians (k, d, d) H_t, all float64."""
+
+    counts: torch.Tensor
+    gradients: torch.Tensor
+    hessians: torch.Tensor
+
+
+def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
+    """Per task: example count, loss-gradient sum g_t and loss-Hessian sum H_t of the offset
+    loss (logistic or squared, by task type) at w = 0, in float64 (memory k d^2 floats)."""
     z = train.z.double()
     residual, curvature = _derivatives(
         train.base.double(), train.labels.double(), train.regression_mask()
@@ -91,33 +108,65 @@ def _per_task_statistics(train: ProjectedSplit, n_tasks: int):
     for task in torch.unique(train.task_index).tolist():
         rows = train.task_index == task
         hessians[task] = z[rows].T @ (curvature[rows].unsqueeze(1) * z[rows])
-    return counts, gradients, hessians
+    return TaskStatistics(counts, gradients, hessians)
 
 
-def _solve(hessians: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+def _solve(
+    hessians: torch.Tensor, gradients: torch.Tensor, overwrite: bool = False
+) -> torch.Tensor:
     """-H^{-1} g for a batch of SPD matrices (s, d, d) and vectors (s, d), by Cholesky (a
-    batched LU solve in float64 hung on CPU in torch 2.13)."""
-    factor = torch.linalg.cholesky(hessians)
+    batched LU solve in float64 hung on CPU in torch 2.13); ``overwrite``: the factor
+    replaces ``hessians`` (no second (s, d, d) array)."""
+    factor = torch.linalg.cholesky(hessians, out=hessians if overwrite else None)
     return -torch.cholesky_solve(gradients.unsqueeze(2), factor).squeeze(2)
 
 
 def fit_shifts(
-    train: ProjectedSplit, members: torch.Tensor, l2: float, newton_steps: int = 1
+    train: ProjectedSplit, members: torch.Tensor, l2: float, newton_steps: int = 1,
+    statistics: TaskStatistics | None = None,
 ) -> torch.Tensor:
-    """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k)."""
+    """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k).
+    ``statistics``: :func:`per_task_statistics` of ``train`` (computed here when None; pass
+    them to share them among batches). Each subset's sums add its own members' statistics
+    only (memory: two (s, d, d) float64 arrays, the sums and the solve's work). Raises
+    ValueError when a subset has no training examples."""
     n_tasks = members.shape[1]
     members = members.to(train.z.device)
-    counts, gradients, hessians = _per_task_statistics(train, n_tasks)
-    sizes = members @ counts
+    if statistics is None:
+        statistics = per_task_statistics(train, n_tasks)
+    sizes = members @ statistics.counts
     if (sizes == 0).any():
         raise ValueError("a subset has no training examples")
-    identity = torch.eye(train.z.shape[1], dtype=torch.float64, device=train.z.device)
-    subset_hessians = torch.einsum("sk,kde->sde", members, hessians) / sizes[:, None, None]
-    subset_gradients = (members @ gradients) / sizes[:, None]
-    weights = _solve(subset_hessians + l2 * identity, subset_gradients)
+    dim = train.z.shape[1]
+    subset_hessians = torch.zeros(
+        members.shape[0], dim, dim, dtype=torch.float64, device=train.z.device
+    )
+    # Each task's sums go to the subsets holding it (an index_add of a broadcast view: no
+    # (s, d, d) temporary besides the sums).
+    rows, tasks = torch.nonzero(members > 0, as_tuple=True)
+    for task in torch.unique(tasks).tolist():
+        holding = rows[tasks == task]
+        subset_hessians.index_add_(
+            0, holding, statistics.hessians[task].expand(len(holding), dim, dim)
+        )
+    subset_gradients = torch.zeros(
+        members.shape[0], dim, dtype=torch.float64, device=train.z.device
+    )
+    subset_gradients.index_add_(0, rows, statistics.gradients[tasks])
+    subset_hessians /= sizes[:, None, None]
+    subset_hessians.diagonal(dim1=1, dim2=2).add_(l2)
+    weights = _solve(subset_hessians, subset_gradients / sizes[:, None], overwrite=True)
+    del subset_hessians
+    identity = torch.eye(dim, dtype=torch.float64, device=train.z.device)
     for _ in range(newton_steps - 1):
         weights = _newton_step_per_subset(train, members, weights, l2, identity)
     return weights
+
+
+def subsets_per_batch(dim: int, memory_mb: float) -> int:
+    """Subsets fitted at a time so that their (s, d, d) arrays, SUBSET_FIT_BYTES per entry
+    (see :mod:`taskgroup.estimate.settings`), fit in ``memory_mb`` MB (at least 1)."""
+    return max(1, int(memory_mb * 10**6 // (SUBSET_FIT_BYTES * dim * dim)))
 
 
 def _newton_step_per_subset(train, members, weights, l2, identity) -> torch.Tensor:
@@ -178,7 +227,7 @@ def estimate_values(
     settings: GradientEstimateSettings,
     shift_norm=None,
     theta_norm: float | None = None,
-    batch_subsets: int = 128,
+    memory_mb: float = 512.0,
     metric: str = "auto",
     task_types: list[str] | None = None,
 ) -> pd.DataFrame:
@@ -187,8 +236,10 @@ def estimate_values(
 
     ``shift_norm`` maps shifts (s, d) to ||P w|| (s,) (a projector's ``shift_norms``); with
     ``theta_norm`` it adds the column relative_shift = ||P w|| / ||theta*|| and applies the
-    optional cap ``settings.max_relative_shift``. Subsets are processed ``batch_subsets`` at a
-    time, so memory does not grow with their number. ``task_types``: each task's type (None =
+    optional cap ``settings.max_relative_shift``. The per-task statistics are computed once;
+    subsets are fitted in batches whose Hessians take at most ``memory_mb`` (see
+    :func:`subsets_per_batch`), so memory does not grow with their number; the process's
+    peak memory is logged. ``task_types``: each task's type (None =
     all binary; the splits' ``regression`` masks must agree, else ValueError), ``metric``:
     evaluation.metric. Returns the subset_values table with estimator "gradient".
     """
@@ -201,10 +252,14 @@ def estimate_values(
         if not torch.equal(split.regression_mask(), expected):
             raise ValueError(f"{name} split: its regression mask disagrees with task_types")
     ids, members = membership(subsets, task_names)
+    statistics = per_task_statistics(train, len(task_names))
+    batch_subsets = subsets_per_batch(train.z.shape[1], memory_mb)
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
         block = members[start : start + batch_subsets]
-        weights = fit_shifts(train, block, settings.l2, settings.newton_steps)
+        weights = fit_shifts(
+            train, block, settings.l2, settings.newton_steps, statistics=statistics
+        )
         relative = torch.full((block.shape[0],), float("nan"), dtype=torch.float64)
         if shift_norm is not None and theta_norm:
             norms = shift_norm(weights).double()
@@ -234,8 +289,10 @@ def estimate_values(
     elapsed = time.perf_counter() - started
     shifts = relative.numpy()
     log.info(
-        "estimated %d subsets in %.2f s (%.0f subsets/s); median relative shift %s",
-        len(ids), elapsed, len(ids) / max(elapsed, 1e-9),
+        "estimated %d subsets (d = %d, %d per batch) in %.2f s (%.0f subsets/s), peak "
+        "memory of the process %.0f MB; median relative shift %s",
+        len(ids), train.z.shape[1], batch_subsets, elapsed, len(ids) / max(elapsed, 1e-9),
+        peak_memory_mb(),
         f"{np.median(shifts):.4f}" if np.isfinite(shifts).all() else "not computed",
     )
     return table

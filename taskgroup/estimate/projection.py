@@ -1,38 +1,54 @@
 """Seeded random projections of per-example gradients (Johnson-Lindenstrauss).
 
 A projector maps an example's parameter gradient g(x) in R^p to z(x) = P^T g(x) in R^d with
-E[P P^T] = I, so inner products of gradients are preserved in expectation. P is never held
-whole: it is regenerated from its seed, one block at a time, whenever it is needed.
+E[P P^T] = I, so inner products of gradients are preserved in expectation. Every parameter
+here belongs to a linear layer, whose per-example gradient is the outer product
+delta(x) [a(x); 1]^T (:func:`taskgroup.estimate.gradients.layer_factors`), so P is
+block-diagonal over the layers and each layer's block is applied to that layer's outer
+products only.
 
-- :class:`DenseProjector`: P has i.i.d. entries (Rademacher +-1/sqrt(d) or Gaussian
-  N(0, 1/d)), generated in blocks of parameter rows.
-- :class:`KroneckerProjector`: for each linear layer, P = P_out (x) P_in, so the projection
-  of the layer's gradient delta [a; 1]^T is (P_out^T delta) (x) (P_in^T [a; 1]): two small
-  products instead of one with a p-row matrix. A factor no larger than ``factor_dim`` is
-  kept as it is (identity), so small layers are represented exactly.
+The size d (``ProjectionSettings.dim``) is a setting, whatever the widths and k:
 
-Both satisfy the :class:`Projector` protocol, so callers never ask which one they hold:
-:func:`make_projector` builds one from :class:`ProjectionSettings`, ``describe()`` gives the
-settings back as a dict, and :func:`from_description` rebuilds an equal projector from it.
+- A model with at most d parameters is kept exactly (P = I, d = p): no projection error.
+- Otherwise d is shared among the layers by :func:`allocate_columns`, in proportion to their
+  parameters. The task heads form one k x (width + 1) layer whose example gradient is
+  e_t(x) [a; 1]^T; its block is I_k (x) R (R: (width + 1) x b), so a head's projected
+  coordinates are its own: a shift of task t's head moves task t's outputs only, as in the
+  network. Every task keeps at least one head column.
+
+Each trunk layer's block (and the heads' R) is built by the structure:
+
+- "dense": i.i.d. entries (Rademacher +-1/sqrt(c) or Gaussian N(0, 1/c) for c columns),
+  regenerated from the seed in blocks of rows whenever it is needed.
+- "kronecker": R_out (x) R_in with factors sized so that their product fits the layer's
+  columns; the projection of delta [a; 1]^T is (R_out^T delta) (x) (R_in^T [a; 1]), two
+  small products instead of one with a p-row matrix.
+- "sparse": a sparse JL transform: every parameter row of P has ``nonzeros`` entries of
+  +-1/sqrt(nonzeros) (or N(0, 1/nonzeros)) in distinct columns, one in each of ``nonzeros``
+  column blocks: the cost per example is p x nonzeros, whatever d.
+
+All satisfy the :class:`Projector` protocol (one class, :class:`LayerProjector`), so callers
+never ask which one they hold: :func:`make_projector` builds one from
+:class:`ProjectionSettings`, ``describe()`` gives the settings back as a dict, and
+:func:`from_description` rebuilds an equal projector from it.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from taskgroup.estimate.gradients import (
-    LayerFactors,
-    layer_factors,
-    layer_shapes,
-    per_example_gradients,
-)
+from taskgroup.estimate.gradients import LayerFactors, layer_factors, layer_shapes
 from taskgroup.estimate.settings import KINDS, ProjectionSettings
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.seeding import derived_seed
+
+# Parameter rows of a dense block generated at a time (memory: rows x columns floats).
+BLOCK_ROWS = 8192
 
 
 @runtime_checkable
@@ -70,35 +86,224 @@ def random_matrix(rows: int, cols: int, kind: str, seed: int) -> torch.Tensor:
     raise ValueError(f"projection.kind = {kind!r}; expected one of {KINDS}")
 
 
-class KroneckerProjector:
-    """Per-layer Kronecker-factored projection of linear-layer gradients.
+def sparse_pattern(rows: int, cols: int, nonzeros: int, kind: str, seed: int):
+    """The nonzeros of a (rows, cols) sparse JL matrix: column indices (rows, s) and values
+    (rows, s) float32, s = min(nonzeros, cols). The columns are cut into s blocks and every
+    row has one entry in each block (so a row's columns are distinct); values are
+    +-1/sqrt(s) (rademacher) or N(0, 1/s) (gaussian), so every row has expected norm 1."""
+    s = min(nonzeros, cols)
+    generator = torch.Generator().manual_seed(seed)
+    bounds = [cols * j // s for j in range(s + 1)]
+    widths = torch.tensor([bounds[j + 1] - bounds[j] for j in range(s)])
+    offsets = torch.tensor(bounds[:-1])
+    within = (torch.rand(rows, s, generator=generator, dtype=torch.float64) * widths).long()
+    columns = offsets + within.clamp(max=widths - 1)
+    return columns, random_matrix(rows, s, kind, derived_seed(seed, 1))
 
-    layer_shapes: (out, in + 1) per linear layer, heads last (see
-    :func:`taskgroup.estimate.gradients.layer_shapes`); the model given to :meth:`project`
-    must have these layers.
-    """
 
-    def __init__(self, layer_shapes, factor_dim: int, kind: str, seed: int):
+def allocate_columns(shapes: list[tuple[int, int]], dim: int) -> list[int]:
+    """Projected columns of every linear layer of ``shapes`` ((out, in + 1), heads last) for
+    a projection to ``dim``: every layer's size when they sum to at most ``dim`` (exact);
+    else shares of ``dim`` in proportion to the layers' sizes (rounded down, at least 1),
+    the heads' share rounded down to a multiple of k, at least k (one column per task, so
+    the total can exceed ``dim`` by up to k - 1 when k is close to ``dim``)."""
+    sizes = [out * inputs for out, inputs in shapes]
+    total = sum(sizes)
+    if total <= dim:
+        return sizes
+    columns = [max(1, dim * size // total) for size in sizes]
+    n_tasks, head_inputs = shapes[-1]
+    columns[-1] = n_tasks * min(head_inputs, max(1, columns[-1] // n_tasks))
+    return columns
+
+
+def _outer(factor: LayerFactors) -> torch.Tensor:
+    """The per-example gradients delta [a; 1]^T of a trunk layer, flattened (n, out x in)."""
+    return (factor.deltas.unsqueeze(2) * factor.inputs.unsqueeze(1)).flatten(1)
+
+
+class _Identity:
+    """A block of ``shape`` (out, in + 1) kept exactly."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape, self.columns = shape, shape[0] * shape[1]
+
+    def to(self, device):
+        return self
+
+    def apply(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat
+
+    def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
+        block = block.reshape(-1, *self.shape)
+        return (block * block).sum(dim=(1, 2))
+
+
+class _Dense:
+    """A (rows, columns) i.i.d. block, regenerated from its seed BLOCK_ROWS rows at a time."""
+
+    def __init__(self, rows: int, columns: int, kind: str, seed: int):
+        self.rows, self.columns, self.kind, self.seed = rows, columns, kind, seed
+        self.device = torch.device("cpu")
+
+    def to(self, device):
+        self.device = torch.device(device)
+        return self
+
+    def blocks(self):
+        for number, start in enumerate(range(0, self.rows, BLOCK_ROWS)):
+            stop = min(start + BLOCK_ROWS, self.rows)
+            matrix = random_matrix(
+                stop - start, self.columns, self.kind, derived_seed(self.seed, number)
+            )
+            yield slice(start, stop), matrix.to(self.device)
+
+    def apply(self, flat: torch.Tensor) -> torch.Tensor:
+        projected = torch.zeros(flat.shape[0], self.columns, device=flat.device)
+        for rows, matrix in self.blocks():
+            projected += flat[:, rows] @ matrix
+        return projected
+
+    def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
+        squared = torch.zeros(block.shape[0], dtype=block.dtype, device=block.device)
+        for _, matrix in self.blocks():
+            squared += ((block @ matrix.T.to(block.dtype)) ** 2).sum(dim=1)
+        return squared
+
+
+class _Matrix:
+    """A small block held whole as a (rows, columns) float32 matrix."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix, self.columns = matrix, matrix.shape[1]
+
+    def to(self, device):
+        self.matrix = self.matrix.to(device)
+        return self
+
+    def apply(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat @ self.matrix
+
+    def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
+        return ((block @ self.matrix.T.to(block.dtype)) ** 2).sum(dim=1)
+
+
+class _Sparse:
+    """A (rows, columns) sparse JL block (see :func:`sparse_pattern`), held as CSR."""
+
+    def __init__(self, rows: int, columns: int, nonzeros: int, kind: str, seed: int):
+        self.columns = columns
+        indices, values = sparse_pattern(rows, columns, nonzeros, kind, seed)
+        row_index = torch.arange(rows).repeat_interleave(indices.shape[1])
+        with warnings.catch_warnings():  # torch's notes that CSR support is in beta
+            warnings.simplefilter("ignore", UserWarning)
+            coo = torch.sparse_coo_tensor(
+                torch.stack([row_index, indices.flatten()]), values.flatten(), (rows, columns),
+                check_invariants=True,
+            ).coalesce()
+            self.matrix = coo.to_sparse_csr()  # (rows, columns): P w
+            self.transposed = coo.t().coalesce().to_sparse_csr()  # (columns, rows): P^T g
+
+    def to(self, device):
+        self.matrix, self.transposed = self.matrix.to(device), self.transposed.to(device)
+        return self
+
+    def apply(self, flat: torch.Tensor) -> torch.Tensor:
+        return (self.transposed @ flat.T).T
+
+    def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
+        shifted = self.matrix.to(block.dtype) @ block.T  # (rows, s)
+        return (shifted * shifted).sum(dim=0)
+
+
+class _Kronecker:
+    """R_out (x) R_in for a layer (out, inputs) fitted into ``columns`` columns; a factor as
+    large as its side is the identity (None)."""
+
+    def __init__(self, out: int, inputs: int, columns: int, kind: str, seed: int):
+        left = min(out, max(1, round(math.sqrt(columns * out / inputs))))
+        right = min(inputs, max(1, columns // left))
+        left = min(out, max(1, columns // right))
+        self.shape = (left, right)
+        self.columns = left * right
+        self.left = None if left == out else random_matrix(
+            out, left, kind, derived_seed(seed, 0)
+        )
+        self.right = None if right == inputs else random_matrix(
+            inputs, right, kind, derived_seed(seed, 1)
+        )
+
+    def to(self, device):
+        self.left = None if self.left is None else self.left.to(device)
+        self.right = None if self.right is None else self.right.to(device)
+        return self
+
+    def apply_factors(self, factor: LayerFactors) -> torch.Tensor:
+        rows = factor.deltas if self.left is None else factor.deltas @ self.left
+        columns = factor.inputs if self.right is None else factor.inputs @ self.right
+        return (rows.unsqueeze(2) * columns.unsqueeze(1)).flatten(1)
+
+    def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
+        block = block.reshape(-1, *self.shape)
+        # ||L w R^T||_F^2 = <w, (L^T L) w (R^T R)>
+        gram = block if self.left is None else (self.left.T @ self.left).to(block.dtype) @ block
+        if self.right is not None:
+            gram = gram @ (self.right.T @ self.right).to(block.dtype)
+        return (block * gram).sum(dim=(1, 2))
+
+
+class LayerProjector:
+    """The projection of ``settings`` for a model of linear layers ``layer_shapes`` ((out,
+    in + 1), heads last; see :func:`taskgroup.estimate.gradients.layer_shapes`): one block
+    per layer, columns from :func:`allocate_columns`. ``exact`` is True when d = p (every
+    block the identity). The model given to :meth:`project` must have these layers."""
+
+    def __init__(self, layer_shapes, settings: ProjectionSettings):
         self.layer_shapes = [tuple(shape) for shape in layer_shapes]
-        self.factor_dim, self.kind, self.seed = factor_dim, kind, seed
-        self.left, self.right = [], []
-        for index, (out, inputs) in enumerate(self.layer_shapes):
-            self.left.append(self._factor(out, (index, 0)))
-            self.right.append(self._factor(inputs, (index, 1)))
-        self.segment_shapes = [
-            (out if left is None else left.shape[1], inputs if right is None else right.shape[1])
-            for (out, inputs), left, right in zip(self.layer_shapes, self.left, self.right)
+        self.settings = settings
+        columns = allocate_columns(self.layer_shapes, settings.dim)
+        self.exact = columns == [out * inputs for out, inputs in self.layer_shapes]
+        self.blocks = [
+            self._block(index, out, inputs, cols)
+            for index, ((out, inputs), cols) in enumerate(
+                zip(self.layer_shapes[:-1], columns[:-1])
+            )
         ]
-        self.dim = sum(a * b for a, b in self.segment_shapes)
+        n_tasks, head_inputs = self.layer_shapes[-1]
+        self.head_columns = columns[-1] // n_tasks
+        self.head = self._head_block(head_inputs, self.head_columns)
+        self.segments = [block.columns for block in self.blocks] + [
+            n_tasks * self.head.columns
+        ]
+        self.dim = sum(self.segments)
 
-    def _factor(self, size: int, position: tuple[int, int]) -> torch.Tensor | None:
-        if size <= self.factor_dim:
-            return None
-        return random_matrix(size, self.factor_dim, self.kind, derived_seed(self.seed, *position))
+    def _block(self, index: int, out: int, inputs: int, columns: int):
+        seed = derived_seed(self.settings.seed, index)
+        if columns == out * inputs:
+            return _Identity((out, inputs))
+        if self.settings.structure == "kronecker":
+            return _Kronecker(out, inputs, columns, self.settings.kind, seed)
+        if self.settings.structure == "sparse":
+            return _Sparse(out * inputs, columns, self.settings.nonzeros, self.settings.kind, seed)
+        return _Dense(out * inputs, columns, self.settings.kind, seed)
 
-    def to(self, device) -> "KroneckerProjector":
-        self.left = [None if m is None else m.to(device) for m in self.left]
-        self.right = [None if m is None else m.to(device) for m in self.right]
+    def _head_block(self, inputs: int, columns: int):
+        # R of the heads' I_k (x) R: small ((width + 1) x b), so it is held as a dense matrix
+        # (a sparse one with its zeros); kronecker and dense both use an i.i.d. R.
+        seed = derived_seed(self.settings.seed, len(self.layer_shapes) - 1)
+        if columns == inputs:
+            return _Identity((1, inputs))
+        if self.settings.structure == "sparse":
+            indices, values = sparse_pattern(
+                inputs, columns, self.settings.nonzeros, self.settings.kind, seed
+            )
+            return _Matrix(torch.zeros(inputs, columns).scatter_(1, indices, values))
+        return _Matrix(random_matrix(inputs, columns, self.settings.kind, seed))
+
+    def to(self, device) -> "LayerProjector":
+        for block in self.blocks:
+            block.to(device)
+        self.head.to(device)
         return self
 
     def project(
@@ -114,42 +319,40 @@ class KroneckerProjector:
     ) -> torch.Tensor:
         """z (n, dim) from the gradient factors of n examples."""
         parts = []
-        last = len(factors) - 1
-        for index, (factor, left, right) in enumerate(zip(factors, self.left, self.right)):
-            if index == last:  # heads: delta is the one-hot vector of the example's task
-                n_tasks = self.layer_shapes[index][0]
-                rows = (
-                    torch.nn.functional.one_hot(task_index, n_tasks).to(factor.inputs.dtype)
-                    if left is None
-                    else left[task_index]
-                )
+        for block, factor in zip(self.blocks, factors[:-1]):
+            if isinstance(block, _Kronecker):
+                parts.append(block.apply_factors(factor))
             else:
-                rows = factor.deltas if left is None else factor.deltas @ left
-            columns = factor.inputs if right is None else factor.inputs @ right
-            parts.append((rows.unsqueeze(2) * columns.unsqueeze(1)).flatten(1))
+                parts.append(block.apply(_outer(factor)))
+        heads = factors[-1].inputs
+        n_tasks = self.layer_shapes[-1][0]
+        # e_t (x) R^T [a; 1]: the example's own task's columns only
+        rows = torch.nn.functional.one_hot(task_index, n_tasks).to(heads.dtype)
+        parts.append((rows.unsqueeze(2) * self.head.apply(heads).unsqueeze(1)).flatten(1))
         return torch.cat(parts, dim=1)
 
     def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
         """||P w|| (s,) for s projected shifts ``weights`` (s, dim), without forming P w."""
         squared = torch.zeros(weights.shape[0], dtype=weights.dtype, device=weights.device)
         start = 0
-        for (rows, cols), left, right in zip(self.segment_shapes, self.left, self.right):
-            block = weights[:, start : start + rows * cols].reshape(-1, rows, cols)
-            start += rows * cols
-            # ||L w R^T||_F^2 = <w, (L^T L) w (R^T R)>
-            gram = block if left is None else (left.T @ left).to(block.dtype) @ block
-            gram = gram if right is None else gram @ (right.T @ right).to(block.dtype)
-            squared += (block * gram).sum(dim=(1, 2))
+        for block, size in zip(self.blocks, self.segments):
+            squared += block.squared_norms(weights[:, start : start + size])
+            start += size
+        heads = weights[:, start:]
+        if isinstance(self.head, _Identity):
+            squared += _Identity(self.layer_shapes[-1]).squared_norms(heads)
+        else:
+            n_tasks = self.layer_shapes[-1][0]
+            per_task = self.head.squared_norms(heads.reshape(-1, self.head.columns))
+            squared += per_task.reshape(-1, n_tasks).sum(dim=1)
         return squared.clamp(min=0).sqrt()
 
     def describe(self) -> dict:
-        return ProjectionSettings(
-            "kronecker", self.kind, self.seed, factor_dim=self.factor_dim, dim=None
-        ).description()
+        return self.settings.description()
 
     def __eq__(self, other) -> bool:
         return (
-            isinstance(other, KroneckerProjector)
+            isinstance(other, LayerProjector)
             and self.describe() == other.describe()
             and self.layer_shapes == other.layer_shapes
         )
@@ -157,84 +360,9 @@ class KroneckerProjector:
     __hash__ = None
 
 
-class DenseProjector:
-    """Dense i.i.d. projection of flattened per-example gradients, regenerated in blocks.
-
-    parameter_sizes: number of entries of each parameter tensor, in model order.
-    block_rows: parameter rows per generated block (memory: block_rows x dim floats).
-    """
-
-    def __init__(self, parameter_sizes, dim: int, kind: str, seed: int, block_rows: int = 8192):
-        self.parameter_sizes = list(parameter_sizes)
-        self.dim, self.kind, self.seed, self.block_rows = dim, kind, seed, block_rows
-        self.device = torch.device("cpu")
-
-    def to(self, device) -> "DenseProjector":
-        self.device = torch.device(device)
-        return self
-
-    def blocks(self):
-        """(parameter index, row slice, block matrix) for every block of P, in order."""
-        for index, size in enumerate(self.parameter_sizes):
-            for number, start in enumerate(range(0, size, self.block_rows)):
-                stop = min(start + self.block_rows, size)
-                seed = derived_seed(self.seed, index, number)
-                matrix = random_matrix(stop - start, self.dim, self.kind, seed)
-                yield index, slice(start, stop), matrix.to(self.device)
-
-    def project(
-        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`Projector.project`: the full per-example gradients of the batch, then
-        :meth:`project_gradients`."""
-        gradients = per_example_gradients(model, features, task_index)
-        projected = self.project_gradients(
-            [gradients[name] for name, _ in model.named_parameters()]
-        )
-        with torch.no_grad():
-            outputs = model(features, task_index)
-        return projected, outputs
-
-    def project_gradients(self, gradients: list[torch.Tensor]) -> torch.Tensor:
-        """z (n, dim) from per-example gradients, one (n, ...) tensor per parameter."""
-        flat = [g.flatten(1) for g in gradients]
-        projected = torch.zeros(flat[0].shape[0], self.dim, device=flat[0].device)
-        for index, rows, matrix in self.blocks():
-            projected += flat[index][:, rows] @ matrix
-        return projected
-
-    def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
-        """||P w|| (s,) for s projected shifts ``weights`` (s, dim)."""
-        squared = torch.zeros(weights.shape[0], dtype=weights.dtype, device=weights.device)
-        for _, _, matrix in self.blocks():
-            squared += ((weights @ matrix.T.to(weights.dtype)) ** 2).sum(dim=1)
-        return squared.sqrt()
-
-    def describe(self) -> dict:
-        return ProjectionSettings(
-            "dense", self.kind, self.seed, factor_dim=None, dim=self.dim
-        ).description()
-
-    def __eq__(self, other) -> bool:
-        # block_rows only sets the memory of a block, not P: it is not compared.
-        return (
-            isinstance(other, DenseProjector)
-            and self.describe() == other.describe()
-            and self.parameter_sizes == other.parameter_sizes
-        )
-
-    __hash__ = None
-
-
 def make_projector(model: MultiHeadNet, settings: ProjectionSettings) -> Projector:
     """The projector of ``settings`` for ``model``'s parameters (on the CPU)."""
-    if settings.structure == "kronecker":
-        return KroneckerProjector(
-            layer_shapes(model), settings.factor_dim, settings.kind, settings.seed
-        )
-    return DenseProjector(
-        [p.numel() for p in model.parameters()], settings.dim, settings.kind, settings.seed
-    )
+    return LayerProjector(layer_shapes(model), settings)
 
 
 def from_description(model: MultiHeadNet, description: Mapping) -> Projector:
@@ -247,6 +375,17 @@ def from_description(model: MultiHeadNet, description: Mapping) -> Projector:
 def parameter_norm(model: MultiHeadNet) -> float:
     """||theta|| of all of ``model``'s parameters, flattened into one vector."""
     return float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm())
+
+
+def projection_batch_size(
+    projector: LayerProjector, memory_mb: float, bytes_per_entry: int, most: int
+) -> int:
+    """Examples projected at a time (1 to ``most``) so that a batch's per-example gradients
+    of the largest layer and its projected rows, ``bytes_per_entry`` bytes per entry, take
+    at most ``memory_mb`` MB."""
+    widest = max(out * inputs for out, inputs in projector.layer_shapes)
+    per_example = bytes_per_entry * (widest + projector.dim)
+    return max(1, min(most, int(memory_mb * 10**6 // per_example)))
 
 
 def project_examples(

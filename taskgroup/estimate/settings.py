@@ -8,68 +8,81 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# The batches' memory constants are in taskgroup.resources, which also reserves that memory
+# in the jobs' mem_mb. Not settings: they change no result, so they never travel through a
+# rule's params; a job derives its batches from its mem_mb with batch_memory_mb.
+from taskgroup.resources import BATCH_MB
+
 KINDS = ("rademacher", "gaussian")
-# The size setting each projection structure uses; the other structure's is ignored.
-SIZE_KEY = {"kronecker": "factor_dim", "dense": "dim"}
-STRUCTURES = tuple(SIZE_KEY)
+
+def batch_memory_mb(mem_mb: float) -> float:
+    """The memory a job of ``mem_mb`` MB gives its batches: half of it, at most BATCH_MB. A
+    batch never holds more than the job's formula reserved for it (a whole chunk, or
+    PROJECTION_BATCH_EXAMPLES examples, capped at BATCH_MB)."""
+    return min(float(BATCH_MB), mem_mb / 2)
+
+
+STRUCTURES = ("dense", "kronecker", "sparse")
 
 
 @dataclass(frozen=True)
 class ProjectionSettings:
     """The settings that define a random projection (see :mod:`taskgroup.estimate.projection`).
 
-    structure: "kronecker" or "dense". kind: "rademacher" or "gaussian" entries. seed: the
-    seed every random block is derived from. factor_dim: the Kronecker factors' dimension cap
-    (kronecker only, else None). dim: the projected dimension (dense only, else None).
-    Raises ValueError for an unknown structure or kind, or when the structure's size is
-    missing or not positive or the other structure's size is set.
+    structure: "dense", "kronecker" or "sparse" (how each layer's block of P is built).
+    kind: "rademacher" or "gaussian" entries. seed: the seed every random block is derived
+    from. dim: the projected size d (a model with at most d parameters is kept exactly).
+    nonzeros: entries per row of P (sparse only, else None).
+    Raises ValueError for an unknown structure or kind, a dim below 1, or nonzeros missing
+    or below 1 for "sparse", or set for another structure.
     """
 
     structure: str
     kind: str
     seed: int
-    factor_dim: int | None
-    dim: int | None
+    dim: int
+    nonzeros: int | None
 
     def __post_init__(self):
-        if self.structure not in SIZE_KEY:
+        if self.structure not in STRUCTURES:
             raise ValueError(
                 f"projection.structure = {self.structure!r}; expected one of {STRUCTURES}"
             )
         if self.kind not in KINDS:
             raise ValueError(f"projection.kind = {self.kind!r}; expected one of {KINDS}")
-        for structure, key in SIZE_KEY.items():
-            value = getattr(self, key)
-            if structure == self.structure and (value is None or value < 1):
-                raise ValueError(
-                    f"projection.{key} = {value!r}: structure {structure} needs a positive size"
-                )
-            if structure != self.structure and value is not None:
-                raise ValueError(
-                    f"projection.{key} = {value!r} is set, but structure {self.structure} "
-                    "does not use it"
-                )
+        if self.dim is None or self.dim < 1:
+            raise ValueError(f"projection.dim = {self.dim!r}; expected a positive size")
+        if self.structure == "sparse" and (self.nonzeros is None or self.nonzeros < 1):
+            raise ValueError(
+                f"projection.nonzeros = {self.nonzeros!r}: structure sparse needs a positive "
+                "count"
+            )
+        if self.structure != "sparse" and self.nonzeros is not None:
+            raise ValueError(
+                f"projection.nonzeros = {self.nonzeros!r} is set, but structure "
+                f"{self.structure} does not use it"
+            )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping) -> ProjectionSettings:
-        """The settings from a mapping holding structure, kind, seed and the structure's size
-        (factor_dim for kronecker, dim for dense): the projection config section, a rule's
-        params or a projection table row. Every other key (the other structure's size,
-        batch_size, ...) is ignored. Raises KeyError when a needed key is missing."""
+        """The settings from a mapping holding structure, kind, seed, dim and (sparse only)
+        nonzeros: the projection config section, a rule's params or a projection table row.
+        Every other key is ignored. Raises KeyError when a needed key is missing."""
         structure = str(mapping["structure"])
-        sizes = {key: None for key in SIZE_KEY.values()}
-        if structure in SIZE_KEY:
-            sizes[SIZE_KEY[structure]] = int(mapping[SIZE_KEY[structure]])
-        return cls(structure, str(mapping["kind"]), int(mapping["seed"]), **sizes)
+        nonzeros = int(mapping["nonzeros"]) if structure == "sparse" else None
+        return cls(
+            structure, str(mapping["kind"]), int(mapping["seed"]), int(mapping["dim"]),
+            nonzeros,
+        )
 
     def description(self) -> dict:
-        """The settings the structure uses, keys sorted: structure, kind, seed and factor_dim
-        (kronecker) or dim (dense). :meth:`from_mapping` rebuilds equal settings from it."""
-        size_key = SIZE_KEY[self.structure]
+        """The settings the structure uses, keys sorted: dim, kind, seed, structure and
+        (sparse) nonzeros. :meth:`from_mapping` rebuilds equal settings from it."""
         values = {
-            "structure": self.structure, "kind": self.kind, "seed": self.seed,
-            size_key: getattr(self, size_key),
+            "structure": self.structure, "kind": self.kind, "seed": self.seed, "dim": self.dim,
         }
+        if self.structure == "sparse":
+            values["nonzeros"] = self.nonzeros
         return {key: values[key] for key in sorted(values)}
 
 

@@ -113,18 +113,20 @@ def gradient_valuer(
     task_types: list[str],
     settings: GradientEstimateSettings,
     metric: str,
+    memory_mb: float = 512.0,
 ) -> Valuer:
     """The estimator "gradient" as a valuer: the linearized estimate
     (:func:`taskgroup.estimate.linearized.estimate_values`) from the projected ``splits``
     (train, val) with ``settings``; ``projector`` (the one that projected them) and
     ``theta_norm`` (||theta*|| of the meta-initialization) give each subset's relative shift.
-    ``metric``: evaluation.metric."""
+    ``metric``: evaluation.metric. ``memory_mb``: the memory of a batch of subsets' Hessians
+    (see :func:`taskgroup.estimate.linearized.subsets_per_batch`)."""
 
     def value(subsets: pd.DataFrame) -> pd.DataFrame:
         return estimate_values(
             splits["train"], splits["val"], subsets, task_names, settings,
             shift_norm=projector.shift_norms, theta_norm=theta_norm, metric=metric,
-            task_types=task_types,
+            task_types=task_types, memory_mb=memory_mb,
         )
 
     return value

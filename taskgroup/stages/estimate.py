@@ -9,8 +9,17 @@ import pandas as pd
 
 from taskgroup.data import designs as subsets_lib
 from taskgroup.data.tables import PROJECTED, PROJECTION, TASKS, read_table, write_table
-from taskgroup.estimate.projection import from_description, make_projector, parameter_norm
-from taskgroup.estimate.settings import GradientEstimateSettings, ProjectionSettings
+from taskgroup.estimate.projection import (
+    from_description,
+    make_projector,
+    parameter_norm,
+    projection_batch_size,
+)
+from taskgroup.estimate.settings import (
+    GradientEstimateSettings,
+    ProjectionSettings,
+    batch_memory_mb,
+)
 from taskgroup.estimate.valuers import (
     Valuer,
     gradient_valuer,
@@ -19,6 +28,7 @@ from taskgroup.estimate.valuers import (
     splits_from_table,
 )
 from taskgroup.models.network import load_checkpoint
+from taskgroup.resources import BATCH_MB, PROJECTION_BATCH_EXAMPLES, PROJECTION_BYTES
 from taskgroup.stages.common import load_task_data, prepare_torch
 
 log = logging.getLogger(__name__)
@@ -26,25 +36,30 @@ log = logging.getLogger(__name__)
 
 def project_gradients(
     examples_path, tasks_path, model_path, projected_path, projection_path,
-    settings: ProjectionSettings, batch_size: int, threads: int = 1,
+    settings: ProjectionSettings, memory_mb: float, threads: int = 1,
 ) -> None:
     """Projected gradients and base outputs of every training and validation example at the
     meta-initialization (projected table), and the projection's description (projection
-    table: the projector's ``describe()``, the unused size null, and projected_dim,
-    n_parameters, theta_norm). ``batch_size``: examples projected at a time (memory)."""
+    table: the projector's ``describe()``, nonzeros null unless sparse, and projected_dim,
+    n_parameters, theta_norm). ``memory_mb``: the job's memory, which sets the examples
+    projected at a time (see :func:`taskgroup.estimate.settings.batch_memory_mb`)."""
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
     model = load_checkpoint(model_path, data.task_names).to(device)
     projector = make_projector(model, settings).to(device)
+    batch_size = projection_batch_size(
+        projector, batch_memory_mb(memory_mb), PROJECTION_BYTES, PROJECTION_BATCH_EXAMPLES
+    )
     started = time.perf_counter()
     table = projected_table(project_data(model, projector, data, batch_size), data.task_names)
     seconds = time.perf_counter() - started
     n_parameters = sum(p.numel() for p in model.parameters())
     log.info(
-        "%s projection (%s) of %d parameters to %d dimensions for %d examples in %.2f s "
-        "(%.0f examples/s)", settings.structure, settings.kind, n_parameters, projector.dim,
-        len(table), seconds, len(table) / max(seconds, 1e-9),
+        "%s projection (%s) of %d parameters to %d dimensions (%s) for %d examples, %d at a "
+        "time, in %.2f s (%.0f examples/s)", settings.structure, settings.kind, n_parameters,
+        projector.dim, "exact" if projector.exact else "projected", len(table), batch_size,
+        seconds, len(table) / max(seconds, 1e-9),
     )
     write_table(table, projected_path)
     description = projector.describe()
@@ -52,10 +67,9 @@ def project_gradients(
         pd.DataFrame(
             {
                 "structure": [description["structure"]], "kind": [description["kind"]],
-                "seed": [int(description["seed"])],
-                # Only the structure's own size is a setting; the other one is null.
-                "dim": pd.array([description.get("dim")], dtype="Int64"),
-                "factor_dim": pd.array([description.get("factor_dim")], dtype="Int64"),
+                "seed": [int(description["seed"])], "dim": [int(description["dim"])],
+                # Only the sparse structure uses nonzeros; it is null for the others.
+                "nonzeros": pd.array([description.get("nonzeros")], dtype="Int64"),
                 "projected_dim": [int(projector.dim)], "n_parameters": [int(n_parameters)],
                 "theta_norm": [parameter_norm(model)],
             }
@@ -67,10 +81,13 @@ def project_gradients(
 def read_gradient_valuer(
     projected_path, projection_path, model_path, tasks_path,
     settings: GradientEstimateSettings, threads: int = 1, metric: str = "auto",
+    memory_mb: float | None = None,
 ) -> tuple[list[str], Valuer]:
     """Read the projected gradients, the projection and the meta-initialization once and
     return ``(task_names, value)``, ``value`` the estimator "gradient" (see
-    :func:`taskgroup.estimate.valuers.gradient_valuer`)."""
+    :func:`taskgroup.estimate.valuers.gradient_valuer`). ``memory_mb``: the job's memory,
+    which sets the subsets fitted at a time (None: BATCH_MB of
+    :mod:`taskgroup.estimate.settings`)."""
     device = prepare_torch(threads)
     tasks = read_table(tasks_path, TASKS).sort_values("task_index")
     names, types = tasks["task"].tolist(), tasks["task_type"].tolist()
@@ -80,8 +97,10 @@ def read_gradient_valuer(
     splits = splits_from_table(
         read_table(projected_path, PROJECTED), names, device, types, source=str(projected_path)
     )
+    budget = float(BATCH_MB) if memory_mb is None else batch_memory_mb(memory_mb)
     value = gradient_valuer(
-        splits, projector, float(description["theta_norm"]), names, types, settings, metric
+        splits, projector, float(description["theta_norm"]), names, types, settings, metric,
+        memory_mb=budget,
     )
     return names, value
 
@@ -89,12 +108,14 @@ def read_gradient_valuer(
 def estimate_subsets(
     projected_path, projection_path, model_path, subsets_path, tasks_path, output_path,
     chunk: int, chunk_size: int, settings: GradientEstimateSettings, threads: int = 1,
-    metric: str = "auto",
+    metric: str = "auto", memory_mb: float | None = None,
 ) -> None:
     """Value every subset of one chunk with the linearized model (estimator "gradient");
-    the metric column holds ``metric`` (evaluation.metric)."""
+    the metric column holds ``metric`` (evaluation.metric); ``memory_mb``: the job's memory
+    (see :func:`read_gradient_valuer`)."""
     _, value = read_gradient_valuer(
-        projected_path, projection_path, model_path, tasks_path, settings, threads, metric
+        projected_path, projection_path, model_path, tasks_path, settings, threads, metric,
+        memory_mb,
     )
     mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
     values = value(mine)
