@@ -402,3 +402,19 @@ def test_cluster_tasks_chooses_auto_held_out_and_writes_the_scan(tmp_path):
     scan = read_table(tmp_path / "scan.parquet", CLUSTER_SCAN)
     assert scan["criterion"].tolist() == ["configured"] * 2 and scan["chosen"].all()
     assert scan["n_clusters"].tolist() == [3, 3]
+
+
+def test_adjusted_rand_index_equals_scikit_learn_s():
+    from sklearn.metrics import adjusted_rand_score
+
+    from taskgroup.group.groupings import adjusted_rand_index
+
+    rng = np.random.default_rng(0)
+    for n, groups_a, groups_b in [(12, 3, 4), (30, 5, 5), (7, 7, 2), (5, 1, 1), (9, 9, 9)]:
+        a, b = rng.integers(0, groups_a, n), rng.integers(0, groups_b, n)
+        assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+        assert adjusted_rand_index(a, a) == 1.0
+    assert adjusted_rand_index(["x", "x", "y"], [2, 2, 0]) == 1.0  # labels' values do not matter
+    assert adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="different shapes"):
+        adjusted_rand_index([0, 1], [0, 1, 2])

@@ -116,3 +116,10 @@ def test_an_unknown_solver_raises():
     matrix, _ = planted_blocks([2, 2], 1.0, 0.0, 0.0, 0)
     with pytest.raises(ValueError, match="SDP solver 'MOSEK'; expected 'CLARABEL' or 'SCS'"):
         solve_sdp(matrix, 2, "MOSEK")
+
+
+def test_the_solver_and_status_names_are_cvxpy_s():
+    from taskgroup.group import clustering
+
+    assert (clustering.CLARABEL, clustering.SCS) == (cp.CLARABEL, cp.SCS)
+    assert clustering.ACCEPTED_STATUSES == (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)

@@ -12,11 +12,8 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-import cvxpy as cp
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans, SpectralClustering
-from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
 from taskgroup.group.affinity import affinity_matrices
@@ -31,8 +28,14 @@ ROUNDINGS = ("kmeans", "threshold")
 # milliseconds, and fewer restarts left Lloyd's in local optima on noisy block matrices.
 N_INIT = 100
 
+# cvxpy (and scikit-learn) are imported where they are used: the jobs that only read and
+# write groupings (baselines, random partitions, the gathering) import this module too, and
+# each of the two costs a couple of CPU seconds to import. Their names, equal to cvxpy's
+# constants (a unit test checks):
+CLARABEL, SCS = "CLARABEL", "SCS"
+OPTIMAL = "optimal"
 # Solver statuses whose X is used; anything else (infeasible, unbounded, user_limit...) raises.
-ACCEPTED_STATUSES = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
+ACCEPTED_STATUSES = (OPTIMAL, "optimal_inaccurate")
 
 SIMILARITIES = ("profile", "exp")
 
@@ -164,28 +167,31 @@ def _standardized(matrix: np.ndarray) -> np.ndarray:
     )
 
 
-def _solve_with_fallback(problem: cp.Problem) -> str:
-    """Solve with Clarabel; only if it raises or ends without an accepted status, retry with
-    SCS (first-order, less accurate, but it rarely fails outright). Returns the solver name."""
+def _solve_with_fallback(problem) -> str:
+    """Solve the cvxpy ``problem`` with Clarabel; only if it raises or ends without an
+    accepted status, retry with SCS (first-order, less accurate, but it rarely fails
+    outright). Returns the solver name."""
+    import cvxpy as cp
+
     try:
-        problem.solve(solver=cp.CLARABEL)
+        problem.solve(solver=CLARABEL)
         if problem.status in ACCEPTED_STATUSES:
-            return cp.CLARABEL
+            return CLARABEL
         reason = f"status {problem.status!r}"
     except cp.SolverError as error:
         reason = str(error)
     log.warning("SDP: Clarabel failed (%s); retrying with SCS", reason)
     try:
-        problem.solve(solver=cp.SCS, eps_abs=1e-7, eps_rel=1e-7, max_iters=100_000)
+        problem.solve(solver=SCS, eps_abs=1e-7, eps_rel=1e-7, max_iters=100_000)
     except cp.SolverError as error:
         raise RuntimeError(f"SDP: Clarabel ({reason}) and SCS ({error}) both failed") from error
-    return cp.SCS
+    return SCS
 
 
 def sdp_solver(k: int) -> str:
-    """The solver ``solve_sdp`` uses for k tasks: cp.CLARABEL when k <= CLARABEL_MAX_TASKS,
-    else cp.SCS."""
-    return cp.CLARABEL if k <= CLARABEL_MAX_TASKS else cp.SCS
+    """The solver ``solve_sdp`` uses for k tasks: CLARABEL when k <= CLARABEL_MAX_TASKS,
+    else SCS."""
+    return CLARABEL if k <= CLARABEL_MAX_TASKS else SCS
 
 
 def sdp_violation(solution: np.ndarray, n_clusters: int) -> float:
@@ -202,14 +208,17 @@ def sdp_violation(solution: np.ndarray, n_clusters: int) -> float:
     ))
 
 
-def _solve_with_scs(problem: cp.Problem) -> str:
-    """Solve with SCS and SCS_OPTIONS (the primary solver for large k, no fallback: Clarabel
-    would not fit in memory). Returns cp.SCS; raises RuntimeError if SCS raises."""
+def _solve_with_scs(problem) -> str:
+    """Solve the cvxpy ``problem`` with SCS and SCS_OPTIONS (the primary solver for large k,
+    no fallback: Clarabel would not fit in memory). Returns SCS; raises RuntimeError if SCS
+    raises."""
+    import cvxpy as cp
+
     try:
-        problem.solve(solver=cp.SCS, **SCS_OPTIONS)
+        problem.solve(solver=SCS, **SCS_OPTIONS)
     except cp.SolverError as error:
         raise RuntimeError(f"SDP: SCS failed ({error})") from error
-    return cp.SCS
+    return SCS
 
 
 def solve_sdp(matrix: np.ndarray, n_clusters: int, solver: str | None = None) -> np.ndarray:
@@ -221,7 +230,7 @@ def solve_sdp(matrix: np.ndarray, n_clusters: int, solver: str | None = None) ->
     partition into clusters C, X_ij = 1/|C| when i and j share C and 0 otherwise is
     feasible and <T, X> is its average density, so X relaxes the cluster indicator.
 
-    solver: cp.CLARABEL, cp.SCS, or None for ``sdp_solver(k)`` (Clarabel up to
+    solver: CLARABEL, SCS, or None for ``sdp_solver(k)`` (Clarabel up to
     CLARABEL_MAX_TASKS tasks, SCS above). Clarabel falls back to SCS (tight tolerances) if
     it raises or ends without an accepted status; SCS as the chosen solver runs with
     SCS_OPTIONS and has no fallback. SCS solves log their start and, at the end, the
@@ -234,15 +243,17 @@ def solve_sdp(matrix: np.ndarray, n_clusters: int, solver: str | None = None) ->
     check_n_clusters(n_clusters, k)
     if solver is None:
         solver = sdp_solver(k)
-    if solver not in (cp.CLARABEL, cp.SCS):
-        raise ValueError(f"SDP solver {solver!r}; expected {cp.CLARABEL!r} or {cp.SCS!r}")
+    if solver not in (CLARABEL, SCS):
+        raise ValueError(f"SDP solver {solver!r}; expected {CLARABEL!r} or {SCS!r}")
+    import cvxpy as cp
+
     target = _standardized(np.nan_to_num(np.asarray(matrix, dtype=float), nan=0.0))
     solution = cp.Variable((k, k), PSD=True)
     problem = cp.Problem(
         cp.Maximize(cp.sum(cp.multiply(target, solution))),
         [solution >= 0, cp.sum(solution, axis=1) == 1, cp.trace(solution) == n_clusters],
     )
-    if solver == cp.CLARABEL:
+    if solver == CLARABEL:
         solver = _solve_with_fallback(problem)
     else:
         log.info("SDP: SCS on k = %d tasks, %d clusters", k, n_clusters)
@@ -260,7 +271,7 @@ def solve_sdp(matrix: np.ndarray, n_clusters: int, solver: str | None = None) ->
             f"SDP solver {solver} ended with status {problem.status!r}; "
             f"expected one of {ACCEPTED_STATUSES}"
         )
-    if problem.status != cp.OPTIMAL:
+    if problem.status != OPTIMAL:
         log.warning("SDP solver %s ended with status %r", solver, problem.status)
     value = (solution.value + solution.value.T) / 2.0
     return np.clip(value, 0.0, None)
@@ -419,6 +430,8 @@ def round_sdp_solution(
 
 def _kmeans_labels(rows: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     """k-means labels (k,) of the rows of a (k, d) array, N_INIT seeded restarts."""
+    from sklearn.cluster import KMeans
+
     model = KMeans(n_clusters=n_clusters, n_init=N_INIT, random_state=seed)
     # One thread: for a few dozen rows the OpenMP start-up of each restart dominates, and on
     # a loaded 2-core machine 100 restarts took 2.4 s with the default threads, 0.26 s with one.
@@ -427,6 +440,8 @@ def _kmeans_labels(rows: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
 
 
 def _spectral_labels(kernel: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import SpectralClustering
+
     model = SpectralClustering(
         n_clusters=n_clusters, affinity="precomputed", n_init=N_INIT, random_state=seed
     )
@@ -558,6 +573,8 @@ def _silhouette_scan(
     affinity: np.ndarray, labels: list[np.ndarray], settings: ClusteringSettings,
     candidates: list[int],
 ) -> pd.DataFrame:
+    from sklearn.metrics import silhouette_score
+
     distance = _kernel_distance(similarity_kernel(affinity, settings.similarity))
     return pd.DataFrame({
         "n_clusters": np.array(candidates, dtype=np.int64),

@@ -70,3 +70,35 @@ def group_keys(grouping: pd.DataFrame) -> pd.DataFrame:
     table = grouping[["task", "group"]].copy()
     table["group_key"] = keys.loc[table["group"]].to_numpy()
     return table
+
+
+def adjusted_rand_index(labels_a, labels_b) -> float:
+    """The adjusted Rand index of two labelings of the same n items (sequences of n
+    hashable labels; the label values do not matter, only which items share one): 1 for
+    identical partitions, about 0 for independent ones, negative below chance.
+
+    Counted over pairs of items: with tp pairs together in both, fn together in a only, fp
+    together in b only and tn apart in both, ARI = 2 (tp tn - fn fp) / ((tp + fn)(fn + tn) +
+    (tp + fp)(fp + tn)), and 1 when no pair disagrees (fn = fp = 0, e.g. both partitions
+    of singletons). Computed here rather than by scikit-learn, whose import costs the jobs
+    that only compare groupings a couple of CPU seconds. Raises ValueError when the lengths
+    differ."""
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    if labels_a.shape != labels_b.shape or labels_a.ndim != 1:
+        raise ValueError(
+            f"labelings of different shapes: {labels_a.shape} and {labels_b.shape}"
+        )
+    n = len(labels_a)
+    _, a = np.unique(labels_a, return_inverse=True)
+    _, b = np.unique(labels_b, return_inverse=True)
+    table = np.zeros((a.max(initial=-1) + 1, b.max(initial=-1) + 1), dtype=np.int64)
+    np.add.at(table, (a, b), 1)
+    # ordered pairs of distinct items (every count doubled, which the ratio cancels)
+    together = int((table**2).sum()) - n
+    in_a = int((table.sum(axis=1) ** 2).sum()) - n
+    in_b = int((table.sum(axis=0) ** 2).sum()) - n
+    tp, fn, fp = together, in_a - together, in_b - together
+    tn = n * (n - 1) - tp - fn - fp
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.data.designs import pair_counts
-from taskgroup.group.groupings import group_keys
+from taskgroup.group.groupings import adjusted_rand_index, group_keys
 
 
 def ari_against_planted(grouping: pd.DataFrame, tasks: pd.DataFrame) -> float:
@@ -16,7 +15,7 @@ def ari_against_planted(grouping: pd.DataFrame, tasks: pd.DataFrame) -> float:
     if planted.isna().any():
         return float("nan")
     truth = planted.loc[grouping["task"]].to_numpy(dtype=np.int64)
-    return float(adjusted_rand_score(truth, grouping["group"].to_numpy()))
+    return float(adjusted_rand_index(truth, grouping["group"].to_numpy()))
 
 
 def variant_order(variants) -> list[str]:

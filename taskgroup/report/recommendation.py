@@ -66,11 +66,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
-from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.group.affinity import affinity_matrices
 from taskgroup.group.clustering import ClusteringSettings, cluster, fold_affinities
+from taskgroup.group.groupings import adjusted_rand_index
 from taskgroup.report.validation import within_task_spearman
 
 REFERENCE = "naive_mtl"
@@ -253,7 +252,7 @@ def split_half_reliability(
         "n_pairs": n_pairs,
         "correlation": observed,
         "p_value": float(p_value),
-        "ari": float(adjusted_rand_score(labels[0], labels[1])),
+        "ari": float(adjusted_rand_index(labels[0], labels[1])),
     }
 
 
@@ -282,7 +281,7 @@ def bootstrap_stability(
     for _ in range(draws):
         drawn = rng.integers(0, m, size=m)
         _, normalized, _ = affinity_matrices(membership[drawn], losses[drawn])
-        scores.append(adjusted_rand_score(reference, cluster(normalized, method, fixed).labels))
+        scores.append(adjusted_rand_index(reference, cluster(normalized, method, fixed).labels))
     result["bootstrap_ari_mean"] = float(np.mean(scores))
     result["bootstrap_ari_sd"] = float(np.std(scores, ddof=1)) if draws > 1 else float("nan")
     return result
@@ -331,6 +330,8 @@ def noise_floor(per_subset: pd.DataFrame | None) -> dict:
         result["estimator_spearman"] = float(estimate.median())
     signs = real[real != 0]
     if len(signs):
+        from scipy.stats import binomtest  # here: scipy.stats is slow to import
+
         result["noise_floor_p_value"] = float(
             binomtest(int((signs > 0).sum()), len(signs), 0.5, alternative="greater").pvalue
         )

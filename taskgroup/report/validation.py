@@ -14,10 +14,10 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
-from sklearn.metrics import adjusted_rand_score
 
 from taskgroup.group.affinity import affinity_table, square
 from taskgroup.group.clustering import ClusteringSettings, cluster, partition
+from taskgroup.group.groupings import adjusted_rand_index
 
 
 def per_task_relative_error(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -87,5 +87,5 @@ def agreement(
         "affinity_dist_normalized": affinity_distance(
             estimate, reference, task_names, "normalized"
         ),
-        "ari_clusters": float(adjusted_rand_score(labels[0], labels[1])),
+        "ari_clusters": float(adjusted_rand_index(labels[0], labels[1])),
     }

@@ -10,20 +10,22 @@ import time
 import numpy as np
 
 from taskgroup.data.tables import SUBSET_VALUES, TASKS, read_table, write_table
-from taskgroup.estimate import affinity_sources
 from taskgroup.group import affinity as affinity_lib
 from taskgroup.group.affinity import long_table
-from taskgroup.models.network import load_checkpoint
-from taskgroup.models.training import TrainSettings
-from taskgroup.stages.common import load_task_data, prepare_torch
 
 log = logging.getLogger(__name__)
+
+# The torch side (taskgroup.estimate, taskgroup.models, the device) is imported inside the
+# two stages that train or read a network: higher_order_affinity and pairwise_affinity only
+# read tables, and importing torch would be most of their CPU time.
 
 
 def write_matrix_affinity(matrix: np.ndarray, task_names: list[str], output_path) -> None:
     """Write a (k, k) "higher = train together" matrix as an affinity table: raw = the
     matrix, normalized = symmetrized with z-scored off-diagonal entries, n_subsets = 0 (no
     subsets are involved)."""
+    from taskgroup.estimate import affinity_sources
+
     normalized = affinity_sources.normalize_affinity(matrix)
     counts = np.zeros(matrix.shape, dtype=np.int64)
     write_table(long_table(matrix, normalized, counts, task_names), output_path)
@@ -34,6 +36,10 @@ def lookahead_affinity(
     every: int, lookahead_lr, threads: int = 1,
 ) -> None:
     """TAG lookahead affinity over a multi-head training run with the meta-init settings."""
+    from taskgroup.estimate import affinity_sources
+    from taskgroup.models.training import TrainSettings
+    from taskgroup.stages.common import load_task_data, prepare_torch
+
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
@@ -52,6 +58,10 @@ def meta_init_affinity(
     covariance_features: str = "inputs", threads: int = 1,
 ) -> None:
     """Gradient-cosine or covariance-similarity affinity at the meta-initialization."""
+    from taskgroup.estimate import affinity_sources
+    from taskgroup.models.network import load_checkpoint
+    from taskgroup.stages.common import load_task_data, prepare_torch
+
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     model = load_checkpoint(model_path, data.task_names)

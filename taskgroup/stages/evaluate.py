@@ -22,7 +22,6 @@ from taskgroup.data.tables import (
 )
 from taskgroup.group import affinity as affinity_lib
 from taskgroup.group.groupings import group_keys
-from taskgroup.models.diagnostics import generalization_gap
 from taskgroup.report import plots
 from taskgroup.report.evaluation import (
     diverged_models,
@@ -152,6 +151,9 @@ def generalization_gaps(diagnostics: dict) -> pd.DataFrame:
 
     Schema generalization_gap (:mod:`taskgroup.data.tables`). A task whose single-task model
     was not trained (no stl baseline) has no row."""
+    # torch, through the diagnostics module: only diagnose_transfer needs it.
+    from taskgroup.models.diagnostics import generalization_gap
+
     single = {}
     for (variant, _), table in diagnostics.items():
         if table["task"].nunique() == 1:
