@@ -414,3 +414,11 @@ def test_bootstrap_stability_is_high_on_planted_and_low_on_noise():
     assert np.isnan(single["bootstrap_ari_mean"])
     with pytest.raises(ValueError, match="bootstrap_draws = 0"):
         bootstrap_stability(membership, losses, group, "spectral", CLUSTERING, 0, 0)
+
+
+def test_the_signal_check_runs_on_a_design_too_small_for_its_folds():
+    # 6 random subsets cannot make 5 folds of 2: the held-out check uses 3
+    membership, losses = linear_subset_values(linear_tasks(6, opposite=True))
+    signal = signal_check(membership[:6], losses[:6], "spectral", CLUSTERING, 5, SIGNAL, None)
+    assert 1 <= signal["held_out_count"] <= CLUSTERING.max_clusters
+    assert isinstance(signal["above_noise"], bool)
