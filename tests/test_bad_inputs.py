@@ -935,7 +935,7 @@ def with_column(column, make):
          r"every feature column \('a'\) is constant on the 72 training rows: the inputs "
          r"carry no information"),
         (with_column("label", lambda f: 0.0 * f["label"] + 3.5), {},
-         r"regression task\(s\) whose column 'label' is the same in every row: 'p' \(label "
+         r"regression task\(s\) whose column 'label' is the same in every row: 'p' \(only label "
          r"3\.5 in 30 rows\), .*There is nothing to learn and R\^2 is undefined"),
         (lambda f: f, {"label_column": "task"},
          r"^dataset\.table: task_column, label_column and split_column must name different "

@@ -73,7 +73,7 @@ def test_a_model_is_the_same_bytes_whatever_else_is_in_its_stack(small_data):
 
 def test_a_diverging_stacked_model_names_its_tasks_and_seed(small_data):
     settings = TrainSettings(epochs=3, lr=1e30, batch_size=16)
-    with pytest.raises(TrainingDivergedError, match=r"tasks \[0, 1\] with seed 3.*lower"):
+    with pytest.raises(TrainingDivergedError, match=r"tasks \[0, 1\], seed 3, with Adam.*lower"):
         train_new_models(small_data, [ModelSpec(torch.tensor([0, 1]), 3)], [4], settings, CPU)
 
 

@@ -29,8 +29,8 @@ from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import (
     LOWER_LR,
     LossHistory,
-    TrainingDivergedError,
     TrainSettings,
+    diverged,
 )
 from taskgroup.resources import models_per_stack
 
@@ -178,13 +178,10 @@ def _fit_stack(models, data, specs, settings, device):
             if len(history) < epochs[m]:
                 renew.append(m)
             if not math.isfinite(history[-1]):
-                raise TrainingDivergedError(
-                    f"training diverged: the mean training loss of epoch {len(history)} of "
-                    f"{epochs[m]} is {history[-1]} (at the start {history.start:.4g}) for the "
-                    f"model of tasks {specs[m].task_indices.tolist()} with seed "
-                    f"{specs[m].seed}, Adam, lr = {settings.lr:g}, batch_size = "
-                    f"{batch_size}, weight_decay = {settings.weight_decay:g}; {LOWER_LR}"
-                )
+                raise diverged(history, epochs[m], settings, (
+                    f"for the model of tasks {specs[m].task_indices.tolist()}, seed "
+                    f"{specs[m].seed}, "
+                ))
         _shuffle(order, renew, n_rows, generators)
         epoch_loss[finished] = 0.0
         position[finished] = 0

@@ -194,12 +194,7 @@ def fit(
             epoch_loss += batch_loss * batch.numel()
         history.append(epoch_loss / n_examples)
         if not math.isfinite(history[-1]):
-            raise TrainingDivergedError(
-                f"training diverged: the mean training loss of epoch {len(history)} of "
-                f"{settings.epochs} is {history[-1]} (at the start {history.start:.4g}) with "
-                f"Adam, lr = {settings.lr:g}, batch_size = {settings.batch_size}, "
-                f"weight_decay = {settings.weight_decay:g}; {LOWER_LR}"
-            )
+            raise diverged(history, settings.epochs, settings)
         if after_epoch is not None:
             after_epoch(len(history), model)
         if settings.select_best_epoch:
@@ -218,6 +213,18 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def diverged(history: LossHistory, epochs: int, settings: TrainSettings,
+             model: str = "") -> TrainingDivergedError:
+    """The error for a training whose last epoch in ``history`` (of ``epochs``) ended with a
+    non-finite mean loss; ``model`` names the model when several train at once."""
+    return TrainingDivergedError(
+        f"training diverged: the mean training loss of epoch {len(history)} of {epochs} is "
+        f"{history[-1]} (at the start {history.start:.4g}) {model}with Adam, lr = "
+        f"{settings.lr:g}, batch_size = {settings.batch_size}, weight_decay = "
+        f"{settings.weight_decay:g}; {LOWER_LR}"
+    )
 
 
 LOWER_LR = (

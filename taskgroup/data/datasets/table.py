@@ -556,32 +556,31 @@ def _check_task_sizes(path, spec: TableSpec, counts: pd.DataFrame) -> None:
         )
 
 
+def _single_labels(frame: pd.DataFrame, by, describe) -> str:
+    """The groups of ``frame`` (columns ``by`` and label) whose label takes one value, as
+    text: ``describe(key)`` followed by "(only label v in n rows)" for the first SHOWN of
+    them, then how many in all; "" when there are none."""
+    counts = frame.groupby(by, sort=False)["label"].agg(["nunique", "first", "size"])
+    single = counts[counts["nunique"] < 2]
+    listed = ", ".join(
+        f"{describe(key)} (only label {row['first']:g} in {int(row['size'])} rows)"
+        for key, row in single.head(SHOWN).iterrows()
+    )
+    return listed + ("" if len(single) <= SHOWN else f", ... ({len(single)} in all)")
+
+
 def _check_classes(path, spec: TableSpec, frame: pd.DataFrame) -> None:
-    whole = frame.groupby("task", sort=False)["label"].agg(["nunique", "first", "size"])
-    single = whole[whole["nunique"] < 2]
-    if len(single):
-        listed = ", ".join(
-            f"{task!r} (only label {row['first']:g} in {int(row['size'])} rows)"
-            for task, row in single.head(SHOWN).iterrows()
-        )
+    listed = _single_labels(frame, "task", repr)
+    if listed:
         raise DataError(
             f"{path}: binary task(s) with a single class in column {spec.label_column!r}: "
-            f"{listed}{'' if len(single) <= SHOWN else f', ... ({len(single)} in all)'}. "
-            "A binary task needs both labels; leave it out (dataset.table.tasks)"
+            f"{listed}. A binary task needs both labels; leave it out (dataset.table.tasks)"
         )
-    per_split = frame.groupby(["task", "split"], sort=False)["label"].agg(
-        ["nunique", "first", "size"]
-    )
-    single = per_split[per_split["nunique"] < 2]
-    if len(single):
-        listed = ", ".join(
-            f"{task!r} {split} (only label {row['first']:g} in {int(row['size'])} rows)"
-            for (task, split), row in single.head(SHOWN).iterrows()
-        )
+    listed = _single_labels(frame, ["task", "split"], lambda key: f"{key[0]!r} {key[1]}")
+    if listed:
         raise DataError(
             f"{path}: binary task(s) with a single class in one split of column "
-            f"{spec.label_column!r}: {listed}"
-            f"{'' if len(single) <= SHOWN else f', ... ({len(single)} in all)'}. Every "
+            f"{spec.label_column!r}: {listed}. Every "
             "split needs both labels (for the ROC AUC and the validation loss); leave the "
             "task out, or give it more rows of its rarer class in that split"
         )
@@ -590,17 +589,11 @@ def _check_classes(path, spec: TableSpec, frame: pd.DataFrame) -> None:
 def _check_label_spread(path, spec: TableSpec, frame: pd.DataFrame) -> None:
     """Refuse regression tasks (``frame``: columns task, label) whose label is the same in
     every row: there is nothing to learn, and R^2 is undefined."""
-    whole = frame.groupby("task", sort=False)["label"].agg(["nunique", "first", "size"])
-    constant = whole[whole["nunique"] < 2]
-    if len(constant):
-        listed = ", ".join(
-            f"{task!r} (label {row['first']:g} in {int(row['size'])} rows)"
-            for task, row in constant.head(SHOWN).iterrows()
-        )
+    listed = _single_labels(frame, "task", repr)
+    if listed:
         raise DataError(
             f"{path}: regression task(s) whose column {spec.label_column!r} is the same in "
-            f"every row: {listed}"
-            f"{'' if len(constant) <= SHOWN else f', ... ({len(constant)} in all)'}. There "
+            f"every row: {listed}. There "
             "is nothing to learn and R^2 is undefined; leave it out (dataset.table.exclude_tasks)"
         )
 
