@@ -412,13 +412,7 @@ def _check_label_leaks(
         f"{'; '.join(leaks)} (label column {spec.label_column!r}): such a feature carries "
         "the label into the inputs (a leak)"
     )
-    if spec.features != "auto":
-        log.warning("%s; it is kept because dataset.table.features lists it", found)
-        return
-    raise DataError(
-        f"{found}. Leave it out (dataset.table.exclude_columns), or list the features "
-        "(dataset.table.features) if it is a real one"
-    )
+    _refuse_feature(spec, found)
 
 
 def _counts_from(values: np.ndarray) -> int | None:
@@ -482,13 +476,7 @@ def _check_row_counters(
         "rows in file order (a row number or a row id): such a column says where a row "
         "sits in the file, not what the example is"
     )
-    if spec.features != "auto":
-        log.warning("%s; it is kept because dataset.table.features lists it", found)
-        return
-    raise DataError(
-        f"{found}. Leave it out (dataset.table.exclude_columns), or list the features "
-        "(dataset.table.features) if it is a real one"
-    )
+    _refuse_feature(spec, found)
 
 
 def _task_type(path, spec: TableSpec, labels: np.ndarray) -> str:
@@ -554,6 +542,18 @@ def _check_task_sizes(path, spec: TableSpec, counts: pd.DataFrame) -> None:
             f"{spec.min_rows_per_split} rows in a split (column {spec.task_column!r}): "
             f"{listed}{more}. Leave them out (dataset.table.tasks) or lower min_rows_per_split"
         )
+
+
+def _refuse_feature(spec: TableSpec, found: str) -> None:
+    """Refuse a suspicious feature column (``found`` says which and why) when the features
+    were taken by ``features: auto``; only warn when the user listed it."""
+    if spec.features != "auto":
+        log.warning("%s; it is kept because dataset.table.features lists it", found)
+        return
+    raise DataError(
+        f"{found}. Leave it out (dataset.table.exclude_columns), or list the features "
+        "(dataset.table.features) if it is a real one"
+    )
 
 
 def _single_labels(frame: pd.DataFrame, by, describe) -> str:
