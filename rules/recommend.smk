@@ -29,8 +29,8 @@ if RECOMMEND:
             candidates=recommendation_candidates(),
             variant=VARIANTS[0],
             settings=recommendation_params(),
-            # The signal check clusters each half of the subsets with the first method.
-            method=METHODS[0],
+            # The method of the signal check's many clusterings.
+            method=config["recommendation"]["check_method"],
             clustering=clustering_params(),
             auto_folds=config["clustering"]["auto_folds"],
             metric=config["evaluation"]["metric"],
