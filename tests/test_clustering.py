@@ -23,6 +23,7 @@ from taskgroup.group.clustering import (
     similarity_kernel,
     solve_sdp,
     threshold_memberships,
+    usable_folds,
 )
 from taskgroup.group.groupings import check_n_clusters
 from taskgroup.stages.cluster import cluster_tasks
@@ -320,6 +321,9 @@ def test_fold_affinities_are_the_affinities_of_complementary_folds():
         fold_affinities(membership, losses, 1, seed=0)
     with pytest.raises(ValueError, match="21-fold split of 40 subsets"):
         fold_affinities(membership, losses, 21, seed=0)
+    # the folds the stages ask for: never more than a design of m subsets can give
+    assert [usable_folds(5, m) for m in (40, 10, 6, 4)] == [5, 5, 3, 2]
+    assert len(fold_affinities(membership[:6], losses[:6], usable_folds(5, 6), seed=0)) == 3
 
 
 def test_held_out_block_error_by_hand():

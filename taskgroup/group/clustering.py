@@ -491,6 +491,13 @@ def _kernel_distance(kernel: np.ndarray) -> np.ndarray:
     return (distance + distance.T) / 2.0
 
 
+def usable_folds(n_folds: int, n_subsets: int) -> int:
+    """The cross-fit folds to ask :func:`fold_affinities` for when the config asks for
+    ``n_folds`` (clustering.auto_folds) over ``n_subsets`` subsets: at most n_subsets // 2,
+    so that every fold holds two subsets (a small design gets fewer folds, not an error)."""
+    return min(n_folds, n_subsets // 2)
+
+
 def fold_affinities(
     membership: np.ndarray, losses: np.ndarray, n_folds: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -68,7 +68,12 @@ import numpy as np
 import pandas as pd
 
 from taskgroup.group.affinity import affinity_matrices
-from taskgroup.group.clustering import ClusteringSettings, cluster, fold_affinities
+from taskgroup.group.clustering import (
+    ClusteringSettings,
+    cluster,
+    fold_affinities,
+    usable_folds,
+)
 from taskgroup.group.groupings import adjusted_rand_index
 from taskgroup.report.validation import within_task_spearman
 
@@ -353,8 +358,8 @@ def signal_check(
 
     membership (m, k), losses (m, k): the random design's subsets and validation losses;
     ``method``/``clustering``: the clusters checked; ``folds``: the cross-fit folds of the
-    held-out partition check (clustering.auto_folds; at most m / 2 are used, so that every
-    fold holds two subsets); per_subset: the validation's
+    held-out partition check (clustering.auto_folds, through
+    :func:`taskgroup.group.clustering.usable_folds`); per_subset: the validation's
     per-subset table or None. Returns (a) split_half_reliability's figures; the held-out
     partition check (:func:`taskgroup.group.clustering.choose_n_clusters` on ``folds``
     folds of the subsets, counts 1 .. max_clusters): held_out_count and held_out_score
@@ -367,9 +372,11 @@ def signal_check(
     alpha = settings.reliability_alpha
     row = split_half_reliability(membership, losses, method, clustering, settings.seed)
     _, full, _ = affinity_matrices(membership, losses)
-    folds = min(folds, membership.shape[0] // 2)
-    held_out = cluster(full, method, replace(clustering, n_clusters="auto"),
-                       fold_affinities(membership, losses, folds, clustering.seed))
+    held_out = cluster(
+        full, method, replace(clustering, n_clusters="auto"),
+        fold_affinities(membership, losses, usable_folds(folds, membership.shape[0]),
+                        clustering.seed),
+    )
     row["held_out_count"] = int(held_out.n_clusters)
     row["held_out_score"] = float(
         held_out.scan.loc[held_out.scan["n_clusters"] == held_out.n_clusters, "score"].iloc[0]

@@ -52,7 +52,10 @@ def cluster_tasks(
         membership, losses = affinity_lib.value_matrix(
             read_table(values_path, SUBSET_VALUES), names
         )
-        folds = clustering.fold_affinities(membership, losses, auto_folds, settings.seed)
+        folds = clustering.fold_affinities(
+            membership, losses, clustering.usable_folds(auto_folds, membership.shape[0]),
+            settings.seed,
+        )
     rows, scans = [], []
     for method, grouping_path in zip(methods, grouping_paths):
         started = time.perf_counter()

@@ -167,11 +167,11 @@ def _train_and_store(
             )
             trained.append((result.model, result.loss_rose_far, result.diagnostics))
     else:
+        vectors = {key: reweighting.weight_vector(table, data, device)
+                   for key, table in weights.items()}
         specs = [
             ModelSpec(
-                indices[key], derived_seed(seed, *sorted(groups[key])),
-                None if key not in weights
-                else reweighting.weight_vector(weights[key], data, device),
+                indices[key], derived_seed(seed, *sorted(groups[key])), vectors.get(key),
                 epochs[key],
             )
             for key, seed in jobs
