@@ -34,7 +34,12 @@ from taskgroup.models.options import enabled_options, variant_options
 # Before the schema: its message for lr: 1e-3 (text to YAML) does not say why.
 check_number_texts(
     config,
-    yaml.safe_load(Path(workflow.basedir, "config/config.schema.yaml").read_text()),
+    # libyaml's loader when PyYAML has it: the pure-Python one is a noticeable part of every
+    # Snakemake start
+    yaml.load(
+        Path(workflow.basedir, "config/config.schema.yaml").read_text(),
+        Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader),
+    ),
 )
 validate(config, schema="../config/config.schema.yaml")
 check_config(config)

@@ -9,6 +9,7 @@ same graph to check that the library's parts import one way only.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 LIBRARY = "taskgroup"
@@ -40,7 +41,7 @@ def imported_modules(source: Path, package: str = "") -> set[str]:
 
     Raises SyntaxError (naming the file) when ``source`` does not parse."""
     modules = set()
-    for node in ast.walk(ast.parse(Path(source).read_text(), filename=str(source))):
+    for node in statements(ast.parse(Path(source).read_text(), filename=str(source))):
         if isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -54,9 +55,33 @@ def imported_modules(source: Path, package: str = "") -> set[str]:
     return modules
 
 
-def direct_library_files(source: Path, root: Path, package: str = "") -> set[Path]:
+def statements(tree: ast.AST):
+    """Every statement of ``tree``, nested ones too (function and class bodies, branches,
+    handlers, match cases), without visiting expressions: an import is always a statement,
+    and expressions are most of a module's nodes."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.stmt):
+            yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                pending.extend(children)
+
+
+def direct_library_files(source: Path, root: Path, package: str = "") -> frozenset[Path]:
     """The library files ``source`` imports directly, with the ``__init__.py`` of every
     package on the way (importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py``)."""
+    source = Path(source)
+    return _direct_library_files(source, Path(root), package, source.stat().st_mtime_ns)
+
+
+# The workflow asks for every rule's closure at parse time: without the cache each library file
+# is parsed once per rule that imports it (most of a dry run's CPU time). The modification
+# time is part of the key, so an edited file is parsed again.
+@functools.lru_cache(maxsize=None)
+def _direct_library_files(source: Path, root: Path, package: str, mtime_ns: int):
     files = set()
     for module in imported_modules(source, package):
         parts = module.split(".")
@@ -64,7 +89,7 @@ def direct_library_files(source: Path, root: Path, package: str = "") -> set[Pat
             path = module_file(".".join(parts[:depth]), root)
             if path is not None:
                 files.add(path)
-    return files
+    return frozenset(files)
 
 
 def library_files(script: Path, root: Path) -> list[Path]:

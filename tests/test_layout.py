@@ -149,6 +149,49 @@ def test_library_files_follow_imports_through_modules_and_packages(tmp_path):
     }
 
 
+def test_imported_modules_finds_imports_nested_in_any_statement(tmp_path):
+    source = write(tmp_path / "m.py", "\n".join([
+        "class C:",
+        "    def f(self):",
+        "        with open('x') as h:",
+        "            import a",
+        "try:",
+        "    import b",
+        "except ImportError:",
+        "    import c",
+        "else:",
+        "    import d",
+        "finally:",
+        "    import e",
+        "for i in range(2):",
+        "    pass",
+        "else:",
+        "    import f",
+        "match 1:",
+        "    case 1:",
+        "        if True:",
+        "            import g",
+        "x = [i for i in range(3)]",
+    ]) + "\n")
+    assert imported_modules(source) == set("abcdefg")
+
+
+def test_library_files_sees_an_edited_file_within_one_process(tmp_path):
+    """The parsed imports are cached per file, keyed by its modification time."""
+    import os
+
+    write(tmp_path / "taskgroup" / "__init__.py", "")
+    write(tmp_path / "taskgroup" / "b.py", "x = 1\n")
+    one = write(tmp_path / "taskgroup" / "a.py", "x = 1\n")
+    script = write(tmp_path / "job.py", "import taskgroup.a\n")
+    names = lambda: [p.name for p in library_files(script, tmp_path)]  # noqa: E731
+    assert names() == ["__init__.py", "a.py"]
+    one.write_text("import taskgroup.b\n")
+    stat = one.stat()
+    os.utime(one, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert names() == ["__init__.py", "a.py", "b.py"]
+
+
 def test_every_workflow_script_is_named_as_its_rule_and_calls_its_stage():
     rules = set()
     for smk in (ROOT / "rules").glob("*.smk"):
