@@ -871,7 +871,7 @@ def test_missing_intermediates_are_found_from_snakemakes_records(tmp_path, monke
     ],
 )
 def test_a_deleted_intermediate_is_rerun_or_the_dry_run_names_the_forcerun(
-    tmp_path_factory, tmp_path, deleted, rule
+    shared_run, tmp_path, deleted, rule
 ):
     """Dry runs only, on a copy of the shared completed smoke run: Snakemake leaves a deleted
     intermediate missing when the files made from it are done, so the dry run names the
@@ -880,10 +880,10 @@ def test_a_deleted_intermediate_is_rerun_or_the_dry_run_names_the_forcerun(
     import shutil
 
     from test_reruns import downstream
-    from workflow_helpers import scheduled_jobs, shared_smoke_repository, snakemake_in_repository
+    from workflow_helpers import scheduled_jobs, snakemake_in_repository
 
     clone = tmp_path / "clone"
-    shutil.copytree(shared_smoke_repository(tmp_path_factory), clone, symlinks=True)
+    shutil.copytree(shared_run, clone, symlinks=True)
     (clone / deleted).unlink()
     result = snakemake_in_repository(clone, "-n")
     output = result.stdout + result.stderr

@@ -13,7 +13,6 @@ import yaml
 from workflow_helpers import (
     make_workdir,
     scheduled_jobs,
-    shared_smoke_repository,
     smoke_config,
     snakemake,
     snakemake_in_repository,
@@ -80,9 +79,9 @@ def training_batches(repository) -> int:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory):
+def repository(shared_run):
     """A repository copy with the smoke workflow run to completion (shared across modules)."""
-    return shared_smoke_repository(tmp_path_factory)
+    return shared_run
 
 
 def dry_run(repository, *args) -> dict[str, int]:

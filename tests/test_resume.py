@@ -9,16 +9,19 @@ shared run in another directory (which is also the determinism check).
 import os
 import signal
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from workflow_helpers import (
+    background_result,
     copy_repository,
     parquet_files,
     scheduled_jobs,
-    shared_smoke_repository,
     snakemake_in_repository,
+    start_in_background,
     start_snakemake_in_repository,
+    started_in_background,
 )
 
 pytestmark = pytest.mark.workflow
@@ -60,13 +63,11 @@ def process_group_is_gone(pgid: int) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory):
+def run_killed_and_resumed(workdir: Path) -> dict:
     """The smoke workflow killed during finetune_subsets, then resumed to completion, in a
-    second copy of the repository that runs the shared run's code (not the live checkout)."""
-    workdir = copy_repository(
-        tmp_path_factory.mktemp("resume") / "repo", source=shared_smoke_repository(tmp_path_factory)
-    )
+    copy of the repository at ``workdir`` (started in the background when the session
+    starts, see conftest.py)."""
+    copy_repository(workdir)
     results = workdir / "results" / "smoke"
     log_path = workdir / "killed.log"
     process = start_snakemake_in_repository(workdir, log_path=log_path)
@@ -84,6 +85,22 @@ def resumed_run(tmp_path_factory):
     (workdir / "resume_plan.log").write_text(plan.stdout + plan.stderr)
     snakemake_in_repository(workdir)
     return {"workdir": workdir, "finished_at_kill": finished_at_kill, "resume_plan": jobs}
+
+
+def start_resume_run(tmp_path_factory) -> None:
+    if not started_in_background("resume"):
+        start_in_background(
+            "resume", run_killed_and_resumed, tmp_path_factory.mktemp("resume") / "repo"
+        )
+
+
+BACKGROUND_RUNS = {"resumed_run": start_resume_run}  # started early, see conftest.py
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    start_resume_run(tmp_path_factory)
+    return background_result("resume")
 
 
 def test_resuming_redoes_only_what_the_crash_left_undone(resumed_run):
@@ -105,10 +122,8 @@ def test_resumed_run_leaves_no_partial_file_and_every_table_reads(resumed_run):
         pd.read_parquet(path)
 
 
-def test_resumed_run_ends_with_the_outputs_of_an_uninterrupted_run(
-    resumed_run, tmp_path_factory
-):
-    reference = shared_smoke_repository(tmp_path_factory) / "results" / "smoke"
+def test_resumed_run_ends_with_the_outputs_of_an_uninterrupted_run(resumed_run, shared_run):
+    reference = shared_run / "results" / "smoke"
     resumed = resumed_run["workdir"] / "results" / "smoke"
     for name in (
         "subset_values/finetune/random.parquet", "subset_values/finetune/pairs.parquet",
@@ -122,9 +137,9 @@ def test_resumed_run_ends_with_the_outputs_of_an_uninterrupted_run(
 
 
 def test_two_runs_in_two_directories_write_byte_identical_parquet_files(
-    resumed_run, tmp_path_factory
+    resumed_run, shared_run
 ):
-    reference = parquet_files(shared_smoke_repository(tmp_path_factory) / "results")
+    reference = parquet_files(shared_run / "results")
     resumed = parquet_files(resumed_run["workdir"] / "results")
     assert sorted(resumed) == sorted(reference)
     differing = [

@@ -3,7 +3,8 @@
 Runs when SLURM is reachable (``scontrol ping`` answers), or when TASKGROUP_SLURM_TEST=1 or
 CI=true ask for it: then tests/slurm/start_slurm.sh installs and starts a one-node cluster on
 this machine (root, Debian; fake GPUs, accounting) and tests/slurm/stop_slurm.sh stops it at
-the end. Otherwise the test is skipped. One command:
+the end of the session. Otherwise the test is skipped. The run starts in the background when
+the session starts (see conftest.py) and the test, collected last, checks it. One command:
 
     TASKGROUP_SLURM_TEST=1 .venv/bin/python -m pytest -m slurm -s
 
@@ -27,7 +28,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import ROOT, make_workdir, shared_smoke_repository
+from workflow_helpers import (
+    ROOT,
+    background_result,
+    make_workdir,
+    start_in_background,
+    started_in_background,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -76,27 +83,60 @@ def run_script(name: str, *args: str) -> None:
     assert result.returncode == 0, f"{name} failed ({result.returncode}):\n{result.stderr[-4000:]}"
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    """A reachable SLURM cluster; started here (and stopped afterwards) only if asked to."""
+def cluster_plan() -> tuple[str, str]:
+    """How this session gets a cluster: ("use", "") when one answers, ("start", "") when the
+    test is asked for and none answers (start_slurm.sh starts one), else ("skip" or "fail",
+    why)."""
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         message = "snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')"
-        if requested():
-            pytest.fail(message)
-        pytest.skip(message)
-    started = False
-    if not slurm_reachable():
-        if not requested():
-            pytest.skip("SLURM is not reachable; TASKGROUP_SLURM_TEST=1 starts a local "
+        return ("fail" if requested() else "skip"), message
+    if slurm_reachable():
+        return "use", ""
+    if not requested():
+        return "skip", ("SLURM is not reachable; TASKGROUP_SLURM_TEST=1 starts a local "
                         "one-node cluster (root, Debian) with tests/slurm/start_slurm.sh")
+    return "start", ""
+
+
+_STARTED_CLUSTER: list[bool] = []
+
+
+def start_slurm_run(tmp_path_factory) -> None:
+    """Start the smoke workflow on SLURM in the background (starting a cluster first if the
+    plan says so). Called when the session starts: the run mostly waits for the queue and its
+    status checks, while the other tests run."""
+    if started_in_background("slurm"):
+        return
+    action, _ = cluster_plan()
+    if action in ("use", "start"):
+        workdir = make_workdir(tmp_path_factory.mktemp("slurm"))
+        start_in_background("slurm", run_on_slurm, workdir, action == "start")
+
+
+def run_on_slurm(workdir: Path, start_cluster: bool) -> dict:
+    if start_cluster:
+        _STARTED_CLUSTER.append(True)
         run_script("start_slurm.sh")
-        started = True
         assert slurm_reachable(), "start_slurm.sh finished but `scontrol ping` does not answer"
-    try:
-        yield
-    finally:
-        if started:
-            run_script("stop_slurm.sh")
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(workdir), "--workflow-profile", str(PROFILE),
+        "--default-resources", *profile_default_resources(),
+        "--slurm-init-seconds-before-status-checks", str(STATUS_CHECK_SECONDS),
+        "--slurm-keep-successful-logs",
+    ]
+    start = time.monotonic()
+    returncode, output = run_with_hard_timeout(command, workdir, RUN_TIMEOUT_SECONDS)
+    seconds = time.monotonic() - start
+    (workdir / "slurm_run.log").write_text(output)
+    return {"workdir": workdir, "returncode": returncode, "output": output, "seconds": seconds}
+
+
+def stop_started_cluster() -> None:
+    """Stop the cluster this session started (at the end of the session)."""
+    if _STARTED_CLUSTER:
+        _STARTED_CLUSTER.clear()
+        run_script("stop_slurm.sh")
 
 
 def profile_default_resources() -> list[str]:
@@ -154,33 +194,35 @@ def accounting(job_ids) -> dict[str, dict]:
     return rows
 
 
-def test_smoke_workflow_on_slurm_matches_a_local_run(
-    slurm_cluster, tmp_path, tmp_path_factory, record_property
-):
-    slurm_dir = make_workdir(tmp_path / "slurm")
-    check_slurm_run(slurm_dir, tmp_path, record_property)
+BACKGROUND_RUNS = {"slurm_run": start_slurm_run}  # started early, see conftest.py
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    """The smoke workflow run on SLURM (skipped or failed as cluster_plan says)."""
+    action, why = cluster_plan() if not started_in_background("slurm") else ("use", "")
+    if action in ("skip", "fail"):
+        getattr(pytest, action)(why)
+    start_slurm_run(tmp_path_factory)
+    return background_result("slurm")
+
+
+def test_smoke_workflow_on_slurm_matches_a_local_run(slurm_run, shared_run, record_property):
+    check_slurm_run(slurm_run, record_property)
     # The reference: the session's local run of the same config (shared with other modules).
-    local_results = shared_smoke_repository(tmp_path_factory) / "results/smoke/evaluation"
+    slurm_dir = slurm_run["workdir"]
+    local_results = shared_run / "results/smoke/evaluation"
     for name in OUTPUTS:
         on_slurm = pd.read_parquet(slurm_dir / "results/smoke/evaluation" / f"{name}.parquet")
         locally = pd.read_parquet(local_results / f"{name}.parquet")
         pd.testing.assert_frame_equal(on_slurm, locally, check_exact=True)
 
 
-def check_slurm_run(slurm_dir: Path, tmp_path: Path, record_property) -> None:
-    """Run the workflow on SLURM with the profile; check it completed and where it ran."""
-
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(slurm_dir), "--workflow-profile", str(PROFILE),
-        "--default-resources", *profile_default_resources(),
-        "--slurm-init-seconds-before-status-checks", str(STATUS_CHECK_SECONDS),
-        "--slurm-keep-successful-logs",
-    ]
-    start = time.monotonic()
-    returncode, output = run_with_hard_timeout(command, slurm_dir, RUN_TIMEOUT_SECONDS)
-    seconds = time.monotonic() - start
-    (tmp_path / "slurm_run.log").write_text(output)
+def check_slurm_run(run: dict, record_property) -> None:
+    """Check that the workflow run on SLURM completed, and where its jobs ran."""
+    slurm_dir, returncode, output, seconds = (
+        run["workdir"], run["returncode"], run["output"], run["seconds"]
+    )
     assert returncode == 0, f"snakemake on SLURM failed ({returncode}):\n{output[-6000:]}"
     assert re.search(r"(\d+) of \1 steps \(100%\) done", output), output[-2000:]
 
@@ -197,7 +239,7 @@ def check_slurm_run(slurm_dir: Path, tmp_path: Path, record_property) -> None:
           + json.dumps(report["jobs"], indent=1))
     record_property("slurm_submissions", len(jobs))
     record_property("slurm_seconds", round(seconds, 1))
-    (tmp_path / "slurm_report.json").write_text(json.dumps(report, indent=1))
+    (slurm_dir / "slurm_report.json").write_text(json.dumps(report, indent=1))
 
     # Every submission completed; every training rule ran on SLURM with exactly one GPU.
     assert set(tres) == set(jobs), f"sacct knows {sorted(tres)}, submitted {sorted(jobs)}"

@@ -3,9 +3,18 @@ reweighted-and-aligned final training (both options in one variant keeps the run
 the library tests cover each alone), the diagnostics and the meta-initialization's
 options."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
-from workflow_helpers import make_workdir, smoke_config, snakemake
+from workflow_helpers import (
+    background_result,
+    make_workdir,
+    smoke_config,
+    snakemake,
+    start_in_background,
+    started_in_background,
+)
 
 from taskgroup.data.tables import GENERALIZATION_GAP, read_table
 
@@ -39,11 +48,25 @@ def variants_config() -> dict:
     return config
 
 
-@pytest.fixture(scope="module")
-def variants_run(tmp_path_factory):
-    workdir = make_workdir(tmp_path_factory.mktemp("variants"), variants_config())
+def run_variants(workdir: Path) -> Path:
     snakemake(workdir)
     return workdir / "results" / "variants"
+
+
+def start_variants_run(tmp_path_factory) -> None:
+    """Start the run with every training variant (see conftest.py)."""
+    if not started_in_background("variants"):
+        workdir = make_workdir(tmp_path_factory.mktemp("variants"), variants_config())
+        start_in_background("variants", run_variants, workdir)
+
+
+BACKGROUND_RUNS = {"variants_run": start_variants_run}  # started early, see conftest.py
+
+
+@pytest.fixture(scope="module")
+def variants_run(tmp_path_factory):
+    start_variants_run(tmp_path_factory)
+    return background_result("variants")
 
 
 def test_every_variant_is_summarized_and_compared_with_plain(variants_run):

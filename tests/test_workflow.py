@@ -2,18 +2,22 @@
 
 import copy
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from workflow_helpers import (
+    background_result,
     make_workdir,
     scheduled_jobs,
     shared_smoke_repository,
     smoke_config,
     snakemake,
     snakemake_in_repository,
+    start_in_background,
+    started_in_background,
 )
 
 pytestmark = pytest.mark.workflow
@@ -30,10 +34,10 @@ GROUPINGS = CLUSTERED + ["naive_mtl", "stl", "planted", "random_0", "random_1"]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(shared_run):
     """A repository copy with the smoke workflow complete in it, shared with other modules
     (read-only here: only dry runs)."""
-    return shared_smoke_repository(tmp_path_factory)
+    return shared_run
 
 
 def dry_run_with(repository, change) -> dict[str, int]:
@@ -174,21 +178,40 @@ def test_bad_config_fails_at_parse_time_with_a_clear_message(tmp_path, change, m
     assert not (workdir / "results").exists()
 
 
-def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(
-    finished_run, tmp_path
-):
-    """Switch a copy of the completed run (results and Snakemake's records included) to the
-    gradient estimator."""
-    repository = tmp_path / "repo"
-    shutil.copytree(finished_run, repository, symlinks=True)
+def switch_to_gradient(repository: Path, tmp_path_factory) -> dict:
+    """Copy the completed shared run (results and Snakemake's records included) to
+    ``repository``, switch it to the gradient estimator and run it; the jobs of its dry run
+    and the repository."""
+    shutil.copytree(shared_smoke_repository(tmp_path_factory), repository, symlinks=True)
     jobs = dry_run_with(repository, lambda c: c.update(estimator="gradient"))
-    assert {"project_gradients", "estimate_subsets", "validate_estimator"} <= set(jobs)
-    assert not {"prepare_dataset", "train_meta_init", "sample_subsets",
-                "finetune_subsets"} & set(jobs), jobs
     config = smoke_config()
     config["estimator"] = "gradient"
     (repository / "gradient.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake_in_repository(repository, "--configfile", "gradient.yaml")
+    return {"repository": repository, "dry_run": jobs}
+
+
+def start_gradient_run(tmp_path_factory) -> None:
+    """Start the gradient estimator's run (it waits for the shared run)."""
+    if not started_in_background("gradient"):
+        repository = tmp_path_factory.mktemp("gradient") / "repo"
+        start_in_background("gradient", switch_to_gradient, repository, tmp_path_factory)
+
+
+BACKGROUND_RUNS = {"gradient_run": start_gradient_run}  # started early, see conftest.py
+
+
+@pytest.fixture(scope="module")
+def gradient_run(tmp_path_factory):
+    start_gradient_run(tmp_path_factory)
+    return background_result("gradient")
+
+
+def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(gradient_run):
+    repository, jobs = gradient_run["repository"], gradient_run["dry_run"]
+    assert {"project_gradients", "estimate_subsets", "validate_estimator"} <= set(jobs)
+    assert not {"prepare_dataset", "train_meta_init", "sample_subsets",
+                "finetune_subsets"} & set(jobs), jobs
     results = repository / "results" / "smoke"
     values = pd.read_parquet(results / "subset_values" / "gradient" / "random.parquet")
     assert (values["estimator"] == "gradient").all() and len(values) == 30 * 3
