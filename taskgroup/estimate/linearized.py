@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn import functional as F
 
 from taskgroup.data.designs import membership_matrix
 from taskgroup.estimate.settings import GradientEstimateSettings
@@ -87,25 +88,39 @@ def membership(subsets: pd.DataFrame, task_names: list[str]) -> tuple[np.ndarray
 @dataclass
 class TaskStatistics:
     """Per task sums of the offset loss at w = 0 over a training split, on the projected
-    columns the task's training examples use (see :func:`column_layout`).
+    columns the task's training examples use (see :func:`column_layout`): g_t and H_t
+    restricted to the shared columns and the task's private ones, in blocks.
 
     counts (k,) examples; shared (c,) int64, the columns used by two or more tasks; private
     (k + 1, b) int64, each task's columns used by it alone, padded with d (the index of a
-    column of zeros); gradients (k + 1, c + b) g_t and hessians (k + 1, c + b, c + b) H_t on
-    the task's local columns [shared, private[t]], float64. Row k is a task without examples
-    or columns (all zeros): the padding of subsets smaller than the largest of their batch.
-    dim: d, the projected columns."""
+    column of zeros); float64 blocks: shared_gradients (k + 1, c), private_gradients
+    (k + 1, b), shared_hessians (k + 1, c, c), coupling (k + 1, c, b) (shared rows, private
+    columns), private_hessians (k + 1, b, b). Row k is a task without examples or columns
+    (all zeros): the padding of subsets smaller than the largest of their batch. dim: d,
+    the projected columns."""
 
     counts: torch.Tensor
     shared: torch.Tensor
     private: torch.Tensor
-    gradients: torch.Tensor
-    hessians: torch.Tensor
+    shared_gradients: torch.Tensor
+    private_gradients: torch.Tensor
+    shared_hessians: torch.Tensor
+    coupling: torch.Tensor
+    private_hessians: torch.Tensor
     dim: int
 
     def reduced_dim(self, largest_subset: int) -> int:
         """Columns of the Newton system of a subset of ``largest_subset`` tasks: c + size b."""
         return len(self.shared) + largest_subset * self.private.shape[1]
+
+
+def _task_rows(task_index: torch.Tensor, n_tasks: int) -> list[torch.Tensor]:
+    """The row indices of every task's examples (k tensors, ascending)."""
+    order = torch.argsort(task_index, stable=True)
+    starts = torch.searchsorted(
+        task_index[order], torch.arange(n_tasks + 1, device=task_index.device)
+    ).tolist()
+    return [order[starts[task] : starts[task + 1]] for task in range(n_tasks)]
 
 
 def column_layout(z: torch.Tensor, task_index: torch.Tensor, n_tasks: int):
@@ -116,9 +131,9 @@ def column_layout(z: torch.Tensor, task_index: torch.Tensor, n_tasks: int):
     :mod:`taskgroup.estimate.projection`), so they are private; columns no task uses are in
     neither (a subset's fit leaves them at 0 exactly)."""
     dim = z.shape[1]
-    used = torch.zeros(n_tasks, dim, dtype=torch.float64, device=z.device)
-    used.index_add_(0, task_index, (z != 0).double())
-    used = used > 0
+    used = torch.zeros(n_tasks, dim, dtype=torch.bool, device=z.device)
+    for task, rows in enumerate(_task_rows(task_index, n_tasks)):
+        used[task] = (z[rows] != 0).any(dim=0)
     holders = used.sum(dim=0)
     shared = torch.nonzero(holders >= 2).squeeze(1)
     alone = used & (holders == 1)
@@ -134,7 +149,7 @@ def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
     """Per task: example count, loss-gradient sum g_t and loss-Hessian sum H_t of the offset
     loss (logistic or squared, by task type) at w = 0 on the task's local columns (shared
     and its private ones, :func:`column_layout`), in float64 (memory k (c + b)^2 floats)."""
-    z = train.z.double()
+    z = train.z
     residual, curvature = _derivatives(
         train.base.double(), train.labels.double(), train.regression_mask()
     )
@@ -142,16 +157,24 @@ def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
     shared, private = column_layout(z, train.task_index, n_tasks)
     padding = torch.full((1, private.shape[1]), z.shape[1], dtype=torch.int64, device=z.device)
     private = torch.cat([private, padding])
-    z = torch.cat([z, z.new_zeros(z.shape[0], 1)], dim=1)  # column d: the padding's zeros
-    local = len(shared) + private.shape[1]
-    gradients = z.new_zeros(n_tasks + 1, local)
-    hessians = z.new_zeros(n_tasks + 1, local, local)
-    for task in torch.unique(train.task_index).tolist():
-        rows = train.task_index == task
-        z_task = z[rows][:, torch.cat([shared, private[task]])]
+    n_shared, width = len(shared), private.shape[1]
+    local = n_shared + width
+    gradients = torch.zeros(n_tasks + 1, local, dtype=torch.float64, device=z.device)
+    hessians = torch.zeros(n_tasks + 1, local, local, dtype=torch.float64, device=z.device)
+    for task, rows in enumerate(_task_rows(train.task_index, n_tasks)):
+        if len(rows) == 0:
+            continue
+        # column d: the padding's zeros
+        z_task = torch.cat([z[rows], z.new_zeros(len(rows), 1)], dim=1)
+        z_task = z_task[:, torch.cat([shared, private[task]])].double()
         gradients[task] = z_task.T @ residual[rows]
         hessians[task] = z_task.T @ (curvature[rows].unsqueeze(1) * z_task)
-    return TaskStatistics(counts, shared, private, gradients, hessians, z.shape[1] - 1)
+    return TaskStatistics(
+        counts, shared, private, gradients[:, :n_shared].contiguous(),
+        gradients[:, n_shared:].contiguous(), hessians[:, :n_shared, :n_shared].contiguous(),
+        hessians[:, :n_shared, n_shared:].contiguous(),
+        hessians[:, n_shared:, n_shared:].contiguous(), z.shape[1],
+    )
 
 
 def _solve(
@@ -194,19 +217,22 @@ def _first_newton_step(
     n_subsets, largest = holding.shape
     shared, width = len(statistics.shared), statistics.private.shape[1]
     dim = statistics.reduced_dim(largest)
-    hessians = statistics.hessians.new_zeros(n_subsets, dim, dim)
-    gradients = statistics.hessians.new_zeros(n_subsets, dim)
+    hessians = statistics.shared_hessians.new_zeros(n_subsets, dim, dim)
+    gradients = statistics.shared_gradients.new_zeros(n_subsets, dim)
+    # The shared block and gradient: each subset's members' rows summed (a bag sum reads
+    # each member's block once, with no (s, m, c, c) gather).
+    hessians[:, :shared, :shared] = F.embedding_bag(
+        holding, statistics.shared_hessians.flatten(1), mode="sum"
+    ).view(n_subsets, shared, shared)
+    gradients[:, :shared] = F.embedding_bag(holding, statistics.shared_gradients, mode="sum")
     for slot in range(largest):
         task = holding[:, slot]
-        block = statistics.hessians[task]
         start, stop = shared + slot * width, shared + (slot + 1) * width
-        hessians[:, :shared, :shared] += block[:, :shared, :shared]
-        hessians[:, :shared, start:stop] = block[:, :shared, shared:]
-        hessians[:, start:stop, :shared] = block[:, shared:, :shared]
-        hessians[:, start:stop, start:stop] = block[:, shared:, shared:]
-        del block
-        gradients[:, :shared] += statistics.gradients[task, :shared]
-        gradients[:, start:stop] = statistics.gradients[task, shared:]
+        coupling = statistics.coupling[task]
+        hessians[:, :shared, start:stop] = coupling
+        hessians[:, start:stop, :shared] = coupling.transpose(1, 2)
+        hessians[:, start:stop, start:stop] = statistics.private_hessians[task]
+        gradients[:, start:stop] = statistics.private_gradients[task]
     hessians /= sizes[:, None, None]
     hessians.diagonal(dim1=1, dim2=2).add_(l2)
     reduced = _solve(hessians, gradients / sizes[:, None], overwrite=True)
@@ -292,12 +318,9 @@ def linearized_values(
     validation examples gets loss 0 and metric NaN."""
     n_subsets, n_tasks = members.shape
     metrics = metrics or ["accuracy"] * n_tasks
-    z, base, labels = val.z.double(), val.base.double(), val.labels.double()
+    base, labels = val.base.double(), val.labels.double()
     regression = val.regression_mask()
-    order = torch.argsort(val.task_index, stable=True)
-    starts = torch.searchsorted(
-        val.task_index[order], torch.arange(n_tasks + 1, device=order.device)
-    ).tolist()
+    task_rows = _task_rows(val.task_index, n_tasks)
     loss = torch.full((n_subsets, n_tasks), float("nan"), dtype=torch.float64)
     metric = np.full((n_subsets, n_tasks), np.nan)
     held = members > 0
@@ -309,11 +332,11 @@ def linearized_values(
             subsets = torch.nonzero(held[:, task]).squeeze(1)
         else:
             subsets = torch.arange(n_subsets, device=weights.device)
-        rows = order[starts[task] : starts[task + 1]]
+        rows = task_rows[task]
         if len(rows) == 0:
             loss[subsets.cpu(), task] = 0.0
             continue
-        outputs = base[rows].unsqueeze(1) + z[rows] @ weights[subsets].T  # (n_task, s_task)
+        outputs = base[rows].unsqueeze(1) + val.z[rows].double() @ weights[subsets].T
         losses = example_losses(
             outputs, labels[rows].unsqueeze(1), regression[rows].unsqueeze(1)
         )
