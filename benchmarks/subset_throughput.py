@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/subset_throughput.py [--config config/config.yaml] [--groups 60]
       [--hidden 64 64] [--dim 512] [--structure kronecker] [--epochs 5] [--subsets 500]
-      [--threads 2] [--layout projected|dense] [--baseline /path/to/other/checkout]
+      [--threads 1] [--layout projected|dense] [--baseline /path/to/other/checkout]
 
 The data: the config's planted dataset with ``--groups`` groups (k = groups x
 tasks_per_group tasks; the default 60 x 5 = 300), a meta-initialization with the trunk
@@ -14,11 +14,13 @@ projected gradients by Gaussian ones with ``--dim`` columns that every task uses
 columns: the worst case, one (d, d) system per subset). ``--subsets`` random subsets of
 the config's subsets.size are valued by ``estimate_values`` with the config's
 gradient_estimate settings, as one chunk of the estimate_subsets stage (per-task statistics
-included), in a fresh process with ``--threads`` threads, after a warm-up on 2 subsets.
+included), in a fresh process with ``--threads`` threads (the stage's jobs have one; on 2
+cores two chunks run at once), after a warm-up on 2 subsets.
 
 Printed per run: subsets per CPU second (user + system time of the process) and per wall
-second, the peak memory above the process's footprint after loading the data, and the
-machine's load average. ``--baseline DIR`` runs the same estimate a second time with the
+second, the process's peak resident memory and its peak above the footprint after loading
+the data and the warm-up (0: the estimate stayed below that), and the machine's load
+average. ``--baseline DIR`` runs the same estimate a second time with the
 library of another checkout (e.g. an older commit, ``git archive <commit> taskgroup | tar
 -x -C DIR``) on the same data and subsets, and prints the ratio of the two and the largest
 differences of their loss and metric values. Nothing is asserted about the numbers.
@@ -114,7 +116,8 @@ def child(path: Path, threads: int) -> None:
     values = estimate_values(train, val, subsets, names, settings, memory_mb=BATCH_MEMORY_MB)
     measured = {
         "cpu_s": cpu_seconds() - started_cpu, "wall_s": time.perf_counter() - started,
-        "peak_mb": peak_rss_mb() - baseline, "load": os.getloadavg()[0],
+        "peak_mb": peak_rss_mb(), "above_mb": peak_rss_mb() - baseline,
+        "load": os.getloadavg()[0],
     }
     values.to_parquet(path / "values.parquet")
     (path / "measured.json").write_text(json.dumps(measured))
@@ -140,7 +143,7 @@ def main():
     parser.add_argument("--structure", default="kronecker")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--subsets", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--layout", choices=("projected", "dense"), default="projected")
     parser.add_argument("--baseline", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -179,6 +182,7 @@ def main():
             "library": label, "subsets_per_cpu_s": args.subsets / measured["cpu_s"],
             "subsets_per_wall_s": args.subsets / measured["wall_s"],
             "cpu_s": measured["cpu_s"], "peak_mb": measured["peak_mb"],
+            "above_load_mb": measured["above_mb"],
             "load_1min": measured["load"],
         })
     print(pd.DataFrame(rows).round(2).to_string(index=False))

@@ -23,6 +23,14 @@ subsets of a chunk are fitted from k small matrices at once; further Newton step
 each subset's own examples. For a subset of regression tasks only, L_S is quadratic and the
 first step is its exact minimizer, the ridge solution
 w_S = -(2 Z^T Z / n_S + l2 I)^{-1} 2 Z^T (b - y) / n_S; further steps leave it unchanged.
+
+A subset's system is solved on the columns its members use only. A column of z that no
+member's training example touches has Hessian row l2 e_j and gradient 0 in L_S, so w_S is 0
+there exactly; the task heads' projected columns are such columns for every non-member
+(each head's columns are its own task's, see :mod:`taskgroup.estimate.projection`). So the
+columns split into shared ones (used by two or more tasks) and each task's private ones, and
+a subset of m tasks solves c + m b columns instead of d (at k = 300 most of d is heads).
+The validation outputs are computed for each subset's members only.
 """
 
 from __future__ import annotations
