@@ -91,9 +91,30 @@ def test_estimates_do_not_depend_on_chunking():
     assert np.isfinite(whole["loss"]).all()
 
 
+def dense_first_step(train, members, l2):
+    """The straightforward first Newton step: each subset's (d, d) system over every column,
+    from its own examples, -(sum c z z^T / n_S + l2 I)^{-1} sum l'(b) z / n_S."""
+    z = train.z.double()
+    probability = torch.sigmoid(train.base.double())
+    regression = train.regression_mask()
+    first = torch.where(regression, 2 * (train.base.double() - train.labels.double()),
+                        probability - train.labels.double())
+    second = torch.where(regression, torch.full_like(probability, 2.0),
+                         probability * (1 - probability))
+    weights = []
+    for row in members:
+        inside = row[train.task_index] > 0
+        n = int(inside.sum())
+        hessian = z[inside].T @ (second[inside, None] * z[inside]) / n
+        gradient = z[inside].T @ first[inside] / n
+        identity = torch.eye(z.shape[1], dtype=torch.float64)
+        weights.append(-torch.linalg.solve(hessian + l2 * identity, gradient))
+    return torch.stack(weights)
+
+
 def test_subset_sums_from_the_membership_equal_the_dense_sum_over_every_task():
     """Each subset adds its own members' statistics: the same fit as the explicit solve of
-    (sum_t m_st H_t / n_S + l2 I) w = -sum_t m_st g_t / n_S over all k tasks."""
+    (sum_t m_st H_t / n_S + l2 I) w = -sum_t m_st g_t / n_S over every column."""
     train = synthetic_split(60, 5, 4, torch.tensor([0.3, -0.1, 0.2, 0.0]), seed=5)
     train.task_index[train.task_index == 4] = 3  # a task without examples
     members = torch.tensor(
@@ -103,14 +124,106 @@ def test_subset_sums_from_the_membership_equal_the_dense_sum_over_every_task():
     statistics = per_task_statistics(train, 5)
     assert statistics.counts.tolist() == [60, 60, 60, 120, 0]
     fitted = fit_shifts(train, members, l2=0.2, statistics=statistics)
-    sizes = members @ statistics.counts
-    hessians = torch.einsum("sk,kde->sde", members, statistics.hessians) / sizes[:, None, None]
-    gradients = members @ statistics.gradients / sizes[:, None]
-    expected = -torch.linalg.solve(hessians + 0.2 * torch.eye(4, dtype=torch.float64),
-                                   gradients)
-    torch.testing.assert_close(fitted, expected)
+    torch.testing.assert_close(fitted, dense_first_step(train, members, 0.2))
     with pytest.raises(ValueError, match="no training examples"):
         fit_shifts(train, torch.tensor([[0, 0, 0, 0, 1.0]], dtype=torch.float64), l2=0.2)
+
+
+def headed_split(n_per_task, n_tasks, shared, head, seed, regression_tasks=()):
+    """Projected gradients laid out as the projection lays them out: ``shared`` trunk
+    columns used by every task (one of them by none, one by task 0 only: a dead unit and a
+    unit only task 0 activates), then ``head`` columns per task, nonzero on that task's
+    examples only. Binary tasks except ``regression_tasks``."""
+    generator = torch.Generator().manual_seed(seed)
+    n = n_per_task * n_tasks
+    task_index = torch.arange(n_tasks).repeat_interleave(n_per_task)
+    trunk = torch.randn(n, shared, generator=generator, dtype=torch.float64)
+    trunk[:, 0] = 0.0
+    trunk[task_index != 0, 1] = 0.0
+    heads = torch.zeros(n, n_tasks, head, dtype=torch.float64)
+    heads[torch.arange(n), task_index] = torch.randn(n, head, generator=generator,
+                                                     dtype=torch.float64)
+    z = torch.cat([trunk, heads.flatten(1)], dim=1)
+    base = torch.randn(n, generator=generator, dtype=torch.float64)
+    regression = torch.isin(task_index, torch.tensor(list(regression_tasks), dtype=torch.int64))
+    labels = torch.where(
+        regression, base + torch.randn(n, generator=generator, dtype=torch.float64),
+        (torch.rand(n, generator=generator, dtype=torch.float64) < 0.5).double(),
+    )
+    return ProjectedSplit(z, base, labels, task_index, regression)
+
+
+def test_column_layout_finds_the_shared_and_the_private_columns():
+    train = headed_split(20, 4, shared=5, head=2, seed=8)
+    # task 3's examples become task 2's: task 3 has none, task 2 uses both heads' columns
+    train.task_index[train.task_index == 3] = 2
+    statistics = per_task_statistics(train, 4)
+    assert statistics.shared.tolist() == [2, 3, 4]
+    assert statistics.private.tolist() == [
+        [1, 5, 6, 13], [7, 8, 13, 13], [9, 10, 11, 12], [13] * 4, [13] * 4,
+    ]
+    assert statistics.dim == 13 and statistics.reduced_dim(2) == 3 + 2 * 4
+    assert statistics.shared_hessians.shape == (5, 3, 3)
+    assert statistics.coupling.shape == (5, 3, 4) and statistics.private_hessians.shape == (5, 4, 4)
+    assert not statistics.private_hessians[3:].any() and not statistics.coupling[3:].any()
+
+
+@pytest.mark.parametrize("n_per_task", [3, 40])
+def test_reduced_systems_equal_the_dense_solve_with_fewer_and_more_rows_than_columns(
+    n_per_task,
+):
+    """A subset's system on its own columns gives the (d, d) solve's shift, whether its
+    examples are fewer (3 per task: 6 to 9 rows) or more (80 to 120) than its d = 21
+    columns; subsets of different sizes in one batch; regression and binary tasks."""
+    train = headed_split(n_per_task, 6, shared=6, head=3, seed=9, regression_tasks=(1, 4))
+    members = torch.tensor(
+        [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0], [1, 0, 0, 0, 0, 1], [0, 1, 0, 1, 0, 1],
+         [0, 0, 0, 0, 1, 0]],
+        dtype=torch.float64,
+    )
+    fitted = fit_shifts(train, members, l2=0.05)
+    torch.testing.assert_close(fitted, dense_first_step(train, members, 0.05),
+                               rtol=1e-9, atol=1e-12)
+    for row, subset in enumerate(members):  # non-members' head columns stay at 0 exactly
+        outside = torch.ones(6, dtype=torch.bool)
+        outside[subset > 0] = False
+        heads = fitted[row, 6:].reshape(6, 3)
+        assert not heads[outside].any() and fitted[row, 0] == 0.0
+
+
+def test_further_newton_steps_on_the_reduced_columns_equal_the_dense_ones():
+    train = headed_split(30, 4, shared=4, head=2, seed=10)
+    members = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.float64)
+    weights = fit_shifts(train, members, l2=0.1, newton_steps=3)
+    z = train.z.double()
+    for row, subset in enumerate(members):  # two more Newton steps, each on all d columns
+        inside = subset[train.task_index] > 0
+        w = dense_first_step(train, subset[None], 0.1)[0]
+        for _ in range(2):
+            output = train.base[inside] + z[inside] @ w
+            probability = torch.sigmoid(output)
+            n = int(inside.sum())
+            gradient = z[inside].T @ (probability - train.labels[inside]) / n + 0.1 * w
+            hessian = z[inside].T @ ((probability * (1 - probability))[:, None] * z[inside])
+            w = w - torch.linalg.solve(hessian / n + 0.1 * torch.eye(12, dtype=torch.float64),
+                                       gradient)
+        torch.testing.assert_close(weights[row], w, rtol=1e-9, atol=1e-12)
+
+
+def test_member_values_equal_every_tasks_values_on_the_members():
+    val = headed_split(15, 5, shared=3, head=2, seed=11, regression_tasks=(2,))
+    weights = torch.randn(3, 13, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(12))
+    members = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 1, 1], [0, 0, 0, 0, 1]],
+                           dtype=torch.float64)
+    metrics = ["accuracy", "accuracy", "r2", "accuracy", "accuracy"]
+    loss, metric = linearized_values(val, weights, members, metrics)
+    own_loss, own_metric = linearized_values(val, weights, members, metrics, only_members=True)
+    held = members > 0
+    # equal up to the rounding of products of different widths
+    torch.testing.assert_close(own_loss[held], loss[held], rtol=1e-12, atol=0)
+    torch.testing.assert_close(own_metric[held], metric[held], rtol=1e-12, atol=0)
+    assert own_loss[~held].isnan().all() and own_metric[~held].isnan().all()
 
 
 def test_estimates_do_not_depend_on_the_memory_of_a_batch():

@@ -23,6 +23,14 @@ subsets of a chunk are fitted from k small matrices at once; further Newton step
 each subset's own examples. For a subset of regression tasks only, L_S is quadratic and the
 first step is its exact minimizer, the ridge solution
 w_S = -(2 Z^T Z / n_S + l2 I)^{-1} 2 Z^T (b - y) / n_S; further steps leave it unchanged.
+
+A subset's system is solved on the columns its members use only. A column of z that no
+member's training example touches has Hessian row l2 e_j and gradient 0 in L_S, so w_S is 0
+there exactly; the task heads' projected columns are such columns for every non-member
+(each head's columns are its own task's, see :mod:`taskgroup.estimate.projection`). So the
+columns split into shared ones (used by two or more tasks) and each task's private ones, and
+a subset of m tasks solves c + m b columns instead of d (at k = 300 most of d is heads).
+The validation outputs are computed for each subset's members only.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn import functional as F
 
 from taskgroup.data.designs import membership_matrix
 from taskgroup.estimate.settings import GradientEstimateSettings
@@ -86,29 +95,94 @@ def membership(subsets: pd.DataFrame, task_names: list[str]) -> tuple[np.ndarray
 
 @dataclass
 class TaskStatistics:
-    """Per task sums of the offset loss at w = 0 over a training split: counts (k,)
-    examples, gradients (k, d) g_t, hessians (k, d, d) H_t, all float64."""
+    """Per task sums of the offset loss at w = 0 over a training split, on the projected
+    columns the task's training examples use (see :func:`column_layout`): g_t and H_t
+    restricted to the shared columns and the task's private ones, in blocks.
+
+    counts (k,) examples; shared (c,) int64, the columns used by two or more tasks; private
+    (k + 1, b) int64, each task's columns used by it alone, padded with d (the index of a
+    column of zeros); float64 blocks: shared_gradients (k + 1, c), private_gradients
+    (k + 1, b), shared_hessians (k + 1, c, c), coupling (k + 1, c, b) (shared rows, private
+    columns), private_hessians (k + 1, b, b). Row k is a task without examples or columns
+    (all zeros): the padding of subsets smaller than the largest of their batch. dim: d,
+    the projected columns."""
 
     counts: torch.Tensor
-    gradients: torch.Tensor
-    hessians: torch.Tensor
+    shared: torch.Tensor
+    private: torch.Tensor
+    shared_gradients: torch.Tensor
+    private_gradients: torch.Tensor
+    shared_hessians: torch.Tensor
+    coupling: torch.Tensor
+    private_hessians: torch.Tensor
+    dim: int
+
+    def reduced_dim(self, largest_subset: int) -> int:
+        """Columns of the Newton system of a subset of ``largest_subset`` tasks: c + size b."""
+        return len(self.shared) + largest_subset * self.private.shape[1]
+
+
+def _task_rows(task_index: torch.Tensor, n_tasks: int) -> list[torch.Tensor]:
+    """The row indices of every task's examples (k tensors, ascending)."""
+    order = torch.argsort(task_index, stable=True)
+    starts = torch.searchsorted(
+        task_index[order], torch.arange(n_tasks + 1, device=task_index.device)
+    ).tolist()
+    return [order[starts[task] : starts[task + 1]] for task in range(n_tasks)]
+
+
+def column_layout(z: torch.Tensor, task_index: torch.Tensor, n_tasks: int):
+    """The columns of ``z`` (n, d) used (nonzero in some row) by two or more tasks, shared
+    (c,) int64, and the columns used by one task only, private (k, b) int64 (row t: task
+    t's, ascending, padded with d; b = the most any task has). A task head's projected
+    columns are nonzero on its own task's examples only (see
+    :mod:`taskgroup.estimate.projection`), so they are private; columns no task uses are in
+    neither (a subset's fit leaves them at 0 exactly)."""
+    dim = z.shape[1]
+    used = torch.zeros(n_tasks, dim, dtype=torch.bool, device=z.device)
+    for task, rows in enumerate(_task_rows(task_index, n_tasks)):
+        used[task] = (z[rows] != 0).any(dim=0)
+    holders = used.sum(dim=0)
+    shared = torch.nonzero(holders >= 2).squeeze(1)
+    alone = used & (holders == 1)
+    width = int(alone.sum(dim=1).max()) if n_tasks else 0
+    private = torch.full((n_tasks, width), dim, dtype=torch.int64, device=z.device)
+    for task in torch.nonzero(alone.any(dim=1)).squeeze(1).tolist():
+        columns = torch.nonzero(alone[task]).squeeze(1)
+        private[task, : len(columns)] = columns
+    return shared, private
 
 
 def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
     """Per task: example count, loss-gradient sum g_t and loss-Hessian sum H_t of the offset
-    loss (logistic or squared, by task type) at w = 0, in float64 (memory k d^2 floats)."""
-    z = train.z.double()
+    loss (logistic or squared, by task type) at w = 0 on the task's local columns (shared
+    and its private ones, :func:`column_layout`), in float64 (memory k (c + b)^2 floats)."""
+    z = train.z
     residual, curvature = _derivatives(
         train.base.double(), train.labels.double(), train.regression_mask()
     )
     counts = torch.bincount(train.task_index, minlength=n_tasks).double()
-    gradients = torch.zeros(n_tasks, z.shape[1], dtype=torch.float64, device=z.device)
-    gradients.index_add_(0, train.task_index, residual.unsqueeze(1) * z)
-    hessians = torch.zeros(n_tasks, z.shape[1], z.shape[1], dtype=torch.float64, device=z.device)
-    for task in torch.unique(train.task_index).tolist():
-        rows = train.task_index == task
-        hessians[task] = z[rows].T @ (curvature[rows].unsqueeze(1) * z[rows])
-    return TaskStatistics(counts, gradients, hessians)
+    shared, private = column_layout(z, train.task_index, n_tasks)
+    padding = torch.full((1, private.shape[1]), z.shape[1], dtype=torch.int64, device=z.device)
+    private = torch.cat([private, padding])
+    n_shared, width = len(shared), private.shape[1]
+    local = n_shared + width
+    gradients = torch.zeros(n_tasks + 1, local, dtype=torch.float64, device=z.device)
+    hessians = torch.zeros(n_tasks + 1, local, local, dtype=torch.float64, device=z.device)
+    for task, rows in enumerate(_task_rows(train.task_index, n_tasks)):
+        if len(rows) == 0:
+            continue
+        # column d: the padding's zeros
+        z_task = torch.cat([z[rows], z.new_zeros(len(rows), 1)], dim=1)
+        z_task = z_task[:, torch.cat([shared, private[task]])].double()
+        gradients[task] = z_task.T @ residual[rows]
+        hessians[task] = z_task.T @ (curvature[rows].unsqueeze(1) * z_task)
+    return TaskStatistics(
+        counts, shared, private, gradients[:, :n_shared].contiguous(),
+        gradients[:, n_shared:].contiguous(), hessians[:, :n_shared, :n_shared].contiguous(),
+        hessians[:, :n_shared, n_shared:].contiguous(),
+        hessians[:, n_shared:, n_shared:].contiguous(), z.shape[1],
+    )
 
 
 def _solve(
@@ -121,15 +195,71 @@ def _solve(
     return -torch.cholesky_solve(gradients.unsqueeze(2), factor).squeeze(2)
 
 
+def member_lists(members: torch.Tensor) -> torch.Tensor:
+    """The member tasks (s, m) int64 of s subsets given by ``members`` (s, k), ascending,
+    padded with k; m = the size of the largest subset."""
+    n_tasks = members.shape[1]
+    tasks = torch.arange(n_tasks, device=members.device).expand_as(members)
+    padded = torch.where(members > 0, tasks, torch.full_like(tasks, n_tasks))
+    largest = int((members > 0).sum(dim=1).max()) if members.shape[0] else 0
+    return torch.sort(padded, dim=1).values[:, :largest]
+
+
+def _subset_columns(statistics: TaskStatistics, holding: torch.Tensor) -> torch.Tensor:
+    """Each subset's columns (s, c + m b) in the order of its reduced Newton system: the
+    shared ones, then each member's private ones (padding: d)."""
+    private = statistics.private[holding].flatten(1)
+    shared = statistics.shared.expand(holding.shape[0], -1)
+    return torch.cat([shared, private], dim=1)
+
+
+def _first_newton_step(
+    statistics: TaskStatistics, holding: torch.Tensor, sizes: torch.Tensor, l2: float
+) -> torch.Tensor:
+    """The first Newton step from w = 0 (s, d) of the subsets whose members are ``holding``
+    (s, m), each solved on its own columns only: the shared block adds the members' shared
+    blocks, each member's private block and its coupling to the shared columns are its own
+    (no other task touches them), every other column stays at 0, as the (d, d) solve gives
+    (their Hessian rows are l2 e_j and gradients 0). Memory: two (s, r, r) float64 arrays,
+    r = c + m b."""
+    n_subsets, largest = holding.shape
+    shared, width = len(statistics.shared), statistics.private.shape[1]
+    dim = statistics.reduced_dim(largest)
+    hessians = statistics.shared_hessians.new_zeros(n_subsets, dim, dim)
+    gradients = statistics.shared_gradients.new_zeros(n_subsets, dim)
+    # The shared block and gradient: each subset's members' rows summed (a bag sum reads
+    # each member's block once, with no (s, m, c, c) gather).
+    hessians[:, :shared, :shared] = F.embedding_bag(
+        holding, statistics.shared_hessians.flatten(1), mode="sum"
+    ).view(n_subsets, shared, shared)
+    gradients[:, :shared] = F.embedding_bag(holding, statistics.shared_gradients, mode="sum")
+    for slot in range(largest):
+        task = holding[:, slot]
+        start, stop = shared + slot * width, shared + (slot + 1) * width
+        coupling = statistics.coupling[task]
+        hessians[:, :shared, start:stop] = coupling
+        hessians[:, start:stop, :shared] = coupling.transpose(1, 2)
+        hessians[:, start:stop, start:stop] = statistics.private_hessians[task]
+        gradients[:, start:stop] = statistics.private_gradients[task]
+    hessians /= sizes[:, None, None]
+    hessians.diagonal(dim1=1, dim2=2).add_(l2)
+    reduced = _solve(hessians, gradients / sizes[:, None], overwrite=True)
+    del hessians
+    weights = reduced.new_zeros(n_subsets, statistics.dim + 1)
+    weights.scatter_(1, _subset_columns(statistics, holding), reduced)
+    return weights[:, : statistics.dim]
+
+
 def fit_shifts(
     train: ProjectedSplit, members: torch.Tensor, l2: float, newton_steps: int = 1,
     statistics: TaskStatistics | None = None,
 ) -> torch.Tensor:
     """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k).
     ``statistics``: :func:`per_task_statistics` of ``train`` (computed here when None; pass
-    them to share them among batches). Each subset's sums add its own members' statistics
-    only (memory: two (s, d, d) float64 arrays, the sums and the solve's work). Raises
-    ValueError when a subset has no training examples."""
+    them to share them among batches). Each subset's system adds its own members'
+    statistics only, on the columns they use (memory: two (s, r, r) float64 arrays, r =
+    ``statistics.reduced_dim(m)`` for the largest subset's size m). Raises ValueError when a
+    subset has no training examples."""
     n_tasks = members.shape[1]
     members = members.to(train.z.device)
     if statistics is None:
@@ -137,53 +267,41 @@ def fit_shifts(
     sizes = members @ statistics.counts
     if (sizes == 0).any():
         raise ValueError("a subset has no training examples")
-    dim = train.z.shape[1]
-    subset_hessians = torch.zeros(
-        members.shape[0], dim, dim, dtype=torch.float64, device=train.z.device
-    )
-    # Each task's sums go to the subsets holding it (an index_add of a broadcast view: no
-    # (s, d, d) temporary besides the sums).
-    rows, tasks = torch.nonzero(members > 0, as_tuple=True)
-    for task in torch.unique(tasks).tolist():
-        holding = rows[tasks == task]
-        subset_hessians.index_add_(
-            0, holding, statistics.hessians[task].expand(len(holding), dim, dim)
-        )
-    subset_gradients = torch.zeros(
-        members.shape[0], dim, dtype=torch.float64, device=train.z.device
-    )
-    subset_gradients.index_add_(0, rows, statistics.gradients[tasks])
-    subset_hessians /= sizes[:, None, None]
-    subset_hessians.diagonal(dim1=1, dim2=2).add_(l2)
-    weights = _solve(subset_hessians, subset_gradients / sizes[:, None], overwrite=True)
-    del subset_hessians
-    identity = torch.eye(dim, dtype=torch.float64, device=train.z.device)
+    holding = member_lists(members)
+    weights = _first_newton_step(statistics, holding, sizes, l2)
     for _ in range(newton_steps - 1):
-        weights = _newton_step_per_subset(train, members, weights, l2, identity)
+        weights = _newton_step_per_subset(train, members, weights, l2, statistics, holding)
     return weights
 
 
 def subsets_per_batch(dim: int, memory_mb: float) -> int:
-    """Subsets fitted at a time so that their (s, d, d) arrays, SUBSET_FIT_BYTES per entry
-    (see :mod:`taskgroup.estimate.settings`), fit in ``memory_mb`` MB (at least 1)."""
+    """Subsets fitted at a time so that their (s, r, r) arrays of ``dim`` = r columns,
+    SUBSET_FIT_BYTES per entry (see :mod:`taskgroup.estimate.settings`), fit in
+    ``memory_mb`` MB (at least 1)."""
     return max(1, int(memory_mb * 10**6 // (SUBSET_FIT_BYTES * dim * dim)))
 
 
-def _newton_step_per_subset(train, members, weights, l2, identity) -> torch.Tensor:
-    z = train.z.double()
-    updated = torch.empty_like(weights)
+def _newton_step_per_subset(train, members, weights, l2, statistics, holding) -> torch.Tensor:
+    """One more Newton step of every subset from ``weights`` (s, d), through its own
+    examples, on its own columns (the others stay at 0)."""
+    z = torch.cat([train.z.double(), train.z.new_zeros(train.z.shape[0], 1).double()], dim=1)
+    padded = torch.cat([weights, weights.new_zeros(weights.shape[0], 1)], dim=1)
+    columns = _subset_columns(statistics, holding)
+    updated = torch.zeros_like(padded)
     for row in range(weights.shape[0]):
         inside = members[row, train.task_index] > 0
-        z_s, w = z[inside], weights[row]
+        z_s, w = z[inside][:, columns[row]], padded[row, columns[row]]
         residual, curvature = _derivatives(
             train.base[inside].double() + z_s @ w, train.labels[inside].double(),
             train.regression_mask()[inside],
         )
         n = z_s.shape[0]
         gradient = z_s.T @ residual / n + l2 * w
-        hessian = z_s.T @ (curvature.unsqueeze(1) * z_s) / n + l2 * identity
-        updated[row] = w + _solve(hessian.unsqueeze(0), gradient.unsqueeze(0))[0]
-    return updated
+        hessian = z_s.T @ (curvature.unsqueeze(1) * z_s) / n
+        hessian.diagonal().add_(l2)
+        step = _solve(hessian.unsqueeze(0), gradient.unsqueeze(0))[0]
+        updated[row, columns[row]] = w + step
+    return updated[:, :-1]
 
 
 def cap_shifts(weights: torch.Tensor, norms: torch.Tensor, theta_norm: float, cap: float | None):
@@ -198,25 +316,45 @@ def cap_shifts(weights: torch.Tensor, norms: torch.Tensor, theta_norm: float, ca
 def linearized_values(
     val: ProjectedSplit, weights: torch.Tensor, members: torch.Tensor,
     metrics: list[str] | None = None, task_names: list[str] | None = None,
+    only_members: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation loss and metric (s, k) of every task under every subset's shift, from the
-    linearized outputs f_val + Z_val w (all subsets in one product). ``metrics``: each
-    task's metric name (see :func:`taskgroup.models.metrics.resolve_metrics`); None = "auto" with
-    every task binary."""
-    n_tasks = members.shape[1]
-    outputs = val.base.double().unsqueeze(1) + val.z.double() @ weights.T  # (n_val, s)
-    losses = example_losses(
-        outputs, val.labels.double().unsqueeze(1), val.regression_mask().unsqueeze(1)
+    """Validation loss and metric (s, k) float64 of every task under every subset's shift,
+    from the linearized outputs f_val + Z_val w (one product per task for all subsets).
+    ``metrics``: each task's metric name (see :func:`taskgroup.models.metrics.resolve_metrics`);
+    None = "auto" with every task binary. ``only_members``: compute the entries of each
+    subset's members only (``members`` (s, k) > 0), NaN elsewhere. A task without
+    validation examples gets loss 0 and metric NaN."""
+    n_subsets, n_tasks = members.shape
+    metrics = metrics or ["accuracy"] * n_tasks
+    base, labels = val.base.double(), val.labels.double()
+    regression = val.regression_mask()
+    task_rows = _task_rows(val.task_index, n_tasks)
+    loss = torch.full((n_subsets, n_tasks), float("nan"), dtype=torch.float64)
+    metric = np.full((n_subsets, n_tasks), np.nan)
+    held = members > 0
+    tasks = torch.nonzero(held.any(dim=0)).squeeze(1).tolist() if only_members else range(
+        n_tasks
     )
-    counts = torch.bincount(val.task_index, minlength=n_tasks).double().clamp(min=1)
-    loss = torch.zeros(n_tasks, outputs.shape[1], dtype=torch.float64, device=outputs.device)
-    loss.index_add_(0, val.task_index, losses)
-    values = per_task_metric(
-        outputs, val.labels, val.task_index, metrics or ["accuracy"] * n_tasks, task_names,
-        context="the linearized validation split",
-    )
-    metric = torch.from_numpy(values).to(loss.device)
-    return (loss / counts[:, None]).T, metric.T
+    for task in tasks:
+        if only_members:
+            subsets = torch.nonzero(held[:, task]).squeeze(1)
+        else:
+            subsets = torch.arange(n_subsets, device=weights.device)
+        rows = task_rows[task]
+        if len(rows) == 0:
+            loss[subsets.cpu(), task] = 0.0
+            continue
+        outputs = base[rows].unsqueeze(1) + val.z[rows].double() @ weights[subsets].T
+        losses = example_losses(
+            outputs, labels[rows].unsqueeze(1), regression[rows].unsqueeze(1)
+        )
+        loss[subsets.cpu(), task] = (losses.sum(dim=0) / len(rows)).cpu()
+        name = task if task_names is None else task_names[task]
+        metric[subsets.cpu().numpy(), task] = per_task_metric(
+            outputs, labels[rows], torch.zeros_like(rows), [metrics[task]], [name],
+            context="the linearized validation split",
+        )[0]
+    return loss, torch.from_numpy(metric)
 
 
 def estimate_values(
@@ -253,10 +391,15 @@ def estimate_values(
             raise ValueError(f"{name} split: its regression mask disagrees with task_types")
     ids, members = membership(subsets, task_names)
     statistics = per_task_statistics(train, len(task_names))
-    batch_subsets = subsets_per_batch(train.z.shape[1], memory_mb)
+    counts = members.sum(dim=1)
+    # Subsets in order of size, so that a batch's systems are not padded to a larger
+    # subset's size (each subset's fit is its own: the order changes no value).
+    order = torch.argsort(counts, stable=True)
+    largest = int(counts.max()) if len(ids) else 0
+    batch_subsets = subsets_per_batch(statistics.reduced_dim(largest), memory_mb)
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
-        block = members[start : start + batch_subsets]
+        block = members[order[start : start + batch_subsets]]
         weights = fit_shifts(
             train, block, settings.l2, settings.newton_steps, statistics=statistics
         )
@@ -268,12 +411,15 @@ def estimate_values(
             )
             relative = (norms / theta_norm).cpu()
         loss, accuracy = linearized_values(
-            val, weights, block.to(val.z.device), metrics, task_names
+            val, weights, block.to(val.z.device), metrics, task_names, only_members=True
         )
         losses.append(loss.cpu())
         accuracies.append(accuracy.cpu())
         relatives.append(relative)
-    loss, accuracy, relative = torch.cat(losses), torch.cat(accuracies), torch.cat(relatives)
+    loss, accuracy, relative = (
+        torch.empty_like(values).index_copy_(0, order, values)
+        for values in (torch.cat(losses), torch.cat(accuracies), torch.cat(relatives))
+    )
     rows, cols = np.nonzero(members.numpy())
     table = pd.DataFrame(
         {
@@ -289,9 +435,11 @@ def estimate_values(
     elapsed = time.perf_counter() - started
     shifts = relative.numpy()
     log.info(
-        "estimated %d subsets (d = %d, %d per batch) in %.2f s (%.0f subsets/s), peak "
-        "memory of the process %.0f MB; median relative shift %s",
-        len(ids), train.z.shape[1], batch_subsets, elapsed, len(ids) / max(elapsed, 1e-9),
+        "estimated %d subsets (d = %d, systems of at most %d columns, %d per batch) in "
+        "%.2f s (%.0f subsets/s), peak memory of the process %.0f MB; median relative "
+        "shift %s",
+        len(ids), train.z.shape[1], statistics.reduced_dim(largest), batch_subsets, elapsed,
+        len(ids) / max(elapsed, 1e-9),
         peak_memory_mb(),
         f"{np.median(shifts):.4f}" if np.isfinite(shifts).all() else "not computed",
     )
