@@ -113,6 +113,35 @@ def test_subset_sums_from_the_membership_equal_the_dense_sum_over_every_task():
         fit_shifts(train, torch.tensor([[0, 0, 0, 0, 1.0]], dtype=torch.float64), l2=0.2)
 
 
+def test_shifts_solved_on_the_subsets_own_coordinates_equal_the_full_solve():
+    """Unprojected gradients: 3 shared (trunk) coordinates and 2 per task (its head), zero
+    for the other tasks' examples. Each subset solves on the trunk and its members' heads
+    only; the result equals the dense solve over all 3 + 2 k coordinates, 0 on the others."""
+    n_tasks, shared = 6, 3
+    train = synthetic_split(40, n_tasks, shared + 2 * n_tasks, torch.zeros(shared + 2 * n_tasks),
+                            seed=8)
+    own = torch.zeros_like(train.z, dtype=torch.bool)
+    own[:, :shared] = True
+    for task in range(n_tasks):
+        own[train.task_index == task, shared + 2 * task : shared + 2 * task + 2] = True
+    train.z = torch.where(own, train.z, torch.zeros_like(train.z))
+    members = torch.tensor(
+        [[1, 0, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0], [0, 1, 0, 1, 0, 1], [0, 0, 0, 1, 1, 0],
+         [1, 1, 1, 1, 1, 1]], dtype=torch.float64,
+    )  # widths 5, 7, 9, 7 and all 15 coordinates: solved in four groups
+    statistics = per_task_statistics(train, n_tasks)
+    fitted = fit_shifts(train, members, l2=0.1, statistics=statistics)
+    sizes = members @ statistics.counts
+    hessians = torch.einsum("sk,kde->sde", members, statistics.hessians) / sizes[:, None, None]
+    gradients = members @ statistics.gradients / sizes[:, None]
+    dim = shared + 2 * n_tasks
+    expected = -torch.linalg.solve(hessians + 0.1 * torch.eye(dim, dtype=torch.float64),
+                                   gradients)
+    torch.testing.assert_close(fitted, expected, atol=1e-12, rtol=1e-10)
+    assert fitted[1, shared + 2 : shared + 4].abs().max() == 0  # task 1's head, not a member
+    assert fitted[1, shared + 4 : shared + 6].abs().min() > 0  # task 2's head, a member
+
+
 def test_estimates_do_not_depend_on_the_memory_of_a_batch():
     train = synthetic_split(100, 6, 5, torch.tensor([0.4, -0.3, 0.1, 0.0, 0.2]), seed=6)
     val = synthetic_split(50, 6, 5, torch.zeros(5), seed=7)

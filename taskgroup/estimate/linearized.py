@@ -87,11 +87,14 @@ def membership(subsets: pd.DataFrame, task_names: list[str]) -> tuple[np.ndarray
 @dataclass
 class TaskStatistics:
     """Per task sums of the offset loss at w = 0 over a training split: counts (k,)
-    examples, gradients (k, d) g_t, hessians (k, d, d) H_t, all float64."""
+    examples, gradients (k, d) g_t, hessians (k, d, d) H_t, all float64; support (k, d)
+    bool: the coordinates on which one of the task's examples has a nonzero z (outside them
+    g_t and H_t are 0)."""
 
     counts: torch.Tensor
     gradients: torch.Tensor
     hessians: torch.Tensor
+    support: torch.Tensor
 
 
 def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
@@ -105,10 +108,12 @@ def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
     gradients = torch.zeros(n_tasks, z.shape[1], dtype=torch.float64, device=z.device)
     gradients.index_add_(0, train.task_index, residual.unsqueeze(1) * z)
     hessians = torch.zeros(n_tasks, z.shape[1], z.shape[1], dtype=torch.float64, device=z.device)
+    support = torch.zeros(n_tasks, z.shape[1], dtype=torch.bool, device=z.device)
     for task in torch.unique(train.task_index).tolist():
         rows = train.task_index == task
         hessians[task] = z[rows].T @ (curvature[rows].unsqueeze(1) * z[rows])
-    return TaskStatistics(counts, gradients, hessians)
+        support[task] = (z[rows] != 0).any(dim=0)
+    return TaskStatistics(counts, gradients, hessians, support)
 
 
 def _solve(
@@ -128,7 +133,9 @@ def fit_shifts(
     """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k).
     ``statistics``: :func:`per_task_statistics` of ``train`` (computed here when None; pass
     them to share them among batches). Each subset's sums add its own members' statistics
-    only (memory: two (s, d, d) float64 arrays, the sums and the solve's work). Raises
+    only, on the coordinates where one of them has a gradient (the trunk and the members'
+    heads, without projection): the shift is 0 on the others, which the loss only
+    regularizes (memory: two (s, w, w) float64 arrays, w <= d those coordinates). Raises
     ValueError when a subset has no training examples."""
     n_tasks = members.shape[1]
     members = members.to(train.z.device)
@@ -138,29 +145,48 @@ def fit_shifts(
     if (sizes == 0).any():
         raise ValueError("a subset has no training examples")
     dim = train.z.shape[1]
-    subset_hessians = torch.zeros(
-        members.shape[0], dim, dim, dtype=torch.float64, device=train.z.device
-    )
-    # Each task's sums go to the subsets holding it (an index_add of a broadcast view: no
-    # (s, d, d) temporary besides the sums).
     rows, tasks = torch.nonzero(members > 0, as_tuple=True)
-    for task in torch.unique(tasks).tolist():
-        holding = rows[tasks == task]
-        subset_hessians.index_add_(
-            0, holding, statistics.hessians[task].expand(len(holding), dim, dim)
-        )
     subset_gradients = torch.zeros(
         members.shape[0], dim, dtype=torch.float64, device=train.z.device
     )
     subset_gradients.index_add_(0, rows, statistics.gradients[tasks])
-    subset_hessians /= sizes[:, None, None]
-    subset_hessians.diagonal(dim1=1, dim2=2).add_(l2)
-    weights = _solve(subset_hessians, subset_gradients / sizes[:, None], overwrite=True)
-    del subset_hessians
+    subset_gradients /= sizes[:, None]
+    # A coordinate on which none of a subset's tasks has a gradient (the head of another
+    # task, without projection) has Hessian l2 and gradient 0 in L_S: its shift is 0, and
+    # the rest solves alone. Subsets with as many coordinates are solved together.
+    used = (members @ statistics.support.to(members.dtype)) > 0
+    widths = used.sum(dim=1)
+    weights = torch.zeros(members.shape[0], dim, dtype=torch.float64, device=train.z.device)
+    for width in torch.unique(widths).tolist():
+        chosen = torch.nonzero(widths == width).flatten()
+        if width == 0:
+            continue
+        coordinates = torch.nonzero(used[chosen])[:, 1].reshape(len(chosen), width)
+        hessians = _subset_hessians(statistics.hessians, members[chosen], coordinates)
+        hessians /= sizes[chosen, None, None]
+        hessians.diagonal(dim1=1, dim2=2).add_(l2)
+        gradients = subset_gradients[chosen].gather(1, coordinates)
+        solved = _solve(hessians, gradients, overwrite=True)
+        del hessians
+        weights[chosen.unsqueeze(1), coordinates] = solved
     identity = torch.eye(dim, dtype=torch.float64, device=train.z.device)
     for _ in range(newton_steps - 1):
         weights = _newton_step_per_subset(train, members, weights, l2, identity)
     return weights
+
+
+def _subset_hessians(hessians: torch.Tensor, members: torch.Tensor,
+                     coordinates: torch.Tensor) -> torch.Tensor:
+    """(s, w, w) float64: per subset (row of ``members`` (s, k)), the sum of its tasks'
+    ``hessians`` (k, d, d) restricted to its ``coordinates`` (s, w), ascending."""
+    sums = torch.zeros(coordinates.shape[0], coordinates.shape[1], coordinates.shape[1],
+                       dtype=torch.float64, device=hessians.device)
+    rows, tasks = torch.nonzero(members > 0, as_tuple=True)
+    for task in torch.unique(tasks).tolist():
+        holding = rows[tasks == task]
+        picked = coordinates[holding]
+        sums.index_add_(0, holding, hessians[task][picked.unsqueeze(2), picked.unsqueeze(1)])
+    return sums
 
 
 def subsets_per_batch(dim: int, memory_mb: float) -> int:
