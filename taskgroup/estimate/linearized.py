@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -279,6 +279,8 @@ def estimate_values(
             raise ValueError(f"{name} split: its regression mask disagrees with task_types")
     ids, members = membership(subsets, task_names)
     statistics = per_task_statistics(train, len(task_names))
+    # In float64 once, not once per batch (the table is (n_val, d)).
+    val = replace(val, z=val.z.double(), base=val.base.double())
     batch_subsets = subsets_per_batch(train.z.shape[1], memory_mb)
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
