@@ -70,7 +70,9 @@ def train_new_models(
 
     Same contract as :func:`taskgroup.models.training.train_new_model` for each spec (Adam
     with ``settings``, for the spec's own ``epochs`` or ``settings.epochs``; best validation
-    epoch kept with ``settings.select_best_epoch``), up to float rounding. The models step
+    epoch kept with ``settings.select_best_epoch``, early stop after the spec's ``patience``
+    or ``settings.patience``), up to float rounding; the heads of tasks outside a spec keep
+    their initial values (module docstring). The models step
     together: step j is every model's j-th minibatch, so a model with fewer rows starts its
     next epoch (a new shuffle, its validation score) sooner, and a model with fewer steps in
     all stops earlier. ``data`` must be on ``device``.
