@@ -8,8 +8,10 @@ directory, removed afterwards unless --keep):
 
 Config per k: the shipped config/config.yaml (gradient estimator, every default affinity
 source, clustering method and baseline) with k planted tasks in groups of 5 (k <= 30) or
-10, n_clusters = the number of groups, and m = max(600, 10 k) random subsets (m = 3,000 at
-k = 300), so that a pair of tasks shares about 2 or more subsets.
+10, n_clusters = the number of groups, m = max(600, 10 k) random subsets (m = 3,000 at
+k = 300) and the shipped subset size alpha, raised as far as needed for a pair of tasks to
+share 2 or more subsets on average (m alpha (alpha - 1) / (k (k - 1)) >= 2: alpha = 5 up
+to k = 100, 9 at k = 300, 11 at k = 500).
 
 Per-job numbers come from a ``sitecustomize`` module put on the jobs' PYTHONPATH: at exit
 every Python process of the run appends its script name, peak RSS (getrusage), CPU time
@@ -32,7 +34,11 @@ from pathlib import Path
 
 import yaml
 
+from taskgroup.data.designs import expected_pair_count
+
 REPOSITORY = Path(__file__).resolve().parent.parent
+# Subsets a pair of tasks shares on average in the benchmark's random design.
+PAIR_COVERAGE = 2.0
 
 PEAKS_HOOK = '''
 import atexit, json, os, resource, sys, time
@@ -58,7 +64,10 @@ def planted_config(n_tasks: int) -> dict:
     groups = n_tasks // per_group
     config["dataset"]["name"] = f"scale{n_tasks}"
     config["dataset"]["planted"].update(n_groups=groups, tasks_per_group=per_group)
-    config["subsets"]["count"] = max(600, 10 * n_tasks)
+    count = max(600, 10 * n_tasks)
+    config["subsets"]["count"] = count
+    while expected_pair_count(n_tasks, config["subsets"]["size"], count) < PAIR_COVERAGE:
+        config["subsets"]["size"] += 1
     config["estimator"] = "gradient"
     clustering = config["clustering"]
     clustering["n_clusters"] = groups

@@ -29,5 +29,6 @@ rule train_group_models:
         # The cut of the validation rows into early stopping's and the recommendation's.
         selection=selection_split_params(),
         budget=config["evaluation"]["training_budget"],
+        patience=config["evaluation"]["patience"],
     script:
         "../workflow_scripts/train_group_models.py"

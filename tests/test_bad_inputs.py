@@ -596,7 +596,8 @@ def test_a_diverged_group_model_is_flagged_in_its_results_and_counted_in_the_sum
             tmp_path / "examples.parquet", tmp_path / "tasks.parquet", groups,
             result_paths[-1], tmp_path / "models", [], [2],
             {"epochs": 5, "lr": 1e6 if name == "naive_mtl" else 0.01, "batch_size": 32,
-             "weight_decay": 0.0}, [0, 1], selection={"fraction": 0.5, "seed": 0}, budget="epochs",
+             "weight_decay": 0.0}, [0, 1], selection={"fraction": 0.5, "seed": 0},
+             budget="epochs", patience=None,
         )
     results = pd.concat(read_table(path, GROUP_RESULTS) for path in result_paths)
     flags = {key: rows["diverged"].tolist() for key, rows in results.groupby("group_key")}

@@ -77,7 +77,7 @@ def test_group_results_report_the_stopping_and_selection_rows(small_tables, tmp_
         tmp_path / "examples.parquet", tmp_path / "tasks.parquet", {group_key(members): members},
         tmp_path / "results.parquet", tmp_path / "models", [], [4],
         {"epochs": 3, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0],
-        selection={"fraction": 0.25, "seed": 0}, budget="epochs",
+        selection={"fraction": 0.25, "seed": 0}, budget="epochs", patience=None,
     )
     results = read_table(tmp_path / "results.parquet", GROUP_RESULTS)
     assert list(results.columns) == list(GROUP_RESULTS)

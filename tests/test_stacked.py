@@ -1,6 +1,7 @@
 """Many group models trained in one process: the same models as training each alone, and a
 batch that reuses the groups it already has."""
 
+import copy
 import logging
 from dataclasses import replace
 
@@ -14,12 +15,15 @@ from taskgroup.data.datasets.planted import generate_planted
 from taskgroup.data.examples import build_task_data
 from taskgroup.data.tables import GROUP_RESULTS, read_table, write_table
 from taskgroup.group.groupings import group_key
-from taskgroup.models.network import load_checkpoint
+from taskgroup.models.network import MultiHeadNet, load_checkpoint
 from taskgroup.models.stacked import ModelSpec, train_new_models
 from taskgroup.models.training import (
     TrainingDivergedError,
     TrainSettings,
     budget_epochs,
+    fit,
+    patience_epochs,
+    per_task_losses,
     train_new_model,
 )
 from taskgroup.stages.train import train_group_models
@@ -31,13 +35,19 @@ def assert_same_models(data, specs, hidden_sizes, settings, tolerance):
     stacked = train_new_models(data, specs, hidden_sizes, settings, CPU)
     for spec, (model, history) in zip(specs, stacked):
         histories = []
-        alone = train_new_model(data, spec.task_indices, hidden_sizes, settings, spec.seed, CPU,
+        own = replace(settings, epochs=spec.epochs or settings.epochs,
+                      patience=spec.patience or settings.patience)
+        alone = train_new_model(data, spec.task_indices, hidden_sizes, own, spec.seed, CPU,
                                 task_weights=spec.task_weights, after_training=histories.append)
-        for (name, expected), found in zip(alone.state_dict().items(),
-                                           model.state_dict().values()):
+        found_state = model.state_dict()
+        for name, expected in alone.state_dict().items():
+            found = found_state[name]
+            if name.startswith("head_"):  # the model's own tasks' heads (module docstring)
+                found, expected = found[spec.task_indices], expected[spec.task_indices]
             torch.testing.assert_close(found, expected, atol=tolerance, rtol=0, msg=name)
         assert history.start == pytest.approx(histories[0].start, abs=1e-6)
         assert history == pytest.approx(list(histories[0]), abs=1e-5)
+    return stacked
 
 
 def test_stacked_models_equal_models_trained_alone_with_early_stopping_and_weight_decay(
@@ -71,6 +81,58 @@ def test_a_model_is_the_same_bytes_whatever_else_is_in_its_stack(small_data):
         assert torch.equal(first, second)
 
 
+def test_stacked_models_with_a_patience_equal_models_trained_alone(small_data):
+    # patience 2 of 40 epochs stops some models early, at different steps: the stack drops
+    # them one after another while the others go on
+    groups = [[0], [3], [1, 2], [4, 5, 6, 7, 8], list(range(9))]
+    specs = [ModelSpec(torch.tensor(g), seed, patience=patience)
+             for g in groups for seed, patience in ((0, None), (4, 6))]
+    settings = TrainSettings(epochs=40, lr=0.05, batch_size=16, select_best_epoch=True,
+                             patience=2)
+    stacked = assert_same_models(small_data, specs, [4], settings, tolerance=1e-5)
+    lengths = [len(history) for _, history in stacked]
+    assert min(lengths) < 40 and len(set(lengths)) > 2
+
+
+def test_training_stops_after_patience_epochs_without_a_lower_validation_loss(small_data):
+    tasks = torch.tensor([0, 1, 2, 3])
+    settings = TrainSettings(epochs=30, lr=0.05, batch_size=16, select_best_epoch=True)
+    scores = []
+
+    def record(epoch, model):
+        losses, counts, _ = per_task_losses(model, small_data.splits["val"].select_tasks(tasks),
+                                            small_data.n_tasks)
+        scores.append(float(losses[counts > 0].mean()))
+
+    torch.manual_seed(2)
+    model = MultiHeadNet(small_data.n_features, small_data.n_tasks, [4])
+    start = copy.deepcopy(model.state_dict())
+    fit(model, small_data, tasks, settings, seed=2, after_epoch=record)
+    patience = 3
+    best, stop = 0, len(scores)
+    for epoch, score in enumerate(scores, start=1):
+        if score < min(scores[: epoch - 1], default=float("inf")):
+            best = epoch
+        if epoch - best >= patience:
+            stop = epoch
+            break
+    assert stop < 30
+    model.load_state_dict(start)
+    history = fit(model, small_data, tasks, replace(settings, patience=patience), seed=2)
+    assert len(history) == stop
+    record(None, model)
+    assert scores[-1] == pytest.approx(min(scores[:stop]), abs=1e-6)
+
+
+def test_patience_is_a_share_of_each_models_epochs():
+    assert patience_epochs(0.1, 100) == 10
+    assert patience_epochs(0.1, 2345) == 235
+    assert patience_epochs(0.1, 3) == 1
+    assert patience_epochs(None, 100) is None
+    with pytest.raises(ValueError, match="patience fraction 0 "):
+        patience_epochs(0, 100)
+
+
 def test_a_diverging_stacked_model_names_its_tasks_and_seed(small_data):
     settings = TrainSettings(epochs=3, lr=1e30, batch_size=16)
     with pytest.raises(TrainingDivergedError, match=r"tasks \[0, 1\], seed 3, with Adam.*lower"):
@@ -91,7 +153,7 @@ def run_batch(folder, groups, out, epochs=4, caplog=None):
         {group_key(members): members for members in groups}, folder / out, folder / "models",
         [folder / "tasks.parquet"], [4],
         {"epochs": epochs, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0, 1],
-        selection={"fraction": 0.5, "seed": 0}, budget="epochs",
+        selection={"fraction": 0.5, "seed": 0}, budget="epochs", patience=None,
     )
     return read_table(folder / out, GROUP_RESULTS)
 
@@ -171,7 +233,7 @@ def test_the_steps_budget_trains_small_groups_for_more_epochs(tables_on_disk, ca
             folder / "examples.parquet", folder / "tasks.parquet", groups, folder / "r.parquet",
             folder / "models", [], [4],
             {"epochs": 2, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0],
-            selection={"fraction": 0.5, "seed": 0}, budget="steps",
+            selection={"fraction": 0.5, "seed": 0}, budget="steps", patience=None,
         )
     # 9 tasks x 60 rows: 17 steps per epoch; one task's 60 rows: 2 steps, so 17 epochs
     assert "training budget 'steps': 2 to 17 epochs per model" in caplog.text

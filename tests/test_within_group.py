@@ -212,7 +212,7 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
         tmp_path / "results.parquet", tmp_path / "models", [], [4],
         {"epochs": 3, "lr": 0.02, "batch_size": 32, "weight_decay": 0.0}, [0, 1],
         options=options, variant="reweighted_aligned", diagnostics_path=tmp_path / "d.parquet",
-        selection={"fraction": 0.5, "seed": 0}, budget="epochs",
+        selection={"fraction": 0.5, "seed": 0}, budget="epochs", patience=None,
     )
     results = read_table(tmp_path / "results.parquet", GROUP_RESULTS)
     assert set(results["variant"]) == {"reweighted_aligned"}
@@ -232,7 +232,7 @@ def test_group_stage_writes_weights_and_diagnostics(small_tables, tmp_path):
             tmp_path / "examples.parquet", tmp_path / "tasks.parquet", {key: members},
             tmp_path / "r.parquet", tmp_path / "models", [], [4],
             {"epochs": 1, "lr": 0.02, "batch_size": 32}, [0], options=options,
-            selection={"fraction": 0.5, "seed": 0}, budget="epochs",
+            selection={"fraction": 0.5, "seed": 0}, budget="epochs", patience=None,
         )
 
 

@@ -19,4 +19,5 @@ train_group_models(
     diagnostics_path=snakemake.output.get("diagnostics"),
     selection=snakemake.params.selection,
     budget=snakemake.params.budget,
+    patience=snakemake.params.patience,
 )

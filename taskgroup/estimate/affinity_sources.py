@@ -76,7 +76,8 @@ def _task_mean_losses(
     ``trunk_params`` and the heads of ``model``. Tasks without examples get 0.
 
     Written without in-place ops so it can be differentiated and vmapped over parameters.
-    ``membership`` is the (n, k) one-hot of ``task_index``, ``counts`` its column sums.
+    ``membership`` is the (n, k) one-hot of ``task_index``, ``counts`` its column sums (or
+    the (n, p) one-hot of the examples' positions among p tasks, for those p tasks' losses).
     """
     hidden = functional_call(model.trunk, trunk_params, (features,))
     logits = (hidden * model.head_weight[task_index].detach()).sum(-1) + model.head_bias[
@@ -110,14 +111,17 @@ class LookaheadRun:
 def _lookahead_step(
     model: MultiHeadNet, batch: SplitTensors, n_tasks: int, lookahead_lr: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z (k, k) on one minibatch and the (k,) mask of tasks present in it.
+    """Z (k, k) on one minibatch and the (k, k) mask of its valid entries (both tasks
+    present in it, the target's loss positive); 0 elsewhere.
 
     Row i: the trunk after theta - lr * grad_trunk L_i(theta); column j: 1 - L_j(that) / L_j.
-    All k lookahead steps at once: one jacobian of the k per-task losses (vmapped
-    vector-Jacobian products), then one vmapped forward pass over the k stepped trunks.
+    The p tasks present in the minibatch (at most its size, whatever k) at once: one
+    jacobian of their p mean losses (vmapped vector-Jacobian products), then one vmapped
+    forward pass over the p stepped trunks, so a recording costs the same at any k.
     """
     params = _trunk_parameters(model)
-    membership = _one_hot(batch.task_index, n_tasks)
+    present, local = torch.unique(batch.task_index, return_inverse=True)
+    membership = _one_hot(local, len(present))
     counts = membership.sum(0)
     args = (batch.features, batch.labels, batch.task_index, membership, counts,
             batch.regression)
@@ -127,14 +131,18 @@ def _lookahead_step(
 
     with torch.no_grad():
         base = losses_of(params)
-    jacobian = jacrev(losses_of)(params)  # name -> (k, *shape): row i = grad of L_i
+    jacobian = jacrev(losses_of)(params)  # name -> (p, *shape): row i = grad of L_i
     stepped = {name: params[name] - lookahead_lr * jacobian[name] for name in params}
     with torch.no_grad():
-        after = vmap(losses_of)(stepped)  # (k sources, k targets)
-    present = counts > 0
+        after = vmap(losses_of)(stepped)  # (p sources, p targets)
     gain = 1.0 - after / torch.where(base > 0, base, torch.ones_like(base))
-    valid = present[:, None] & (present & (base > 0))[None, :]
-    return torch.where(valid, gain, torch.zeros_like(gain)), valid
+    valid = (base > 0)[None, :].expand_as(gain)
+    full_gain = torch.zeros(n_tasks, n_tasks, dtype=gain.dtype, device=gain.device)
+    full_valid = torch.zeros(n_tasks, n_tasks, dtype=torch.bool, device=gain.device)
+    rows, columns = present[:, None], present[None, :]
+    full_gain[rows, columns] = torch.where(valid, gain, torch.zeros_like(gain))
+    full_valid[rows, columns] = valid
+    return full_gain, full_valid
 
 
 def lookahead_training(

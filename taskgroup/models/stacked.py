@@ -11,8 +11,11 @@ networks of the final training, a step costs about the same for one model as for
 
 The models step together: step j is each model's j-th minibatch of its own sequence of
 epochs. A model with fewer training examples ends its epochs sooner (and reshuffles and is
-scored on its validation rows sooner); a model that has taken all its steps sits out the
-rest (no update, its Adam state unchanged).
+scored on its validation rows sooner); a model that has taken all its epochs, or stopped
+early (its patience), leaves the stack, so a step costs what the models still training
+need. Each model carries the heads of its own tasks only: the heads of the other tasks of
+the data see no example of the model's, and keep their initial values (trained alone with
+a ``weight_decay``, Adam would shrink them; no output on the model's tasks depends on them).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from taskgroup.resources import models_per_stack
 
 log = logging.getLogger(__name__)
 
+# Padded validation rows scored at once (about 20 MB of features at 20 features).
+VALIDATION_CHUNK_ROWS = 2**18
 # torch.optim.Adam's defaults, which train_new_model uses.
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -46,13 +51,14 @@ class ModelSpec:
     """One network to train: the tasks whose training examples it sees (``task_indices``,
     int64 (n_members,)), its seed (initialization and minibatch order, as the ``seed`` of
     :func:`train_new_model`), optional per-task loss weights (``task_weights``,
-    (n_tasks,) float, as in :func:`taskgroup.models.training.fit`), and its number of epochs
-    (None: the settings' ``epochs``)."""
+    (n_tasks,) float, as in :func:`taskgroup.models.training.fit`), its number of epochs
+    (None: the settings' ``epochs``) and its patience (None: the settings' ``patience``)."""
 
     task_indices: torch.Tensor
     seed: int
     task_weights: torch.Tensor | None = None
     epochs: int | None = None
+    patience: int | None = None
 
 
 def train_new_models(
@@ -64,7 +70,9 @@ def train_new_models(
 
     Same contract as :func:`taskgroup.models.training.train_new_model` for each spec (Adam
     with ``settings``, for the spec's own ``epochs`` or ``settings.epochs``; best validation
-    epoch kept with ``settings.select_best_epoch``), up to float rounding. The models step
+    epoch kept with ``settings.select_best_epoch``, early stop after the spec's ``patience``
+    or ``settings.patience``), up to float rounding; the heads of tasks outside a spec keep
+    their initial values (module docstring). The models step
     together: step j is every model's j-th minibatch, so a model with fewer rows starts its
     next epoch (a new shuffle, its validation score) sooner, and a model with fewer steps in
     all stops earlier. ``data`` must be on ``device``.
@@ -112,94 +120,121 @@ def fit_models(
 
 def _fit_stack(models, data, specs, settings, device):
     """:func:`fit_models` on one stack."""
-    stack = _Stack(models)
     train, val = data.splits["train"], data.splits["val"]
     rows = [_rows_of(train.task_index, spec.task_indices) for spec in specs]
     for spec, model_rows in zip(specs, rows):
         if model_rows.numel() == 0:
             raise ValueError(f"no training examples for tasks {spec.task_indices.tolist()}")
     batch_size = settings.batch_size
-    n_models = len(specs)
     n_rows = [len(model_rows) for model_rows in rows]
     epoch_steps = [-(-n // batch_size) for n in n_rows]
     epochs = [settings.epochs if spec.epochs is None else spec.epochs for spec in specs]
-    total_steps = torch.tensor([e * s for e, s in zip(epochs, epoch_steps)], device=device)
-    steps_per_epoch = torch.tensor(epoch_steps, device=device)
-    weights = _weight_matrix(specs, data.n_tasks, device)
-    val_rows, val_counts = _padded([
-        _rows_of(val.task_index, spec.task_indices) for spec in specs
-    ])
-    val_rows, val_counts = val_rows.to(device), val_counts.to(device)
+    patience = [
+        settings.patience if spec.patience is None else spec.patience for spec in specs
+    ]
+    stopping = settings.select_best_epoch
     generators = [torch.Generator().manual_seed(spec.seed) for spec in specs]
-    # Each model's training rows, and the order of its current epoch: positions into them,
-    # shuffled, -1 past its rows.
-    rows, _ = _padded(rows)
-    rows = rows.to(device)
-    order = torch.full((n_models, max(epoch_steps) * batch_size), -1, dtype=torch.long,
-                       device=device)
-    _shuffle(order, list(range(n_models)), n_rows, generators)
-    offsets = torch.arange(batch_size, device=device)
-    position = torch.zeros(n_models, dtype=torch.long, device=device)  # step within epoch
-    adam = _StackedAdam(stack.parameters, settings.lr, settings.weight_decay)
     histories = [LossHistory() for _ in specs]
-    best_score = torch.full((n_models,), float("inf"), device=device)
+    stack = _Stack(models, specs, data.n_tasks, device)
+    # Per live model (row m of each tensor; rows of finished models are dropped): its
+    # training rows, the order of its current epoch (positions into them, shuffled, -1 past
+    # its rows), its validation rows, its step within the epoch, ...
+    padded_rows, _ = _padded(rows)
+    val_rows, val_counts = _padded([_rows_of(val.task_index, spec.task_indices)
+                                    for spec in specs])
+    weights = _weight_matrix(specs, data.n_tasks, device)
+    state = {
+        "rows": padded_rows.to(device),
+        "order": torch.full((len(specs), max(epoch_steps) * batch_size), -1,
+                            dtype=torch.long, device=device),
+        "val_rows": val_rows.to(device),
+        "val_counts": val_counts.to(device),
+        "steps_per_epoch": torch.tensor(epoch_steps, device=device),
+        "position": torch.zeros(len(specs), dtype=torch.long, device=device),
+        "epoch_loss": torch.zeros(len(specs), device=device),
+        "best_score": torch.full((len(specs),), float("inf"), device=device),
+        "has_best": torch.zeros(len(specs), dtype=torch.bool, device=device),
+        "model": torch.arange(len(specs), device=device),  # its index in ``specs``
+    }
+    if weights is not None:
+        state["weights"] = weights
+    best_epoch = [0] * len(specs)
+    _shuffle(state["order"], list(range(len(specs))), list(range(len(specs))), n_rows,
+             generators)
+    offsets = torch.arange(batch_size, device=device)
+    adam = _StackedAdam(stack, settings.lr, settings.weight_decay)
     best = [p.detach().clone() for p in stack.parameters]
-    has_best = torch.zeros(n_models, dtype=torch.bool, device=device)
-    epoch_loss = torch.zeros(n_models, device=device)
-    for step in range(int(total_steps.max())):
-        active = step < total_steps
-        ids = order.gather(1, (position * batch_size).unsqueeze(1) + offsets)
-        present = (ids >= 0) & active.unsqueeze(1)
+    step = 0
+    while len(state["model"]):
+        position = state["position"]
+        ids = state["order"].gather(1, (position * batch_size).unsqueeze(1) + offsets)
+        present = ids >= 0
         counts = present.sum(dim=1)
-        ids = rows.gather(1, ids.clamp(min=0))
+        ids = state["rows"].gather(1, ids.clamp(min=0))
         task_index = train.task_index[ids]
         outputs = stack.forward(train.features[ids], task_index)
         regression = None if train.regression is None else train.regression[ids]
         losses = example_losses(outputs, train.labels[ids], regression)
         if weights is not None:
-            losses = losses * torch.gather(weights, 1, task_index)
+            losses = losses * torch.gather(state["weights"], 1, task_index)
         batch_loss = (losses * present).sum(dim=1) / counts.clamp(min=1)
         gradients = torch.autograd.grad(batch_loss.sum(), stack.parameters)
-        adam.step(gradients, active)
+        adam.step(gradients)
         batch_loss = batch_loss.detach()
         if step == 0:  # at the initial parameters, as fit records it
             for history, value in zip(histories, batch_loss.tolist()):
                 history.start = value
-        epoch_loss += batch_loss * counts
-        position += active.long()
-        ended = active & (position == steps_per_epoch)
+        step += 1
+        state["epoch_loss"] += batch_loss * counts
+        position += 1
+        ended = position == state["steps_per_epoch"]
         if not bool(ended.any()):
             continue
         finished = torch.nonzero(ended).flatten()
-        renew = []
-        for m, value in zip(finished.tolist(), epoch_loss[finished].tolist()):
-            history = histories[m]
-            history.append(value / n_rows[m])
-            if len(history) < epochs[m]:
-                renew.append(m)
-            if not math.isfinite(history[-1]):
-                raise diverged(history, epochs[m], settings, (
+        finished_models = state["model"][finished].tolist()
+        for m, value in zip(finished_models, state["epoch_loss"][finished].tolist()):
+            histories[m].append(value / n_rows[m])
+            if not math.isfinite(histories[m][-1]):
+                raise diverged(histories[m], epochs[m], settings, (
                     f"for the model of tasks {specs[m].task_indices.tolist()}, seed "
                     f"{specs[m].seed}, "
                 ))
-        _shuffle(order, renew, n_rows, generators)
-        epoch_loss[finished] = 0.0
+        state["epoch_loss"][finished] = 0.0
         position[finished] = 0
-        if settings.select_best_epoch:
-            width = int(val_counts[finished].max())
-            score = _validation_scores(stack, val, val_rows[finished, :width], finished,
-                                       data.n_tasks)
-            improved = score < best_score[finished]
-            best_score[finished] = torch.where(improved, score, best_score[finished])
-            has_best[finished] |= improved
-            keep = finished[improved]
-            for kept, current in zip(best, stack.parameters):
-                kept[keep] = current.detach()[keep]
-    if settings.select_best_epoch:
-        with torch.no_grad():
-            for kept, current in zip(best, stack.parameters):
-                current.copy_(torch.where(_expand(has_best, kept), kept, current))
-    stack.unstack_into(models)
+        if stopping:
+            score = _validation_scores(stack, val, state["val_rows"], state["val_counts"],
+                                       finished, data.n_tasks)
+            improved = score < state["best_score"][finished]
+            state["best_score"][finished] = torch.where(improved, score,
+                                                        state["best_score"][finished])
+            state["has_best"][finished] |= improved
+            for m in torch.tensor(finished_models)[improved.cpu()].tolist():
+                best_epoch[m] = len(histories[m])
+            _copy_rows(best, stack.parameters, stack.owners, finished[improved],
+                       len(state["model"]))
+        done = [
+            len(histories[m]) == epochs[m] or (
+                stopping and patience[m] is not None
+                and len(histories[m]) - best_epoch[m] >= patience[m]
+            )
+            for m in finished_models
+        ]
+        renew = [live for live, m_done in zip(finished.tolist(), done) if not m_done]
+        _shuffle(state["order"], renew, [finished_models[i] for i, d in enumerate(done)
+                                         if not d], n_rows, generators)
+        if any(done):
+            gone = finished[torch.tensor(done, device=device)]
+            if stopping:  # the best epoch's parameters, where there is one
+                _copy_rows(stack.parameters, best, stack.owners,
+                           gone[state["has_best"][gone]], len(state["model"]))
+            stack.unstack_into(models, state["model"], gone, specs)
+            live = torch.ones(len(state["model"]), dtype=torch.bool, device=device)
+            live[gone] = False
+            kept = stack.keep(live, [adam.first, adam.second, best])
+            adam.keep(live, kept)
+            best = kept[2]
+            for name, tensor in state.items():
+                state[name] = tensor[live]
     for spec, history in zip(specs, histories):
         if history.rose_far:
             log.warning(
@@ -211,6 +246,19 @@ def _fit_stack(models, data, specs, settings, device):
     for model in models:
         model.eval()
     return list(zip(models, histories))
+
+
+def _copy_rows(targets, sources, owners, models: torch.Tensor, n_models: int) -> None:
+    """Copy the rows of the (live) ``models`` from each stacked tensor of ``sources`` into
+    ``targets``; ``owners``: per tensor, the model of each row (None: row m is model m)."""
+    if models.numel() == 0:
+        return
+    chosen = torch.zeros(n_models, dtype=torch.bool, device=models.device)
+    chosen[models] = True
+    with torch.no_grad():
+        for target, source, owner in zip(targets, sources, owners):
+            rows = chosen if owner is None else chosen[owner]
+            target[rows] = source.detach()[rows]
 
 
 def _rows_of(task_index: torch.Tensor, task_indices: torch.Tensor) -> torch.Tensor:
@@ -229,13 +277,15 @@ def _padded(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
     return padded, counts
 
 
-def _shuffle(order: torch.Tensor, models: list, n_rows: list, generators: list) -> None:
-    """Write the next epoch's shuffle of each of ``models`` into its row of ``order``:
-    a permutation of its n_rows positions drawn from its own generator (as fit draws it)."""
+def _shuffle(order: torch.Tensor, rows: list, models: list, n_rows: list,
+             generators: list) -> None:
+    """Write the next epoch's shuffle of each of ``models`` (indices into ``n_rows`` and
+    ``generators``) into its row of ``order`` (``rows``, in the same order): a permutation
+    of its n_rows positions drawn from its own generator (as fit draws it)."""
     if not models:
         return
     permutations = [torch.randperm(n_rows[m], generator=generators[m]) for m in models]
-    which = torch.repeat_interleave(torch.tensor(models), torch.tensor([n_rows[m] for m in models]))
+    which = torch.repeat_interleave(torch.tensor(rows), torch.tensor([n_rows[m] for m in models]))
     columns = torch.cat([torch.arange(len(p)) for p in permutations])
     order[which.to(order.device), columns.to(order.device)] = torch.cat(permutations).to(
         order.device
@@ -258,10 +308,30 @@ def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _validation_scores(stack, val, ids: torch.Tensor, models: torch.Tensor, n_tasks: int):
-    """(S,) each of ``models``' (S,) mean over its tasks (those with validation rows) of the
-    mean validation loss, the score fit's best-epoch selection uses; ``ids`` (S, width): each
-    model's validation row positions, -1 after them."""
+def _validation_scores(stack, val, val_rows: torch.Tensor, val_counts: torch.Tensor,
+                       models: torch.Tensor, n_tasks: int) -> torch.Tensor:
+    """(S,) each of the live ``models``' (S,) mean over its tasks (those with validation
+    rows) of the mean validation loss, the score fit's best-epoch selection uses;
+    ``val_rows`` (M, width): each live model's validation row positions, -1 after them, and
+    ``val_counts`` (M,) their numbers. Models are scored in chunks of similar row counts
+    holding at most :data:`VALIDATION_CHUNK_ROWS` padded rows (the model of all tasks would
+    otherwise pad every small model to all the validation rows)."""
+    counts = val_counts[models]
+    by_size = torch.argsort(counts, descending=True, stable=True)
+    scores = torch.empty(len(models), device=val_rows.device)
+    first = 0
+    while first < len(models):
+        width = max(int(counts[by_size[first]]), 1)
+        size = max(1, VALIDATION_CHUNK_ROWS // width)
+        chunk = by_size[first : first + size]
+        scores[chunk] = _chunk_scores(stack, val, val_rows[models[chunk], :width],
+                                      models[chunk], n_tasks)
+        first += size
+    return scores
+
+
+def _chunk_scores(stack, val, ids: torch.Tensor, models: torch.Tensor, n_tasks: int):
+    """:func:`_validation_scores` of one chunk; ``ids`` (S, width)."""
     with torch.no_grad():
         present = ids >= 0
         ids = ids.clamp(min=0)
@@ -281,10 +351,15 @@ def _validation_scores(stack, val, ids: torch.Tensor, models: torch.Tensor, n_ta
 
 class _Stack:
     """The parameters of M MultiHeadNets stacked along dim 0 (leaf tensors with grad):
-    per trunk layer a weight (M, out, in) and a bias (M, out), then the heads
-    (M, n_tasks, width) and (M, n_tasks)."""
+    per trunk layer a weight (M, out, in) and a bias (M, out); then the heads of each
+    model's own tasks only, one after another (model 0's tasks in its spec's order, then
+    model 1's, ...): a weight (H, width) and a bias (H,), H the sum of the models' task
+    counts. A model's step then costs what its own tasks need, whatever the number of tasks
+    of the data. ``owners``: per tensor, the model of each row (None: row m is model m);
+    ``head_row`` (M, n_tasks): the head row of each model's task (-1: not its task)."""
 
-    def __init__(self, models: list[MultiHeadNet]):
+    def __init__(self, models: list[MultiHeadNet], specs: list[ModelSpec], n_tasks: int,
+                 device: torch.device):
         self.layers = [
             index for index, module in enumerate(models[0].trunk)
             if isinstance(module, torch.nn.Linear)
@@ -293,72 +368,123 @@ class _Stack:
         for index in self.layers:
             tensors.append(torch.stack([model.trunk[index].weight.detach() for model in models]))
             tensors.append(torch.stack([model.trunk[index].bias.detach() for model in models]))
-        tensors.append(torch.stack([model.head_weight.detach() for model in models]))
-        tensors.append(torch.stack([model.head_bias.detach() for model in models]))
+        members = [spec.task_indices.to(device) for spec in specs]
+        tensors.append(torch.cat([
+            model.head_weight.detach()[tasks] for model, tasks in zip(models, members)
+        ]))
+        tensors.append(torch.cat([
+            model.head_bias.detach()[tasks] for model, tasks in zip(models, members)
+        ]))
         self.parameters = [tensor.clone().requires_grad_(True) for tensor in tensors]
+        sizes = torch.tensor([len(tasks) for tasks in members], device=device)
+        head_owner = torch.repeat_interleave(torch.arange(len(models), device=device), sizes)
+        self.owners = [None] * (2 * len(self.layers)) + [head_owner, head_owner]
+        self.head_row = torch.full((len(models), n_tasks), -1, dtype=torch.long, device=device)
+        first = 0
+        for m, tasks in enumerate(members):
+            self.head_row[m, tasks] = torch.arange(first, first + len(tasks), device=device)
+            first += len(tasks)
 
     def forward(
         self, features: torch.Tensor, task_index: torch.Tensor,
         models: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Outputs (M, B) of model m's own head on its examples: features (M, B, p),
-        task_index (M, B); with ``models`` (S,) only those models (features (S, B, p))."""
-        parameters = self.parameters
+        task_index (M, B) (each example's task must be one of the model's); with ``models``
+        (S,) only those models (features (S, B, p)). The output of an example of another
+        task is that of some head of the model (callers mask it out)."""
+        trunk = self.parameters[: 2 * len(self.layers)]
+        head_row = self.head_row
         if models is not None:
-            parameters = [parameter[models] for parameter in parameters]
+            trunk = [parameter[models] for parameter in trunk]
+            head_row = head_row[models]
         hidden = features
         for layer in range(len(self.layers)):
-            weight, bias = parameters[2 * layer], parameters[2 * layer + 1]
+            weight, bias = trunk[2 * layer], trunk[2 * layer + 1]
             hidden = torch.relu(torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2)))
-        head_weight, head_bias = parameters[-2], parameters[-1]
-        width = head_weight.shape[-1]
-        heads = torch.gather(
-            head_weight, 1, task_index.unsqueeze(-1).expand(*task_index.shape, width)
-        )
-        return (hidden * heads).sum(dim=-1) + torch.gather(head_bias, 1, task_index)
+        head_weight, head_bias = self.parameters[-2], self.parameters[-1]
+        rows = torch.gather(head_row, 1, task_index).clamp(min=0)
+        return (hidden * head_weight[rows]).sum(dim=-1) + head_bias[rows]
 
-    def unstack_into(self, models: list[MultiHeadNet]) -> None:
-        """Copy model m's slice of the stacked parameters into ``models[m]``."""
+    def unstack_into(self, models: list[MultiHeadNet], model_of: torch.Tensor,
+                     rows: torch.Tensor, specs: list[ModelSpec]) -> None:
+        """Copy the parameters of the live models ``rows`` into their networks
+        (``models[model_of[row]]``, trained on ``specs[model_of[row]]``): the trunk and the
+        heads of the model's tasks; the heads of other tasks keep their values (no example
+        of theirs reaches the model)."""
         with torch.no_grad():
-            for m, model in enumerate(models):
+            for row in rows.tolist():
+                m = int(model_of[row])
+                model, tasks = models[m], specs[m].task_indices
                 targets = []
                 for index in self.layers:
                     targets += [model.trunk[index].weight, model.trunk[index].bias]
-                targets += [model.head_weight, model.head_bias]
                 for target, stacked in zip(targets, self.parameters):
-                    target.copy_(stacked[m])
+                    target.copy_(stacked[row])
+                head_rows = self.head_row[row, tasks.to(self.head_row.device)]
+                model.head_weight[tasks.to(model.head_weight.device)] = (
+                    self.parameters[-2][head_rows].to(model.head_weight.device)
+                )
+                model.head_bias[tasks.to(model.head_bias.device)] = (
+                    self.parameters[-1][head_rows].to(model.head_bias.device)
+                )
+
+    def keep(self, live: torch.Tensor, companions: list[list[torch.Tensor]]):
+        """Drop the models not ``live`` ((M,) bool): their rows of the parameters and of
+        each list of tensors shaped like them in ``companions`` (optimizer state, best
+        parameters); returns the companions' kept rows, in the same structure."""
+        masks = [live if owner is None else live[owner] for owner in self.owners]
+        self.parameters = [
+            parameter.detach()[mask].requires_grad_(True)
+            for parameter, mask in zip(self.parameters, masks)
+        ]
+        kept = [[tensor[mask] for tensor, mask in zip(tensors, masks)] for tensors in companions]
+        head_live = masks[-1]
+        new_index = torch.cumsum(live.long(), 0) - 1
+        new_row = torch.cumsum(head_live.long(), 0) - 1
+        owner = new_index[self.owners[-1][head_live]]
+        self.owners = [None] * (2 * len(self.layers)) + [owner, owner]
+        head_row = self.head_row[live]
+        self.head_row = torch.where(head_row >= 0, new_row[head_row.clamp(min=0)], head_row)
+        return kept
 
 
 class _StackedAdam:
     """Adam (torch.optim.Adam's update, L2 ``weight_decay`` added to the gradient) with one
-    step count per model; a model not active in a step keeps its parameters and state."""
+    step count per model: every live model of the stack takes every step."""
 
-    def __init__(self, parameters: list[torch.Tensor], lr: float, weight_decay: float):
-        self.parameters = parameters
+    def __init__(self, stack: _Stack, lr: float, weight_decay: float):
+        self.stack = stack
         self.lr, self.weight_decay = lr, weight_decay
-        self.first = [torch.zeros_like(p) for p in parameters]
-        self.second = [torch.zeros_like(p) for p in parameters]
-        self.steps = torch.zeros(parameters[0].shape[0], dtype=torch.float64,
-                                 device=parameters[0].device)
+        self.first = [torch.zeros_like(p) for p in stack.parameters]
+        self.second = [torch.zeros_like(p) for p in stack.parameters]
+        self.steps = torch.zeros(stack.parameters[0].shape[0], dtype=torch.float64,
+                                 device=stack.parameters[0].device)
+
+    def keep(self, live: torch.Tensor, kept: list) -> None:
+        """After :meth:`_Stack.keep`: the live models' state (``kept``: the first and
+        second moments' rows :meth:`_Stack.keep` returned first)."""
+        self.first, self.second = kept[0], kept[1]
+        self.steps = self.steps[live]
 
     @torch.no_grad()
-    def step(self, gradients, active: torch.Tensor) -> None:
+    def step(self, gradients) -> None:
         beta1, beta2 = BETAS
-        self.steps += active.to(self.steps.dtype)
-        steps = self.steps.clamp(min=1)
+        self.steps += 1
+        parameters = self.stack.parameters
         # Bias corrections in float64, like torch's Python-float scalars.
-        step_size = (self.lr / (1 - beta1 ** steps)).to(self.parameters[0].dtype)
-        correction2 = ((1 - beta2 ** steps) ** 0.5).to(self.parameters[0].dtype)
-        for param, grad, first, second in zip(
-            self.parameters, gradients, self.first, self.second
+        step_size = (self.lr / (1 - beta1 ** self.steps)).to(parameters[0].dtype)
+        correction2 = ((1 - beta2 ** self.steps) ** 0.5).to(parameters[0].dtype)
+        for param, grad, first, second, owner in zip(
+            parameters, gradients, self.first, self.second, self.stack.owners
         ):
             if self.weight_decay:
                 grad = grad.add(param, alpha=self.weight_decay)
-            shape = _expand(active, param)
-            new_first = torch.lerp(first, grad, 1 - beta1)
-            new_second = second.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = new_second.sqrt().div_(_expand(correction2, param)).add_(EPS)
-            update = new_first.div(denom).mul_(_expand(step_size, param))
-            param.sub_(torch.where(shape, update, torch.zeros_like(update)))
-            first.copy_(torch.where(shape, new_first, first))
-            second.copy_(torch.where(shape, new_second, second))
+            size, correction = (
+                (step_size, correction2) if owner is None
+                else (step_size[owner], correction2[owner])
+            )
+            first.lerp_(grad, 1 - beta1)
+            second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = second.sqrt().div_(_expand(correction, param)).add_(EPS)
+            param.sub_(first.div(denom).mul_(_expand(size, param)))

@@ -54,13 +54,16 @@ class TrainSettings:
     """How to train: Adam with learning rate ``lr`` for ``epochs`` passes over the training
     examples in shuffled minibatches of ``batch_size``; ``weight_decay`` is L2 on all
     parameters. With ``select_best_epoch`` the parameters after the epoch with the lowest
-    validation loss (averaged over the trained tasks) are kept (early stopping)."""
+    validation loss (averaged over the trained tasks) are kept (early stopping); with it and
+    a ``patience`` (epochs), the training also stops once ``patience`` epochs in a row
+    brought no lower validation loss (None: it takes all its epochs)."""
 
     epochs: int
     lr: float
     batch_size: int
     weight_decay: float = 0.0
     select_best_epoch: bool = False
+    patience: int | None = None
 
 
 TRAINING_BUDGETS = ("steps", "epochs")
@@ -90,6 +93,23 @@ def budget_epochs(
         return epochs
     steps = epochs * -(-n_examples_all // batch_size)
     return -(-steps // -(-n_examples // batch_size))
+
+
+def patience_epochs(fraction: float | None, epochs: int) -> int | None:
+    """The patience in epochs of a model given ``epochs`` epochs: ``fraction`` of them,
+    rounded up (at least 1); None (no early stop) for a None ``fraction``. A share of its
+    own epochs, so that under the steps budget a small group's model, whose epochs are a few
+    steps each, waits as many optimizer steps as the model of all tasks.
+
+    Raises ValueError for a fraction outside (0, 1] or epochs below 1."""
+    if fraction is None:
+        return None
+    if not 0 < fraction <= 1 or epochs < 1:
+        raise ValueError(
+            f"patience fraction {fraction} (expected in (0, 1]) and epochs {epochs} "
+            "(expected >= 1)"
+        )
+    return max(1, math.ceil(fraction * epochs))
 
 
 def per_task_losses(
@@ -141,6 +161,10 @@ def fit(
     epoch's mean training loss is not finite (or an optimizer step overflows); logs a
     warning when the last epoch's training loss ends far above the start
     (:attr:`LossHistory.rose_far`).
+
+    With ``settings.select_best_epoch`` and ``settings.patience``, training ends early once
+    ``patience`` epochs in a row brought no lower validation loss (the history is then
+    shorter than ``settings.epochs``).
     """
     train = data.splits["train"].select_tasks(task_indices)
     val = data.splits["val"].select_tasks(task_indices)
@@ -151,7 +175,7 @@ def fit(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-    best_loss, best_state = float("inf"), None
+    best_loss, best_state, best_epoch = float("inf"), None, 0
     history = LossHistory()
     step = 0
     for _ in range(settings.epochs):
@@ -203,6 +227,9 @@ def fit(
             score = float(val_loss[counts > 0].mean())
             if score < best_loss:
                 best_loss, best_state = score, copy.deepcopy(model.state_dict())
+                best_epoch = len(history)
+            if settings.patience is not None and len(history) - best_epoch >= settings.patience:
+                break
     if history.rose_far:
         log.warning(
             "training loss rose from %.4g at the start to %.4g in the last epoch (%d) with "

@@ -25,7 +25,12 @@ from taskgroup.models import reweighting
 from taskgroup.models.holdout import SELECTION_SPLIT, SelectionSplit, hold_out_selection_rows
 from taskgroup.models.metrics import resolve_metrics
 from taskgroup.models.stacked import ModelSpec, train_new_models
-from taskgroup.models.training import TrainSettings, budget_epochs, evaluate
+from taskgroup.models.training import (
+    TrainSettings,
+    budget_epochs,
+    evaluate,
+    patience_epochs,
+)
 from taskgroup.models.within_group import TrainingOptions, train_with_options
 from taskgroup.seeding import derived_seed
 from taskgroup.stages.common import (
@@ -51,7 +56,7 @@ def train_group_models(
     examples_path, tasks_path, groups: dict, results_path, models_dir, code_paths: list,
     hidden_sizes, training: dict, seeds: list, threads: int = 1, metric: str = "auto",
     options: dict | None = None, variant: str = "plain", diagnostics_path=None, *,
-    selection: dict, budget: str,
+    selection: dict, budget: str, patience: float | None,
 ) -> None:
     """Train one multi-head model per group of ``groups`` (group_key -> member task names)
     and seed; write their per-task loss and metric on the splits val_stop, val_select and
@@ -89,7 +94,8 @@ def train_group_models(
     under the job).
     """
     settings = dict(hidden_sizes=hidden_sizes, training=training, seeds=seeds, metric=metric,
-                    options=options or {}, variant=variant, selection=selection, budget=budget)
+                    options=options or {}, variant=variant, selection=selection, budget=budget,
+                    patience=patience)
     options = TrainingOptions.from_dict(options)
     check_option_output("diagnostics", options.diagnostics.enabled, diagnostics_path)
     for key, members in groups.items():
@@ -115,7 +121,7 @@ def train_group_models(
     if to_train:
         _train_and_store(
             examples_path, tasks_path, to_train, folders, fingerprints, hidden_sizes,
-            training, seeds, threads, metric, options, variant, selection, budget,
+            training, seeds, threads, metric, options, variant, selection, budget, patience,
         )
     frames = [read_table(folders[key] / RESULTS_FILE, GROUP_RESULTS) for key in sorted(groups)]
     write_table(pd.concat(frames, ignore_index=True), results_path)
@@ -128,7 +134,7 @@ def train_group_models(
 
 def _train_and_store(
     examples_path, tasks_path, groups, folders, fingerprints, hidden_sizes, training, seeds,
-    threads, metric, options, variant, selection, budget,
+    threads, metric, options, variant, selection, budget, patience,
 ) -> None:
     """Train every seed of every group of ``groups`` and write each group's folder."""
     device = prepare_torch(threads)
@@ -146,8 +152,11 @@ def _train_and_store(
         )
         for key in keys
     }
-    log.info("training budget %r: %d to %d epochs per model", budget,
-             min(epochs.values()), max(epochs.values()))
+    patiences = {key: patience_epochs(patience, epochs[key]) for key in keys}
+    log.info("training budget %r: %d to %d epochs per model; %s", budget,
+             min(epochs.values()), max(epochs.values()),
+             "no early stop" if patience is None else
+             f"early stop after {patience:g} of its epochs without a lower stopping loss")
     weights = {}
     if options.reweighting.enabled:
         for key in keys:
@@ -161,7 +170,8 @@ def _train_and_store(
         trained = []
         for key, seed in jobs:
             result = train_with_options(
-                data, indices[key], hidden_sizes, replace(settings, epochs=epochs[key]),
+                data, indices[key], hidden_sizes,
+                replace(settings, epochs=epochs[key], patience=patiences[key]),
                 derived_seed(seed, *sorted(groups[key])), device, options,
                 weights=weights.get(key),
             )
@@ -172,7 +182,7 @@ def _train_and_store(
         specs = [
             ModelSpec(
                 indices[key], derived_seed(seed, *sorted(groups[key])), vectors.get(key),
-                epochs[key],
+                epochs[key], patiences[key],
             )
             for key, seed in jobs
         ]
