@@ -31,6 +31,7 @@ from taskgroup.report.recommendation import (
     signal_lines,
     split_half_reliability,
     verdict_markdown,
+    with_task_test,
 )
 from taskgroup.stages.recommend import recommend
 
@@ -63,8 +64,11 @@ def per_task_for(loss_of, seeds=(0, 1, 2), n_of=lambda task: 10):
 
 
 def chosen_of(per_task, margin=1.0, **kwargs):
-    comparison = compare_with_reference(pooled_selection_losses(per_task, CANDIDATES, "plain"))
-    table = choose_candidate(comparison, margin, **kwargs).set_index("candidate")
+    comparison = with_task_test(
+        compare_with_reference(pooled_selection_losses(per_task, CANDIDATES, "plain")),
+        per_task, "plain",
+    )
+    table = choose_candidate(comparison, margin, 0.05, **kwargs).set_index("candidate")
     assert table["chosen"].sum() == 1
     return table, table.index[table["chosen"]][0]
 
@@ -84,17 +88,50 @@ def test_a_grouping_that_wins_beyond_the_spread_is_chosen():
     assert not table.loc["stl", "eligible"]
 
 
+def test_a_gain_of_one_task_is_not_a_gain_across_tasks():
+    # The grouping gains 0.2 on task a only (and loses 0.01 on b): its pooled difference is
+    # about -0.048 in every seed (seed spread 0.0004), beyond the seed margin, but over the
+    # 4 tasks the gain is one task's: t = 0.91 on 3 degrees of freedom, p = 0.21.
+    task_shift = {"a": -0.2, "b": 0.01, "c": 0.0, "d": -0.002}
+
+    def loss(g, s, t):
+        return 0.5 + 0.001 * s * s * (g == 2) + (task_shift[t] if g == 2 else 0.0) + (
+            0.05 if g == 4 else 0.0)
+
+    table, chosen = chosen_of(per_task_for(loss))
+    row = table.loc["higher_order-sdp"]
+    assert -row["difference"] > row["difference_sd"]  # the seed rule alone would choose it
+    # each task's difference, averaged over seeds 0, 1, 2 (0.001 s^2: 0.005 / 3 on average)
+    values = np.array(list(task_shift.values())) + 0.005 / 3
+    assert row["task_difference"] == pytest.approx(values.mean(), rel=1e-9)
+    t_stat = -values.mean() / (values.std(ddof=1) / 2)
+    assert row["task_p"] == pytest.approx(stats_t_sf(t_stat, 3), rel=1e-3)
+    assert 0.05 < row["task_p"] < 0.5 and not row["beats_reference"]
+    assert chosen == "naive_mtl"
+    # the same mean gain spread over every task is a gain across tasks
+    task_shift.update(a=-0.05, b=-0.04, c=-0.05, d=-0.052)
+    table, chosen = chosen_of(per_task_for(loss))
+    assert table.loc["higher_order-sdp", "task_p"] < 0.001 and chosen == "higher_order-sdp"
+
+
+def stats_t_sf(value: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.sf(value, df))
+
+
 def test_equal_losses_go_to_the_candidate_listed_first():
     # the same partition found by two sources: equal losses, the primary (first) wins
-    comparison = compare_with_reference(
-        pooled_selection_losses(per_task_for(lambda g, s, t: {2: 0.4, 1: 0.5, 4: 0.55}[g]
-                                             + 0.01 * s * s), CANDIDATES, "plain")
+    per_task = per_task_for(lambda g, s, t: {2: 0.4, 1: 0.5, 4: 0.55}[g] + 0.01 * s * s)
+    comparison = with_task_test(
+        compare_with_reference(pooled_selection_losses(per_task, CANDIDATES, "plain")),
+        per_task, "plain",
     )
     twin = comparison[comparison["candidate"] == "higher_order-sdp"].assign(
         candidate="covariance-sdp"
     )
     for order in ([comparison, twin], [twin, comparison]):
-        table = choose_candidate(pd.concat(order, ignore_index=True), 1.0)
+        table = choose_candidate(pd.concat(order, ignore_index=True), 1.0, 0.05)
         first = order[0]["candidate"].iloc[0]
         assert table.loc[table["chosen"], "candidate"].tolist() == [first]
 
@@ -258,7 +295,8 @@ def linear_subset_values(data, count=200, size=3, seed=0):
     return membership, losses
 
 
-SIGNAL = RecommendationSettings(margin=1.0, reliability_alpha=0.05, bootstrap_draws=20, seed=0)
+SIGNAL = RecommendationSettings(margin=1.0, task_alpha=0.05, reliability_alpha=0.05,
+                                bootstrap_draws=20, seed=0)
 
 
 def answer_for(data):
@@ -275,6 +313,7 @@ def answer_for(data):
     }
     per_task = linear_per_task(data, groupings)
     verdict, groups = recommendation(per_task, list(groupings), "plain", names, SIGNAL.margin,
+                                     SIGNAL.task_alpha,
                                      signal["above_noise"])
     return signal, verdict.set_index("candidate"), groups, per_task
 
@@ -290,7 +329,7 @@ def test_copies_of_one_task_are_trained_together_and_show_no_structure():
     assert not verdict.loc["higher_order-spectral", "eligible"]
     assert not verdict.loc["stl", "beats_reference"]
     assert groups["group"].tolist() == [0] * 12 and groups["group_key"].nunique() == 1
-    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, "r2")
+    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, 0.05, "r2")
     assert "Train all tasks together" in text
     assert "at its noise level: there is no task structure to trust" in text
 
@@ -305,7 +344,7 @@ def test_tasks_with_opposite_teachers_are_kept_apart():
     assert chosen != "naive_mtl"
     assert chosen == "higher_order-spectral" and verdict.loc[chosen, "beats_reference"]
     assert groups["group"].tolist() == [0] * 6 + [1] * 6
-    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, "r2")
+    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, 0.05, "r2")
     assert "Train these 2 groups" in text and "above its noise" in text
 
 

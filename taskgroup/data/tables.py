@@ -107,7 +107,8 @@ recommendation verdict (recommendation/verdict.parquet) one row per candidate (c
            groupings, naive_mtl, stl): candidate, kind ("clustered" | "naive_mtl" | "stl"),
            n_groups, n_seeds (int64), selection_loss, selection_sd (float64, pooled loss over
            the held-out validation rows, mean and sd over seeds), difference, difference_sd
-           (float64, paired by seed against naive_mtl; negative = better), median_selection_metric,
+           (float64, paired by seed against naive_mtl; negative = better), task_difference,
+           task_p (float64, the same over tasks and its one-sided p-value), median_selection_metric,
            mean_test_metric, sd_test_metric, median_test_metric (float64), beats_reference,
            eligible, chosen (bool). Definitions in :mod:`taskgroup.report.recommendation`.
 run_decisions (data/run_decisions.parquet, from the preparation; evaluation/run_decisions.parquet,
@@ -235,6 +236,8 @@ RECOMMENDATION_VERDICT = {
     "selection_sd": "float",
     "difference": "float",
     "difference_sd": "float",
+    "task_difference": "float",
+    "task_p": "float",
     "median_selection_metric": "float",
     "mean_test_metric": "float",
     "sd_test_metric": "float",

@@ -17,11 +17,18 @@ task's label variance). Lower is better.
 seed's share of the noise), has a mean and a spread (standard deviation over seeds, ddof 1).
 A candidate with more groups than naive MTL is *eligible* only when it beats naive MTL by
 more than ``margin`` spreads: -mean(d) > margin x sd(d); with one seed the spread is
-undefined and no such candidate is eligible. Naive MTL is always eligible. Among the
-eligible candidates the one with the lowest mean selection loss is chosen (ties: fewer
-groups, then the candidate listed first: the primary grouping before other sources). When
-the signal check below finds the higher-order affinity at its noise level, the clustered
-groupings are not eligible: the choice is between naive MTL and STL, by the same rule.
+undefined and no such candidate is eligible. It must also beat naive MTL across tasks
+(:func:`with_task_test`): per task, the difference of its selection loss to naive MTL's,
+averaged over seeds; their mean weighted by the tasks' selection rows must be below 0 by a
+one-sided t test over tasks (k - 1 degrees of freedom) at level ``task_alpha``. Three seeds
+give a spread with 2 degrees of freedom, and the best of many clustered candidates that all
+tie with naive MTL clears one such spread by chance; the tasks are the replicates that the
+question "does grouping help these tasks" is about, and there are k of them. Naive MTL is
+always eligible. Among the eligible candidates the one with the lowest mean selection loss is
+chosen (ties: fewer groups, then the candidate listed first: the primary grouping before
+other sources). When the signal check below finds the higher-order affinity at its noise
+level, the clustered groupings are not eligible: the choice is between naive MTL and STL, by
+the same rule.
 
 **Signal check** (:func:`signal_check`). Three measurements of whether the higher-order
 affinity is above its own noise:
@@ -86,11 +93,13 @@ PERMUTATIONS = 999
 @dataclass(frozen=True)
 class RecommendationSettings:
     """The config section ``recommendation`` without the selection split's fraction (that
-    one acts in the final trainings): ``margin`` (in paired seed spreads),
-    ``reliability_alpha`` (level of the signal check's tests), ``bootstrap_draws`` (of the
-    cluster stability), ``seed`` (of the halves, the permutations and the bootstrap)."""
+    one acts in the final trainings): ``margin`` (in paired seed spreads), ``task_alpha``
+    (level of the test over tasks), ``reliability_alpha`` (level of the signal check's
+    tests), ``bootstrap_draws`` (of the cluster stability), ``seed`` (of the halves, the
+    permutations and the bootstrap)."""
 
     margin: float
+    task_alpha: float
     reliability_alpha: float
     bootstrap_draws: int
     seed: int
@@ -179,11 +188,48 @@ def compare_with_reference(losses: pd.DataFrame, reference: str = REFERENCE) -> 
     return pd.DataFrame(rows)
 
 
-def choose_candidate(comparison: pd.DataFrame, margin: float,
+def with_task_test(comparison: pd.DataFrame, per_task: pd.DataFrame, variant: str,
+                   reference: str = REFERENCE) -> pd.DataFrame:
+    """``comparison`` (:func:`compare_with_reference`) with task_difference (the mean over
+    tasks, weighted by their selection rows, of the task's selection loss minus
+    ``reference``'s, each averaged over the seeds both have; negative = better) and task_p
+    (one-sided p-value of a t test over tasks that it is below 0, k - 1 degrees of freedom;
+    0 when every task gains the same, 1 when none gains or loses; NaN for the reference and
+    with fewer than 2 tasks)."""
+    from scipy.stats import t as student_t
+
+    chosen = per_task[(per_task["variant"] == variant) & (per_task["val_select_n"] > 0)]
+    losses = chosen.pivot_table(index=["task", "seed"], columns="grouping",
+                                values="val_select_loss")
+    rows = chosen.drop_duplicates("task").set_index("task")["val_select_n"].astype(float)
+    differences, p_values = [], []
+    for name in comparison["candidate"]:
+        per_task_difference = (losses[name] - losses[reference]).dropna().groupby("task").mean()
+        weights = rows.loc[per_task_difference.index]
+        weights = (weights / weights.sum()).to_numpy()
+        values = per_task_difference.to_numpy()
+        mean = float((weights * values).sum())
+        differences.append(mean)
+        if name == reference or len(values) < 2:
+            p_values.append(float("nan"))
+            continue
+        # the weighted mean's standard error: the weighted variance (unbiased for
+        # reliability weights) times sum(w^2)
+        spread = (weights * (values - mean) ** 2).sum() / (1.0 - (weights**2).sum())
+        error = float(np.sqrt(spread * (weights**2).sum()))
+        if error == 0.0:
+            p_values.append(0.0 if mean < 0 else 1.0)
+        else:
+            p_values.append(float(student_t.sf(-mean / error, len(values) - 1)))
+    return comparison.assign(task_difference=differences, task_p=p_values)
+
+
+def choose_candidate(comparison: pd.DataFrame, margin: float, task_alpha: float,
                      allowed_kinds: tuple[str, ...] = ("clustered", REFERENCE, SINGLE_TASK),
                      ) -> pd.DataFrame:
-    """``comparison`` (:func:`compare_with_reference`) with three flags: beats_reference
-    (-difference > margin x difference_sd; False where the spread is undefined), eligible
+    """``comparison`` (:func:`with_task_test`) with three flags: beats_reference
+    (-difference > margin x difference_sd and task_p < task_alpha; False where the spread is
+    undefined), eligible
     (kind in ``allowed_kinds``, and either no more groups than the reference or
     beats_reference) and chosen (exactly one row: the eligible candidate with the lowest
     selection_loss; ties go to fewer groups, then to the earlier row). Raises ValueError when no
@@ -193,6 +239,7 @@ def choose_candidate(comparison: pd.DataFrame, margin: float,
     spread = table["difference_sd"]
     table["beats_reference"] = (
         spread.notna() & (-table["difference"] > margin * spread.fillna(0.0))
+        & (table["task_p"] < task_alpha)
     ).astype(bool)
     table["eligible"] = table["kind"].isin(allowed_kinds) & (
         (table["n_groups"] <= reference_groups) | table["beats_reference"]
@@ -421,15 +468,18 @@ def recommended_groups(per_task: pd.DataFrame, candidate: str, variant: str,
 
 def recommendation(
     per_task: pd.DataFrame, candidates: list[str], variant: str, task_names: list[str],
-    margin: float, above_noise: bool,
+    margin: float, task_alpha: float, above_noise: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The answer: (verdict, groups). verdict: :func:`choose_candidate` on the pooled
     selection losses of ``candidates`` under ``variant``, clustered groupings allowed only
     when the signal is ``above_noise``; groups: :func:`recommended_groups` of the chosen
     candidate."""
     allowed = ("clustered", REFERENCE, SINGLE_TASK) if above_noise else (REFERENCE, SINGLE_TASK)
-    comparison = compare_with_reference(pooled_selection_losses(per_task, candidates, variant))
-    verdict = choose_candidate(comparison, margin, allowed)
+    comparison = with_task_test(
+        compare_with_reference(pooled_selection_losses(per_task, candidates, variant)),
+        per_task, variant,
+    )
+    verdict = choose_candidate(comparison, margin, task_alpha, allowed)
     chosen = verdict.loc[verdict["chosen"], "candidate"].iloc[0]
     return verdict, recommended_groups(per_task, chosen, variant, task_names)
 
@@ -509,7 +559,7 @@ def signal_lines(signal: dict, alpha: float) -> list[str]:
 
 
 def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: float,
-                     metric: str) -> str:
+                     task_alpha: float, metric: str) -> str:
     """The verdict as a few plain Markdown lines: the answer, the selection evidence with its
     spread, the signal check, and the test metric (``metric``, evaluation.metric) of the
     answer next to naive MTL's and STL's. ``table``: :func:`choose_candidate`'s output;
@@ -522,19 +572,22 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
         f"Chosen on the pooled loss over the validation rows held out of every model's "
         f"early stopping (lower is better), over {n_seeds} training seed(s); a candidate "
         f"with more groups than naive MTL had to beat it by more than {margin:g} x the "
-        "paired seed spread."
+        f"paired seed spread, and across tasks (one-sided t test over the tasks at level "
+        f"{task_alpha:g})."
     )
     if n_seeds < 2:
         lines.append("With one training seed there is no spread: no grouping can be shown "
                      "to beat naive MTL (set evaluation.n_seeds >= 2).")
-    lines += ["", "| candidate | groups | selection loss | vs naive MTL (paired) | eligible |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| candidate | groups | selection loss | vs naive MTL (paired) "
+                  "| over tasks (p) | eligible |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.iterrows():
         mark = " (chosen)" if row["chosen"] else ""
         lines.append(
             f"| {name}{mark} | {row['n_groups']} | {row['selection_loss']:.4f} "
             f"+- {row['selection_sd']:.4f} | {row['difference']:+.4f} +- "
-            f"{row['difference_sd']:.4f} | {'yes' if row['eligible'] else 'no'} |"
+            f"{row['difference_sd']:.4f} | {row['task_difference']:+.4f} "
+            f"({row['task_p']:.2g}) | {'yes' if row['eligible'] else 'no'} |"
         )
     lines.append("")
     lines += signal_lines(signal, alpha)

@@ -54,10 +54,11 @@ def recommend(
     signal = rec.signal_check(membership, losses, method, clustering, auto_folds, settings,
                               per_subset)
     verdict, groups = rec.recommendation(per_task, list(candidates), variant, names,
-                                         settings.margin, signal["above_noise"])
+                                         settings.margin, settings.task_alpha,
+                                         signal["above_noise"])
     verdict = verdict[list(RECOMMENDATION_VERDICT)]
     text = rec.verdict_markdown(verdict, signal, settings.reliability_alpha, settings.margin,
-                                metric)
+                                settings.task_alpha, metric)
     log.info("signal check: %s\n%s", signal, text)
     write_table(groups[list(RECOMMENDATION_GROUPS)], groups_path)
     write_table(verdict, verdict_path)
