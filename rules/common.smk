@@ -498,7 +498,13 @@ def recommendation_params():
     section = config["recommendation"]
     return {
         key: section[key]
-        for key in ("margin", "task_alpha", "reliability_alpha", "bootstrap_draws", "seed")
+        for key in (
+            "margin",
+            "task_alpha",
+            "reliability_alpha",
+            "bootstrap_draws",
+            "seed",
+        )
     }
 
 
