@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,8 @@ from taskgroup.models.training import (
 from taskgroup.resources import models_per_stack
 
 log = logging.getLogger(__name__)
+# Seconds between progress lines of a long stack in the job's log.
+PROGRESS_SECONDS = 30.0
 
 # Padded validation rows scored at once (about 20 MB of features at 20 features).
 VALIDATION_CHUNK_ROWS = 2**18
@@ -111,6 +114,9 @@ def fit_models(
     )
     trained = []
     for first in range(0, len(models), per_stack):
+        log.info("stack %d of %d: models %d to %d of %d", first // per_stack + 1,
+                 -(-len(models) // per_stack), first + 1, min(first + per_stack, len(models)),
+                 len(models))
         trained += _fit_stack(
             models[first : first + per_stack], data, specs[first : first + per_stack],
             settings, device,
@@ -165,6 +171,7 @@ def _fit_stack(models, data, specs, settings, device):
     adam = _StackedAdam(stack, settings.lr, settings.weight_decay)
     best = [p.detach().clone() for p in stack.parameters]
     step = 0
+    started = reported = time.monotonic()
     while len(state["model"]):
         position = state["position"]
         ids = state["order"].gather(1, (position * batch_size).unsqueeze(1) + offsets)
@@ -235,6 +242,11 @@ def _fit_stack(models, data, specs, settings, device):
             best = kept[2]
             for name, tensor in state.items():
                 state[name] = tensor[live]
+        if time.monotonic() - reported >= PROGRESS_SECONDS or not len(state["model"]):
+            reported = time.monotonic()
+            log.info("%d of %d models finished after %d steps (%.0f steps/s)",
+                     len(specs) - len(state["model"]), len(specs), step,
+                     step / max(reported - started, 1e-9))
     for spec, history in zip(specs, histories):
         if history.rose_far:
             log.warning(
