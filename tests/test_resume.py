@@ -21,7 +21,6 @@ from workflow_helpers import (
     snakemake_in_repository,
     start_in_background,
     start_snakemake_in_repository,
-    started_in_background,
 )
 
 pytestmark = pytest.mark.workflow
@@ -65,9 +64,9 @@ def process_group_is_gone(pgid: int) -> bool:
 
 def run_killed_and_resumed(workdir: Path) -> dict:
     """The smoke workflow killed during finetune_subsets, then resumed to completion, in a
-    copy of the repository at ``workdir`` (started in the background when the session
+    copy of the repository at ``workdir``/repo (started in the background when the session
     starts, see conftest.py)."""
-    copy_repository(workdir)
+    workdir = copy_repository(workdir / "repo")
     results = workdir / "results" / "smoke"
     log_path = workdir / "killed.log"
     process = start_snakemake_in_repository(workdir, log_path=log_path)
@@ -88,10 +87,7 @@ def run_killed_and_resumed(workdir: Path) -> dict:
 
 
 def start_resume_run(tmp_path_factory) -> None:
-    if not started_in_background("resume"):
-        start_in_background(
-            "resume", run_killed_and_resumed, tmp_path_factory.mktemp("resume") / "repo"
-        )
+    start_in_background("resume", tmp_path_factory, run_killed_and_resumed)
 
 
 BACKGROUND_RUNS = {"resumed_run": start_resume_run}  # started early, see conftest.py

@@ -109,11 +109,11 @@ def start_slurm_run(tmp_path_factory) -> None:
         return
     action, _ = cluster_plan()
     if action in ("use", "start"):
-        workdir = make_workdir(tmp_path_factory.mktemp("slurm"))
-        start_in_background("slurm", run_on_slurm, workdir, action == "start")
+        start_in_background("slurm", tmp_path_factory, run_on_slurm, action == "start")
 
 
 def run_on_slurm(workdir: Path, start_cluster: bool) -> dict:
+    make_workdir(workdir)
     if start_cluster:
         _STARTED_CLUSTER.append(True)
         run_script("start_slurm.sh")

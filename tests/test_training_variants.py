@@ -13,7 +13,6 @@ from workflow_helpers import (
     smoke_config,
     snakemake,
     start_in_background,
-    started_in_background,
 )
 
 from taskgroup.data.tables import GENERALIZATION_GAP, read_table
@@ -49,15 +48,14 @@ def variants_config() -> dict:
 
 
 def run_variants(workdir: Path) -> Path:
+    make_workdir(workdir, variants_config())
     snakemake(workdir)
     return workdir / "results" / "variants"
 
 
 def start_variants_run(tmp_path_factory) -> None:
     """Start the run with every training variant (see conftest.py)."""
-    if not started_in_background("variants"):
-        workdir = make_workdir(tmp_path_factory.mktemp("variants"), variants_config())
-        start_in_background("variants", run_variants, workdir)
+    start_in_background("variants", tmp_path_factory, run_variants)
 
 
 BACKGROUND_RUNS = {"variants_run": start_variants_run}  # started early, see conftest.py

@@ -17,7 +17,6 @@ from workflow_helpers import (
     snakemake,
     snakemake_in_repository,
     start_in_background,
-    started_in_background,
 )
 
 pytestmark = pytest.mark.workflow
@@ -178,10 +177,11 @@ def test_bad_config_fails_at_parse_time_with_a_clear_message(tmp_path, change, m
     assert not (workdir / "results").exists()
 
 
-def switch_to_gradient(repository: Path, tmp_path_factory) -> dict:
+def switch_to_gradient(workdir: Path, tmp_path_factory) -> dict:
     """Copy the completed shared run (results and Snakemake's records included) to
-    ``repository``, switch it to the gradient estimator and run it; the jobs of its dry run
+    ``workdir``/repo, switch it to the gradient estimator and run it; the jobs of its dry run
     and the repository."""
+    repository = workdir / "repo"
     shutil.copytree(shared_smoke_repository(tmp_path_factory), repository, symlinks=True)
     jobs = dry_run_with(repository, lambda c: c.update(estimator="gradient"))
     config = smoke_config()
@@ -193,9 +193,7 @@ def switch_to_gradient(repository: Path, tmp_path_factory) -> dict:
 
 def start_gradient_run(tmp_path_factory) -> None:
     """Start the gradient estimator's run (it waits for the shared run)."""
-    if not started_in_background("gradient"):
-        repository = tmp_path_factory.mktemp("gradient") / "repo"
-        start_in_background("gradient", switch_to_gradient, repository, tmp_path_factory)
+    start_in_background("gradient", tmp_path_factory, switch_to_gradient, tmp_path_factory)
 
 
 BACKGROUND_RUNS = {"gradient_run": start_gradient_run}  # started early, see conftest.py

@@ -100,9 +100,10 @@ def snakemake_in_repository(
     return result
 
 
-def run_smoke_workflow(repository: Path) -> Path:
-    """Copy the repository to ``repository`` and run the smoke workflow to completion in it."""
-    copy_repository(repository)
+def run_smoke_workflow(workdir: Path) -> Path:
+    """Copy the repository to ``workdir``/repo and run the smoke workflow to completion in
+    it; the copy."""
+    repository = copy_repository(workdir / "repo")
     snakemake_in_repository(repository)
     return repository
 
@@ -117,10 +118,7 @@ def shared_smoke_repository(tmp_path_factory) -> Path:
 
 
 def start_shared_smoke_run(tmp_path_factory) -> None:
-    with _LOCK:
-        if "smoke" not in _BACKGROUND:
-            repository = tmp_path_factory.mktemp("shared") / "repo"
-            _BACKGROUND["smoke"] = _EXECUTOR.submit(run_smoke_workflow, repository)
+    start_in_background("smoke", tmp_path_factory, run_smoke_workflow)
 
 
 # --- Long runs started in the background when the session starts ---
@@ -134,11 +132,13 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=3, thread_name_prefix="background-run
 _LOCK = threading.Lock()
 
 
-def start_in_background(name: str, function, *args) -> None:
-    """Start ``function(*args)`` in a thread under ``name`` (once per session)."""
+def start_in_background(name: str, tmp_path_factory, function, *args) -> None:
+    """Start ``function(workdir, *args)`` in a thread under ``name``, once per session
+    (later calls do nothing); ``workdir`` is a new temporary folder named after the run."""
     with _LOCK:
         if name not in _BACKGROUND:
-            _BACKGROUND[name] = _EXECUTOR.submit(function, *args)
+            workdir = tmp_path_factory.mktemp(name)
+            _BACKGROUND[name] = _EXECUTOR.submit(function, workdir, *args)
 
 
 def started_in_background(name: str) -> bool:
