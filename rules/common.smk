@@ -499,6 +499,7 @@ def recommendation_params():
     return {
         key: section[key]
         for key in (
+            "statistic",
             "margin",
             "task_alpha",
             "reliability_alpha",

@@ -25,8 +25,9 @@ from taskgroup.report.recommendation import (
     choose_candidate,
     compare_with_reference,
     noise_floor,
-    pooled_selection_losses,
     recommendation,
+    seed_selection_scores,
+    selection_statistic,
     signal_check,
     signal_lines,
     split_half_reliability,
@@ -45,8 +46,9 @@ CANDIDATES = list(GROUPINGS)
 CLUSTERING = ClusteringSettings("profile", "kmeans", 2, 4, 0)
 
 
-def per_task_for(loss_of, seeds=(0, 1, 2), n_of=lambda task: 10):
-    """The per-task table of GROUPINGS with selection loss loss_of(n_groups, seed, task)."""
+def per_task_for(loss_of, seeds=(0, 1, 2), n_of=lambda task: 10, metric_of=None):
+    """The per-task table of GROUPINGS with selection loss loss_of(n_groups, seed, task) and
+    metric metric_of(n_groups, seed, task) (default 1 - the loss)."""
     rows = []
     for grouping in GROUPINGS.values():
         n_groups = grouping["group"].nunique()
@@ -57,16 +59,18 @@ def per_task_for(loss_of, seeds=(0, 1, 2), n_of=lambda task: 10):
                         loss = loss_of(n_groups, seed, task)
                         rows.append({"variant": "plain", "group_key": key, "seed": seed,
                                      "task": task, "split": split, "loss": loss,
-                                     "metric": 1.0 - loss, "loss_weight": 1.0,
+                                     "metric": (1.0 - loss if metric_of is None
+                                                else metric_of(n_groups, seed, task)),
+                                     "loss_weight": 1.0,
                                      "n_examples": n_of(task)})
     results = pd.DataFrame(rows).drop_duplicates(["group_key", "seed", "task", "split"])
     return per_task_table(GROUPINGS, results)
 
 
-def chosen_of(per_task, margin=1.0, **kwargs):
+def chosen_of(per_task, margin=1.0, statistic="loss", **kwargs):
     comparison = with_task_test(
-        compare_with_reference(pooled_selection_losses(per_task, CANDIDATES, "plain")),
-        per_task, "plain",
+        compare_with_reference(seed_selection_scores(per_task, CANDIDATES, "plain", statistic)),
+        per_task, "plain", statistic,
     )
     table = choose_candidate(comparison, margin, 0.05, **kwargs).set_index("candidate")
     assert table["chosen"].sum() == 1
@@ -84,7 +88,7 @@ def test_a_grouping_that_wins_beyond_the_spread_is_chosen():
     assert row["difference"] == pytest.approx(np.mean([-0.1, -0.096, -0.084]))
     assert row["difference_sd"] == pytest.approx(np.std([-0.1, -0.096, -0.084], ddof=1))
     assert row["beats_reference"] and row["eligible"]
-    assert table.loc["naive_mtl", "selection_loss"] == pytest.approx(0.51)
+    assert table.loc["naive_mtl", "selection_score"] == pytest.approx(0.51)
     assert not table.loc["stl", "eligible"]
 
 
@@ -124,8 +128,8 @@ def test_equal_losses_go_to_the_candidate_listed_first():
     # the same partition found by two sources: equal losses, the primary (first) wins
     per_task = per_task_for(lambda g, s, t: {2: 0.4, 1: 0.5, 4: 0.55}[g] + 0.01 * s * s)
     comparison = with_task_test(
-        compare_with_reference(pooled_selection_losses(per_task, CANDIDATES, "plain")),
-        per_task, "plain",
+        compare_with_reference(seed_selection_scores(per_task, CANDIDATES, "plain", "loss")),
+        per_task, "plain", "loss",
     )
     twin = comparison[comparison["candidate"] == "higher_order-sdp"].assign(
         candidate="covariance-sdp"
@@ -144,8 +148,8 @@ def test_a_grouping_within_the_spread_loses_to_naive_mtl():
         lambda g, s, t: 0.5 + (shift[s] if g == 2 else 0.0) + (0.2 if g == 4 else 0.0)
     ))
     assert chosen == "naive_mtl"
-    assert table.loc["higher_order-sdp", "selection_loss"] < table.loc["naive_mtl",
-                                                                       "selection_loss"]
+    assert table.loc["higher_order-sdp", "selection_score"] < table.loc["naive_mtl",
+                                                                       "selection_score"]
     assert not table.loc["higher_order-sdp", "eligible"]
     # with half a spread of margin, the grouping's gain (1/3 of a spread) is still too small
     _, chosen = chosen_of(per_task_for(
@@ -168,11 +172,47 @@ def test_the_pooled_loss_weighs_tasks_by_their_selection_rows():
     rows = {"a": 30, "b": 10, "c": 0, "d": 10}
     loss = {"a": 0.2, "b": 0.6, "c": 9.0, "d": 0.6}  # c has no selection rows
     per_task = per_task_for(lambda g, s, t: loss[t], seeds=(0,), n_of=rows.get)
-    pooled = pooled_selection_losses(per_task, ["naive_mtl"], "plain")
-    assert pooled["selection_loss"].item() == pytest.approx((30 * 0.2 + 20 * 0.6) / 50)
+    pooled = seed_selection_scores(per_task, ["naive_mtl"], "plain", "loss")
+    assert pooled["selection_score"].item() == pytest.approx((30 * 0.2 + 20 * 0.6) / 50)
     table, chosen = chosen_of(per_task)
     assert chosen == "naive_mtl"  # one seed: no spread, nothing beats naive MTL
     assert np.isnan(table.loc["stl", "difference_sd"])
+
+
+def test_auto_compares_on_the_metric_only_when_every_task_s_metric_is_bounded():
+    assert selection_statistic("auto", ["accuracy", "roc_auc", "average_precision"]) == "metric"
+    assert selection_statistic("auto", ["accuracy", "r2"]) == "loss"
+    assert selection_statistic("loss", ["roc_auc"]) == "loss"
+    assert selection_statistic("metric", ["r2"]) == "metric"  # asked for explicitly
+    with pytest.raises(ValueError, match="recommendation.statistic: 'median'"):
+        selection_statistic("median", ["accuracy"])
+
+
+def test_well_ranking_but_overconfident_models_win_on_the_metric_and_lose_on_the_loss():
+    # STL ranks every task's rows better (ROC-AUC 0.85 against 0.65) but its log loss is the
+    # worst (0.60 against 0.50): a few confidently wrong rows. The user measures ROC-AUC.
+    loss = {4: 0.60, 2: 0.55, 1: 0.50}
+    metric = {4: 0.85, 2: 0.70, 1: 0.65}
+    per_task = per_task_for(lambda g, s, t: loss[g] + 0.01 * s * (g == 4),
+                            metric_of=lambda g, s, t: metric[g] - 0.01 * s * s * (g == 4))
+    table, chosen = chosen_of(per_task, statistic="metric")
+    assert chosen == "stl"
+    # scores are 1 - metric: STL 0.15, 0.16, 0.19 against naive MTL's 0.35
+    assert table.loc["stl", "selection_score"] == pytest.approx(np.mean([0.15, 0.16, 0.19]))
+    assert table.loc["stl", "difference"] == pytest.approx(np.mean([-0.2, -0.19, -0.16]))
+    _, chosen = chosen_of(per_task, statistic="loss")
+    assert chosen == "naive_mtl"
+
+
+def test_the_metric_weighs_tasks_equally_and_leaves_out_undefined_ones():
+    rows = {"a": 30, "b": 10, "c": 10, "d": 10}
+    metric = {"a": 0.9, "b": 0.5, "c": float("nan"), "d": 0.6}  # c: one class, no ROC-AUC
+    per_task = per_task_for(lambda g, s, t: 0.5, seeds=(0,), n_of=rows.get,
+                            metric_of=lambda g, s, t: metric[t])
+    scores = seed_selection_scores(per_task, ["naive_mtl"], "plain", "metric")
+    assert scores["selection_score"].item() == pytest.approx(np.mean([0.1, 0.5, 0.4]))
+    compared = with_task_test(compare_with_reference(scores), per_task, "plain", "metric")
+    assert compared["task_difference"].item() == 0.0
 
 
 def planted_values(noise_only: bool, k=8, count=400, size=4, seed=0):
@@ -295,8 +335,8 @@ def linear_subset_values(data, count=200, size=3, seed=0):
     return membership, losses
 
 
-SIGNAL = RecommendationSettings(margin=1.0, task_alpha=0.05, reliability_alpha=0.05,
-                                bootstrap_draws=20, seed=0)
+SIGNAL = RecommendationSettings(statistic="auto", margin=1.0, task_alpha=0.05,
+                                reliability_alpha=0.05, bootstrap_draws=20, seed=0)
 
 
 def answer_for(data):
@@ -312,9 +352,9 @@ def answer_for(data):
         "stl": pd.DataFrame({"task": names, "group": range(len(names))}),
     }
     per_task = linear_per_task(data, groupings)
-    verdict, groups = recommendation(per_task, list(groupings), "plain", names, SIGNAL.margin,
-                                     SIGNAL.task_alpha,
-                                     signal["above_noise"])
+    # regression tasks judged by R^2: "auto" resolves to the pooled loss
+    verdict, groups = recommendation(per_task, list(groupings), "plain", names, "loss",
+                                     SIGNAL.margin, SIGNAL.task_alpha, signal["above_noise"])
     return signal, verdict.set_index("candidate"), groups, per_task
 
 

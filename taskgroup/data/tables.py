@@ -105,12 +105,14 @@ recommendation groups (recommendation/groups.parquet) one row per task, in task 
            train (one group = all tasks together; one per task = each alone).
 recommendation verdict (recommendation/verdict.parquet) one row per candidate (clustered
            groupings, naive_mtl, stl): candidate, kind ("clustered" | "naive_mtl" | "stl"),
-           n_groups, n_seeds (int64), selection_loss, selection_sd (float64, pooled loss over
-           the held-out validation rows, mean and sd over seeds), difference, difference_sd
+           n_groups, n_seeds (int64), selection_score, selection_sd (float64, the selection
+           statistic on the held-out validation rows, lower is better, mean and sd over
+           seeds), difference, difference_sd
            (float64, paired by seed against naive_mtl; negative = better), task_difference,
            task_p (float64, the same over tasks and its one-sided p-value), median_selection_metric,
            mean_test_metric, sd_test_metric, median_test_metric (float64), beats_reference,
-           eligible, chosen (bool). Definitions in :mod:`taskgroup.report.recommendation`.
+           eligible, chosen (bool), statistic (str, "metric" | "loss": the selection
+           statistic used). Definitions in :mod:`taskgroup.report.recommendation`.
 run_decisions (data/run_decisions.parquet, from the preparation; evaluation/run_decisions.parquet,
            the same rows and then the run's) one row per decision, in this order: item
            (str), value (str). The preparation's: dataset_kind; feature (one row per column
@@ -232,7 +234,7 @@ RECOMMENDATION_VERDICT = {
     "kind": "str",
     "n_groups": "int",
     "n_seeds": "int",
-    "selection_loss": "float",
+    "selection_score": "float",
     "selection_sd": "float",
     "difference": "float",
     "difference_sd": "float",
@@ -245,6 +247,7 @@ RECOMMENDATION_VERDICT = {
     "beats_reference": "bool",
     "eligible": "bool",
     "chosen": "bool",
+    "statistic": "str",
 }
 RECOMMENDATION_SIGNAL = {
     "n_subsets_per_half": "int",

@@ -3,7 +3,7 @@ uses this module). The losses and metrics themselves are in :mod:`taskgroup.mode
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 TASK_TYPES = ("binary", "regression")
 METRICS = ("auto", "accuracy", "roc_auc", "average_precision", "r2")
@@ -37,3 +37,10 @@ def check_metric(metric: str, task_types: Mapping[str, str] | Iterable[str]) -> 
                 f"tasks only, but {name} is a {kind} task (use 'auto', or "
                 f"{[m for m, t in METRIC_TASK_TYPES.items() if t == kind]} for {kind} tasks)"
             )
+
+
+def resolve_metrics(metric: str, task_types: Sequence[str], task_names: Sequence[str]):
+    """The metric of every task (list, in task order) under the configured ``metric``,
+    after :func:`check_metric`."""
+    check_metric(metric, dict(zip(task_names, task_types)))
+    return [AUTO_METRIC[kind] if metric == "auto" else metric for kind in task_types]

@@ -40,10 +40,10 @@ from taskgroup.data.task_types import (  # noqa: F401  (re-exported)
     METRICS,
     TASK_TYPES,
     check_metric,
+    resolve_metrics,
 )
 
 log = logging.getLogger(__name__)
-
 
 
 def example_losses(
@@ -57,13 +57,6 @@ def example_losses(
     if regression is None:
         return binary
     return torch.where(regression.expand_as(outputs), (outputs - labels) ** 2, binary)
-
-
-def resolve_metrics(metric: str, task_types: Sequence[str], task_names: Sequence[str]):
-    """The metric of every task (list, in task order) under the configured ``metric``,
-    after :func:`check_metric`."""
-    check_metric(metric, dict(zip(task_names, task_types)))
-    return [AUTO_METRIC[kind] if metric == "auto" else metric for kind in task_types]
 
 
 def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -3,28 +3,42 @@
 Candidates: every clustered grouping, naive MTL (one model for all tasks) and STL (one model
 per task). The planted groups and the random partitions are yardsticks, never answers.
 
-**Selection statistic.** Per candidate and training seed, the *pooled selection loss*: the
-mean loss over every selection row of every task (the rows of split "val_select", held out of
-every model's fitting and early stopping, :mod:`taskgroup.models.holdout`), that is
-sum_t n_t L_t / sum_t n_t with L_t the task's mean loss (binary cross-entropy, or squared
-error in label units) and n_t its selection rows. It is the held-out value of the training
-objective: a task weighs by its rows, and a task with a tiny or nearly constant selection set
-cannot dominate it the way it dominates a mean of per-task R^2 (whose denominator is that
-task's label variance). Lower is better.
+**Selection statistic** (``recommendation.statistic``, :func:`selection_statistic`). Per
+candidate and training seed, on the rows of split "val_select" (held out of every model's
+fitting and early stopping, :mod:`taskgroup.models.holdout`); lower is better:
 
-**Rule.** Every candidate's paired per-seed difference to naive MTL, d_s = loss_s(candidate)
-- loss_s(naive MTL) (the same seed gives the same initialization, so the pairing removes the
+- ``metric``: the mean over tasks of 1 - M_t, M_t the task's configured metric
+  (``evaluation.metric``) on its selection rows: the shortfall from a perfect score. Tasks
+  whose metric is undefined there (one class for roc_auc) are left out, for every candidate
+  alike. It judges the candidates by what the user measures, and one task moves it by at
+  most 1 / k, because every such metric lies in [0, 1].
+- ``loss``: the *pooled selection loss*, the mean loss over every selection row of every
+  task, sum_t n_t L_t / sum_t n_t with L_t the task's mean loss (binary cross-entropy, or
+  squared error in label units) and n_t its selection rows: the held-out value of the
+  training objective. A task with a tiny or nearly constant selection set cannot dominate
+  it the way it dominates a mean of per-task R^2 (whose denominator is that task's label
+  variance).
+- ``auto`` (the default): ``metric`` when every task's metric is bounded (accuracy,
+  roc_auc, average_precision), ``loss`` when any task is judged by R^2. The cross-entropy
+  is unbounded: a few confidently wrong rows can outweigh a better ranking of all the
+  others, so a candidate of well-ranking but overconfident models (single-task models
+  early-stopped on a handful of positives) loses on it while winning on the metric that
+  the user configured.
+
+**Rule.** Every candidate's paired per-seed difference to naive MTL, d_s = score_s(candidate)
+- score_s(naive MTL) (the same seed gives the same initialization, so the pairing removes the
 seed's share of the noise), has a mean and a spread (standard deviation over seeds, ddof 1).
 A candidate with more groups than naive MTL is *eligible* only when it beats naive MTL by
 more than ``margin`` spreads: -mean(d) > margin x sd(d); with one seed the spread is
 undefined and no such candidate is eligible. It must also beat naive MTL across tasks
-(:func:`with_task_test`): per task, the difference of its selection loss to naive MTL's,
-averaged over seeds; their mean weighted by the tasks' selection rows must be below 0 by a
+(:func:`with_task_test`): per task, the difference of its selection score to naive MTL's,
+averaged over seeds; their mean, weighted as the statistic weighs tasks (equally, or by
+selection rows for the pooled loss), must be below 0 by a
 one-sided t test over tasks (k - 1 degrees of freedom) at level ``task_alpha``. Three seeds
 give a spread with 2 degrees of freedom, and the best of many clustered candidates that all
 tie with naive MTL clears one such spread by chance; the tasks are the replicates that the
 question "does grouping help these tasks" is about, and there are k of them. Naive MTL is
-always eligible. Among the eligible candidates the one with the lowest mean selection loss is
+always eligible. Among the eligible candidates the one with the lowest mean selection score is
 chosen (ties: fewer groups, then the candidate listed first: the primary grouping before
 other sources). When the signal check below finds the higher-order affinity at its noise
 level, the clustered groupings are not eligible: the choice is between naive MTL and STL, by
@@ -90,14 +104,22 @@ SINGLE_TASK = "stl"
 PERMUTATIONS = 999
 
 
+# Metrics bounded in [0, 1] (taskgroup.models.metrics): one task moves their mean over k
+# tasks by at most 1 / k. R^2 has no lower bound.
+BOUNDED_METRICS = ("accuracy", "roc_auc", "average_precision")
+STATISTICS = ("auto", "metric", "loss")
+
+
 @dataclass(frozen=True)
 class RecommendationSettings:
     """The config section ``recommendation`` without the selection split's fraction (that
-    one acts in the final trainings): ``margin`` (in paired seed spreads), ``task_alpha``
-    (level of the test over tasks), ``reliability_alpha`` (level of the signal check's
-    tests), ``bootstrap_draws`` (of the cluster stability), ``seed`` (of the halves, the
+    one acts in the final trainings): ``statistic`` (the selection statistic, one of
+    :data:`STATISTICS`), ``margin`` (in paired seed spreads), ``task_alpha`` (level of the
+    test over tasks), ``reliability_alpha`` (level of the signal check's tests),
+    ``bootstrap_draws`` (of the cluster stability), ``seed`` (of the halves, the
     permutations and the bootstrap)."""
 
+    statistic: str
     margin: float
     task_alpha: float
     reliability_alpha: float
@@ -118,14 +140,46 @@ def candidate_kind(name: str) -> str:
     )
 
 
-def pooled_selection_losses(per_task: pd.DataFrame, candidates: list[str],
-                            variant: str) -> pd.DataFrame:
+def selection_statistic(statistic: str, metrics: list[str]) -> str:
+    """The selection statistic in use, "metric" or "loss" (see the module docstring):
+    ``statistic`` itself unless it is "auto", which gives "metric" when every entry of
+    ``metrics`` (each task's resolved metric) is in :data:`BOUNDED_METRICS` and "loss"
+    otherwise. Raises ValueError for a statistic not in :data:`STATISTICS`."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"recommendation.statistic: {statistic!r}, expected one of "
+                         f"{list(STATISTICS)}")
+    if statistic != "auto":
+        return statistic
+    return "metric" if all(metric in BOUNDED_METRICS for metric in metrics) else "loss"
+
+
+def selection_scores(per_task: pd.DataFrame, statistic: str) -> pd.DataFrame:
+    """The rows of ``per_task`` (the per-task table of
+    :func:`taskgroup.report.evaluation.per_task_table`) that count for ``statistic``
+    ("metric" or "loss"), with selection_score (lower is better: 1 - val_select_metric, or
+    val_select_loss) and selection_weight (the task's weight within a seed: 1, or its
+    val_select_n). Rows without selection rows, and for "metric" rows whose metric is
+    undefined (NaN), do not count."""
+    counted = per_task[per_task["val_select_n"] > 0]
+    if statistic == "metric":
+        counted = counted[counted["val_select_metric"].notna()]
+        return counted.assign(selection_score=1.0 - counted["val_select_metric"],
+                              selection_weight=1.0)
+    if statistic == "loss":
+        return counted.assign(selection_score=counted["val_select_loss"],
+                              selection_weight=counted["val_select_n"].astype(float))
+    raise ValueError(f"selection statistic {statistic!r}: expected 'metric' or 'loss'")
+
+
+def seed_selection_scores(per_task: pd.DataFrame, candidates: list[str], variant: str,
+                          statistic: str) -> pd.DataFrame:
     """One row per (candidate, seed) of the final-training ``variant``: candidate, seed,
-    n_groups, selection_loss (pooled over every task's selection rows, see the module
-    docstring), median_selection_metric, mean_test_metric, median_test_metric (over tasks).
+    n_groups, selection_score (the weighted mean of :func:`selection_scores` over tasks,
+    see the module docstring), median_selection_metric, mean_test_metric,
+    median_test_metric (over tasks).
 
     per_task: the per-task table of :func:`taskgroup.report.evaluation.per_task_table`.
-    Raises ValueError naming a candidate without rows, or a seed without selection rows."""
+    Raises ValueError naming a candidate without rows, or a seed where no task counts."""
     rows = []
     chosen = per_task[per_task["variant"] == variant]
     for name in candidates:
@@ -135,16 +189,17 @@ def pooled_selection_losses(per_task: pd.DataFrame, candidates: list[str],
                              f"{variant!r}")
         n_groups = int(table["cluster"].nunique())
         for seed, rows_of_seed in table.groupby("seed"):
-            counted = rows_of_seed[rows_of_seed["val_select_n"] > 0]
-            weights = counted["val_select_n"].to_numpy(dtype=float)
+            counted = selection_scores(rows_of_seed, statistic)
+            weights = counted["selection_weight"].to_numpy(dtype=float)
             if weights.sum() == 0:
-                raise ValueError(f"grouping {name!r}, seed {seed}: no selection rows")
+                raise ValueError(f"grouping {name!r}, seed {seed}: no task has selection rows"
+                                 f" with a defined {statistic}")
             rows.append({
                 "candidate": name,
                 "seed": int(seed),
                 "n_groups": n_groups,
-                "selection_loss": float(
-                    (counted["val_select_loss"].to_numpy() * weights).sum() / weights.sum()
+                "selection_score": float(
+                    (counted["selection_score"].to_numpy() * weights).sum() / weights.sum()
                 ),
                 "median_selection_metric": float(rows_of_seed["val_select_metric"].median()),
                 "mean_test_metric": float(rows_of_seed["test_metric"].mean()),
@@ -157,27 +212,27 @@ def _spread(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
-def compare_with_reference(losses: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
-    """One row per candidate of :func:`pooled_selection_losses`, in its order: candidate,
-    kind, n_groups, n_seeds, selection_loss (mean over seeds), selection_sd (across seeds),
+def compare_with_reference(scores: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """One row per candidate of :func:`seed_selection_scores`, in its order: candidate,
+    kind, n_groups, n_seeds, selection_score (mean over seeds), selection_sd (across seeds),
     difference (mean over seeds of candidate minus ``reference``, paired by seed; negative =
     the candidate is better), difference_sd (its spread across seeds; NaN with one seed),
     median_selection_metric, mean_test_metric, sd_test_metric, median_test_metric (means
     over seeds)."""
-    base = losses[losses["candidate"] == reference].set_index("seed")["selection_loss"]
+    base = scores[scores["candidate"] == reference].set_index("seed")["selection_score"]
     if base.empty:
         raise ValueError(f"the recommendation needs the {reference!r} grouping")
     rows = []
-    for name, table in losses.groupby("candidate", sort=False):
+    for name, table in scores.groupby("candidate", sort=False):
         by_seed = table.set_index("seed")
-        paired = (by_seed["selection_loss"] - base).dropna()
+        paired = (by_seed["selection_score"] - base).dropna()
         rows.append({
             "candidate": name,
             "kind": candidate_kind(name),
             "n_groups": int(by_seed["n_groups"].iloc[0]),
             "n_seeds": int(len(by_seed)),
-            "selection_loss": float(by_seed["selection_loss"].mean()),
-            "selection_sd": _spread(by_seed["selection_loss"]),
+            "selection_score": float(by_seed["selection_score"].mean()),
+            "selection_sd": _spread(by_seed["selection_score"]),
             "difference": float(paired.mean()),
             "difference_sd": _spread(paired),
             "median_selection_metric": float(by_seed["median_selection_metric"].mean()),
@@ -189,23 +244,24 @@ def compare_with_reference(losses: pd.DataFrame, reference: str = REFERENCE) -> 
 
 
 def with_task_test(comparison: pd.DataFrame, per_task: pd.DataFrame, variant: str,
-                   reference: str = REFERENCE) -> pd.DataFrame:
+                   statistic: str, reference: str = REFERENCE) -> pd.DataFrame:
     """``comparison`` (:func:`compare_with_reference`) with task_difference (the mean over
-    tasks, weighted by their selection rows, of the task's selection loss minus
-    ``reference``'s, each averaged over the seeds both have; negative = better) and task_p
-    (one-sided p-value of a t test over tasks that it is below 0, k - 1 degrees of freedom;
-    0 when every task gains the same, 1 when none gains or loses; NaN for the reference and
-    with fewer than 2 tasks)."""
+    tasks, weighted by their selection_weight under ``statistic``
+    (:func:`selection_scores`), of the task's selection score minus ``reference``'s, each
+    averaged over the seeds both have; negative = better) and task_p (one-sided p-value of
+    a t test over tasks that it is below 0, k - 1 degrees of freedom; 0 when every task
+    gains the same, 1 when none gains or loses; NaN for the reference and with fewer than
+    2 tasks)."""
     from scipy.stats import t as student_t
 
-    chosen = per_task[(per_task["variant"] == variant) & (per_task["val_select_n"] > 0)]
-    losses = chosen.pivot_table(index=["task", "seed"], columns="grouping",
-                                values="val_select_loss")
-    rows = chosen.drop_duplicates("task").set_index("task")["val_select_n"].astype(float)
+    chosen = selection_scores(per_task[per_task["variant"] == variant], statistic)
+    scores = chosen.pivot_table(index=["task", "seed"], columns="grouping",
+                                values="selection_score")
+    task_weights = chosen.drop_duplicates("task").set_index("task")["selection_weight"]
     differences, p_values = [], []
     for name in comparison["candidate"]:
-        per_task_difference = (losses[name] - losses[reference]).dropna().groupby("task").mean()
-        weights = rows.loc[per_task_difference.index]
+        per_task_difference = (scores[name] - scores[reference]).dropna().groupby("task").mean()
+        weights = task_weights.loc[per_task_difference.index]
         weights = (weights / weights.sum()).to_numpy()
         values = per_task_difference.to_numpy()
         mean = float((weights * values).sum())
@@ -232,7 +288,7 @@ def choose_candidate(comparison: pd.DataFrame, margin: float, task_alpha: float,
     undefined), eligible
     (kind in ``allowed_kinds``, and either no more groups than the reference or
     beats_reference) and chosen (exactly one row: the eligible candidate with the lowest
-    selection_loss; ties go to fewer groups, then to the earlier row). Raises ValueError when no
+    selection_score; ties go to fewer groups, then to the earlier row). Raises ValueError when no
     candidate is eligible (the reference is missing or not allowed)."""
     table = comparison.copy()
     reference_groups = int(table.loc[table["kind"] == REFERENCE, "n_groups"].min())
@@ -247,9 +303,9 @@ def choose_candidate(comparison: pd.DataFrame, margin: float, task_alpha: float,
     pool = table[table["eligible"]]
     if pool.empty:
         raise ValueError("no eligible candidate: the recommendation needs naive_mtl")
-    # A stable sort: equal losses (e.g. the same partition from several methods) keep the
+    # A stable sort: equal scores (e.g. the same partition from several methods) keep the
     # candidates' order, so the first listed (the primary grouping) wins the tie.
-    best = pool.sort_values(["selection_loss", "n_groups"], kind="stable").index[0]
+    best = pool.sort_values(["selection_score", "n_groups"], kind="stable").index[0]
     table["chosen"] = table.index == best
     return table
 
@@ -468,18 +524,20 @@ def recommended_groups(per_task: pd.DataFrame, candidate: str, variant: str,
 
 def recommendation(
     per_task: pd.DataFrame, candidates: list[str], variant: str, task_names: list[str],
-    margin: float, task_alpha: float, above_noise: bool,
+    statistic: str, margin: float, task_alpha: float, above_noise: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The answer: (verdict, groups). verdict: :func:`choose_candidate` on the pooled
-    selection losses of ``candidates`` under ``variant``, clustered groupings allowed only
-    when the signal is ``above_noise``; groups: :func:`recommended_groups` of the chosen
-    candidate."""
+    """The answer: (verdict, groups). verdict: :func:`choose_candidate` on the selection
+    scores under ``statistic`` ("metric" or "loss", :func:`selection_statistic`) of
+    ``candidates`` under ``variant``, clustered groupings allowed only when the signal is
+    ``above_noise``, with a column statistic; groups: :func:`recommended_groups` of the
+    chosen candidate."""
     allowed = ("clustered", REFERENCE, SINGLE_TASK) if above_noise else (REFERENCE, SINGLE_TASK)
     comparison = with_task_test(
-        compare_with_reference(pooled_selection_losses(per_task, candidates, variant)),
-        per_task, variant,
+        compare_with_reference(seed_selection_scores(per_task, candidates, variant, statistic)),
+        per_task, variant, statistic,
     )
-    verdict = choose_candidate(comparison, margin, task_alpha, allowed)
+    verdict = choose_candidate(comparison, margin, task_alpha, allowed).assign(
+        statistic=statistic)
     chosen = verdict.loc[verdict["chosen"], "candidate"].iloc[0]
     return verdict, recommended_groups(per_task, chosen, variant, task_names)
 
@@ -562,15 +620,25 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
                      task_alpha: float, metric: str) -> str:
     """The verdict as a few plain Markdown lines: the answer, the selection evidence with its
     spread, the signal check, and the test metric (``metric``, evaluation.metric) of the
-    answer next to naive MTL's and STL's. ``table``: :func:`choose_candidate`'s output;
-    ``signal``: :func:`signal_check`'s row."""
+    answer next to naive MTL's and STL's. ``table``: :func:`recommendation`'s verdict (with
+    its statistic column); ``signal``: :func:`signal_check`'s row."""
     chosen = table[table["chosen"]].iloc[0]
     rows = table.set_index("candidate")
     lines = ["# Recommendation", "", f"**{answer_sentence(chosen)}**", ""]
     n_seeds = int(chosen["n_seeds"])
+    named = "accuracy (binary) or R^2 (regression)" if metric == "auto" else metric
+    if chosen["statistic"] == "metric":
+        column = f"1 - {'accuracy' if metric == 'auto' else metric}"
+        # "auto" resolves to the metric statistic only when every task is binary: accuracy
+        statistic = (f"{column}, averaged over tasks (the shortfall from a perfect "
+                     "score; every task weighs the same)")
+    else:
+        statistic = ("the pooled loss (the mean loss over every task's selection rows: "
+                     "cross-entropy for binary tasks, squared error for regression)")
+        column = "pooled loss"
     lines.append(
-        f"Chosen on the pooled loss over the validation rows held out of every model's "
-        f"early stopping (lower is better), over {n_seeds} training seed(s); a candidate "
+        f"Chosen on the validation rows held out of every model's early stopping, by "
+        f"{statistic}; lower is better; over {n_seeds} training seed(s). A candidate "
         f"with more groups than naive MTL had to beat it by more than {margin:g} x the "
         f"paired seed spread, and across tasks (one-sided t test over the tasks at level "
         f"{task_alpha:g})."
@@ -578,13 +646,13 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
     if n_seeds < 2:
         lines.append("With one training seed there is no spread: no grouping can be shown "
                      "to beat naive MTL (set evaluation.n_seeds >= 2).")
-    lines += ["", "| candidate | groups | selection loss | vs naive MTL (paired) "
+    lines += ["", f"| candidate | groups | {column} | vs naive MTL (paired) "
                   "| over tasks (p) | eligible |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.iterrows():
         mark = " (chosen)" if row["chosen"] else ""
         lines.append(
-            f"| {name}{mark} | {row['n_groups']} | {row['selection_loss']:.4f} "
+            f"| {name}{mark} | {row['n_groups']} | {row['selection_score']:.4f} "
             f"+- {row['selection_sd']:.4f} | {row['difference']:+.4f} +- "
             f"{row['difference_sd']:.4f} | {row['task_difference']:+.4f} "
             f"({row['task_p']:.2g}) | {'yes' if row['eligible'] else 'no'} |"
@@ -592,7 +660,6 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
     lines.append("")
     lines += signal_lines(signal, alpha)
     lines.append("")
-    named = "accuracy (binary) or R^2 (regression)" if metric == "auto" else metric
     lines += ["", f"Test check (mean {named} over tasks, mean +- sd over seeds; not used "
               "for the choice):"]
     shown = [chosen["candidate"]] + [

@@ -22,6 +22,7 @@ from taskgroup.data.tables import (
     write_atomically,
     write_table,
 )
+from taskgroup.data.task_types import resolve_metrics
 from taskgroup.group.affinity import value_matrix
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.report import recommendation as rec
@@ -37,7 +38,9 @@ def recommend(
 ) -> None:
     """Choose among ``candidates`` (clustered groupings, naive_mtl, stl) trained with the
     final-training ``variant`` by the rule of :mod:`taskgroup.report.recommendation`, on the
-    per-task table's selection rows (``per_task_path``), after its signal check
+    per-task table's selection rows (``per_task_path``) by the selection statistic of
+    ``settings`` (resolved against each task's ``metric``, evaluation.metric), after its
+    signal check
     (:func:`taskgroup.report.recommendation.signal_check`) of the random design's values
     (``values_path``) clustered with ``method`` under ``clustering`` (``auto_folds``: the
     cross-fit folds of its held-out partition check and of an "auto" count) and of the
@@ -53,8 +56,12 @@ def recommend(
                   else read_table(validation_path, VALIDATION_PER_SUBSET))
     signal = rec.signal_check(membership, losses, method, clustering, auto_folds, settings,
                               per_subset)
+    statistic = rec.selection_statistic(
+        settings.statistic,
+        resolve_metrics(metric, tasks.sort_values("task_index")["task_type"].tolist(), names),
+    )
     verdict, groups = rec.recommendation(per_task, list(candidates), variant, names,
-                                         settings.margin, settings.task_alpha,
+                                         statistic, settings.margin, settings.task_alpha,
                                          signal["above_noise"])
     verdict = verdict[list(RECOMMENDATION_VERDICT)]
     text = rec.verdict_markdown(verdict, signal, settings.reliability_alpha, settings.margin,
