@@ -146,6 +146,9 @@ def data_sizes():
 DATA_BYTES, N_LABELLED, N_VAL_EXAMPLES, N_FEATURES = data_sizes()
 SHAPES = sizes.layer_shapes(N_FEATURES, config["model"]["hidden_sizes"], N_TASKS)
 PROJECTED_DIM = sizes.projected_dim(SHAPES, config["projection"]["dim"])
+SHARED_COLUMNS, HEAD_COLUMNS = sizes.estimate_columns(
+    SHAPES, config["projection"]["dim"]
+)
 
 
 def training_mem_mb():
@@ -159,11 +162,18 @@ def projection_mem_mb():
     return sizes.projection_mb(DATA_BYTES, N_LABELLED, PROJECTED_DIM, widest)
 
 
-def gradient_estimate_mem_mb(chunk):
-    """mem_mb of a job that values ``chunk`` subsets at a time with the gradient
-    estimator."""
+def gradient_estimate_mem_mb(chunk, largest):
+    """mem_mb of a job that values ``chunk`` subsets of at most ``largest`` tasks at a time
+    with the gradient estimator."""
     return sizes.subset_estimate_mb(
-        N_TASKS, N_LABELLED, N_VAL_EXAMPLES, PROJECTED_DIM, chunk
+        N_TASKS,
+        N_LABELLED,
+        N_VAL_EXAMPLES,
+        PROJECTED_DIM,
+        SHARED_COLUMNS,
+        HEAD_COLUMNS,
+        largest,
+        chunk,
     )
 
 
@@ -172,7 +182,9 @@ def forward_mem_mb():
     candidate subsets (gradient)."""
     if config["estimator"] == "finetune":
         return training_mem_mb()
-    return gradient_estimate_mem_mb(N_TASKS)
+    return gradient_estimate_mem_mb(
+        N_TASKS, config["subsets"]["forward_selection"]["max_size"]
+    )
 
 
 def sdp_mem_mb():

@@ -46,7 +46,10 @@ rule estimate_subsets:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
-        mem_mb=gradient_estimate_mem_mb(config["subsets"]["chunk_size"]),
+        # the random design's subsets, or the pair design's (2 tasks)
+        mem_mb=gradient_estimate_mem_mb(
+            config["subsets"]["chunk_size"], max(config["subsets"]["size"], 2)
+        ),
     params:
         chunk_size=config["subsets"]["chunk_size"],
         estimate=sorted_deep(config["gradient_estimate"]),

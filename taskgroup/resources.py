@@ -39,6 +39,10 @@ FLOAT = 8
 # concatenation) and per subset and d x d entry of a batch of subset fits (float64, three
 # copies: the Hessian sums factored in place, the solve's work, a margin).
 BATCH_MB = 512
+# The linearized validation (taskgroup.estimate.linearized.linearized_values) computes at
+# most this many outputs (one task's rows by its subsets) at a time: 32 MB of float64 per
+# copy.
+OUTPUT_ENTRIES = 2**22
 PROJECTION_BATCH_EXAMPLES = 4096
 PROJECTION_BYTES = 3 * 4
 SUBSET_FIT_BYTES = 3 * FLOAT
@@ -85,13 +89,38 @@ def n_parameters(shapes: list[tuple[int, int]]) -> int:
     return sum(out * inputs for out, inputs in shapes)
 
 
+def allocate_columns(shapes: list[tuple[int, int]], dim: int) -> list[int]:
+    """Projected columns of every linear layer of ``shapes`` ((out, in + 1), heads last) for
+    a projection to ``dim``: every layer's size when they sum to at most ``dim`` (exact);
+    else shares of ``dim`` in proportion to the layers' sizes (rounded down, at least 1),
+    the heads' share rounded down to a multiple of k, at least k (one column per task, so
+    the total can exceed ``dim`` by up to k - 1 when k is close to ``dim``). The projection
+    (taskgroup.estimate.projection) builds its blocks from these counts; they live here,
+    without torch, because the job memory formulas need them at parse time."""
+    sizes = [out * inputs for out, inputs in shapes]
+    total = sum(sizes)
+    if total <= dim:
+        return sizes
+    columns = [max(1, dim * size // total) for size in sizes]
+    n_tasks, head_inputs = shapes[-1]
+    columns[-1] = n_tasks * min(head_inputs, max(1, columns[-1] // n_tasks))
+    return columns
+
+
+def estimate_columns(shapes: list[tuple[int, int]], dim: int) -> tuple[int, int]:
+    """(shared, private): the projected columns of the trunk's layers, which every task's
+    examples use, and the columns of one task's head, which its examples alone use (the
+    column layout of the subset fits, taskgroup.estimate.linearized.column_layout)."""
+    columns = allocate_columns(shapes, dim)
+    return sum(columns[:-1]), columns[-1] // shapes[-1][0]
+
+
 def projected_dim(shapes: list[tuple[int, int]], dim: int) -> int:
-    """An upper bound on the columns of the projected gradients: every parameter when there
-    are at most ``dim`` (= projection.dim) of them, else ``dim`` plus up to one column per
-    task (every task keeps a head column; see
-    taskgroup.estimate.projection.allocate_columns)."""
-    total = n_parameters(shapes)
-    return total if total <= dim else dim + shapes[-1][0]
+    """An upper bound on the columns of the projected gradients: the columns
+    :func:`allocate_columns` gives the layers (every parameter when there are at most
+    ``dim`` = projection.dim of them; a structure may use fewer, e.g. Kronecker factors
+    whose product falls short of a layer's share)."""
+    return sum(allocate_columns(shapes, dim))
 
 
 def projection_batch_mb(widest: int, dim: int) -> int:
@@ -101,7 +130,8 @@ def projection_batch_mb(widest: int, dim: int) -> int:
 
 
 def subset_fit_batch_mb(dim: int, chunk: int) -> int:
-    """The batches of subset fits: a chunk's (chunk, dim, dim) Hessians, at most BATCH_MB."""
+    """The batches of subset fits: a chunk's (chunk, dim, dim) systems (``dim``: the columns
+    of the largest subset's system), at most BATCH_MB."""
     return min(BATCH_MB, to_mb(SUBSET_FIT_BYTES * chunk * dim * dim))
 
 
@@ -159,15 +189,22 @@ def projection_mb(data_bytes: int, n_projected: int, dim: int, widest: int) -> i
     )
 
 
-def subset_estimate_mb(n_tasks: int, n_projected: int, n_val: int, dim: int, chunk: int) -> int:
+def subset_estimate_mb(n_tasks: int, n_projected: int, n_val: int, dim: int, shared: int,
+                       private: int, largest: int, chunk: int) -> int:
     """estimate_subsets (and forward selection with the gradient estimator): the torch
-    process; COPIES of the projected table; the per-task Hessians (k, dim, dim) float64,
-    computed once; a batch of per-subset Hessians (:func:`subset_fit_batch_mb`); the
-    validation outputs per subset (n_val by chunk)."""
+    process; COPIES of the projected table (``dim`` columns); the per-task statistics,
+    computed once: k + 1 blocks of at most (shared + private)^2 float64 (the trunk's
+    ``shared`` columns and one head's ``private`` ones, :func:`estimate_columns`); a batch
+    of subset fits (:func:`subset_fit_batch_mb`), whose systems have shared + ``largest``
+    x private columns for subsets of at most ``largest`` tasks; the validation: COPIES of
+    at most OUTPUT_ENTRIES outputs (a task's n_val rows at most by the chunk), and the
+    chunk's shifts (chunk, dim) and its loss and metric tables (chunk, k)."""
     table = COPIES * FLOAT * n_projected * (dim + 4)
-    hessians = FLOAT * dim * dim * n_tasks
-    outputs = COPIES * FLOAT * n_val * chunk
-    return TORCH_PROCESS_MB + to_mb(table + hessians + outputs) + subset_fit_batch_mb(dim, chunk)
+    statistics = FLOAT * (n_tasks + 1) * (shared + private) ** 2
+    outputs = COPIES * FLOAT * min(OUTPUT_ENTRIES, n_val * chunk) + FLOAT * chunk * (
+        dim + 2 * n_tasks)
+    return (TORCH_PROCESS_MB + to_mb(table + statistics + outputs)
+            + subset_fit_batch_mb(shared + largest * private, chunk))
 
 
 def sdp_solver_mb(n_tasks: int) -> int:

@@ -226,6 +226,21 @@ def test_member_values_equal_every_tasks_values_on_the_members():
     assert own_loss[~held].isnan().all() and own_metric[~held].isnan().all()
 
 
+def test_validation_outputs_in_slices_equal_the_whole(monkeypatch):
+    val = headed_split(15, 5, shared=3, head=2, seed=13, regression_tasks=(2,))
+    weights = torch.randn(7, 13, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(14))
+    members = (torch.rand(7, 5, generator=torch.Generator().manual_seed(15)) < 0.6).double()
+    metrics = ["accuracy", "roc_auc", "r2", "accuracy", "accuracy"]
+    whole = linearized_values(val, weights, members, metrics, only_members=True)
+    # 16 outputs at a time: a task's 15 rows by one subset per slice
+    monkeypatch.setattr("taskgroup.estimate.linearized.OUTPUT_ENTRIES", 16)
+    sliced = linearized_values(val, weights, members, metrics, only_members=True)
+    # equal up to the rounding of products of different widths
+    for one, other in zip(whole, sliced):
+        torch.testing.assert_close(one, other, rtol=1e-12, atol=0, equal_nan=True)
+
+
 def test_estimates_do_not_depend_on_the_memory_of_a_batch():
     train = synthetic_split(100, 6, 5, torch.tensor([0.4, -0.3, 0.1, 0.0, 0.2]), seed=6)
     val = synthetic_split(50, 6, 5, torch.zeros(5), seed=7)

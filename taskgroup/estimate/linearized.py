@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from taskgroup.data.designs import membership_matrix
 from taskgroup.estimate.settings import GradientEstimateSettings
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
-from taskgroup.resources import SUBSET_FIT_BYTES
+from taskgroup.resources import OUTPUT_ENTRIES, SUBSET_FIT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -337,23 +337,26 @@ def linearized_values(
     )
     for task in tasks:
         if only_members:
-            subsets = torch.nonzero(held[:, task]).squeeze(1)
+            holding = torch.nonzero(held[:, task]).squeeze(1)
         else:
-            subsets = torch.arange(n_subsets, device=weights.device)
+            holding = torch.arange(n_subsets, device=weights.device)
         rows = task_rows[task]
         if len(rows) == 0:
-            loss[subsets.cpu(), task] = 0.0
+            loss[holding.cpu(), task] = 0.0
             continue
-        outputs = base[rows].unsqueeze(1) + val.z[rows].double() @ weights[subsets].T
-        losses = example_losses(
-            outputs, labels[rows].unsqueeze(1), regression[rows].unsqueeze(1)
-        )
-        loss[subsets.cpu(), task] = (losses.sum(dim=0) / len(rows)).cpu()
         name = task if task_names is None else task_names[task]
-        metric[subsets.cpu().numpy(), task] = per_task_metric(
-            outputs, labels[rows], torch.zeros_like(rows), [metrics[task]], [name],
-            context="the linearized validation split",
-        )[0]
+        # At most OUTPUT_ENTRIES outputs at a time: a task's rows times its subsets would
+        # otherwise grow with the data and the chunk (every subset's column is its own).
+        for subsets in holding.split(max(1, OUTPUT_ENTRIES // len(rows))):
+            outputs = base[rows].unsqueeze(1) + val.z[rows].double() @ weights[subsets].T
+            losses = example_losses(
+                outputs, labels[rows].unsqueeze(1), regression[rows].unsqueeze(1)
+            )
+            loss[subsets.cpu(), task] = (losses.sum(dim=0) / len(rows)).cpu()
+            metric[subsets.cpu().numpy(), task] = per_task_metric(
+                outputs, labels[rows], torch.zeros_like(rows), [metrics[task]], [name],
+                context="the linearized validation split",
+            )[0]
     return loss, torch.from_numpy(metric)
 
 

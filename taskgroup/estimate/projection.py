@@ -10,11 +10,11 @@ products only.
 The size d (``ProjectionSettings.dim``) is a setting, whatever the widths and k:
 
 - A model with at most d parameters is kept exactly (P = I, d = p): no projection error.
-- Otherwise d is shared among the layers by :func:`allocate_columns`, in proportion to their
-  parameters. The task heads form one k x (width + 1) layer whose example gradient is
-  e_t(x) [a; 1]^T; its block is I_k (x) R (R: (width + 1) x b), so a head's projected
-  coordinates are its own: a shift of task t's head moves task t's outputs only, as in the
-  network. Every task keeps at least one head column.
+- Otherwise d is shared among the layers by :func:`taskgroup.resources.allocate_columns`,
+  in proportion to their parameters. The task heads form one k x (width + 1) layer whose
+  example gradient is e_t(x) [a; 1]^T; its block is I_k (x) R (R: (width + 1) x b), so a
+  head's projected coordinates are its own: a shift of task t's head moves task t's
+  outputs only, as in the network. Every task keeps at least one head column.
 
 Each trunk layer's block (and the heads' R) is built by the structure:
 
@@ -45,6 +45,7 @@ import torch
 from taskgroup.estimate.gradients import LayerFactors, layer_factors, layer_shapes
 from taskgroup.estimate.settings import KINDS, ProjectionSettings
 from taskgroup.models.network import MultiHeadNet
+from taskgroup.resources import allocate_columns
 from taskgroup.seeding import derived_seed
 
 # Parameter rows of a dense block generated at a time (memory: rows x columns floats).
@@ -99,22 +100,6 @@ def sparse_pattern(rows: int, cols: int, nonzeros: int, kind: str, seed: int):
     within = (torch.rand(rows, s, generator=generator, dtype=torch.float64) * widths).long()
     columns = offsets + within.clamp(max=widths - 1)
     return columns, random_matrix(rows, s, kind, derived_seed(seed, 1))
-
-
-def allocate_columns(shapes: list[tuple[int, int]], dim: int) -> list[int]:
-    """Projected columns of every linear layer of ``shapes`` ((out, in + 1), heads last) for
-    a projection to ``dim``: every layer's size when they sum to at most ``dim`` (exact);
-    else shares of ``dim`` in proportion to the layers' sizes (rounded down, at least 1),
-    the heads' share rounded down to a multiple of k, at least k (one column per task, so
-    the total can exceed ``dim`` by up to k - 1 when k is close to ``dim``)."""
-    sizes = [out * inputs for out, inputs in shapes]
-    total = sum(sizes)
-    if total <= dim:
-        return sizes
-    columns = [max(1, dim * size // total) for size in sizes]
-    n_tasks, head_inputs = shapes[-1]
-    columns[-1] = n_tasks * min(head_inputs, max(1, columns[-1] // n_tasks))
-    return columns
 
 
 def _outer(factor: LayerFactors) -> torch.Tensor:
@@ -255,8 +240,9 @@ class _Kronecker:
 class LayerProjector:
     """The projection of ``settings`` for a model of linear layers ``layer_shapes`` ((out,
     in + 1), heads last; see :func:`taskgroup.estimate.gradients.layer_shapes`): one block
-    per layer, columns from :func:`allocate_columns`. ``exact`` is True when d = p (every
-    block the identity). The model given to :meth:`project` must have these layers."""
+    per layer, columns from :func:`taskgroup.resources.allocate_columns`. ``exact`` is True
+    when d = p (every block the identity). The model given to :meth:`project` must have
+    these layers."""
 
     def __init__(self, layer_shapes, settings: ProjectionSettings):
         self.layer_shapes = [tuple(shape) for shape in layer_shapes]
