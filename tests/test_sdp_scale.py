@@ -78,6 +78,16 @@ def test_scs_solution_is_feasible_and_deterministic():
     assert np.array_equal(solve_sdp(matrix, n_clusters, cp.SCS), solution)
 
 
+def test_standard_output_is_restored_after_a_solve_that_raises(capfd):
+    from taskgroup.group.clustering import _SCS_PROGRESS, _solver_rows_to_log
+
+    with pytest.raises(RuntimeError, match="solver failed"):
+        with _solver_rows_to_log(_SCS_PROGRESS):
+            raise RuntimeError("solver failed")
+    print("after the solve")
+    assert "after the solve" in capfd.readouterr().out
+
+
 def test_violation_by_hand():
     # X = I / 2 for k = 2: row sums 0.5, trace 1 against n_clusters 1 -> 0.5 off the rows
     assert sdp_violation(np.eye(2) / 2.0, 1) == pytest.approx(0.5)
@@ -97,6 +107,13 @@ def test_planted_blocks_beyond_clarabel_are_recovered_by_scs(caplog):
         solution = solve_sdp(matrix, 10)
     assert any("SCS ended 'optimal'" in message and "max constraint violation" in message
                for message in caplog.messages)
+    # SCS's progress table reached the log as it ran: its header, then a row at iteration
+    # 0 and every 250 (iteration | residuals, gap, objective, scale, seconds)
+    progress = [message for message in caplog.messages if message.startswith("SDP: SCS ")
+                and "|" in message]
+    assert "iter | pri res" in progress[0]
+    assert [row.split("|")[0].split()[-1] for row in progress[1:3]] == ["0", "250"]
+    assert not any("CVXPY" in message for message in caplog.messages)
     assert sdp_violation(solution, 10) <= 1e-3
     labels = round_sdp_solution(solution, matrix, 10, "kmeans", 0)
     assert adjusted_rand_score(truth, labels) >= 0.95

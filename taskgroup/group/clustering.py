@@ -9,7 +9,12 @@ progress log are.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -208,16 +213,60 @@ def sdp_violation(solution: np.ndarray, n_clusters: int) -> float:
     ))
 
 
+# SCS's progress table: its header and one row per 250 iterations (iteration, primal and
+# dual residuals, gap, objective, scale, seconds).
+_SCS_PROGRESS = re.compile(r"^\s*(iter \||\d+\|)")
+
+
+@contextmanager
+def _solver_rows_to_log(pattern: re.Pattern):
+    """While the block runs, the lines that a compiled solver prints and that match
+    ``pattern`` go to this module's log as they come; the others are dropped. A solver
+    prints either through Python's ``sys.stdout`` (SCS's Python module does) or straight to
+    file descriptor 1 (C's printf): both lead into one pipe here, and both are restored
+    afterwards, also when the block raises."""
+    sys.stdout.flush()
+    read_end, write_end = os.pipe()
+    saved = os.dup(1)
+    os.dup2(write_end, 1)
+    writer = os.fdopen(write_end, "w", buffering=1)
+    previous, sys.stdout = sys.stdout, writer
+
+    def forward():
+        with os.fdopen(read_end, errors="replace") as lines:
+            for line in lines:
+                if pattern.match(line):
+                    log.info("SDP: SCS %s", line.rstrip())
+
+    reader = threading.Thread(target=forward, daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        sys.stdout = previous
+        writer.close()
+        os.dup2(saved, 1)  # closes the pipe's last write end: the reader sees its end
+        os.close(saved)
+        reader.join()
+
+
 def _solve_with_scs(problem) -> str:
     """Solve the cvxpy ``problem`` with SCS and SCS_OPTIONS (the primary solver for large k,
-    no fallback: Clarabel would not fit in memory). Returns SCS; raises RuntimeError if SCS
-    raises."""
+    no fallback: Clarabel would not fit in memory), its progress table in the log (a solve
+    at k = 500 takes minutes). Returns SCS; raises RuntimeError if SCS raises."""
     import cvxpy as cp
 
+    # verbose=True also makes cvxpy narrate its compilation on its own logger: kept quiet
+    modelling = logging.getLogger("__cvxpy__")
+    quiet = modelling.disabled
+    modelling.disabled = True
     try:
-        problem.solve(solver=SCS, **SCS_OPTIONS)
+        with _solver_rows_to_log(_SCS_PROGRESS):
+            problem.solve(solver=SCS, verbose=True, **SCS_OPTIONS)
     except cp.SolverError as error:
         raise RuntimeError(f"SDP: SCS failed ({error})") from error
+    finally:
+        modelling.disabled = quiet
     return SCS
 
 
@@ -233,8 +282,9 @@ def solve_sdp(matrix: np.ndarray, n_clusters: int, solver: str | None = None) ->
     solver: CLARABEL, SCS, or None for ``sdp_solver(k)`` (Clarabel up to
     CLARABEL_MAX_TASKS tasks, SCS above). Clarabel falls back to SCS (tight tolerances) if
     it raises or ends without an accepted status; SCS as the chosen solver runs with
-    SCS_OPTIONS and has no fallback. SCS solves log their start and, at the end, the
-    status, iterations, objective, max constraint violation (``sdp_violation``) and seconds.
+    SCS_OPTIONS and has no fallback. SCS solves log their start, SCS's progress table as
+    it runs, and at the end the status, iterations, objective, max constraint violation
+    (``sdp_violation``) and seconds.
     Raises RuntimeError naming the status when the solve ends neither "optimal" nor
     "optimal_inaccurate", ValueError unless 1 <= n_clusters <= k or for another solver.
     The returned X is symmetrized and clipped at 0 (solver round-off).
