@@ -13,6 +13,7 @@ if RECOMMEND:
             groups="results/{dataset}/recommendation/groups.parquet",
             verdict="results/{dataset}/recommendation/verdict.parquet",
             signal="results/{dataset}/recommendation/signal.parquet",
+            choice="results/{dataset}/recommendation/per_task_choice.parquet",
             markdown="results/{dataset}/recommendation/verdict.md",
             html=report(
                 "results/{dataset}/recommendation/verdict.html",

@@ -9,6 +9,7 @@ import pytest
 from taskgroup.data.designs import membership_matrix
 from taskgroup.data.tables import (
     RECOMMENDATION_GROUPS,
+    RECOMMENDATION_PER_TASK_CHOICE,
     RECOMMENDATION_SIGNAL,
     RECOMMENDATION_VERDICT,
     read_table,
@@ -25,6 +26,8 @@ from taskgroup.report.recommendation import (
     choose_candidate,
     compare_with_reference,
     noise_floor,
+    per_task_choice,
+    per_task_choice_lines,
     recommendation,
     seed_selection_scores,
     selection_statistic,
@@ -215,6 +218,29 @@ def test_the_metric_weighs_tasks_equally_and_leaves_out_undefined_ones():
     assert compared["task_difference"].item() == 0.0
 
 
+def test_the_per_task_choice_takes_each_task_s_best_model_and_reports_its_test():
+    # task a does best alone (STL 0.2 against the groups' 0.4), the others in the groups;
+    # on test (metric = 1 - loss by per_task_for) a's choice holds: +0.2 for a, 0 for the rest
+    def loss(g, s, t):
+        if t == "a":
+            return {2: 0.4, 1: 0.5, 4: 0.2}[g]
+        return {2: 0.4, 1: 0.5, 4: 0.6}[g] + 0.01 * s * s * (g == 2)
+
+    per_task = per_task_for(loss)
+    table, chosen = chosen_of(per_task)
+    assert chosen == "higher_order-sdp"
+    choice = per_task_choice(per_task, table.reset_index(), "plain", "loss").set_index("task")
+    assert choice["choice"].to_dict() == {"a": "stl", "b": "higher_order-sdp",
+                                          "c": "higher_order-sdp", "d": "higher_order-sdp"}
+    assert choice.loc["a", "selection_score"] == pytest.approx(0.2)
+    assert choice.loc["a", "answer_selection_score"] == pytest.approx(0.4)
+    assert choice.loc["a", "test_metric"] - choice.loc["a", "answer_test_metric"] == (
+        pytest.approx(0.2))
+    text = " ".join(per_task_choice_lines(choice.reset_index(), "loss"))
+    assert "1 of 4 tasks do better" in text and "by 0.0500 in loss" in text
+    assert "changes the mean metric by +0.0500" in text
+
+
 def planted_values(noise_only: bool, k=8, count=400, size=4, seed=0):
     """Random subsets of ``size`` tasks; the loss of task i is 1 minus 0.3 per partner of
     its planted group (two groups of k / 2) in the subset, plus noise of sd 0.05; with
@@ -358,8 +384,13 @@ def answer_for(data):
     return signal, verdict.set_index("candidate"), groups, per_task
 
 
+def verdict_text(verdict, signal, per_task):
+    choice = per_task_choice(per_task, verdict.reset_index(), "plain", "loss")
+    return verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, 0.05, "r2", choice)
+
+
 def test_copies_of_one_task_are_trained_together_and_show_no_structure():
-    signal, verdict, groups, _ = answer_for(linear_tasks(12))
+    signal, verdict, groups, per_task = answer_for(linear_tasks(12))
     # no subset of copies helps a task more than another: the affinity is noise, and no
     # partition predicts held-out subsets better than none
     assert not signal["above_noise"]
@@ -369,13 +400,13 @@ def test_copies_of_one_task_are_trained_together_and_show_no_structure():
     assert not verdict.loc["higher_order-spectral", "eligible"]
     assert not verdict.loc["stl", "beats_reference"]
     assert groups["group"].tolist() == [0] * 12 and groups["group_key"].nunique() == 1
-    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, 0.05, "r2")
+    text = verdict_text(verdict, signal, per_task)
     assert "Train all tasks together" in text
     assert "at its noise level: there is no task structure to trust" in text
 
 
 def test_tasks_with_opposite_teachers_are_kept_apart():
-    signal, verdict, groups, _ = answer_for(linear_tasks(12, opposite=True))
+    signal, verdict, groups, per_task = answer_for(linear_tasks(12, opposite=True))
     assert signal["above_noise"] and signal["p_value"] < 0.01
     assert signal["correlation"] > 0.8 and signal["held_out_count"] == 2
     # the clusters are the two teachers, found again on every bootstrap draw
@@ -384,7 +415,7 @@ def test_tasks_with_opposite_teachers_are_kept_apart():
     assert chosen != "naive_mtl"
     assert chosen == "higher_order-spectral" and verdict.loc[chosen, "beats_reference"]
     assert groups["group"].tolist() == [0] * 6 + [1] * 6
-    text = verdict_markdown(verdict.reset_index(), signal, 0.05, 1.0, 0.05, "r2")
+    text = verdict_text(verdict, signal, per_task)
     assert "Train these 2 groups" in text and "above its noise" in text
 
 
@@ -403,17 +434,20 @@ def test_the_recommend_stage_reads_and_writes_its_tables(tmp_path):
                 tmp_path / "values.parquet")
     write_table(tasks_table(names, "regression", [[12, 60, 100]] * 12),
                 tmp_path / "tasks.parquet")
-    out = {name: tmp_path / f"out_{name}" for name in ("groups", "verdict", "signal", "md",
-                                                       "html")}
+    out = {name: tmp_path / f"out_{name}" for name in ("groups", "verdict", "signal",
+                                                       "choice", "md", "html")}
     recommend(tmp_path / "per_task.parquet", tmp_path / "values.parquet",
               tmp_path / "tasks.parquet", out["groups"], out["verdict"], out["signal"],
-              out["md"], out["html"], list(groupings), "plain", SIGNAL, "spectral",
-              CLUSTERING, 5, "r2")
+              out["choice"], out["md"], out["html"], list(groupings), "plain", SIGNAL,
+              "spectral", CLUSTERING, 5, "r2")
     verdict = read_table(out["verdict"], RECOMMENDATION_VERDICT).set_index("candidate")
     assert verdict.index[verdict["chosen"]].tolist() == ["naive_mtl"]
     signal = read_table(out["signal"], RECOMMENDATION_SIGNAL)
     assert not signal["above_noise"].item() and signal["noise_floor_tasks"].item() == 0
     assert read_table(out["groups"], RECOMMENDATION_GROUPS)["group"].tolist() == [0] * 12
+    choice = read_table(out["choice"], RECOMMENDATION_PER_TASK_CHOICE)
+    assert choice["task"].tolist() == names
+    assert set(choice["choice"]) <= {"naive_mtl", "stl", "higher_order-sdp"}
     assert "Train all tasks together" in out["md"].read_text()
     # a per-task table without its selection columns is refused, naming the column
     write_table(linear_per_task(data, groupings).drop(columns="val_select_n"),
@@ -421,8 +455,8 @@ def test_the_recommend_stage_reads_and_writes_its_tables(tmp_path):
     with pytest.raises(ValueError, match="val_select_n"):
         recommend(tmp_path / "per_task.parquet", tmp_path / "values.parquet",
                   tmp_path / "tasks.parquet", out["groups"], out["verdict"], out["signal"],
-                  out["md"], out["html"], list(groupings), "plain", SIGNAL, "spectral",
-                  CLUSTERING, 5, "r2")
+                  out["choice"], out["md"], out["html"], list(groupings), "plain", SIGNAL,
+                  "spectral", CLUSTERING, 5, "r2")
 
 
 def validation_rows(k=10, n=40, agree=True, seed=0):

@@ -11,6 +11,7 @@ recommend(
     groups_path=snakemake.output.groups,
     verdict_path=snakemake.output.verdict,
     signal_path=snakemake.output.signal,
+    choice_path=snakemake.output.choice,
     markdown_path=snakemake.output.markdown,
     html_path=snakemake.output.html,
     candidates=snakemake.params.candidates,

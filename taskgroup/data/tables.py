@@ -122,6 +122,11 @@ run_decisions (data/run_decisions.parquet, from the preparation; evaluation/run_
            evaluation's: estimator; random_design ("<m> subsets of <a> tasks");
            pair_coverage_mean (subsets holding a pair of tasks, mean over the pairs),
            pair_coverage_min, pairs_in_no_subset ("<n> of <pairs>").
+recommendation per-task choice (recommendation/per_task_choice.parquet) one row per task
+           with a defined selection score: task, choice (str: the answer, naive_mtl or
+           stl, whichever of the task's own models scores lowest on its selection rows),
+           selection_score, answer_selection_score, test_metric, answer_test_metric
+           (float64, means over seeds). Reported next to the recommendation, not used by it.
 recommendation signal (recommendation/signal.parquet) one row: n_subsets_per_half, n_pairs
            (int64), correlation, p_value, ari, alpha (float64), above_noise (bool): the
            split-half reliability of the higher-order affinity.
@@ -248,6 +253,14 @@ RECOMMENDATION_VERDICT = {
     "eligible": "bool",
     "chosen": "bool",
     "statistic": "str",
+}
+RECOMMENDATION_PER_TASK_CHOICE = {
+    "task": "str",
+    "choice": "str",
+    "selection_score": "float",
+    "answer_selection_score": "float",
+    "test_metric": "float",
+    "answer_test_metric": "float",
 }
 RECOMMENDATION_SIGNAL = {
     "n_subsets_per_half": "int",

@@ -542,6 +542,57 @@ def recommendation(
     return verdict, recommended_groups(per_task, chosen, variant, task_names)
 
 
+def per_task_choice(per_task: pd.DataFrame, verdict: pd.DataFrame, variant: str,
+                    statistic: str) -> pd.DataFrame:
+    """Per task, the best of its own models on the selection rows: the model of its group in
+    the chosen answer, in naive MTL and in STL (those of the three in ``verdict``,
+    :func:`recommendation`'s table). Reported next to the recommendation, never instead of
+    it: picking the lowest of three noisy scores per task favours the luckiest, and the
+    test columns measure by how much.
+
+    One row per task with a defined selection score under ``statistic``: task, choice (the
+    candidate whose model has the lowest selection score averaged over seeds; ties go to
+    the answer, then naive MTL, then STL), selection_score, answer_selection_score (the
+    answer's), test_metric, answer_test_metric (means over seeds; the test took no part)."""
+    answer = verdict.loc[verdict["chosen"], "candidate"].iloc[0]
+    options = list(dict.fromkeys(
+        [answer] + [name for name in (REFERENCE, SINGLE_TASK)
+                    if name in set(verdict["candidate"])]
+    ))
+    scored = selection_scores(per_task[per_task["variant"] == variant], statistic)
+    scored = scored[scored["grouping"].isin(options)]
+    score = scored.pivot_table(index="task", columns="grouping", values="selection_score")
+    test = per_task[(per_task["variant"] == variant) & per_task["grouping"].isin(options)]
+    test = test.pivot_table(index="task", columns="grouping", values="test_metric")
+    score = score[[name for name in options if name in score.columns]].dropna()
+    choice = score.idxmin(axis=1)  # first of equal minima: the options' order
+    return pd.DataFrame({
+        "task": score.index.to_numpy(dtype=object),
+        "choice": choice.to_numpy(dtype=object),
+        "selection_score": score.min(axis=1).to_numpy(),
+        "answer_selection_score": score[answer].to_numpy(),
+        "test_metric": [test.at[task, name] for task, name in choice.items()],
+        "answer_test_metric": test.loc[score.index, answer].to_numpy(),
+    })
+
+
+def per_task_choice_lines(choice: pd.DataFrame, statistic: str) -> list[str]:
+    """:func:`per_task_choice` in plain Markdown lines: how many tasks would switch, the
+    gain they show on the selection rows and the gain they keep on test."""
+    moved = choice["selection_score"] < choice["answer_selection_score"]
+    selection_gain = float((choice["answer_selection_score"] - choice["selection_score"]).mean())
+    test_gain = float((choice["test_metric"] - choice["answer_test_metric"]).mean())
+    unit = "1 - metric" if statistic == "metric" else "loss"
+    return [
+        f"Per-task choice (reported, not recommended): {int(moved.sum())} of {len(choice)} "
+        f"tasks do better on their selection rows with another of their own models "
+        f"(naive MTL's or STL's), by {selection_gain:.4f} in {unit} averaged over all tasks; "
+        f"on test the per-task choice changes the mean metric by {test_gain:+.4f}. A "
+        "selection gain that does not carry over to test is the choice over-fitting the "
+        "selection rows.",
+    ]
+
+
 def answer_sentence(chosen: pd.Series) -> str:
     """The verdict in words: train all tasks together / each task alone / these N groups."""
     if chosen["kind"] == REFERENCE:
@@ -617,10 +668,11 @@ def signal_lines(signal: dict, alpha: float) -> list[str]:
 
 
 def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: float,
-                     task_alpha: float, metric: str) -> str:
+                     task_alpha: float, metric: str, choice: pd.DataFrame) -> str:
     """The verdict as a few plain Markdown lines: the answer, the selection evidence with its
-    spread, the signal check, and the test metric (``metric``, evaluation.metric) of the
-    answer next to naive MTL's and STL's. ``table``: :func:`recommendation`'s verdict (with
+    spread, the signal check, the test metric (``metric``, evaluation.metric) of the
+    answer next to naive MTL's and STL's, and the per-task choice (``choice``,
+    :func:`per_task_choice`). ``table``: :func:`recommendation`'s verdict (with
     its statistic column); ``signal``: :func:`signal_check`'s row."""
     chosen = table[table["chosen"]].iloc[0]
     rows = table.set_index("candidate")
@@ -670,4 +722,5 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
         row = rows.loc[name]
         lines.append(f"- {name}: {row['mean_test_metric']:.4f} +- {row['sd_test_metric']:.4f}"
                      f" (median over tasks {row['median_test_metric']:.4f})")
+    lines += [""] + per_task_choice_lines(choice, chosen["statistic"])
     return "\n".join(lines) + "\n"

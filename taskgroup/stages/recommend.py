@@ -13,6 +13,7 @@ import pandas as pd
 from taskgroup.data.tables import (
     PER_TASK,
     RECOMMENDATION_GROUPS,
+    RECOMMENDATION_PER_TASK_CHOICE,
     RECOMMENDATION_SIGNAL,
     RECOMMENDATION_VERDICT,
     SUBSET_VALUES,
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def recommend(
     per_task_path, values_path, tasks_path, groups_path, verdict_path, signal_path,
-    markdown_path, html_path, candidates: list, variant: str,
+    choice_path, markdown_path, html_path, candidates: list, variant: str,
     settings: rec.RecommendationSettings, method: str, clustering: ClusteringSettings,
     auto_folds: int, metric: str, validation_path=None,
 ) -> None:
@@ -46,8 +47,9 @@ def recommend(
     cross-fit folds of its held-out partition check and of an "auto" count) and of the
     estimator validation's per-subset table (``validation_path``, None when it did not
     run). Writes the chosen groups, the verdict
-    table (one row per candidate), the signal check (one row), the verdict in Markdown and
-    an HTML copy for the report."""
+    table (one row per candidate), the signal check (one row), the per-task choice
+    (:func:`taskgroup.report.recommendation.per_task_choice`, reported only), the verdict in
+    Markdown and an HTML copy for the report."""
     tasks = read_table(tasks_path, TASKS)
     names = tasks.sort_values("task_index")["task"].tolist()
     per_task = read_table(per_task_path, PER_TASK)
@@ -64,11 +66,13 @@ def recommend(
                                          statistic, settings.margin, settings.task_alpha,
                                          signal["above_noise"])
     verdict = verdict[list(RECOMMENDATION_VERDICT)]
+    choice = rec.per_task_choice(per_task, verdict, variant, statistic)
     text = rec.verdict_markdown(verdict, signal, settings.reliability_alpha, settings.margin,
-                                settings.task_alpha, metric)
+                                settings.task_alpha, metric, choice)
     log.info("signal check: %s\n%s", signal, text)
     write_table(groups[list(RECOMMENDATION_GROUPS)], groups_path)
     write_table(verdict, verdict_path)
+    write_table(choice[list(RECOMMENDATION_PER_TASK_CHOICE)], choice_path)
     write_table(pd.DataFrame([signal])[list(RECOMMENDATION_SIGNAL)], signal_path)
     write_atomically(markdown_path, lambda partial: Path(partial).write_text(text))
     write_atomically(
