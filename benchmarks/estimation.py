@@ -46,7 +46,7 @@ from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
-from taskgroup.report.validation import agreement
+from taskgroup.report.validation import agreement, reference_clusters
 
 ROOT = Path(__file__).resolve().parents[1]
 # Examples projected at a time (the stage derives it from its memory; 4096 is its cap).
@@ -185,8 +185,10 @@ def main():
     method = config["clustering"]["methods"][0]
     names = data.task_names
 
+    clusters_of_real = reference_clusters(real, names, clustering, method)
+
     def compare(values):
-        return agreement(values, real, base, names, clustering, method)
+        return agreement(values, real, base, names, clustering, method, clusters_of_real)
 
     print(f"config {args.config}: k = {data.n_tasks} tasks, trunk {hidden}, p = {n_parameters} "
           f"parameters, meta-initialization {'best' if args.best_epoch else 'last'} epoch, "

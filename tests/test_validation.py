@@ -12,7 +12,12 @@ from taskgroup.group import clustering
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, fit
-from taskgroup.report.validation import agreement, per_task_relative_error, within_task_spearman
+from taskgroup.report.validation import (
+    agreement,
+    per_task_relative_error,
+    reference_clusters,
+    within_task_spearman,
+)
 
 
 def values(losses):
@@ -81,3 +86,11 @@ def test_agreement_clusters_both_at_the_count_chosen_on_the_reference(monkeypatc
     fixed = agreement(estimate, reference, base_loss, names, replace(auto, n_clusters=2), "sdp")
     assert fixed == figures
     assert solved == [2, 3, 4, 2, 2, 2]
+    # the reference clustered once for several estimates: one more solve each, same figures
+    once = reference_clusters(reference, names, replace(auto, n_clusters=2), "sdp")
+    assert solved == [2, 3, 4, 2, 2, 2, 2]
+    for _ in range(2):
+        shared = agreement(estimate, reference, base_loss, names,
+                           replace(auto, n_clusters=2), "sdp", once)
+        assert shared == figures
+    assert solved == [2, 3, 4, 2, 2, 2, 2, 2, 2]

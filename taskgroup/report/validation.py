@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from taskgroup.group.affinity import affinity_table, square
-from taskgroup.group.clustering import ClusteringSettings, cluster, partition
+from taskgroup.group.clustering import Clustering, ClusteringSettings, cluster, partition
 from taskgroup.group.groupings import adjusted_rand_index
 
 
@@ -59,24 +59,33 @@ def affinity_distance(estimate, reference, task_names, column: str) -> float:
     return float(np.linalg.norm(mine - theirs) / np.linalg.norm(theirs))
 
 
+def reference_clusters(reference: pd.DataFrame, task_names: list[str],
+                       clustering: ClusteringSettings, method: str) -> Clustering:
+    """The clusters of ``reference``'s normalized higher-order affinity by ``method`` under
+    ``clustering``: what :func:`agreement` compares every estimate's clusters with."""
+    theirs = square(affinity_table(reference, task_names), task_names, "normalized")
+    return cluster(theirs, method, clustering)
+
+
 def agreement(
     estimate: pd.DataFrame, reference: pd.DataFrame, base_loss: pd.Series,
     task_names: list[str], clustering: ClusteringSettings, method: str,
+    clusters_of_reference: Clustering | None = None,
 ) -> dict[str, float]:
     """The summary figures of ``estimate`` against ``reference`` on the same subsets:
     median relative error, median within-task Spearman, raw and normalized affinity
     distances, and the ARI between the clusters of the two normalized affinities, both
     clustered by ``method`` into the same number of clusters (for n_clusters "auto": the
-    count chosen on the reference)."""
+    count chosen on the reference). ``clusters_of_reference``: :func:`reference_clusters`
+    (computed here when None; pass them to compare several estimates with one reference,
+    as an SDP at k = 500 takes minutes)."""
     errors = per_task_relative_error(estimate, reference)
-    mine, theirs = (
-        square(affinity_table(values, task_names), task_names, "normalized")
-        for values in (estimate, reference)
-    )
-    reference_clusters = cluster(theirs, method, clustering)
+    mine = square(affinity_table(estimate, task_names), task_names, "normalized")
+    if clusters_of_reference is None:
+        clusters_of_reference = reference_clusters(reference, task_names, clustering, method)
     labels = [
-        partition(mine, method, replace(clustering, n_clusters=reference_clusters.n_clusters)),
-        reference_clusters.labels,
+        partition(mine, method, replace(clustering, n_clusters=clusters_of_reference.n_clusters)),
+        clusters_of_reference.labels,
     ]
     return {
         "median_rel_error": float(errors["relative_error"].median()),

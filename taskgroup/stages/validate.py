@@ -20,7 +20,11 @@ from taskgroup.estimate.validity import first_order_validity
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import load_checkpoint
 from taskgroup.models.training import evaluate
-from taskgroup.report.validation import agreement, per_task_relative_error
+from taskgroup.report.validation import (
+    agreement,
+    per_task_relative_error,
+    reference_clusters,
+)
 from taskgroup.stages.common import load_task_data, prepare_torch
 
 log = logging.getLogger(__name__)
@@ -66,12 +70,15 @@ def validate_estimator(
     trivial["loss"] = base_loss.loc[trivial["task"]].to_numpy()
     comparisons = {"gradient": estimate, "finetune_other_seed": other, "no_change": trivial}
     per_subset, summary = [], []
+    # clustered once for the three comparisons
+    clusters_of_real = reference_clusters(real, data.task_names, clustering, clustering_method)
     for name, values in comparisons.items():
         errors = per_task_relative_error(values, real)
         errors.insert(0, "estimator", name)
         per_subset.append(errors)
         figures = agreement(
-            values, real, base_loss, data.task_names, clustering, clustering_method
+            values, real, base_loss, data.task_names, clustering, clustering_method,
+            clusters_of_real,
         )
         summary.append({"estimator": name, "n_subsets": len(chosen), **figures})
     summary = pd.DataFrame(summary)
