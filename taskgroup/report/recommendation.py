@@ -33,12 +33,12 @@ more than ``margin`` spreads: -mean(d) > margin x sd(d); with one seed the sprea
 undefined and no such candidate is eligible. It must also beat naive MTL across tasks
 (:func:`with_task_test`): per task, the difference of its selection score to naive MTL's,
 averaged over seeds; their mean, weighted as the statistic weighs tasks (equally, or by
-selection rows for the pooled loss), must be below 0 by a
-one-sided t test over tasks (k - 1 degrees of freedom) at level ``task_alpha``. Three seeds
-give a spread with 2 degrees of freedom, and the best of many clustered candidates that all
-tie with naive MTL clears one such spread by chance; the tasks are the replicates that the
-question "does grouping help these tasks" is about, and there are k of them. Naive MTL is
-always eligible. Among the eligible candidates the one with the lowest mean selection score is
+selection rows for the pooled loss), must be below 0 by a one-sided t test over tasks
+(k - 1 degrees of freedom) at level ``task_alpha``. Three seeds give a spread with 2
+degrees of freedom, and the best of many clustered candidates that all tie with naive MTL
+clears one such spread by chance; the tasks are the replicates that the question "does
+grouping help these tasks" is about, and there are k of them. Naive MTL is always
+eligible. Among the eligible candidates the one with the lowest mean selection score is
 chosen (ties: fewer groups, then the candidate listed first: the primary grouping before
 other sources). When the signal check below finds the higher-order affinity at its noise
 level, the clustered groupings are not eligible: the choice is between naive MTL and STL, by
