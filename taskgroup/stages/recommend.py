@@ -50,18 +50,18 @@ def recommend(
     table (one row per candidate), the signal check (one row), the per-task choice
     (:func:`taskgroup.report.recommendation.per_task_choice`, reported only), the verdict in
     Markdown and an HTML copy for the report."""
-    tasks = read_table(tasks_path, TASKS)
-    names = tasks.sort_values("task_index")["task"].tolist()
+    tasks = read_table(tasks_path, TASKS).sort_values("task_index")
+    names = tasks["task"].tolist()
+    # resolved before the signal check's minutes of clustering at large k
+    statistic = rec.selection_statistic(
+        settings.statistic, resolve_metrics(metric, tasks["task_type"].tolist(), names)
+    )
     per_task = read_table(per_task_path, PER_TASK)
     membership, losses = value_matrix(read_table(values_path, SUBSET_VALUES), names)
     per_subset = (None if validation_path is None
                   else read_table(validation_path, VALIDATION_PER_SUBSET))
     signal = rec.signal_check(membership, losses, method, clustering, auto_folds, settings,
                               per_subset)
-    statistic = rec.selection_statistic(
-        settings.statistic,
-        resolve_metrics(metric, tasks.sort_values("task_index")["task_type"].tolist(), names),
-    )
     verdict, groups = rec.recommendation(per_task, list(candidates), variant, names,
                                          statistic, settings.margin, settings.task_alpha,
                                          signal["above_noise"])
