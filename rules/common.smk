@@ -96,6 +96,9 @@ TRAINING_SEEDS = [
 EXAMPLES_TABLE = "results/{dataset}/data/examples.parquet"
 TASKS_TABLE = "results/{dataset}/data/tasks.parquet"
 META_INIT_MODEL = "results/{dataset}/meta_init/model.pt"
+L2_CURVE_TABLE = "results/{dataset}/validation/l2_curve.parquet"
+# The gradient_estimate keys that every estimate uses (l2_candidates only chooses l2).
+ESTIMATE_KEYS = ("l2", "newton_steps", "max_relative_shift")
 
 
 wildcard_constraints:
@@ -324,8 +327,28 @@ def estimator_params():
     the other's keys do not rerun the job): gradient_estimate (gradient), or finetune (its
     training settings and seed)."""
     if config["estimator"] == "gradient":
-        return {"estimate": sorted_deep(config["gradient_estimate"])}
+        return {"estimate": gradient_estimate_params()}
     return {"finetune": sorted_deep(config["finetune"])}
+
+
+def gradient_estimate_params():
+    """The settings of a job that estimates subsets: l2 ("auto" or a number),
+    newton_steps, max_relative_shift. Not l2_candidates: with l2 "auto" the chosen l2
+    arrives in the l2 curve table (l2_curve_inputs), so only a changed choice reruns it.
+    """
+    return sorted_deep({key: config["gradient_estimate"][key] for key in ESTIMATE_KEYS})
+
+
+def l2_curve_inputs():
+    """The l2 curve table, as an input of the jobs that estimate subsets when
+    gradient_estimate.l2 is "auto"; none with a number, so that the held-out fine-tunings
+    do not hold them up."""
+    if (
+        config["estimator"] == "gradient"
+        and config["gradient_estimate"]["l2"] == "auto"
+    ):
+        return {"l2_curve": L2_CURVE_TABLE}
+    return {}
 
 
 def final_outputs():

@@ -2,6 +2,8 @@ rule forward_selection:
     input:
         # The projected gradients (estimator gradient) or the examples (finetune).
         **estimator_inputs(),
+        # with gradient_estimate.l2 "auto" (estimator gradient): the chosen l2
+        **l2_curve_inputs(),
         tasks=TASKS_TABLE,
         model=META_INIT_MODEL,
         code=library_code("forward_selection.py"),

@@ -1,3 +1,38 @@
+rule calibrate_estimate:
+    input:
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
+        model=META_INIT_MODEL,
+        subsets="results/{dataset}/subsets/random.parquet",
+        projected="results/{dataset}/gradients/projected.parquet",
+        projection="results/{dataset}/gradients/projection.parquet",
+        code=library_code("calibrate_estimate.py"),
+    output:
+        other_seed="results/{dataset}/validation/other_seed.parquet",
+        l2_curve=L2_CURVE_TABLE,
+    log:
+        "results/{dataset}/logs/calibrate_estimate.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    resources:
+        mem_mb=max(
+            validation_mem_mb(),
+            gradient_estimate_mem_mb(
+                config["validation"]["n_subsets"], config["subsets"]["size"]
+            ),
+        ),
+        gpu=1,
+    params:
+        # the held-out subsets: not validation.scales, which only validate_estimator uses
+        held_out={key: config["validation"][key] for key in ("n_subsets", "seed")},
+        finetune=sorted_deep(config["finetune"]),
+        estimate=sorted_deep(config["gradient_estimate"]),
+        metric=config["evaluation"]["metric"],
+    script:
+        "../workflow_scripts/calibrate_estimate.py"
+
+
 rule validate_estimator:
     input:
         examples=EXAMPLES_TABLE,
@@ -5,6 +40,8 @@ rule validate_estimator:
         model=META_INIT_MODEL,
         subsets="results/{dataset}/subsets/random.parquet",
         estimate="results/{dataset}/subset_values/gradient/random.parquet",
+        other_seed="results/{dataset}/validation/other_seed.parquet",
+        l2_curve=L2_CURVE_TABLE,
         code=library_code("validate_estimator.py"),
     output:
         per_subset="results/{dataset}/validation/per_subset.parquet",

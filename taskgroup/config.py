@@ -97,7 +97,8 @@ EXPONENT_WITHOUT_POINT = re.compile(r"[+-]?\d+[eE][+-]?\d+")
 
 def _schema_types(node: dict, schema: dict) -> set[str]:
     """The JSON types a schema ``node`` allows (through $ref to #/$defs/.. and
-    oneOf/anyOf); empty when it does not say."""
+    oneOf/anyOf), leaving out "string" where only fixed words are allowed; empty when it
+    does not say."""
     if "$ref" in node:
         target = schema
         for part in node["$ref"].lstrip("#/").split("/"):
@@ -105,6 +106,9 @@ def _schema_types(node: dict, schema: dict) -> set[str]:
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
     kinds = node.get("type", [])
     types = {kinds} if isinstance(kinds, str) else set(kinds)
+    if "const" in node or "enum" in node:
+        # fixed words (n_clusters: auto): no text written like a number is one of them
+        types.discard("string")
     for key in ("oneOf", "anyOf"):
         for option in node.get(key, []):
             types |= _schema_types(option, schema)

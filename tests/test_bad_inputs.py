@@ -1027,8 +1027,14 @@ def test_a_number_in_exponent_notation_without_a_point_is_named(smoke, tmp_path)
     smoke["dataset"]["planted"]["label_noise"] = ["5e-2"]  # in a list, behind a oneOf
     with pytest.raises(ConfigError, match=r"dataset\.planted\.label_noise\[0\] = '5e-2'"):
         check_number_texts(smoke, schema)
-    # where text is allowed, such a value is a name
     smoke["dataset"]["planted"]["label_noise"] = 0.05
+    # a number or the word auto: no word looks like a number
+    smoke["gradient_estimate"]["l2"] = "3e-2"
+    with pytest.raises(ConfigError, match=r"gradient_estimate\.l2 = '3e-2' is text"):
+        check_number_texts(smoke, schema)
+    smoke["gradient_estimate"]["l2"] = "auto"
+    check_number_texts(smoke, schema)
+    # where text is allowed, such a value is a name
     smoke["dataset"]["name"] = "1e5"
     smoke["dataset"]["planted"]["exclude_tasks"] = ["1e5"]
     check_number_texts(smoke, schema)

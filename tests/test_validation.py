@@ -14,8 +14,10 @@ from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, fit
 from taskgroup.report.validation import (
     agreement,
+    l2_curve,
     per_task_relative_error,
     reference_clusters,
+    within_task_pearson,
     within_task_spearman,
 )
 
@@ -35,6 +37,59 @@ def test_relative_error_and_spearman_by_hand():
     assert errors.loc[(2, "a"), "relative_error"] == pytest.approx(0.25)
     spearman = within_task_spearman(estimate, reference, pd.Series({"a": 0.0, "b": 0.0}))
     assert spearman["a"] == pytest.approx(1.0) and np.isnan(spearman["b"])
+
+
+def test_pearson_by_hand_and_undefined_below_three_subsets_or_for_constant_values():
+    reference = values({(0, "a"): 1.0, (1, "a"): 2.0, (2, "a"): 4.0, (0, "b"): 2.0,
+                        (0, "c"): 1.0, (1, "c"): 2.0, (2, "c"): 3.0})
+    estimate = values({(0, "a"): 3.0, (1, "a"): 5.0, (2, "a"): 9.0, (0, "b"): 2.0,
+                       (0, "c"): 1.0, (1, "c"): 1.0, (2, "c"): 1.0})
+    pearson = within_task_pearson(estimate, reference)
+    # an affine map of the reference (2 f + 1): the z-scored values agree exactly
+    assert pearson["a"] == pytest.approx(1.0)
+    assert np.isnan(pearson["b"]) and np.isnan(pearson["c"])
+
+
+def curve_inputs():
+    """A reference on 8 subsets of tasks a and b, and estimates at three l2 values: 0.1
+    is the reference scaled and shifted (Pearson 1, large relative error), 0.01 is close
+    in level but reorders the subsets, 1.0 is constant."""
+    rng = np.random.default_rng(0)
+    truth = {(s, t): 1.0 + rng.uniform() for s in range(8) for t in "ab"}
+    shuffled = dict(zip(truth, rng.permutation(list(truth.values()))))
+    return values(truth), {
+        0.01: values({key: 1.0 + 0.5 * (value - 1.0) for key, value in shuffled.items()}),
+        0.1: values({key: 3 * value for key, value in truth.items()}),
+        1.0: values({key: 1.5 for key in truth}),
+    }
+
+
+def test_l2_curve_chooses_the_best_within_task_correlation_not_the_smallest_error():
+    reference, estimates = curve_inputs()
+    base = pd.Series({"a": 1.5, "b": 1.5})
+    curve = l2_curve(estimates, reference, base).set_index("l2")
+    assert curve.index.tolist() == [0.01, 0.1, 1.0]
+    assert (curve["n_subsets"] == 8).all()
+    assert curve.loc[0.1, "within_task_pearson"] == pytest.approx(1.0)
+    assert curve.loc[0.1, "median_rel_error"] == pytest.approx(2.0)
+    assert curve.loc[0.01, "median_rel_error"] < curve.loc[0.1, "median_rel_error"]
+    assert np.isnan(curve.loc[1.0, "within_task_pearson"])
+    assert curve["chosen"].tolist() == [False, True, False]
+    # a fixed l2 is marked whatever the curve says
+    fixed = l2_curve(estimates, reference, base, chosen=1.0)
+    assert fixed["chosen"].tolist() == [False, False, True]
+
+
+def test_l2_curve_refuses_what_it_cannot_choose():
+    reference, estimates = curve_inputs()
+    base = pd.Series({"a": 1.5, "b": 1.5})
+    with pytest.raises(ValueError, match="no candidate"):
+        l2_curve({}, reference, base)
+    with pytest.raises(ValueError, match="0.3 is not a candidate"):
+        l2_curve(estimates, reference, base, chosen=0.3)
+    two_subsets = {l2: table[table["subset_id"] < 2] for l2, table in estimates.items()}
+    with pytest.raises(ValueError, match="raise validation.n_subsets"):
+        l2_curve(two_subsets, reference[reference["subset_id"] < 2], base)
 
 
 def test_first_order_expansion_is_exact_at_zero_and_close_for_small_shifts(small_data):
@@ -94,3 +149,38 @@ def test_agreement_clusters_both_at_the_count_chosen_on_the_reference(monkeypatc
                            replace(auto, n_clusters=2), "sdp", once)
         assert shared == figures
     assert solved == [2, 3, 4, 2, 2, 2, 2, 2, 2]
+
+
+def test_estimate_settings_accept_auto_and_take_the_chosen_l2_from_the_curve(tmp_path):
+    from taskgroup.data.tables import write_table
+    from taskgroup.estimate.settings import GradientEstimateSettings
+    from taskgroup.stages.estimate import with_chosen_l2
+
+    auto = GradientEstimateSettings.from_mapping(
+        {"l2": "auto", "newton_steps": 1, "max_relative_shift": None,
+         "l2_candidates": [0.01, 0.1]}
+    )
+    assert auto.l2_is_auto
+    for bad in ({"l2": 0}, {"l2": "0.1"}, {"newton_steps": 0}, {"max_relative_shift": -1.0}):
+        with pytest.raises(ValueError, match="gradient_estimate"):
+            replace(auto, **bad)
+    fixed = replace(auto, l2=0.2)
+    assert with_chosen_l2(fixed) is fixed
+    with pytest.raises(ValueError, match="no l2 curve table"):
+        with_chosen_l2(auto)
+    reference, estimates = curve_inputs()
+    curve = l2_curve(estimates, reference, pd.Series({"a": 1.5, "b": 1.5}))
+    write_table(curve, tmp_path / "l2_curve.parquet")
+    assert with_chosen_l2(auto, tmp_path / "l2_curve.parquet") == replace(auto, l2=0.1)
+    write_table(curve.assign(chosen=True), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="bad.parquet: 3 rows have chosen == True"):
+        with_chosen_l2(auto, tmp_path / "bad.parquet")
+
+
+def test_the_gradient_estimator_refuses_an_unchosen_l2():
+    from taskgroup.estimate.settings import GradientEstimateSettings
+    from taskgroup.estimate.valuers import gradient_valuer
+
+    with pytest.raises(ValueError, match="no l2 was chosen"):
+        gradient_valuer({}, None, 1.0, ["a"], ["binary"],
+                        GradientEstimateSettings("auto", 1, None), "auto")

@@ -177,15 +177,23 @@ def test_bad_config_fails_at_parse_time_with_a_clear_message(tmp_path, change, m
     assert not (workdir / "results").exists()
 
 
+def use_gradient_estimator(config: dict) -> None:
+    """The gradient estimator with l2 "auto", chosen on every subset of the design (10 per
+    task: "auto" needs 3 or more held-out subsets per task)."""
+    config["estimator"] = "gradient"
+    config["gradient_estimate"]["l2"] = "auto"
+    config["validation"]["n_subsets"] = config["subsets"]["count"]
+
+
 def switch_to_gradient(workdir: Path, tmp_path_factory) -> dict:
     """Copy the completed shared run (results and Snakemake's records included) to
     ``workdir``/repo, switch it to the gradient estimator and run it; the jobs of its dry run
     and the repository."""
     repository = workdir / "repo"
     shutil.copytree(shared_smoke_repository(tmp_path_factory), repository, symlinks=True)
-    jobs = dry_run_with(repository, lambda c: c.update(estimator="gradient"))
+    jobs = dry_run_with(repository, use_gradient_estimator)
     config = smoke_config()
-    config["estimator"] = "gradient"
+    use_gradient_estimator(config)
     (repository / "gradient.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake_in_repository(repository, "--configfile", "gradient.yaml")
     return {"repository": repository, "dry_run": jobs}
@@ -207,7 +215,8 @@ def gradient_run(tmp_path_factory):
 
 def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(gradient_run):
     repository, jobs = gradient_run["repository"], gradient_run["dry_run"]
-    assert {"project_gradients", "estimate_subsets", "validate_estimator"} <= set(jobs)
+    assert {"project_gradients", "calibrate_estimate", "estimate_subsets",
+            "validate_estimator"} <= set(jobs)
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets",
                 "finetune_subsets"} & set(jobs), jobs
     results = repository / "results" / "smoke"
@@ -220,8 +229,18 @@ def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(g
         "estimator"
     )
     assert set(validation.index) == {"gradient", "finetune_other_seed", "no_change"}
-    assert (validation["n_subsets"] == 6).all()
+    assert (validation["n_subsets"] == 30).all()
     assert np.isfinite(validation["median_rel_error"]).all()
+    # l2 "auto": the candidates' curve against the second seed, one chosen, and the
+    # estimate made with it
+    l2_curve = pd.read_parquet(results / "validation" / "l2_curve.parquet")
+    assert l2_curve["l2"].tolist() == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    assert (l2_curve["n_subsets"] == 30).all() and l2_curve["chosen"].sum() == 1
+    best = l2_curve.loc[l2_curve["within_task_pearson"].idxmax()]
+    assert best["chosen"] and validation.loc["gradient", "l2"] == best["l2"]
+    assert np.isnan(validation.loc["no_change", "l2"])
+    log = (results / "logs" / "estimate_subsets" / "random_0.log").read_text()
+    assert f"gradient_estimate.l2 auto: {best['l2']:g}" in log
     # (How close the estimate is depends on gradient_estimate.l2 matching the fine-tuning
     # protocol; benchmarks/estimation.py measures it on the default config.)
     curve = pd.read_parquet(results / "validation" / "validity_curve.parquet")

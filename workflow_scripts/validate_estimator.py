@@ -11,6 +11,8 @@ validate_estimator(
     model_path=snakemake.input.model,
     subsets_path=snakemake.input.subsets,
     estimate_path=snakemake.input.estimate,
+    other_seed_path=snakemake.input.other_seed,
+    l2_curve_path=snakemake.input.l2_curve,
     per_subset_path=snakemake.output.per_subset,
     summary_path=snakemake.output.summary,
     validity_path=snakemake.output.validity,

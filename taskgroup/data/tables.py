@@ -127,6 +127,12 @@ recommendation per-task choice (recommendation/per_task_choice.parquet) one row 
            stl, whichever of the task's own models scores lowest on its selection rows),
            selection_score, answer_selection_score, test_metric, answer_test_metric
            (float64, means over seeds). Reported next to the recommendation, not used by it.
+l2 curve   (validation/l2_curve.parquet) one row per candidate gradient_estimate.l2: l2
+           (float64), n_subsets (int64, the held-out subsets), median_rel_error,
+           within_task_pearson, within_task_spearman (float64: the estimate at that l2
+           against the real fine-tuning of seed finetune.seed + 1; correlations are medians
+           over tasks of a per-task correlation across subsets), chosen (bool, exactly one
+           row: the l2 the subsets were estimated with).
 recommendation signal (recommendation/signal.parquet) one row: n_subsets_per_half, n_pairs
            (int64), correlation, p_value, ari, alpha (float64), above_noise (bool): the
            split-half reliability of the higher-order affinity.
@@ -292,6 +298,15 @@ VALIDATION_PER_SUBSET = {
     "task": "str",
     "loss": "float",
     "loss_reference": "float",
+}
+# The l2 choice of the gradient estimate (taskgroup.stages.validate.calibrate_estimate).
+L2_CURVE = {
+    "l2": "float",
+    "n_subsets": "int",
+    "median_rel_error": "float",
+    "within_task_pearson": "float",
+    "within_task_spearman": "float",
+    "chosen": "bool",
 }
 # The count scan of clustering.n_clusters "auto" (taskgroup.group.clustering.choose_n_clusters),
 # one row per (method, candidate count) of a source.

@@ -6,7 +6,7 @@ Torch-free, so that the rule files can build a rule's params from them at parse 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The batches' memory constants are in taskgroup.resources, which also reserves that memory
 # in the jobs' mem_mb. Not settings: they change no result, so they never travel through a
@@ -86,13 +86,56 @@ class ProjectionSettings:
         return {key: values[key] for key in sorted(values)}
 
 
+# gradient_estimate.l2 "auto": chosen on the held-out subsets against real fine-tuning
+# (taskgroup.stages.validate.calibrate_estimate) before the subsets are estimated.
+L2_AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class GradientEstimateSettings:
     """How the linearized estimate fits each subset's shift (see
     :mod:`taskgroup.estimate.linearized`): l2, the L2 strength of the per-subset offset fit
-    (> 0); newton_steps, Newton steps from w = 0 (>= 1); max_relative_shift, the cap on
-    ||P w|| / ||theta*|| (None = no cap)."""
+    (> 0), or "auto" before it is chosen (see :meth:`with_l2`); newton_steps, Newton steps
+    from w = 0 (>= 1); max_relative_shift, the cap on ||P w|| / ||theta*|| (None = no cap).
+    Raises ValueError for an l2 that is neither "auto" nor positive, newton_steps below 1
+    or a cap that is not positive."""
 
-    l2: float
+    l2: float | str
     newton_steps: int
     max_relative_shift: float | None
+
+    def __post_init__(self):
+        if self.l2 != L2_AUTO and (isinstance(self.l2, (bool, str)) or not self.l2 > 0):
+            raise ValueError(
+                f"gradient_estimate.l2 = {self.l2!r}; expected a positive number or "
+                f"{L2_AUTO!r}"
+            )
+        if self.newton_steps < 1:
+            raise ValueError(
+                f"gradient_estimate.newton_steps = {self.newton_steps!r}; expected >= 1"
+            )
+        if self.max_relative_shift is not None and not self.max_relative_shift > 0:
+            raise ValueError(
+                f"gradient_estimate.max_relative_shift = {self.max_relative_shift!r}; "
+                "expected a positive number or null"
+            )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping) -> GradientEstimateSettings:
+        """The settings from the gradient_estimate config section or a rule's params
+        (l2, newton_steps, max_relative_shift; other keys, such as l2_candidates, are
+        ignored). Raises KeyError when one of the three is missing."""
+        shift = mapping["max_relative_shift"]
+        l2 = mapping["l2"]
+        return cls(
+            l2 if l2 == L2_AUTO else float(l2), int(mapping["newton_steps"]),
+            None if shift is None else float(shift),
+        )
+
+    @property
+    def l2_is_auto(self) -> bool:
+        return self.l2 == L2_AUTO
+
+    def with_l2(self, l2: float) -> GradientEstimateSettings:
+        """The same settings with l2 set to ``l2`` (the chosen one when l2 is "auto")."""
+        return replace(self, l2=float(l2))

@@ -120,7 +120,14 @@ def gradient_valuer(
     (train, val) with ``settings``; ``projector`` (the one that projected them) and
     ``theta_norm`` (||theta*|| of the meta-initialization) give each subset's relative shift.
     ``metric``: evaluation.metric. ``memory_mb``: the memory of a batch of subsets' Hessians
-    (see :func:`taskgroup.estimate.linearized.subsets_per_batch`)."""
+    (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). Raises ValueError when
+    ``settings.l2`` is still "auto" (choose it first, see
+    :func:`taskgroup.stages.validate.calibrate_estimate`)."""
+    if settings.l2_is_auto:
+        raise ValueError(
+            'gradient_estimate.l2 is "auto" but no l2 was chosen: pass the settings '
+            "with_l2(<the l2 curve's chosen l2>)"
+        )
 
     def value(subsets: pd.DataFrame) -> pd.DataFrame:
         return estimate_values(

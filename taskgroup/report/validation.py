@@ -52,6 +52,66 @@ def within_task_spearman(
     return pd.Series(result, name="spearman")
 
 
+def within_task_pearson(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
+    """Per task, the Pearson correlation across subsets of f_est against f_ref (NaN below
+    3 subsets or for constant values). The normalized affinity z-scores each task's values
+    over its subsets, so it depends on an estimate only through these correlations."""
+    merged = per_task_relative_error(estimate, reference)
+    result = {}
+    for task, rows in merged.groupby("task"):
+        mine, theirs = rows["loss"].to_numpy(), rows["loss_reference"].to_numpy()
+        if len(rows) < 3 or np.ptp(mine) == 0 or np.ptp(theirs) == 0:
+            result[task] = float("nan")
+            continue
+        result[task] = float(np.corrcoef(mine, theirs)[0, 1])
+    return pd.Series(result, name="pearson")
+
+
+def l2_curve(estimates: dict[float, pd.DataFrame], reference: pd.DataFrame,
+             base_loss: pd.Series, chosen: float | None = None) -> pd.DataFrame:
+    """The l2 curve table (see :mod:`taskgroup.data.tables`) of ``estimates`` (l2 -> the
+    estimate's subset values at that l2) against ``reference`` on the same subsets.
+
+    ``chosen`` None: the chosen l2 is the one of highest median within-task Pearson
+    correlation (the first, smallest, of equal ones), the agreement the normalized affinity
+    depends on; the relative error also counts a per-task offset and scale, which the
+    affinity removes. Otherwise ``chosen`` (a key of ``estimates``) is marked. Raises
+    ValueError when ``estimates`` is empty, when ``chosen`` is not one of its keys, or when
+    no l2 has a defined correlation (every task in fewer than 3 subsets).
+    """
+    if not estimates:
+        raise ValueError("l2 curve: no candidate l2 values")
+    rows = []
+    for l2 in sorted(estimates):
+        values = estimates[l2]
+        errors = per_task_relative_error(values, reference)["relative_error"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # all-NaN medians are the answer
+            rows.append({
+                "l2": float(l2),
+                "n_subsets": int(values["subset_id"].nunique()),
+                "median_rel_error": float(errors.median()),
+                "within_task_pearson": float(
+                    np.nanmedian(within_task_pearson(values, reference))
+                ),
+                "within_task_spearman": float(
+                    np.nanmedian(within_task_spearman(values, reference, base_loss))
+                ),
+            })
+    curve = pd.DataFrame(rows)
+    if chosen is None:
+        if curve["within_task_pearson"].isna().all():
+            raise ValueError(
+                "l2 curve: no task is in 3 or more held-out subsets, so no l2 can be chosen; "
+                "raise validation.n_subsets or set gradient_estimate.l2 to a number"
+            )
+        chosen = float(curve.loc[curve["within_task_pearson"].idxmax(), "l2"])
+    elif float(chosen) not in set(curve["l2"]):
+        raise ValueError(f"l2 curve: the chosen l2 {chosen!r} is not a candidate")
+    curve["chosen"] = curve["l2"] == float(chosen)
+    return curve
+
+
 def affinity_distance(estimate, reference, task_names, column: str) -> float:
     """||T_est - T_ref||_F / ||T_ref||_F over the pairs covered in both (NaN pairs as 0)."""
     mine = np.nan_to_num(square(affinity_table(estimate, task_names), task_names, column))

@@ -8,7 +8,14 @@ import time
 import pandas as pd
 
 from taskgroup.data import designs as subsets_lib
-from taskgroup.data.tables import PROJECTED, PROJECTION, TASKS, read_table, write_table
+from taskgroup.data.tables import (
+    L2_CURVE,
+    PROJECTED,
+    PROJECTION,
+    TASKS,
+    read_table,
+    write_table,
+)
 from taskgroup.estimate.projection import (
     from_description,
     make_projector,
@@ -78,15 +85,15 @@ def project_gradients(
     )
 
 
-def read_gradient_valuer(
+def read_gradient_valuers(
     projected_path, projection_path, model_path, tasks_path,
-    settings: GradientEstimateSettings, threads: int = 1, metric: str = "auto",
+    settings: list[GradientEstimateSettings], threads: int = 1, metric: str = "auto",
     memory_mb: float | None = None,
-) -> tuple[list[str], Valuer]:
+) -> tuple[list[str], list[Valuer]]:
     """Read the projected gradients, the projection and the meta-initialization once and
-    return ``(task_names, value)``, ``value`` the estimator "gradient" (see
-    :func:`taskgroup.estimate.valuers.gradient_valuer`). ``memory_mb``: the job's memory,
-    which sets the subsets fitted at a time (None: BATCH_MB of
+    return ``(task_names, valuers)``, one estimator "gradient" per entry of ``settings``
+    (see :func:`taskgroup.estimate.valuers.gradient_valuer`). ``memory_mb``: the job's
+    memory, which sets the subsets fitted at a time (None: BATCH_MB of
     :mod:`taskgroup.estimate.settings`)."""
     device = prepare_torch(threads)
     tasks = read_table(tasks_path, TASKS).sort_values("task_index")
@@ -98,24 +105,63 @@ def read_gradient_valuer(
         read_table(projected_path, PROJECTED), names, device, types, source=str(projected_path)
     )
     budget = float(BATCH_MB) if memory_mb is None else batch_memory_mb(memory_mb)
-    value = gradient_valuer(
-        splits, projector, float(description["theta_norm"]), names, types, settings, metric,
-        memory_mb=budget,
+    valuers = [
+        gradient_valuer(
+            splits, projector, float(description["theta_norm"]), names, types, each, metric,
+            memory_mb=budget,
+        )
+        for each in settings
+    ]
+    return names, valuers
+
+
+def read_gradient_valuer(
+    projected_path, projection_path, model_path, tasks_path,
+    settings: GradientEstimateSettings, threads: int = 1, metric: str = "auto",
+    memory_mb: float | None = None,
+) -> tuple[list[str], Valuer]:
+    """:func:`read_gradient_valuers` for one ``settings``: ``(task_names, value)``."""
+    names, (value,) = read_gradient_valuers(
+        projected_path, projection_path, model_path, tasks_path, [settings], threads, metric,
+        memory_mb,
     )
     return names, value
+
+
+def with_chosen_l2(settings: GradientEstimateSettings, l2_curve_path=None
+                   ) -> GradientEstimateSettings:
+    """``settings`` with l2 "auto" replaced by the chosen l2 of the l2 curve table at
+    ``l2_curve_path`` (written by :func:`taskgroup.stages.validate.calibrate_estimate`);
+    a numeric l2 is returned unchanged. Raises ValueError when l2 is "auto" and no table
+    is given, or when the table does not mark exactly one row chosen."""
+    if not settings.l2_is_auto:
+        return settings
+    if l2_curve_path is None:
+        raise ValueError('gradient_estimate.l2 is "auto", but no l2 curve table was given')
+    curve = read_table(l2_curve_path, L2_CURVE)
+    chosen = curve.loc[curve["chosen"], "l2"]
+    if len(chosen) != 1:
+        raise ValueError(
+            f"{l2_curve_path}: {len(chosen)} rows have chosen == True; expected exactly one"
+        )
+    l2 = float(chosen.iloc[0])
+    log.info("gradient_estimate.l2 auto: %g, chosen on the held-out subsets (%s)", l2,
+             l2_curve_path)
+    return settings.with_l2(l2)
 
 
 def estimate_subsets(
     projected_path, projection_path, model_path, subsets_path, tasks_path, output_path,
     chunk: int, chunk_size: int, settings: GradientEstimateSettings, threads: int = 1,
-    metric: str = "auto", memory_mb: float | None = None,
+    metric: str = "auto", memory_mb: float | None = None, l2_curve_path=None,
 ) -> None:
     """Value every subset of one chunk with the linearized model (estimator "gradient");
     the metric column holds ``metric`` (evaluation.metric); ``memory_mb``: the job's memory
-    (see :func:`read_gradient_valuer`)."""
+    (see :func:`read_gradient_valuer`); ``l2_curve_path``: the l2 curve table, needed when
+    ``settings.l2`` is "auto" (see :func:`with_chosen_l2`)."""
     _, value = read_gradient_valuer(
-        projected_path, projection_path, model_path, tasks_path, settings, threads, metric,
-        memory_mb,
+        projected_path, projection_path, model_path, tasks_path,
+        with_chosen_l2(settings, l2_curve_path), threads, metric, memory_mb,
     )
     mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
     values = value(mine)

@@ -12,7 +12,7 @@ from taskgroup.data.tables import write_table
 from taskgroup.estimate.finetune import FinetuneSettings
 from taskgroup.estimate.forward import ForwardSettings, select_forward
 from taskgroup.estimate.settings import GradientEstimateSettings
-from taskgroup.stages.estimate import read_gradient_valuer
+from taskgroup.stages.estimate import read_gradient_valuer, with_chosen_l2
 from taskgroup.stages.finetune import read_finetune_valuer
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def forward_selection(
     estimator: str, tasks_path, model_path, values_path, selection_path,
     settings: ForwardSettings, projected_path=None, projection_path=None, examples_path=None,
     estimate: GradientEstimateSettings | None = None, finetune: FinetuneSettings | None = None,
-    threads: int = 1, metric: str = "auto",
+    threads: int = 1, metric: str = "auto", l2_curve_path=None,
 ) -> None:
     """Run :func:`taskgroup.estimate.forward.select_forward` with ``settings`` and the
     configured estimator as the oracle; write the values (subset_values, design "forward")
@@ -30,10 +30,13 @@ def forward_selection(
 
     ``estimator`` "gradient" needs ``projected_path``, ``projection_path`` and ``estimate``;
     "finetune" needs ``examples_path`` and ``finetune``; another one raises ValueError.
-    ``metric``: evaluation.metric (the values' metric column)."""
+    ``metric``: evaluation.metric (the values' metric column). ``l2_curve_path``: the l2
+    curve table, needed with "gradient" when ``estimate.l2`` is "auto" (see
+    :func:`taskgroup.stages.estimate.with_chosen_l2`)."""
     if estimator == "gradient":
         names, value = read_gradient_valuer(
-            projected_path, projection_path, model_path, tasks_path, estimate, threads, metric
+            projected_path, projection_path, model_path, tasks_path,
+            with_chosen_l2(estimate, l2_curve_path), threads, metric,
         )
     elif estimator == "finetune":
         names, value = read_finetune_valuer(

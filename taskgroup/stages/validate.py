@@ -1,69 +1,147 @@
-"""Stage: check the gradient estimator against real fine-tuning on held-out subsets."""
+"""Stages of the held-out subsets: choose the gradient estimate's l2 on them, then check the
+estimator against real fine-tuning of them."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import numpy as np
 import pandas as pd
 import torch
 
-from taskgroup.data.tables import SUBSET_VALUES, SUBSETS, read_table, write_table
+from taskgroup.data.designs import design_of
+from taskgroup.data.tables import L2_CURVE, SUBSET_VALUES, SUBSETS, read_table, write_table
 from taskgroup.estimate.finetune import (
     FinetuneSettings,
     finetune_values,
     finetuned_models,
     values_of_models,
 )
+from taskgroup.estimate.settings import GradientEstimateSettings
 from taskgroup.estimate.validity import first_order_validity
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import load_checkpoint
 from taskgroup.models.training import evaluate
 from taskgroup.report.validation import (
     agreement,
+    l2_curve,
     per_task_relative_error,
     reference_clusters,
 )
 from taskgroup.stages.common import load_task_data, prepare_torch
+from taskgroup.stages.estimate import read_gradient_valuers
 
 log = logging.getLogger(__name__)
 
 
-def validate_estimator(
-    examples_path, tasks_path, model_path, subsets_path, estimate_path, per_subset_path,
-    summary_path, validity_path, figure_path, n_subsets: int, seed: int,
-    finetune: FinetuneSettings, clustering: ClusteringSettings, clustering_method: str, scales,
-    threads: int = 1, metric: str = "auto",
-) -> None:
-    """Real fine-tuning (two seeds) of ``n_subsets`` subsets drawn from the design, compared
-    with the gradient estimate of the same subsets and with the no-change estimate (the
-    affinities of each are clustered by ``clustering_method`` under ``clustering``). The
-    first seed is ``finetune``'s (so these fine-tunings are finetune_subsets'), the second
-    one is that seed + 1.
-
-    Writes the per-(subset, task) errors, the summary figures of each comparison (the
-    affinity and cluster figures only mean something when n_subsets is a sizeable share of
-    the design), the first-order validity curve and a figure.
-    """
-    device = prepare_torch(threads)
-    data, _ = load_task_data(examples_path, tasks_path)
-    data = data.to(device)
-    meta = load_checkpoint(model_path, data.task_names).to(device)
+def held_out_subsets(subsets_path, n_subsets: int, seed: int) -> pd.DataFrame:
+    """The subsets table rows of ``n_subsets`` subsets of the design at ``subsets_path``
+    (all of them when it has fewer), drawn without replacement with ``seed``: the
+    subsets that :func:`calibrate_estimate` and :func:`validate_estimator` fine-tune."""
     design = read_table(subsets_path, SUBSETS)
     every_id = np.sort(design["subset_id"].unique())
     chosen = np.sort(
         np.random.default_rng(seed).choice(every_id, min(n_subsets, len(every_id)), replace=False)
     )
-    held_out = design[design["subset_id"].isin(chosen)]
+    return design[design["subset_id"].isin(chosen)]
+
+
+def other_seed(finetune: FinetuneSettings) -> FinetuneSettings:
+    """The second real fine-tuning of the validation: ``finetune`` with seed + 1."""
+    return dataclasses.replace(finetune, seed=finetune.seed + 1)
+
+
+def calibrate_estimate(
+    examples_path, tasks_path, model_path, subsets_path, projected_path, projection_path,
+    other_seed_path, l2_curve_path, n_subsets: int, seed: int, finetune: FinetuneSettings,
+    estimate: GradientEstimateSettings, l2_candidates, threads: int = 1, metric: str = "auto",
+) -> None:
+    """Fine-tune the held-out subsets (:func:`held_out_subsets`) for real with seed
+    ``finetune.seed + 1`` and estimate them at every l2 of ``l2_candidates`` (and at
+    ``estimate.l2`` when it is a number); write those real values (subset_values table,
+    read by :func:`validate_estimator` as its second seed) and the l2 curve table (see
+    :func:`taskgroup.report.validation.l2_curve`). With ``estimate.l2`` "auto" the curve's
+    chosen l2 is its best candidate; otherwise it is ``estimate.l2``.
+
+    The choice is made against the second seed, so that :func:`validate_estimator`
+    judges the chosen estimate against a fine-tuning (seed ``finetune.seed``) that took no
+    part in it. Raises ValueError when ``l2_candidates`` is empty with l2 "auto".
+    """
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    meta = load_checkpoint(model_path, data.task_names).to(device)
+    held_out = held_out_subsets(subsets_path, n_subsets, seed)
+    reference = finetune_values(meta, data, held_out, other_seed(finetune), metric)
+    reference["design"] = design_of(held_out, subsets_path)
+    fixed = None if estimate.l2_is_auto else float(estimate.l2)
+    candidates = sorted({float(l2) for l2 in l2_candidates} | ({fixed} - {None}))
+    if not candidates:
+        raise ValueError('gradient_estimate.l2 is "auto" but l2_candidates is empty')
+    _, valuers = read_gradient_valuers(
+        projected_path, projection_path, model_path, tasks_path,
+        [estimate.with_l2(l2) for l2 in candidates], threads, metric,
+    )
+    started = time.perf_counter()
+    estimates = {l2: value(held_out) for l2, value in zip(candidates, valuers)}
+    log.info("estimated %d held-out subsets at %d l2 values in %.1f s",
+             held_out["subset_id"].nunique(), len(candidates), time.perf_counter() - started)
+    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
+    curve = l2_curve(estimates, reference, base.set_index("task")["loss"], chosen=fixed)
+    picked = float(curve.loc[curve["chosen"], "l2"].iloc[0])
+    log.info("l2 curve against the real fine-tuning of seed %d (%s):\n%s", finetune.seed + 1,
+             "chosen: the highest median within-task Pearson" if fixed is None
+             else "l2 set in the config", curve.to_string(index=False))
+    if fixed is None and picked in (candidates[0], candidates[-1]) and len(candidates) > 1:
+        log.warning(
+            "the chosen l2 %g is at the end of gradient_estimate.l2_candidates %s: the best "
+            "l2 may lie beyond it; consider extending the candidates", picked, candidates,
+        )
+    write_table(reference, other_seed_path)
+    write_table(curve, l2_curve_path)
+
+
+def validate_estimator(
+    examples_path, tasks_path, model_path, subsets_path, estimate_path, other_seed_path,
+    l2_curve_path, per_subset_path, summary_path, validity_path, figure_path, n_subsets: int,
+    seed: int, finetune: FinetuneSettings, clustering: ClusteringSettings,
+    clustering_method: str, scales, threads: int = 1, metric: str = "auto",
+) -> None:
+    """Real fine-tuning of ``n_subsets`` subsets drawn from the design
+    (:func:`held_out_subsets`) with ``finetune``'s seed (so these fine-tunings are
+    finetune_subsets'), compared with the gradient estimate of the same subsets, with
+    :func:`calibrate_estimate`'s real fine-tuning of seed + 1 (``other_seed_path``) and
+    with the no-change estimate (the affinities of each are clustered by
+    ``clustering_method`` under ``clustering``).
+
+    Writes the per-(subset, task) errors, the summary figures of each comparison (with
+    the l2 the estimate used, from the l2 curve table at ``l2_curve_path``; the affinity and
+    cluster figures only mean something when n_subsets is a sizeable share of the design),
+    the first-order validity curve and a figure. Raises ValueError when the second seed's
+    table does not hold the same subsets.
+    """
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    meta = load_checkpoint(model_path, data.task_names).to(device)
+    held_out = held_out_subsets(subsets_path, n_subsets, seed)
+    chosen = np.sort(held_out["subset_id"].unique())
     estimate = read_table(estimate_path, SUBSET_VALUES)
     estimate = estimate[estimate["subset_id"].isin(chosen)].drop(
         columns=["relative_shift"], errors="ignore"
     )
+    other = read_table(other_seed_path, SUBSET_VALUES)
+    if not np.array_equal(np.sort(other["subset_id"].unique()), chosen):
+        raise ValueError(
+            f"{other_seed_path}: holds other subsets than the {len(chosen)} held-out ones of "
+            f"validation.n_subsets = {n_subsets}, seed = {seed}; it is stale, rerun "
+            "calibrate_estimate"
+        )
+    curve = read_table(l2_curve_path, L2_CURVE)
     tuned = finetuned_models(meta, data, held_out, finetune)
     real = values_of_models(tuned, data, metric)
-    other_seed = dataclasses.replace(finetune, seed=finetune.seed + 1)
-    other = finetune_values(meta, data, held_out, other_seed, metric)
     base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
     base_loss = base.set_index("task")["loss"]
     trivial = real.copy()
@@ -82,6 +160,11 @@ def validate_estimator(
         )
         summary.append({"estimator": name, "n_subsets": len(chosen), **figures})
     summary = pd.DataFrame(summary)
+    # the l2 the gradient estimate used (NaN on the other rows)
+    summary["l2"] = np.where(
+        summary["estimator"] == "gradient", float(curve.loc[curve["chosen"], "l2"].iloc[0]),
+        np.nan,
+    )
     log.info("estimator validation on %d subsets:\n%s", len(chosen), summary.to_string())
     curves = []
     for subset_id, indices, model in tuned:  # the fine-tunings of ``real``
