@@ -96,7 +96,9 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
     meta = MultiHeadNet(data.n_features, data.n_tasks, hidden)
     meta.load_state_dict(state)
     settings = projection_settings(text, config)
-    estimate = GradientEstimateSettings(**config["gradient_estimate"])
+    estimate = GradientEstimateSettings.from_mapping(config["gradient_estimate"]).with_l2(
+        l2_values[0]
+    )
     metric = config["evaluation"]["metric"]
     # The peak of the warm-up (a whole projection, 2 subsets) is below that of the run.
     baseline = peak_rss_mb()
@@ -146,7 +148,8 @@ def main():
     parser.add_argument("--hidden", type=int, nargs="+", default=None)
     parser.add_argument("--subsets", type=int, default=600)
     parser.add_argument("--l2", type=float, nargs="+", default=None,
-                        help="gradient_estimate.l2 values to compare (default: the config's)")
+                        help="gradient_estimate.l2 values to compare (default: the config's l2, or "
+                             "its l2_candidates when l2 is auto)")
     parser.add_argument("--best-epoch", action="store_true",
                         help="keep the meta-initialization's epoch of lowest validation loss")
     parser.add_argument("--settings", nargs="+",
@@ -199,7 +202,11 @@ def main():
           f"{real_seconds:.1f} s\n")
     rows = [{"what": "real vs real (floor)", **compare(other)},
             {"what": "no change vs real", **compare(trivial)}]
-    l2_values = args.l2 or [config["gradient_estimate"]["l2"]]
+    # l2 "auto": every candidate, so that the row the workflow would choose is among them
+    l2 = config["gradient_estimate"]["l2"]
+    l2_values = args.l2 or (
+        config["gradient_estimate"]["l2_candidates"] if l2 == "auto" else [l2]
+    )
     for text in args.settings:
         result = gradient_run(config, hidden, meta, subsets, text, l2_values)
         path = result["projection_seconds"] + result["estimate_seconds"]

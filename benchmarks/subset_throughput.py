@@ -107,7 +107,11 @@ def child(path: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     saved = torch.load(path / "inputs.pt", weights_only=False)
     subsets, names = saved["subsets"], saved["names"]
-    settings = GradientEstimateSettings(**saved["settings"])
+    settings = GradientEstimateSettings.from_mapping(saved["settings"])
+    if settings.l2_is_auto:
+        # l2 changes the values, not the work: the middle candidate
+        candidates = sorted(saved["settings"]["l2_candidates"])
+        settings = settings.with_l2(candidates[len(candidates) // 2])
     train, val = saved["splits"]["train"], saved["splits"]["val"]
     estimate_values(train, val, subsets[subsets["subset_id"] < 2], names, settings,
                     memory_mb=BATCH_MEMORY_MB)
