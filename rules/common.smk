@@ -334,8 +334,8 @@ def estimator_params():
 def gradient_estimate_params():
     """The settings of a job that estimates subsets: l2 ("auto" or a number),
     newton_steps, max_relative_shift. Not l2_candidates: with l2 "auto" the chosen l2
-    arrives in the l2 curve table (l2_curve_inputs), so only a changed choice reruns it.
-    """
+    arrives in the l2 curve table (l2_curve_inputs), and with a number they change no
+    estimate."""
     return sorted_deep({key: config["gradient_estimate"][key] for key in ESTIMATE_KEYS})
 
 

@@ -249,3 +249,22 @@ def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(g
     assert by_scale[0.5] < by_scale[2.0]  # the expansion degrades away from theta*
     summary = pd.read_parquet(results / "evaluation" / "summary.parquet")
     assert summary["grouping"].tolist() == GROUPINGS + ["random_mean"]
+
+
+def test_the_l2_choice_reruns_with_what_it_depends_on(gradient_run):
+    """Dry runs against the finished gradient run: the validity curve's scales do not touch
+    the l2 choice or the estimates; a number for l2 drops the estimates' wait for it."""
+    repository = gradient_run["repository"]
+
+    def change(edit):
+        def apply(config):
+            use_gradient_estimator(config)
+            edit(config)
+        return set(dry_run_with(repository, apply))
+
+    assert change(lambda c: None) == set()
+    scales = change(lambda c: c["validation"].update(scales=[0.5, 1.0]))
+    assert "validate_estimator" in scales
+    assert not {"calibrate_estimate", "estimate_subsets"} & scales, scales
+    fixed = change(lambda c: c["gradient_estimate"].update(l2=0.05))
+    assert {"calibrate_estimate", "estimate_subsets", "validate_estimator"} <= fixed
