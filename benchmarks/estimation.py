@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
-      [--subsets 600] [--best-epoch] [--l2 0.05 0.5]
+      [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
@@ -150,8 +150,9 @@ def main():
     parser.add_argument("--l2", type=float, nargs="+", default=None,
                         help="gradient_estimate.l2 values to compare (default: the config's l2, or "
                              "its l2_candidates when l2 is auto)")
-    parser.add_argument("--best-epoch", action="store_true",
-                        help="keep the meta-initialization's epoch of lowest validation loss")
+    parser.add_argument("--meta-epoch", choices=("best", "last"), default=None,
+                        help="keep the meta-initialization's epoch of lowest validation loss "
+                             "or its last (default: the config's meta_init.keep_best_epoch)")
     parser.add_argument("--settings", nargs="+",
                         default=["exact", "sparse:1024:4", "kronecker:1024", "dense:1024"])
     args = parser.parse_args()
@@ -159,10 +160,14 @@ def main():
     # The schema fills in the defaults, as it does for the workflow.
     validate(config, str(ROOT / "config" / "config.schema.yaml"))
     hidden = args.hidden or config["model"]["hidden_sizes"]
+    best_epoch = (
+        config["meta_init"]["keep_best_epoch"] if args.meta_epoch is None
+        else args.meta_epoch == "best"
+    )
     torch.set_num_threads(1)
     data, _ = load_data(config)
     meta = train_new_model(data, torch.arange(data.n_tasks), hidden,
-                           training(config["meta_init"], args.best_epoch),
+                           training(config["meta_init"], best_epoch),
                            config["meta_init"]["seed"],
                            torch.device("cpu"))
     n_parameters = sum(p.numel() for p in meta.parameters())
@@ -194,7 +199,7 @@ def main():
         return agreement(values, real, base, names, clustering, method, clusters_of_real)
 
     print(f"config {args.config}: k = {data.n_tasks} tasks, trunk {hidden}, p = {n_parameters} "
-          f"parameters, meta-initialization {'best' if args.best_epoch else 'last'} epoch, "
+          f"parameters, meta-initialization {'best' if best_epoch else 'last'} epoch, "
           f"fine-tuning {config['finetune']['epochs']} epochs at lr {config['finetune']['lr']}, "
           f"m = {args.subsets} subsets of size {config['subsets']['size']}, l2 "
           f"{config['gradient_estimate']['l2']}, clusters by {method}, 1 thread per process")

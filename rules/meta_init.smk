@@ -23,6 +23,7 @@ rule train_meta_init:
         **meta_init_options(),
         hidden_sizes=config["model"]["hidden_sizes"],
         training=training_params("meta_init"),
+        keep_best_epoch=config["meta_init"]["keep_best_epoch"],
         seed=config["meta_init"]["seed"],
         metric=config["evaluation"]["metric"],
     script:

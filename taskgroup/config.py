@@ -95,15 +95,27 @@ def check_yaml_file(path: str | os.PathLike) -> None:
 EXPONENT_WITHOUT_POINT = re.compile(r"[+-]?\d+[eE][+-]?\d+")
 
 
+def _resolved(node: dict, schema: dict) -> dict:
+    """``node`` with its ``$ref`` (to #/$defs/.., followed through chains) merged in: the
+    node's own keys win, and the properties of both are kept."""
+    if "$ref" not in node:
+        return node
+    target = schema
+    for part in node["$ref"].lstrip("#/").split("/"):
+        target = target.get(part, {})
+    target = _resolved(target, schema)
+    own = {k: v for k, v in node.items() if k != "$ref"}
+    merged = {**target, **own}
+    if "properties" in target and "properties" in own:
+        merged["properties"] = {**target["properties"], **own["properties"]}
+    return merged
+
+
 def _schema_types(node: dict, schema: dict) -> set[str]:
     """The JSON types a schema ``node`` allows (through $ref to #/$defs/.. and
     oneOf/anyOf), leaving out "string" where only fixed words are allowed; empty when it
     does not say."""
-    if "$ref" in node:
-        target = schema
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target.get(part, {})
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    node = _resolved(node, schema)
     kinds = node.get("type", [])
     types = {kinds} if isinstance(kinds, str) else set(kinds)
     if "const" in node or "enum" in node:
@@ -118,13 +130,10 @@ def _schema_types(node: dict, schema: dict) -> set[str]:
 def _schema_children(node: dict, schema: dict, key) -> list[dict]:
     """The schema nodes that may describe ``node``'s child ``key`` (a property name or a
     list index)."""
-    if "$ref" in node:
-        target = schema
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target.get(part, {})
-        node = target
+    node = _resolved(node, schema)
     children = []
     for option in [node] + node.get("oneOf", []) + node.get("anyOf", []):
+        option = _resolved(option, schema)
         if isinstance(key, int):
             if isinstance(option.get("items"), dict):
                 children.append(option["items"])

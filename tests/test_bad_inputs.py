@@ -1024,6 +1024,11 @@ def test_a_number_in_exponent_notation_without_a_point_is_named(smoke, tmp_path)
     )):
         check_number_texts(smoke, schema)
     smoke["final"]["lr"] = 1.0e-3
+    # meta_init: the shared training fields and its own key, behind two $refs
+    smoke["meta_init"]["lr"] = "1e-2"
+    with pytest.raises(ConfigError, match=r"meta_init\.lr = '1e-2' is text"):
+        check_number_texts(smoke, schema)
+    smoke["meta_init"]["lr"] = 0.01
     smoke["dataset"]["planted"]["label_noise"] = ["5e-2"]  # in a list, behind a oneOf
     with pytest.raises(ConfigError, match=r"dataset\.planted\.label_noise\[0\] = '5e-2'"):
         check_number_texts(smoke, schema)

@@ -70,6 +70,13 @@ def test_forward_selection_defaults_fill_in_when_the_section_is_absent(config):
          "0 is less than the minimum of 1"),
         (lambda c: c["subsets"]["forward_selection"].update(steps=3),
          "Additional properties are not allowed"),
+        # the training sections: the shared fields, plus meta_init's own key
+        (lambda c: c["finetune"].update(keep_best_epoch=True),
+         r"Unevaluated properties are not allowed \('keep_best_epoch' was unexpected\)"),
+        (lambda c: c["meta_init"].update(epoch=3),
+         r"Unevaluated properties are not allowed \('epoch' was unexpected\)"),
+        (lambda c: c["meta_init"].update(keep_best_epoch="yes"), "'yes' is not of type"),
+        (lambda c: c["gradient_estimate"].update(l2="big"), "'big' is not valid under any"),
     ],
 )
 def test_schema_rejects_bad_values(config, mutate, message):

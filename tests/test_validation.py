@@ -80,6 +80,24 @@ def test_l2_curve_chooses_the_best_within_task_correlation_not_the_smallest_erro
     assert fixed["chosen"].tolist() == [False, False, True]
 
 
+def test_l2_curve_breaks_a_tie_in_correlation_by_the_relative_error():
+    """Two estimates with the same within-task correlations (one is three times the other):
+    the affinity cannot tell them apart, so the one closer in level is chosen."""
+    rng = np.random.default_rng(1)
+    truth = {(s, t): 1.0 + rng.uniform() for s in range(8) for t in "abc"}
+    near = {key: value + rng.normal(0, 0.1) for key, value in truth.items()}
+    estimates = {0.02: values({key: 3 * value for key, value in near.items()}),
+                 0.2: values(near)}
+    curve = l2_curve(estimates, values(truth), pd.Series(dict.fromkeys("abc", 1.5)))
+    curve = curve.set_index("l2")
+    assert curve.loc[0.02, "within_task_pearson"] == pytest.approx(
+        curve.loc[0.2, "within_task_pearson"]
+    )
+    assert curve.loc[0.2, "within_task_pearson_se"] > 0
+    assert curve.loc[0.2, "median_rel_error"] < curve.loc[0.02, "median_rel_error"]
+    assert curve["chosen"].tolist() == [False, True]
+
+
 def test_l2_curve_refuses_what_it_cannot_choose():
     reference, estimates = curve_inputs()
     base = pd.Series({"a": 1.5, "b": 1.5})

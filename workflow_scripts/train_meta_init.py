@@ -9,6 +9,7 @@ train_meta_init(
     metrics_path=snakemake.output.metrics,
     hidden_sizes=snakemake.params.hidden_sizes,
     training=snakemake.params.training,
+    keep_best_epoch=snakemake.params.keep_best_epoch,
     seed=snakemake.params.seed,
     threads=snakemake.threads,
     metric=snakemake.params.metric,

@@ -129,10 +129,11 @@ recommendation per-task choice (recommendation/per_task_choice.parquet) one row 
            (float64, means over seeds). Reported next to the recommendation, not used by it.
 l2 curve   (validation/l2_curve.parquet) one row per candidate gradient_estimate.l2: l2
            (float64), n_subsets (int64, the held-out subsets), median_rel_error,
-           within_task_pearson, within_task_spearman (float64: the estimate at that l2
-           against the real fine-tuning of seed finetune.seed + 1; correlations are medians
-           over tasks of a per-task correlation across subsets), chosen (bool, exactly one
-           row: the l2 the subsets were estimated with).
+           within_task_pearson, within_task_pearson_se, within_task_spearman (float64: the
+           estimate at that l2 against the real fine-tuning of seed finetune.seed + 1;
+           correlations are medians over tasks of a per-task correlation across subsets,
+           _se the standard error of that median), chosen (bool, exactly one row: the l2
+           the subsets were estimated with).
 recommendation signal (recommendation/signal.parquet) one row: n_subsets_per_half, n_pairs
            (int64), correlation, p_value, ari, alpha (float64), above_noise (bool): the
            split-half reliability of the higher-order affinity.
@@ -305,6 +306,7 @@ L2_CURVE = {
     "n_subsets": "int",
     "median_rel_error": "float",
     "within_task_pearson": "float",
+    "within_task_pearson_se": "float",
     "within_task_spearman": "float",
     "chosen": "bool",
 }

@@ -36,11 +36,14 @@ def loss_rose_far(start: float, last: float) -> bool:
 
 class LossHistory(list):
     """The mean training loss of each epoch (a list of floats), with ``start``: the loss of
-    the first minibatch at the initial parameters (None before any step)."""
+    the first minibatch at the initial parameters (None before any step), and
+    ``kept_epoch``: the epoch (from 1) whose parameters the best-epoch selection kept (None
+    without it)."""
 
     def __init__(self, losses=(), start: float | None = None):
         super().__init__(losses)
         self.start = start
+        self.kept_epoch: int | None = None
 
     @property
     def rose_far(self) -> bool:
@@ -238,6 +241,7 @@ def fit(
         )
     if best_state is not None:
         model.load_state_dict(best_state)
+        history.kept_epoch = best_epoch
     model.eval()
     return history
 

@@ -39,12 +39,14 @@ class TrainedModel:
     """A trained network (a MultiHeadNet, or an AlignedNet with alignment) and the tables of
     the options: task weights (reweighting) and diagnostics, None when off; ``loss_rose_far``:
     the joint training's loss ended far above its start
-    (:attr:`taskgroup.models.training.LossHistory.rose_far`)."""
+    (:attr:`taskgroup.models.training.LossHistory.rose_far`); ``kept_epoch``: the joint
+    training's epoch kept by the best-epoch selection (None without it)."""
 
     model: torch.nn.Module
     weights: pd.DataFrame | None
     diagnostics: pd.DataFrame | None
     loss_rose_far: bool = False
+    kept_epoch: int | None = None
 
 
 def train_with_options(
@@ -93,5 +95,5 @@ def train_with_options(
         recorder.record_final(model, kept_alignment_epoch)
     return TrainedModel(
         model, weights, None if recorder is None else recorder.table(),
-        loss_rose_far=histories[0].rose_far,
+        loss_rose_far=histories[0].rose_far, kept_epoch=histories[0].kept_epoch,
     )

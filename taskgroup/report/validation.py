@@ -67,17 +67,29 @@ def within_task_pearson(estimate: pd.DataFrame, reference: pd.DataFrame) -> pd.S
     return pd.Series(result, name="pearson")
 
 
+def median_standard_error(values) -> float:
+    """The large-sample standard error of the median of ``values`` (NaN ignored):
+    sqrt(pi / 2) sd / sqrt(n); NaN below 2 values."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return float("nan")
+    return float(np.sqrt(np.pi / 2) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
 def l2_curve(estimates: dict[float, pd.DataFrame], reference: pd.DataFrame,
              base_loss: pd.Series, chosen: float | None = None) -> pd.DataFrame:
     """The l2 curve table (see :mod:`taskgroup.data.tables`) of ``estimates`` (l2 -> the
     estimate's subset values at that l2) against ``reference`` on the same subsets.
 
-    ``chosen`` None: the chosen l2 is the one of highest median within-task Pearson
-    correlation (the first, smallest, of equal ones), the agreement the normalized affinity
-    depends on; the relative error also counts a per-task offset and scale, which the
-    affinity removes. Otherwise ``chosen`` (a key of ``estimates``) is marked. Raises
-    ValueError when ``estimates`` is empty, when ``chosen`` is not one of its keys, or when
-    no l2 has a defined correlation (every task in fewer than 3 subsets).
+    ``chosen`` None: the chosen l2 is, among the candidates whose median within-task
+    Pearson correlation is within one standard error (of the best one's median, over
+    tasks) of the highest, the one of lowest median relative error. The correlation is
+    the agreement the normalized affinity depends on; where it cannot tell candidates
+    apart, the level of the values decides (the surrogates and the pairwise transfer read
+    the values themselves). Otherwise ``chosen`` (a key of ``estimates``) is marked.
+    Raises ValueError when ``estimates`` is empty, when ``chosen`` is not one of its keys,
+    or when no l2 has a defined correlation (every task in fewer than 3 subsets).
     """
     if not estimates:
         raise ValueError("l2 curve: no candidate l2 values")
@@ -85,15 +97,15 @@ def l2_curve(estimates: dict[float, pd.DataFrame], reference: pd.DataFrame,
     for l2 in sorted(estimates):
         values = estimates[l2]
         errors = per_task_relative_error(values, reference)["relative_error"]
+        pearson = within_task_pearson(values, reference)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # all-NaN medians are the answer
             rows.append({
                 "l2": float(l2),
                 "n_subsets": int(values["subset_id"].nunique()),
                 "median_rel_error": float(errors.median()),
-                "within_task_pearson": float(
-                    np.nanmedian(within_task_pearson(values, reference))
-                ),
+                "within_task_pearson": float(np.nanmedian(pearson)),
+                "within_task_pearson_se": median_standard_error(pearson),
                 "within_task_spearman": float(
                     np.nanmedian(within_task_spearman(values, reference, base_loss))
                 ),
@@ -105,7 +117,12 @@ def l2_curve(estimates: dict[float, pd.DataFrame], reference: pd.DataFrame,
                 "l2 curve: no task is in 3 or more held-out subsets, so no l2 can be chosen; "
                 "raise validation.n_subsets or set gradient_estimate.l2 to a number"
             )
-        chosen = float(curve.loc[curve["within_task_pearson"].idxmax(), "l2"])
+        best = curve.loc[curve["within_task_pearson"].idxmax()]
+        margin = 0.0 if np.isnan(best["within_task_pearson_se"]) else best[
+            "within_task_pearson_se"
+        ]
+        tied = curve[curve["within_task_pearson"] >= best["within_task_pearson"] - margin]
+        chosen = float(tied.loc[tied["median_rel_error"].idxmin(), "l2"])
     elif float(chosen) not in set(curve["l2"]):
         raise ValueError(f"l2 curve: the chosen l2 {chosen!r} is not a candidate")
     curve["chosen"] = curve["l2"] == float(chosen)

@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 def train_meta_init(
     examples_path, tasks_path, model_path, metrics_path, hidden_sizes, training: dict,
     seed: int, threads: int = 1, metric: str = "auto", options: dict | None = None,
-    weights_path=None, diagnostics_path=None,
+    weights_path=None, diagnostics_path=None, keep_best_epoch: bool = False,
 ) -> None:
     """Train the multi-head model on all tasks; save it and its per-task validation metrics
     (columns task, split, loss, metric (``metric``, evaluation.metric), n_examples).
+
+    ``keep_best_epoch``: keep the parameters of the epoch with the lowest mean validation
+    loss over the tasks (meta_init.keep_best_epoch) rather than the last epoch's. An
+    over-fit meta-initialization leaves fine-tuning on a subset nothing to do but over-fit
+    further, and the values f_i(S) of two fine-tunings of one subset then disagree.
 
     ``options``: the enabled ``training_options.meta_init`` (reweighting, diagnostics; see
     :mod:`taskgroup.models.within_group`); their tables go to ``weights_path`` (task weights) and
@@ -40,7 +45,7 @@ def train_meta_init(
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
-    settings = TrainSettings(**training)
+    settings = TrainSettings(**training, select_best_epoch=keep_best_epoch)
     every_task = torch.arange(data.n_tasks, device=device)
     resolve_metrics(metric, data.types, data.task_names)  # fail before training
     started = time.perf_counter()
@@ -56,8 +61,10 @@ def train_meta_init(
         write_table(trained.diagnostics, diagnostics_path)
     metrics = evaluate(model, data, every_task, splits=("val",), metric=metric)
     log.info(
-        "meta-initialization: %d tasks, %d epochs in %.1f s; mean val loss %.4f, %s %.4f",
+        "meta-initialization: %d tasks, %d epochs in %.1f s, %s; mean val loss %.4f, %s %.4f",
         data.n_tasks, settings.epochs, time.perf_counter() - started,
+        "the last kept" if trained.kept_epoch is None
+        else f"epoch {trained.kept_epoch} kept (lowest mean val loss)",
         metrics["loss"].mean(), metric, metrics["metric"].mean(),
     )
     save_model_atomically(model.cpu(), data.task_names, model_path)

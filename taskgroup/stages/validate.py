@@ -92,7 +92,8 @@ def calibrate_estimate(
     curve = l2_curve(estimates, reference, base.set_index("task")["loss"], chosen=fixed)
     picked = float(curve.loc[curve["chosen"], "l2"].iloc[0])
     log.info("l2 curve against the real fine-tuning of seed %d (%s):\n%s", finetune.seed + 1,
-             "chosen: the highest median within-task Pearson" if fixed is None
+             "chosen: the lowest relative error within one standard error of the highest "
+             "median within-task Pearson" if fixed is None
              else "l2 set in the config", curve.to_string(index=False))
     if fixed is None and picked in (candidates[0], candidates[-1]) and len(candidates) > 1:
         log.warning(
