@@ -1,6 +1,5 @@
 import logging
 
-import pytest
 from conftest import small_spec
 
 from taskgroup.data.datasets.planted import generate_planted
