@@ -32,13 +32,13 @@ rule project_gradients:
 
 rule estimate_subsets:
     input:
+        # with gradient_estimate.l2 "auto": the l2 chosen on the held-out subsets
         **l2_curve_inputs(),
         projected="results/{dataset}/gradients/projected.parquet",
         projection="results/{dataset}/gradients/projection.parquet",
         model=META_INIT_MODEL,
         subsets="results/{dataset}/subsets/{design}.parquet",
         tasks=TASKS_TABLE,
-        # with gradient_estimate.l2 "auto": the l2 chosen on the held-out subsets
         code=library_code("estimate_subsets.py"),
     output:
         "results/{dataset}/subset_values/gradient/{design}/chunk_{chunk}.parquet",
