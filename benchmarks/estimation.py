@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
-      [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5]
+      [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--finetune-lr 0.001]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
@@ -18,7 +18,10 @@ speedup of the whole gradient path over real fine-tuning of the same subsets, an
 agreement with real fine-tuning (median relative error, within-task Spearman, normalized
 affinity distance, ARI of the clusters from the config's primary method), next to the
 real-vs-real floor and the no-change estimate; with ``--l2``, one row per l2 value
-(throughput: the fastest of them). One thread per process; nothing is asserted.
+(throughput: the fastest of them). The fine-tuning rate is ``--finetune-lr``, or the
+config's finetune.lr; when that is "auto", the workflow's choice
+(:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first validation.n_subsets
+subsets first and its curve printed. One thread per process; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
 from taskgroup.report.validation import agreement, reference_clusters
+from taskgroup.stages.validate import lr_curve_on
 
 ROOT = Path(__file__).resolve().parents[1]
 # Examples projected at a time (the stage derives it from its memory; 4096 is its cap).
@@ -153,6 +157,9 @@ def main():
     parser.add_argument("--meta-epoch", choices=("best", "last"), default=None,
                         help="keep the meta-initialization's epoch of lowest validation loss "
                              "or its last (default: the config's meta_init.keep_best_epoch)")
+    parser.add_argument("--finetune-lr", type=float, default=None,
+                        help="finetune.lr of the references (default: the config's, chosen as "
+                             "the workflow does when it is auto)")
     parser.add_argument("--settings", nargs="+",
                         default=["exact", "sparse:1024:4", "kronecker:1024", "dense:1024"])
     args = parser.parse_args()
@@ -176,6 +183,18 @@ def main():
     metric = config["evaluation"]["metric"]
     epoch = one_epoch_seconds(config, data, meta)
     finetune = FinetuneSettings.from_mapping(config["finetune"])
+    if args.finetune_lr is not None:
+        finetune = finetune.with_lr(args.finetune_lr)
+    elif finetune.lr_is_auto:
+        pilot = subsets[subsets["subset_id"].isin(
+            sorted(subsets["subset_id"].unique())[: config["validation"]["n_subsets"]]
+        )]
+        started = time.perf_counter()
+        curve = lr_curve_on(meta, data, pilot, finetune, config["evaluation"]["metric"])
+        finetune = finetune.with_lr(float(curve.loc[curve["chosen"], "lr"].iloc[0]))
+        print(f"finetune.lr auto, on {pilot['subset_id'].nunique()} of the subsets "
+              f"({time.perf_counter() - started:.1f} s):")
+        print(curve.round(4).to_string(index=False), "\n")
     started = time.perf_counter()
     real = finetune_valuer(meta, data, finetune, metric)(subsets)
     real_seconds = time.perf_counter() - started
@@ -200,7 +219,7 @@ def main():
 
     print(f"config {args.config}: k = {data.n_tasks} tasks, trunk {hidden}, p = {n_parameters} "
           f"parameters, meta-initialization {'best' if best_epoch else 'last'} epoch, "
-          f"fine-tuning {config['finetune']['epochs']} epochs at lr {config['finetune']['lr']}, "
+          f"fine-tuning {config['finetune']['epochs']} epochs at lr {finetune.training.lr:g}, "
           f"m = {args.subsets} subsets of size {config['subsets']['size']}, l2 "
           f"{config['gradient_estimate']['l2']}, clusters by {method}, 1 thread per process")
     print(f"one training epoch: {epoch:.3f} s; real fine-tuning of the m subsets: "

@@ -97,6 +97,7 @@ EXAMPLES_TABLE = "results/{dataset}/data/examples.parquet"
 TASKS_TABLE = "results/{dataset}/data/tasks.parquet"
 META_INIT_MODEL = "results/{dataset}/meta_init/model.pt"
 L2_CURVE_TABLE = "results/{dataset}/validation/l2_curve.parquet"
+LR_CURVE_TABLE = "results/{dataset}/validation/lr_curve.parquet"
 # The gradient_estimate keys that every estimate uses (l2_candidates only chooses l2).
 ESTIMATE_KEYS = ("l2", "newton_steps", "max_relative_shift")
 
@@ -328,7 +329,28 @@ def estimator_params():
     training settings and seed)."""
     if config["estimator"] == "gradient":
         return {"estimate": gradient_estimate_params()}
-    return {"finetune": sorted_deep(config["finetune"])}
+    return {"finetune": finetune_params()}
+
+
+def finetune_params():
+    """The settings of a job that fine-tunes subsets: the finetune section without
+    lr_candidates: with lr "auto" the chosen rate arrives in the lr curve table
+    (lr_curve_inputs), and with a number they change no fine-tuning."""
+    return sorted_deep(
+        {
+            key: value
+            for key, value in config["finetune"].items()
+            if key != "lr_candidates"
+        }
+    )
+
+
+def lr_curve_inputs(fine_tunes=True):
+    """The lr curve table, as an input of the jobs that fine-tune subsets (``fine_tunes``)
+    when finetune.lr is "auto"; none with a number."""
+    if fine_tunes and config["finetune"]["lr"] == "auto":
+        return {"lr_curve": LR_CURVE_TABLE}
+    return {}
 
 
 def gradient_estimate_params():

@@ -1,5 +1,7 @@
 rule finetune_subsets:
     input:
+        # with finetune.lr "auto": the rate chosen on the held-out subsets
+        **lr_curve_inputs(),
         examples=EXAMPLES_TABLE,
         tasks=TASKS_TABLE,
         model=META_INIT_MODEL,
@@ -17,7 +19,7 @@ rule finetune_subsets:
         gpu=1,
     params:
         chunk_size=config["subsets"]["chunk_size"],
-        finetune=sorted_deep(config["finetune"]),
+        finetune=finetune_params(),
         metric=config["evaluation"]["metric"],
     script:
         "../workflow_scripts/finetune_subsets.py"

@@ -4,6 +4,8 @@ rule forward_selection:
         **estimator_inputs(),
         # with gradient_estimate.l2 "auto" (estimator gradient): the chosen l2
         **l2_curve_inputs(),
+        # with finetune.lr "auto" (estimator finetune): the chosen rate
+        **lr_curve_inputs(config["estimator"] == "finetune"),
         tasks=TASKS_TABLE,
         model=META_INIT_MODEL,
         code=library_code("forward_selection.py"),

@@ -1,5 +1,33 @@
+rule calibrate_finetune:
+    input:
+        examples=EXAMPLES_TABLE,
+        tasks=TASKS_TABLE,
+        model=META_INIT_MODEL,
+        subsets="results/{dataset}/subsets/random.parquet",
+        code=library_code("calibrate_finetune.py"),
+    output:
+        LR_CURVE_TABLE,
+    log:
+        "results/{dataset}/logs/calibrate_finetune.log",
+    conda:
+        "../envs/taskgroup.yaml"
+    threads: 1
+    resources:
+        mem_mb=validation_mem_mb(),
+        gpu=1,
+    params:
+        # the held-out subsets: not validation.scales, which only validate_estimator uses
+        held_out={key: config["validation"][key] for key in ("n_subsets", "seed")},
+        finetune=sorted_deep(config["finetune"]),
+        metric=config["evaluation"]["metric"],
+    script:
+        "../workflow_scripts/calibrate_finetune.py"
+
+
 rule calibrate_estimate:
     input:
+        # with finetune.lr "auto": the rate chosen on the held-out subsets
+        **lr_curve_inputs(),
         examples=EXAMPLES_TABLE,
         tasks=TASKS_TABLE,
         model=META_INIT_MODEL,
@@ -26,7 +54,7 @@ rule calibrate_estimate:
     params:
         # the held-out subsets: not validation.scales, which only validate_estimator uses
         held_out={key: config["validation"][key] for key in ("n_subsets", "seed")},
-        finetune=sorted_deep(config["finetune"]),
+        finetune=finetune_params(),
         estimate=sorted_deep(config["gradient_estimate"]),
         metric=config["evaluation"]["metric"],
     script:
@@ -35,6 +63,8 @@ rule calibrate_estimate:
 
 rule validate_estimator:
     input:
+        # with finetune.lr "auto": the rate chosen on the held-out subsets
+        **lr_curve_inputs(),
         examples=EXAMPLES_TABLE,
         tasks=TASKS_TABLE,
         model=META_INIT_MODEL,
@@ -62,7 +92,7 @@ rule validate_estimator:
         gpu=1,
     params:
         validation=sorted_deep(config["validation"]),
-        finetune=sorted_deep(config["finetune"]),
+        finetune=finetune_params(),
         # the estimated and real affinities are clustered with the primary method ("auto"
         # is resolved on the real one)
         clustering=clustering_params(),

@@ -1039,6 +1039,15 @@ def test_a_number_in_exponent_notation_without_a_point_is_named(smoke, tmp_path)
         check_number_texts(smoke, schema)
     smoke["gradient_estimate"]["l2"] = "auto"
     check_number_texts(smoke, schema)
+    smoke["finetune"]["lr"] = "3e-3"
+    with pytest.raises(ConfigError, match=r"finetune\.lr = '3e-3' is text"):
+        check_number_texts(smoke, schema)
+    smoke["finetune"]["lr"] = "auto"
+    smoke["finetune"]["lr_candidates"] = [0.01, "1e-3"]
+    with pytest.raises(ConfigError, match=r"finetune\.lr_candidates\[1\] = '1e-3' is text"):
+        check_number_texts(smoke, schema)
+    smoke["finetune"]["lr_candidates"] = [0.01, 0.001]
+    check_number_texts(smoke, schema)
     # where text is allowed, such a value is a name
     smoke["dataset"]["name"] = "1e5"
     smoke["dataset"]["planted"]["exclude_tasks"] = ["1e5"]

@@ -77,6 +77,14 @@ def test_forward_selection_defaults_fill_in_when_the_section_is_absent(config):
          r"Unevaluated properties are not allowed \('epoch' was unexpected\)"),
         (lambda c: c["meta_init"].update(keep_best_epoch="yes"), "'yes' is not of type"),
         (lambda c: c["gradient_estimate"].update(l2="big"), "'big' is not valid under any"),
+        # finetune.lr: a number or auto; the other training sections: a number only
+        (lambda c: c["finetune"].update(lr="fast"), "'fast' is not valid under any"),
+        (lambda c: c["finetune"].update(lr_candidates=[0.01, 0]),
+         "0 is less than or equal to the minimum of 0"),
+        (lambda c: c["meta_init"].update(lr="auto"), "'auto' is not of type 'number'"),
+        (lambda c: c["final"].update(lr="auto"), "'auto' is not of type 'number'"),
+        (lambda c: c["final"].update(lr_candidates=[0.01]),
+         r"Unevaluated properties are not allowed \('lr_candidates' was unexpected\)"),
     ],
 )
 def test_schema_rejects_bad_values(config, mutate, message):

@@ -15,6 +15,7 @@ from taskgroup.models.training import TrainSettings, fit
 from taskgroup.report.validation import (
     agreement,
     l2_curve,
+    lr_curve,
     per_task_relative_error,
     reference_clusters,
     within_task_pearson,
@@ -202,3 +203,116 @@ def test_the_gradient_estimator_refuses_an_unchosen_l2():
     with pytest.raises(ValueError, match="no l2 was chosen"):
         gradient_valuer({}, None, 1.0, ["a"], ["binary"],
                         GradientEstimateSettings("auto", 1, None), "auto")
+
+
+def two_seeds(rng, noise: float, shift: float, subsets: int = 10, tasks: str = "abc"):
+    """Two fine-tunings' values of ``subsets`` subsets: a shared per-subset signal plus
+    independent noise of sd ``noise`` each, ``shift`` above a meta-initialization loss of 1."""
+    signal = {(s, t): rng.normal() for s in range(subsets) for t in tasks}
+    first = {key: 1.0 + shift * (1 + value + rng.normal(0, noise)) for key, value in signal.items()}
+    second = {key: 1.0 + shift * (1 + value + rng.normal(0, noise))
+              for key, value in signal.items()}
+    return values(first), values(second)
+
+
+def test_lr_curve_chooses_the_largest_rate_within_a_standard_error_of_the_best_floor():
+    """0.01 moves the values most but its seeds disagree; 0.001 and 0.0003 agree about
+    equally well (the larger wins); a fixed rate is marked whatever the curve says."""
+    rng = np.random.default_rng(0)
+    pairs = {0.01: two_seeds(rng, 3.0, 0.2), 0.001: two_seeds(rng, 0.05, 0.02),
+             0.0003: two_seeds(rng, 0.05, 0.005)}
+    base = pd.Series(dict.fromkeys("abc", 1.0))
+    curve = lr_curve(pairs, base).set_index("lr")
+    assert curve.index.tolist() == [0.0003, 0.001, 0.01]
+    assert (curve["n_subsets"] == 10).all()
+    assert curve.loc[0.001, "noise_floor"] > 0.9 and curve.loc[0.0003, "noise_floor"] > 0.9
+    assert curve.loc[0.01, "noise_floor"] < curve.loc[0.001, "noise_floor"] - curve.loc[
+        0.001, "noise_floor_se"]
+    assert curve.loc[0.01, "median_rel_change"] > curve.loc[0.001, "median_rel_change"] > (
+        curve.loc[0.0003, "median_rel_change"])
+    assert curve["share_raised"].between(0, 1).all()
+    assert curve["chosen"].tolist() == [False, True, False]
+    assert lr_curve(pairs, base, chosen=0.01)["chosen"].tolist() == [False, False, True]
+    # equal agreement everywhere: the largest rate
+    same = {lr: pairs[0.001] for lr in (0.001, 0.003)}
+    assert lr_curve(same, base)["chosen"].tolist() == [False, True]
+
+
+def test_lr_curve_refuses_what_it_cannot_choose():
+    rng = np.random.default_rng(0)
+    base = pd.Series(dict.fromkeys("abc", 1.0))
+    with pytest.raises(ValueError, match="no candidate"):
+        lr_curve({}, base)
+    with pytest.raises(ValueError, match="0.5 is not a candidate"):
+        lr_curve({0.01: two_seeds(rng, 0.1, 0.1)}, base, chosen=0.5)
+    with pytest.raises(ValueError, match="set finetune.lr to a number"):
+        lr_curve({0.01: two_seeds(rng, 0.1, 0.1, subsets=2)}, base)
+
+
+def test_finetune_settings_accept_auto_and_take_the_chosen_rate_from_the_curve(tmp_path):
+    from taskgroup.data.tables import write_table
+    from taskgroup.estimate.finetune import FinetuneSettings
+    from taskgroup.stages.finetune import with_chosen_lr
+
+    section = {"epochs": 2, "lr": "auto", "batch_size": 16, "weight_decay": 0.0, "seed": 3,
+               "lr_candidates": [0.01, 0.001]}
+    auto = FinetuneSettings.from_mapping(section)
+    assert auto.lr_is_auto and auto.lr_candidates == (0.01, 0.001)
+    assert auto.with_lr(0.001).training == TrainSettings(2, 0.001, 16, 0.0)
+    for bad in ("fast", 0.0, -1.0):
+        with pytest.raises(ValueError, match="finetune.lr = "):
+            FinetuneSettings.from_mapping({**section, "lr": bad})
+    with pytest.raises(ValueError, match="lr_candidates"):
+        FinetuneSettings.from_mapping({**section, "lr_candidates": [0.01, 0.0]})
+    with pytest.raises(ValueError, match='finetune.lr is "auto": replace it'):
+        auto.require_lr()
+    fixed = auto.with_lr(0.01)
+    assert with_chosen_lr(fixed) is fixed
+    with pytest.raises(ValueError, match="no lr curve table"):
+        with_chosen_lr(auto)
+    rng = np.random.default_rng(0)
+    curve = lr_curve({0.01: two_seeds(rng, 3.0, 0.2), 0.001: two_seeds(rng, 0.05, 0.02)},
+                     pd.Series(dict.fromkeys("abc", 1.0)))
+    write_table(curve, tmp_path / "lr_curve.parquet")
+    assert with_chosen_lr(auto, tmp_path / "lr_curve.parquet") == auto.with_lr(0.001)
+    write_table(curve.assign(chosen=False), tmp_path / "none.parquet")
+    with pytest.raises(ValueError, match="none.parquet: 0 rows have chosen == True"):
+        with_chosen_lr(auto, tmp_path / "none.parquet")
+
+
+def test_lr_curve_on_fine_tunes_every_candidate_twice_and_refuses_no_candidates(small_data):
+    """Real fine-tunings of a small model: each rate's values are its fine-tunings' (the
+    chosen rate's first seed equals a plain fine-tuning at that rate), and the floor of
+    a rate is the agreement of its two seeds."""
+    from taskgroup.estimate.finetune import FinetuneSettings, finetune_values
+    from taskgroup.stages.validate import lr_curve_on, other_seed
+
+    torch.manual_seed(0)
+    meta = MultiHeadNet(small_data.n_features, small_data.n_tasks, [4])
+    fit(meta, small_data, torch.arange(small_data.n_tasks), TrainSettings(5, 0.01, 16), seed=0)
+    names = small_data.task_names
+    subsets = pd.DataFrame(
+        [(s, t) for s, pair in enumerate(itertools.combinations(names, 2)) for t in pair],
+        columns=["subset_id", "task"],
+    )
+    auto = FinetuneSettings(TrainSettings(2, "auto", 16), 0, (0.01, 0.001))
+    curve = lr_curve_on(meta, small_data, subsets, auto).set_index("lr")
+    assert curve.index.tolist() == [0.001, 0.01]
+    assert (curve["n_subsets"] == subsets["subset_id"].nunique()).all()
+    assert curve["chosen"].sum() == 1 and curve["noise_floor"].notna().all()
+    assert curve.loc[0.01, "median_rel_change"] > curve.loc[0.001, "median_rel_change"]
+    # the floor of 0.01 is the agreement of the two seeds' fine-tunings at 0.01
+    from taskgroup.models.training import evaluate
+
+    base = evaluate(meta, small_data, torch.arange(small_data.n_tasks), ("val",))
+    base = base.set_index("task")["loss"]
+    first = finetune_values(meta, small_data, subsets, auto.with_lr(0.01))
+    second = finetune_values(meta, small_data, subsets, other_seed(auto.with_lr(0.01)))
+    floor = np.nanmedian(within_task_spearman(first, second, base))
+    assert curve.loc[0.01, "noise_floor"] == pytest.approx(floor, abs=1e-12)
+    fixed = lr_curve_on(meta, small_data, subsets, replace(auto, lr_candidates=()).with_lr(0.003))
+    assert fixed["lr"].tolist() == [0.003] and fixed["chosen"].tolist() == [True]
+    with pytest.raises(ValueError, match="no learning rate to calibrate"):
+        lr_curve_on(meta, small_data, subsets, replace(auto, lr_candidates=()))
+    with pytest.raises(ValueError, match='finetune.lr is "auto"'):
+        finetune_values(meta, small_data, subsets, auto)

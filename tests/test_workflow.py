@@ -178,10 +178,11 @@ def test_bad_config_fails_at_parse_time_with_a_clear_message(tmp_path, change, m
 
 
 def use_gradient_estimator(config: dict) -> None:
-    """The gradient estimator with l2 "auto", chosen on every subset of the design (10 per
-    task: "auto" needs 3 or more held-out subsets per task)."""
+    """The gradient estimator with l2 and the fine-tuning rate "auto", chosen on every subset
+    of the design (10 per task: "auto" needs 3 or more held-out subsets per task)."""
     config["estimator"] = "gradient"
     config["gradient_estimate"]["l2"] = "auto"
+    config["finetune"]["lr"] = "auto"
     config["validation"]["n_subsets"] = config["subsets"]["count"]
 
 
@@ -215,8 +216,8 @@ def gradient_run(tmp_path_factory):
 
 def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(gradient_run):
     repository, jobs = gradient_run["repository"], gradient_run["dry_run"]
-    assert {"project_gradients", "calibrate_estimate", "estimate_subsets",
-            "validate_estimator"} <= set(jobs)
+    assert {"project_gradients", "calibrate_finetune", "calibrate_estimate",
+            "estimate_subsets", "validate_estimator"} <= set(jobs)
     assert not {"prepare_dataset", "train_meta_init", "sample_subsets",
                 "finetune_subsets"} & set(jobs), jobs
     results = repository / "results" / "smoke"
@@ -244,6 +245,19 @@ def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(g
     assert np.isnan(validation.loc["no_change", "l2"])
     log = (results / "logs" / "estimate_subsets" / "random_0.log").read_text()
     assert f"gradient_estimate.l2 auto: {best['l2']:g}" in log
+    # finetune.lr "auto": the candidates' real-vs-real agreement, the largest rate within a
+    # standard error of the best chosen, and the held-out fine-tunings made with it
+    lr_curve = pd.read_parquet(results / "validation" / "lr_curve.parquet")
+    assert lr_curve["lr"].tolist() == [0.0003, 0.001, 0.003, 0.01]
+    assert (lr_curve["n_subsets"] == 30).all() and lr_curve["chosen"].sum() == 1
+    top = lr_curve.loc[lr_curve["noise_floor"].idxmax()]
+    tied = lr_curve[lr_curve["noise_floor"] >= top["noise_floor"] - top["noise_floor_se"]]
+    chosen_lr = lr_curve.loc[lr_curve["chosen"], "lr"].item()
+    assert chosen_lr == tied["lr"].max()
+    assert lr_curve["median_rel_change"].is_monotonic_increasing  # larger steps move more
+    for job in ("calibrate_estimate", "validate_estimator"):
+        assert f"finetune.lr auto: {chosen_lr:g}" in (results / "logs" / f"{job}.log").read_text()
+    assert "(4 of 4 rates" in (results / "logs" / "calibrate_finetune.log").read_text()
     # (How close the estimate is depends on gradient_estimate.l2 matching the fine-tuning
     # protocol; benchmarks/estimation.py measures it on the default config.)
     curve = pd.read_parquet(results / "validation" / "validity_curve.parquet")
@@ -256,7 +270,8 @@ def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(g
 
 def test_the_l2_choice_reruns_with_what_it_depends_on(gradient_run):
     """Dry runs against the finished gradient run: the validity curve's scales do not touch
-    the l2 choice or the estimates; a number for l2 drops the estimates' wait for it."""
+    the l2 choice or the estimates; a number for l2 drops the estimates' wait for it, and
+    a number for the fine-tuning rate drops the rate's choice."""
     repository = gradient_run["repository"]
 
     def change(edit):
@@ -271,3 +286,11 @@ def test_the_l2_choice_reruns_with_what_it_depends_on(gradient_run):
     assert not {"calibrate_estimate", "estimate_subsets"} & scales, scales
     fixed = change(lambda c: c["gradient_estimate"].update(l2=0.05))
     assert {"calibrate_estimate", "estimate_subsets", "validate_estimator"} <= fixed
+    assert "calibrate_finetune" not in fixed, fixed
+    # the rate's candidates rerun its choice and what fine-tunes with it; a fixed rate
+    # drops the choice
+    rates = change(lambda c: c["finetune"].update(lr_candidates=[0.01, 0.001]))
+    assert {"calibrate_finetune", "calibrate_estimate", "validate_estimator"} <= rates
+    fixed_rate = change(lambda c: c["finetune"].update(lr=0.01))
+    assert {"calibrate_estimate", "validate_estimator"} <= fixed_rate
+    assert "calibrate_finetune" not in fixed_rate, fixed_rate

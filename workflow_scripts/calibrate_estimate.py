@@ -21,4 +21,5 @@ calibrate_estimate(
     l2_candidates=params.estimate["l2_candidates"],
     threads=snakemake.threads,
     metric=params.metric,
+    lr_curve_path=snakemake.input.get("lr_curve"),
 )

@@ -14,4 +14,5 @@ finetune_subsets(
     settings=FinetuneSettings.from_mapping(snakemake.params.finetune),
     threads=snakemake.threads,
     metric=snakemake.params.metric,
+    lr_curve_path=snakemake.input.get("lr_curve"),
 )

@@ -23,4 +23,5 @@ forward_selection(
     finetune=None if finetune is None else FinetuneSettings.from_mapping(finetune),
     threads=snakemake.threads,
     metric=params.metric,
+    lr_curve_path=snakemake.input.get("lr_curve"),
 )

@@ -25,4 +25,5 @@ validate_estimator(
     scales=validation["scales"],
     threads=snakemake.threads,
     metric=snakemake.params.metric,
+    lr_curve_path=snakemake.input.get("lr_curve"),
 )

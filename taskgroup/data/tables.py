@@ -310,6 +310,20 @@ L2_CURVE = {
     "within_task_spearman": "float",
     "chosen": "bool",
 }
+# The fine-tuning rate's choice (taskgroup.stages.validate.calibrate_finetune): per
+# candidate rate, how well two real fine-tunings of the held-out subsets with different
+# seeds agree (noise_floor: median over tasks of the within-task Spearman correlation of
+# their values; noise_floor_se its standard error), how far fine-tuning moves the values
+# from the meta-initialization's (median |f - f_meta| / f_meta) and the share it raises.
+LR_CURVE = {
+    "lr": "float",
+    "n_subsets": "int",
+    "noise_floor": "float",
+    "noise_floor_se": "float",
+    "median_rel_change": "float",
+    "share_raised": "float",
+    "chosen": "bool",
+}
 # The count scan of clustering.n_clusters "auto" (taskgroup.group.clustering.choose_n_clusters),
 # one row per (method, candidate count) of a source.
 CLUSTER_SCAN = {
@@ -487,6 +501,17 @@ def write_atomically(path: str | os.PathLike, write) -> None:
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``frame`` to Parquet atomically (see :func:`write_atomically`)."""
     write_atomically(path, lambda partial: frame.to_parquet(partial, index=False))
+
+
+def chosen_candidate(path: str | os.PathLike, schema: dict[str, str], column: str) -> float:
+    """The ``column`` value of the one row marked ``chosen`` of the curve table at ``path``
+    (read with ``schema``: an l2 or lr curve). Raises ValueError when not exactly one row
+    is chosen."""
+    curve = read_table(path, schema)
+    chosen = curve.loc[curve["chosen"], column]
+    if len(chosen) != 1:
+        raise ValueError(f"{path}: {len(chosen)} rows have chosen == True; expected exactly one")
+    return float(chosen.iloc[0])
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

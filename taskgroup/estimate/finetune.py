@@ -6,7 +6,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
@@ -20,22 +20,66 @@ from taskgroup.seeding import derived_seed
 log = logging.getLogger(__name__)
 
 
+LR_AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     """How the estimator "finetune" trains each subset: ``training`` (epochs, lr, batch_size,
-    weight_decay), and ``seed``, from which each subset's own seed is derived."""
+    weight_decay), and ``seed``, from which each subset's own seed is derived.
+
+    ``training.lr`` may be "auto" (:data:`LR_AUTO`): the rate is then chosen among
+    ``lr_candidates`` on held-out subsets
+    (:func:`taskgroup.stages.validate.calibrate_finetune`), and nothing is fine-tuned
+    until it is replaced by the chosen rate (:meth:`with_lr`)."""
 
     training: TrainSettings
     seed: int
+    lr_candidates: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        lr = self.training.lr
+        if isinstance(lr, str):
+            if lr != LR_AUTO:
+                raise ValueError(f"finetune.lr = {lr!r}; expected a positive number or 'auto'")
+        elif not lr > 0:
+            raise ValueError(f"finetune.lr = {lr!r}; expected a positive number or 'auto'")
+        if any(not float(c) > 0 for c in self.lr_candidates):
+            raise ValueError(
+                f"finetune.lr_candidates = {list(self.lr_candidates)}; expected positive numbers"
+            )
 
     @classmethod
     def from_mapping(cls, section: Mapping) -> FinetuneSettings:
-        """From the finetune config section (epochs, lr, batch_size, weight_decay, seed).
-        Raises KeyError when a key is missing."""
+        """From the finetune config section (epochs, lr, batch_size, weight_decay, seed, and
+        optionally lr_candidates). Raises KeyError when a key is missing and ValueError for
+        an lr that is neither positive nor "auto"."""
+        lr = section["lr"]
         training = TrainSettings(
-            section["epochs"], section["lr"], section["batch_size"], section["weight_decay"]
+            section["epochs"], lr if isinstance(lr, str) else float(lr), section["batch_size"],
+            section["weight_decay"],
         )
-        return cls(training, int(section["seed"]))
+        candidates = tuple(float(c) for c in section.get("lr_candidates", ()))
+        return cls(training, int(section["seed"]), candidates)
+
+    @property
+    def lr_is_auto(self) -> bool:
+        """Whether the learning rate is still to be chosen ("auto")."""
+        return isinstance(self.training.lr, str)
+
+    def with_lr(self, lr: float) -> FinetuneSettings:
+        """These settings with the learning rate ``lr`` (a positive number)."""
+        return replace(self, training=replace(self.training, lr=float(lr)))
+
+    def require_lr(self) -> None:
+        """Raise ValueError when the learning rate is still "auto" (nothing can be
+        fine-tuned before the rate is chosen)."""
+        if self.lr_is_auto:
+            raise ValueError(
+                'finetune.lr is "auto": replace it with the rate chosen on the held-out '
+                "subsets (the lr curve table, taskgroup.stages.finetune.with_chosen_lr) "
+                "before fine-tuning"
+            )
 
 
 def finetuned_model(
@@ -45,6 +89,7 @@ def finetuned_model(
     """A copy of ``meta_model`` trained on the training examples of the tasks
     ``task_indices`` with the seed derived from (settings.seed, subset_id), so a subset's
     model does not depend on which other subsets are fine-tuned with it."""
+    settings.require_lr()
     model = copy.deepcopy(meta_model)
     fit(model, data, task_indices, settings.training, seed=derived_seed(settings.seed, subset_id))
     return model
@@ -58,6 +103,7 @@ def finetuned_models(
     (long format: subset_id, task), in subset_id order: each model what
     :func:`finetuned_model` gives (up to float rounding), all trained together
     (:func:`taskgroup.models.stacked.fit_models`)."""
+    settings.require_lr()
     grouped = list(subsets.groupby("subset_id", sort=True)["task"])
     device = next(meta_model.parameters()).device
     indices = [data.task_indices(members.tolist()).to(device) for _, members in grouped]

@@ -100,8 +100,11 @@ def fit_models(
     epochs), all at once; returns (model, loss history) per model, in order, in eval mode.
 
     The models are stacked as many at a time as
-    :func:`taskgroup.resources.models_per_stack` allows, one stack after another (the
-    results do not depend on the stacking). Raises what :func:`train_new_models` raises."""
+    :func:`taskgroup.resources.models_per_stack` allows, one stack after another. The
+    results do not depend on the stacking beyond float rounding: some BLAS builds compute a
+    matrix of a batched product with a kernel that depends on its place in the batch, so
+    a model's bytes may depend on which models share its stack (never between two runs
+    of the same models). Raises what :func:`train_new_models` raises."""
     if len(models) != len(specs):
         raise ValueError(f"{len(models)} models but {len(specs)} specs")
     if not models:

@@ -77,6 +77,16 @@ def median_standard_error(values) -> float:
     return float(np.sqrt(np.pi / 2) * values.std(ddof=1) / np.sqrt(len(values)))
 
 
+def tied_with_best(curve: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of ``curve`` whose ``column`` is within one standard error (the best row's
+    ``<column>_se``; 0 when it is NaN) of the highest ``column``: the candidates a curve
+    cannot tell apart from its best. ``column`` must not be all NaN."""
+    best = curve.loc[curve[column].idxmax()]
+    margin = best[f"{column}_se"]
+    margin = 0.0 if np.isnan(margin) else margin
+    return curve[curve[column] >= best[column] - margin]
+
+
 def l2_curve(estimates: dict[float, pd.DataFrame], reference: pd.DataFrame,
              base_loss: pd.Series, chosen: float | None = None) -> pd.DataFrame:
     """The l2 curve table (see :mod:`taskgroup.data.tables`) of ``estimates`` (l2 -> the
@@ -117,15 +127,59 @@ def l2_curve(estimates: dict[float, pd.DataFrame], reference: pd.DataFrame,
                 "l2 curve: no task is in 3 or more held-out subsets, so no l2 can be chosen; "
                 "raise validation.n_subsets or set gradient_estimate.l2 to a number"
             )
-        best = curve.loc[curve["within_task_pearson"].idxmax()]
-        margin = 0.0 if np.isnan(best["within_task_pearson_se"]) else best[
-            "within_task_pearson_se"
-        ]
-        tied = curve[curve["within_task_pearson"] >= best["within_task_pearson"] - margin]
+        tied = tied_with_best(curve, "within_task_pearson")
         chosen = float(tied.loc[tied["median_rel_error"].idxmin(), "l2"])
     elif float(chosen) not in set(curve["l2"]):
         raise ValueError(f"l2 curve: the chosen l2 {chosen!r} is not a candidate")
     curve["chosen"] = curve["l2"] == float(chosen)
+    return curve
+
+
+def lr_curve(pairs: dict[float, tuple[pd.DataFrame, pd.DataFrame]], base_loss: pd.Series,
+             chosen: float | None = None) -> pd.DataFrame:
+    """The lr curve table (see :mod:`taskgroup.data.tables`) of ``pairs`` (learning rate ->
+    the subset values of two real fine-tunings of the same subsets with different seeds);
+    ``base_loss``: the meta-initialization's validation loss per task.
+
+    ``chosen`` None: the chosen rate is the largest whose noise floor (the median over
+    tasks of the within-task Spearman correlation between the two fine-tunings) is within
+    one standard error (of the best one's median) of the highest floor. A value two
+    fine-tunings of one subset do not agree on cannot be estimated or grouped on, so the
+    floor comes first; among rates it cannot tell apart, the largest moves the values
+    most, so its differences between subsets stand furthest above rounding and the
+    meta-initialization's own fit. Otherwise ``chosen`` (a key of ``pairs``) is marked.
+    Raises ValueError when ``pairs`` is empty, when ``chosen`` is not one of its keys, or
+    when no rate has a defined floor (every task in fewer than 3 subsets).
+    """
+    if not pairs:
+        raise ValueError("lr curve: no candidate learning rates")
+    rows = []
+    for lr in sorted(pairs):
+        first, second = pairs[lr]
+        floor = within_task_spearman(first, second, base_loss)
+        meta = base_loss.loc[first["task"]].to_numpy()
+        change = (first["loss"].to_numpy() - meta) / meta
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # all-NaN medians are the answer
+            rows.append({
+                "lr": float(lr),
+                "n_subsets": int(first["subset_id"].nunique()),
+                "noise_floor": float(np.nanmedian(floor)),
+                "noise_floor_se": median_standard_error(floor),
+                "median_rel_change": float(np.median(np.abs(change))),
+                "share_raised": float(np.mean(change > 0)),
+            })
+    curve = pd.DataFrame(rows)
+    if chosen is None:
+        if curve["noise_floor"].isna().all():
+            raise ValueError(
+                "lr curve: no task is in 3 or more held-out subsets, so no learning rate can "
+                "be chosen; raise validation.n_subsets or set finetune.lr to a number"
+            )
+        chosen = float(tied_with_best(curve, "noise_floor")["lr"].max())
+    elif float(chosen) not in set(curve["lr"]):
+        raise ValueError(f"lr curve: the chosen lr {chosen!r} is not a candidate")
+    curve["chosen"] = curve["lr"] == float(chosen)
     return curve
 
 

@@ -13,6 +13,7 @@ from taskgroup.data.tables import (
     PROJECTED,
     PROJECTION,
     TASKS,
+    chosen_candidate,
     read_table,
     write_table,
 )
@@ -138,13 +139,7 @@ def with_chosen_l2(settings: GradientEstimateSettings, l2_curve_path=None
         return settings
     if l2_curve_path is None:
         raise ValueError('gradient_estimate.l2 is "auto", but no l2 curve table was given')
-    curve = read_table(l2_curve_path, L2_CURVE)
-    chosen = curve.loc[curve["chosen"], "l2"]
-    if len(chosen) != 1:
-        raise ValueError(
-            f"{l2_curve_path}: {len(chosen)} rows have chosen == True; expected exactly one"
-        )
-    l2 = float(chosen.iloc[0])
+    l2 = chosen_candidate(l2_curve_path, L2_CURVE, "l2")
     log.info("gradient_estimate.l2 auto: %g, chosen on the held-out subsets (%s)", l2,
              l2_curve_path)
     return settings.with_l2(l2)

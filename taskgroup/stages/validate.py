@@ -1,5 +1,5 @@
-"""Stages of the held-out subsets: choose the gradient estimate's l2 on them, then check the
-estimator against real fine-tuning of them."""
+"""Stages of the held-out subsets: choose the fine-tuning rate and the gradient estimate's l2
+on them, then check the estimator against real fine-tuning of them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from taskgroup.data.designs import design_of
+from taskgroup.data.examples import TaskData
 from taskgroup.data.tables import L2_CURVE, SUBSET_VALUES, SUBSETS, read_table, write_table
 from taskgroup.estimate.finetune import (
     FinetuneSettings,
@@ -22,16 +23,18 @@ from taskgroup.estimate.finetune import (
 from taskgroup.estimate.settings import GradientEstimateSettings
 from taskgroup.estimate.validity import first_order_validity
 from taskgroup.group.clustering import ClusteringSettings
-from taskgroup.models.network import load_checkpoint
+from taskgroup.models.network import MultiHeadNet, load_checkpoint
 from taskgroup.models.training import evaluate
 from taskgroup.report.validation import (
     agreement,
     l2_curve,
+    lr_curve,
     per_task_relative_error,
     reference_clusters,
 )
 from taskgroup.stages.common import load_task_data, prepare_torch
 from taskgroup.stages.estimate import read_gradient_valuers
+from taskgroup.stages.finetune import with_chosen_lr
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,73 @@ def other_seed(finetune: FinetuneSettings) -> FinetuneSettings:
     return dataclasses.replace(finetune, seed=finetune.seed + 1)
 
 
+def lr_curve_on(meta: MultiHeadNet, data: TaskData, subsets: pd.DataFrame,
+                finetune: FinetuneSettings, metric: str = "auto") -> pd.DataFrame:
+    """The lr curve table (see :func:`taskgroup.report.validation.lr_curve`) of ``subsets``
+    (long format: subset_id, task), each fine-tuned from ``meta`` twice, with seeds
+    ``finetune.seed`` and ``finetune.seed + 1``, at every rate of
+    ``finetune.lr_candidates`` (and at ``finetune.training.lr`` when it is a number,
+    which is then the chosen one). Logs each rate's progress and the curve. Raises
+    ValueError when there is no rate to try.
+    """
+    fixed = None if finetune.lr_is_auto else float(finetune.training.lr)
+    candidates = sorted({float(lr) for lr in finetune.lr_candidates} | ({fixed} - {None}))
+    if not candidates:
+        raise ValueError("finetune: no learning rate to calibrate (lr_candidates is empty)")
+    n_subsets = subsets["subset_id"].nunique()
+    pairs = {}
+    started = time.perf_counter()
+    for done, lr in enumerate(candidates, start=1):
+        settings = finetune.with_lr(lr)
+        pairs[lr] = (
+            finetune_values(meta, data, subsets, settings, metric),
+            finetune_values(meta, data, subsets, other_seed(settings), metric),
+        )
+        elapsed = time.perf_counter() - started
+        log.info("lr %g: %d subsets fine-tuned with 2 seeds (%d of %d rates, %.1f s, "
+                 "%.2f fine-tunings/s)", lr, n_subsets, done, len(candidates), elapsed,
+                 2 * done * n_subsets / max(elapsed, 1e-9))
+    device = next(meta.parameters()).device
+    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
+    curve = lr_curve(pairs, base.set_index("task")["loss"], chosen=fixed)
+    picked = float(curve.loc[curve["chosen"], "lr"].iloc[0])
+    log.info("lr curve, seeds %d and %d (%s):\n%s", finetune.seed, finetune.seed + 1,
+             "chosen: the largest rate whose noise floor is within one standard error of the "
+             "highest" if fixed is None else "lr set in the config", curve.to_string(index=False))
+    if fixed is None and picked == candidates[0] and len(candidates) > 1:
+        log.warning(
+            "the chosen lr %g is the smallest of finetune.lr_candidates %s: a smaller rate "
+            "may agree better still; consider extending the candidates", picked, candidates,
+        )
+    return curve
+
+
+def calibrate_finetune(
+    examples_path, tasks_path, model_path, subsets_path, lr_curve_path, n_subsets: int,
+    seed: int, finetune: FinetuneSettings, threads: int = 1, metric: str = "auto",
+) -> None:
+    """Fine-tune the held-out subsets (:func:`held_out_subsets`) for real twice, with seeds
+    ``finetune.seed`` and ``finetune.seed + 1``, at every rate of
+    ``finetune.lr_candidates`` (and at ``finetune.training.lr`` when it is a number), and
+    write the lr curve table (see :func:`taskgroup.report.validation.lr_curve`): with lr
+    "auto" its chosen rate is the largest whose real-vs-real agreement is within a standard
+    error of the best; otherwise the configured rate. It costs 2 x candidates x n_subsets
+    fine-tunings (see :func:`lr_curve_on`).
+    """
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    meta = load_checkpoint(model_path, data.task_names).to(device)
+    held_out = held_out_subsets(subsets_path, n_subsets, seed)
+    curve = lr_curve_on(meta, data, held_out, finetune, metric)
+    write_table(curve, lr_curve_path)
+
+
 def calibrate_estimate(
     examples_path, tasks_path, model_path, subsets_path, projected_path, projection_path,
     other_seed_path, l2_curve_path, n_subsets: int, seed: int, finetune: FinetuneSettings,
     estimate: GradientEstimateSettings, l2_candidates, threads: int = 1, metric: str = "auto",
+    lr_curve_path=None,
 ) -> None:
     """Fine-tune the held-out subsets (:func:`held_out_subsets`) for real with seed
     ``finetune.seed + 1`` and estimate them at every l2 of ``l2_candidates`` (and at
@@ -67,8 +133,11 @@ def calibrate_estimate(
 
     The choice is made against the second seed, so that :func:`validate_estimator`
     judges the chosen estimate against a fine-tuning (seed ``finetune.seed``) that took no
-    part in it. Raises ValueError when ``l2_candidates`` is empty with l2 "auto".
+    part in it. ``lr_curve_path``: the lr curve table, needed when ``finetune``'s lr is
+    "auto" (see :func:`taskgroup.stages.finetune.with_chosen_lr`). Raises ValueError when
+    ``l2_candidates`` is empty with l2 "auto".
     """
+    finetune = with_chosen_lr(finetune, lr_curve_path)
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
@@ -109,6 +178,7 @@ def validate_estimator(
     l2_curve_path, per_subset_path, summary_path, validity_path, figure_path, n_subsets: int,
     seed: int, finetune: FinetuneSettings, clustering: ClusteringSettings,
     clustering_method: str, scales, threads: int = 1, metric: str = "auto",
+    lr_curve_path=None,
 ) -> None:
     """Real fine-tuning of ``n_subsets`` subsets drawn from the design
     (:func:`held_out_subsets`) with ``finetune``'s seed (so these fine-tunings are
@@ -120,9 +190,12 @@ def validate_estimator(
     Writes the per-(subset, task) errors, the summary figures of each comparison (with
     the l2 the estimate used, from the l2 curve table at ``l2_curve_path``; the affinity and
     cluster figures only mean something when n_subsets is a sizeable share of the design),
-    the first-order validity curve and a figure. Raises ValueError when the second seed's
-    table does not hold the same subsets.
+    the first-order validity curve and a figure. ``lr_curve_path``: the lr curve table,
+    needed when ``finetune``'s lr is "auto" (see
+    :func:`taskgroup.stages.finetune.with_chosen_lr`). Raises ValueError when the second
+    seed's table does not hold the same subsets.
     """
+    finetune = with_chosen_lr(finetune, lr_curve_path)
     device = prepare_torch(threads)
     data, _ = load_task_data(examples_path, tasks_path)
     data = data.to(device)
