@@ -28,11 +28,12 @@ def run_gradient_stages(folder, structure: str) -> None:
     )
     sample_subsets(folder / "tasks.parquet", folder / "subsets.parquet",
                    folder / "pair_counts.parquet", size=3, count=8, seed=0)
-    projection = (
-        ProjectionSettings("kronecker", "rademacher", 0, dim=1024, nonzeros=None)
-        if structure == "kronecker"
-        else ProjectionSettings("sparse", "gaussian", 0, dim=32, nonzeros=3)
-    )
+    projection = {
+        "kronecker": ProjectionSettings("kronecker", "rademacher", 0, dim=1024, nonzeros=None),
+        "sparse": ProjectionSettings("sparse", "gaussian", 0, dim=32, nonzeros=3),
+        # fitted to the examples by project_gradients; estimate_subsets rebuilds it unfitted
+        "eigen": ProjectionSettings("eigen", "rademacher", 0, dim=32, nonzeros=None),
+    }[structure]
     project_gradients(
         folder / "examples.parquet", folder / "tasks.parquet", folder / "model.pt",
         folder / "projected.parquet", folder / "projection.parquet", projection, 1024,
@@ -47,7 +48,7 @@ def run_gradient_stages(folder, structure: str) -> None:
 
 
 def test_two_gradient_runs_in_two_folders_write_byte_identical_parquet_files(tmp_path):
-    for structure in ("kronecker", "sparse"):
+    for structure in ("kronecker", "sparse", "eigen"):
         first, second = tmp_path / f"{structure}_1", tmp_path / f"{structure}_2"
         run_gradient_stages(first, structure)
         run_gradient_stages(second, structure)
@@ -56,3 +57,4 @@ def test_two_gradient_runs_in_two_folders_write_byte_identical_parquet_files(tmp
         values = read_table(first / "chunk_1.parquet", SUBSET_VALUES)
         assert sorted(values["subset_id"].unique()) == [4, 5, 6, 7]
         assert (values["estimator"] == "gradient").all() and values["loss"].notna().all()
+        assert values["relative_shift"].notna().all()

@@ -119,6 +119,13 @@ def test_shift_norms_and_projections_match_an_explicit_matrix(structure):
     shapes = [(6, 5), (3, 7), (4, 4)]
     projector = LayerProjector(shapes, settings_of(structure, 20, kind="gaussian", seed=1))
     assert not projector.exact
+    if projector.needs_fit:  # eigen: from second moments of random factors
+        def moment(size):
+            factor = torch.randn(2 * size, size)
+            return factor.T @ factor
+        projector.fit_moments([(None if layer == len(shapes) - 1 else moment(out), moment(inputs))
+                               for layer, (out, inputs) in enumerate(shapes)])
+        assert not projector.needs_fit
     matrix = explicit_matrix(projector)
     assert matrix.shape == (30 + 21 + 16, projector.dim)
     weights = torch.randn(5, projector.dim, dtype=torch.float64)
@@ -158,8 +165,9 @@ def test_sparse_rows_have_their_nonzeros_in_distinct_column_blocks():
     assert sparse_pattern(3, 2, 4, "gaussian", seed=0)[0].shape == (3, 2)  # at most cols
 
 
-@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("structure", [s for s in STRUCTURES if s != "eigen"])
 def test_projections_preserve_inner_products_on_average(structure):
+    """The random structures (eigen is fitted, not random: see test_projection.py)."""
     torch.manual_seed(2)
     deltas, inputs = torch.randn(30, 40), torch.randn(30, 50)
     projector = LayerProjector([(40, 50), (2, 3)], settings_of(structure, 1030, "gaussian"))

@@ -25,6 +25,7 @@ from taskgroup.report.recommendation import (
     bootstrap_stability,
     choose_candidate,
     compare_with_reference,
+    holm_levels,
     noise_floor,
     per_task_choice,
     per_task_choice_lines,
@@ -535,3 +536,58 @@ def test_the_signal_check_runs_on_a_design_too_small_for_its_folds():
     signal = signal_check(membership[:6], losses[:6], "spectral", CLUSTERING, 5, SIGNAL, None)
     assert 1 <= signal["held_out_count"] <= CLUSTERING.max_clusters
     assert isinstance(signal["above_noise"], bool)
+
+
+def test_holm_levels_step_down_over_distinct_partitions():
+    """Three distinct hypotheses (two rows share partition 1): sorted p 0.01, 0.02, 0.04 are
+    compared with 0.05 / 3, 0.05 / 2 and 0.05 / 1; a NaN takes no part; once one fails,
+    none after it passes."""
+    p = pd.Series([0.02, 0.01, 0.02, 0.04, np.nan])
+    family = pd.Series([1, 0, 1, 2, 3])
+    levels = holm_levels(p, family, 0.05)
+    assert levels.tolist()[:4] == pytest.approx([0.025, 0.05 / 3, 0.025, 0.05])
+    assert np.isnan(levels.iloc[4])
+    failed = holm_levels(pd.Series([0.02, 0.001, 0.03]), pd.Series([0, 1, 2]), 0.05)
+    # 0.001 < 0.05 / 3, then 0.02 < 0.05 / 2, then 0.03 < 0.05 / 1: all pass
+    assert failed.tolist() == pytest.approx([0.025, 0.05 / 3, 0.05])
+    stopped = holm_levels(pd.Series([0.03, 0.001, 0.04]), pd.Series([0, 1, 2]), 0.05)
+    # 0.03 fails its 0.025; the larger 0.04 is not reached (level 0)
+    assert stopped.tolist() == pytest.approx([0.025, 0.05 / 3, 0.0])
+
+
+def test_the_best_of_many_tied_candidates_does_not_pass_by_chance():
+    """Landmine's case: one grouping beats naive MTL beyond the seed spread and across the 4
+    tasks at p = 0.014. Beside STL only (level 0.05 / 2) it is chosen; as one of 12
+    distinct partitions that the test shares its level among, it is not, and naive MTL is
+    the answer. The same partition listed twice counts once."""
+    task_shift = {"a": -0.03, "b": -0.02, "c": -0.025, "d": -0.008}
+
+    def loss(g, s, t):
+        return 0.5 + 0.001 * s * s * (g == 2) + (task_shift[t] if g == 2 else 0.0) + (
+            0.05 if g == 4 else 0.0)
+
+    per_task = per_task_for(loss)
+    comparison = with_task_test(
+        compare_with_reference(seed_selection_scores(per_task, CANDIDATES, "plain", "loss")),
+        per_task, "plain", "loss",
+    )
+    row = comparison.set_index("candidate").loc["higher_order-sdp"]
+    assert 0.01 < row["task_p"] < 0.02 and -row["difference"] > row["difference_sd"]
+    alone = choose_candidate(comparison.assign(partition=[0, 1, 2]), 1.0, 0.05)
+    assert alone.loc[alone["chosen"], "candidate"].item() == "higher_order-sdp"
+    # ten more partitions that tie with naive MTL (p 0.5), and a twin of the grouping
+    ties = pd.concat(
+        [comparison[comparison["candidate"] == "stl"].assign(
+            candidate=f"other-{i}", task_p=0.5, partition=10 + i) for i in range(10)]
+        + [comparison[comparison["candidate"] == "higher_order-sdp"].assign(
+            candidate="pairwise-sdp", partition=0)],
+        ignore_index=True,
+    )
+    many = choose_candidate(
+        pd.concat([comparison.assign(partition=[0, 1, 2]), ties], ignore_index=True), 1.0, 0.05
+    ).set_index("candidate")
+    # 12 distinct partitions with more groups (the grouping, STL, ten others)
+    assert many.loc["higher_order-sdp", "task_level"] == pytest.approx(0.05 / 12)
+    assert many.loc["pairwise-sdp", "task_level"] == many.loc["higher_order-sdp", "task_level"]
+    assert not many.loc["higher_order-sdp", "beats_reference"]
+    assert many.index[many["chosen"]].tolist() == ["naive_mtl"]

@@ -252,6 +252,11 @@ RECOMMENDATION_VERDICT = {
     "difference_sd": "float",
     "task_difference": "float",
     "task_p": "float",
+    # the level task_p was compared with: Holm's over the distinct partitions with more
+    # groups than naive MTL (0 once one failed; NaN for naive MTL and smaller candidates)
+    "task_level": "float",
+    # candidates with the same number split the tasks the same way (the same models)
+    "partition": "int",
     "median_selection_metric": "float",
     "mean_test_metric": "float",
     "sd_test_metric": "float",

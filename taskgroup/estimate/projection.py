@@ -26,11 +26,21 @@ Each trunk layer's block (and the heads' R) is built by the structure:
 - "sparse": a sparse JL transform: every parameter row of P has ``nonzeros`` entries of
   +-1/sqrt(nonzeros) (or N(0, 1/nonzeros)) in distinct columns, one in each of ``nonzeros``
   column blocks: the cost per example is p x nonzeros, whatever d.
+- "eigen": not random but fitted to the data, the Kronecker structure with orthonormal
+  factors: U_out (x) U_in, U_out the top eigenvectors of the second moment of the layer's
+  deltas over the training examples and U_in those of its inputs [a; 1] (the heads' R:
+  those of the heads' inputs). These are the directions the per-example gradients
+  delta [a; 1]^T vary most along, if deltas and inputs are independent (the Kronecker
+  factorization of K-FAC). :meth:`LayerProjector.fit` computes them in one pass over the
+  examples; P^T P = I, so ||P w|| = ||w|| needs no factor, and a projector rebuilt from
+  its description can say ||P w|| but not project.
 
 All satisfy the :class:`Projector` protocol (one class, :class:`LayerProjector`), so callers
 never ask which one they hold: :func:`make_projector` builds one from
 :class:`ProjectionSettings`, ``describe()`` gives the settings back as a dict, and
-:func:`from_description` rebuilds an equal projector from it.
+:func:`from_description` rebuilds an equal projector from it. A projector whose
+``needs_fit`` is true ("eigen") is fitted before it projects
+(:func:`taskgroup.estimate.valuers.project_data` does it on the training examples).
 """
 
 from __future__ import annotations
@@ -54,9 +64,11 @@ BLOCK_ROWS = 8192
 
 @runtime_checkable
 class Projector(Protocol):
-    """A seeded random projection P of a model's parameter gradients (p -> ``dim``)."""
+    """A projection P of a model's parameter gradients (p -> ``dim``): seeded random, or
+    fitted to the examples' gradients (``needs_fit``)."""
 
     dim: int
+    needs_fit: bool
 
     def to(self, device) -> Projector:
         """The projector with its matrices on ``device`` (in place; returns itself)."""
@@ -70,6 +82,11 @@ class Projector(Protocol):
 
     def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
         """||P w|| (s,) for s projected shifts ``weights`` (s, dim)."""
+
+    def fit(self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor,
+            batch_size: int) -> None:
+        """Fit the data-dependent blocks (when ``needs_fit``) on these examples; a no-op
+        for the random structures."""
 
     def describe(self) -> dict:
         """The settings that rebuild this projector for the same model (see
@@ -237,6 +254,70 @@ class _Kronecker:
         return (block * gram).sum(dim=(1, 2))
 
 
+def top_eigenvectors(moment: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` eigenvectors of the symmetric ``moment`` (m, m) of largest eigenvalue,
+    as float32 columns (m, count), largest first, each signed so that its entry of largest
+    magnitude is positive (so that the basis is a function of the moment alone)."""
+    _, vectors = torch.linalg.eigh(moment.double())
+    vectors = vectors[:, -count:].flip(1)
+    signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
+    return (vectors * signs).float()
+
+
+class _KroneckerEigen(_Kronecker):
+    """U_out (x) U_in for a layer (out, inputs) fitted into ``columns`` columns: the top
+    eigenvectors of the second moments of its deltas and of its inputs (:meth:`fit`); a
+    factor as large as its side is the identity (None)."""
+
+    def __init__(self, out: int, inputs: int, columns: int):
+        left = min(out, max(1, round(math.sqrt(columns * out / inputs))))
+        right = min(inputs, max(1, columns // left))
+        left = min(out, max(1, columns // right))
+        self.shape, self.columns = (left, right), left * right
+        self.sides = (out, inputs)
+        self.left = self.right = None
+        self.fitted = left == out and right == inputs
+
+    def fit(self, delta_moment: torch.Tensor, input_moment: torch.Tensor) -> None:
+        (left, right), (out, inputs) = self.shape, self.sides
+        self.left = None if left == out else top_eigenvectors(delta_moment, left)
+        self.right = None if right == inputs else top_eigenvectors(input_moment, right)
+        self.fitted = True
+
+    def apply_factors(self, factor: LayerFactors) -> torch.Tensor:
+        if not self.fitted:
+            raise ValueError("projection structure eigen: the basis was not fitted to the "
+                             "examples (LayerProjector.fit) before projecting")
+        return super().apply_factors(factor)
+
+    def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
+        # orthonormal factors: ||U_out w U_in^T||_F = ||w||_F
+        return (block * block).sum(dim=1)
+
+
+class _OrthonormalMatrix(_Matrix):
+    """The heads' R of "eigen": the top eigenvectors of the heads' inputs' second moment,
+    set by :meth:`fit` (orthonormal columns, so ||R w|| = ||w||)."""
+
+    def __init__(self, inputs: int, columns: int):
+        self.inputs, self.columns, self.matrix = inputs, columns, None
+
+    def to(self, device):
+        return self if self.matrix is None else super().to(device)
+
+    def fit(self, input_moment: torch.Tensor) -> None:
+        self.matrix = top_eigenvectors(input_moment, self.columns)
+
+    def apply(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.matrix is None:
+            raise ValueError("projection structure eigen: the basis was not fitted to the "
+                             "examples (LayerProjector.fit) before projecting")
+        return super().apply(flat)
+
+    def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
+        return (block * block).sum(dim=1)
+
+
 class LayerProjector:
     """The projection of ``settings`` for a model of linear layers ``layer_shapes`` ((out,
     in + 1), heads last; see :func:`taskgroup.estimate.gradients.layer_shapes`): one block
@@ -269,6 +350,8 @@ class LayerProjector:
             return _Identity((out, inputs))
         if self.settings.structure == "kronecker":
             return _Kronecker(out, inputs, columns, self.settings.kind, seed)
+        if self.settings.structure == "eigen":
+            return _KroneckerEigen(out, inputs, columns)
         if self.settings.structure == "sparse":
             return _Sparse(out * inputs, columns, self.settings.nonzeros, self.settings.kind, seed)
         return _Dense(out * inputs, columns, self.settings.kind, seed)
@@ -279,12 +362,55 @@ class LayerProjector:
         seed = derived_seed(self.settings.seed, len(self.layer_shapes) - 1)
         if columns == inputs:
             return _Identity((1, inputs))
+        if self.settings.structure == "eigen":
+            return _OrthonormalMatrix(inputs, columns)
         if self.settings.structure == "sparse":
             indices, values = sparse_pattern(
                 inputs, columns, self.settings.nonzeros, self.settings.kind, seed
             )
             return _Matrix(torch.zeros(inputs, columns).scatter_(1, indices, values))
         return _Matrix(random_matrix(inputs, columns, self.settings.kind, seed))
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether a block still waits for :meth:`fit` ("eigen" only)."""
+        return any(not getattr(block, "fitted", True) for block in self.blocks) or (
+            isinstance(self.head, _OrthonormalMatrix) and self.head.matrix is None
+        )
+
+    def fit(self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor,
+            batch_size: int) -> None:
+        """With structure "eigen": the second moments of every layer's deltas and inputs
+        [a; 1] over the n examples ``features`` (n, n_features), ``task_index`` (n,) at
+        ``model``'s parameters, ``batch_size`` examples at a time (float64 sums), and each
+        block's top eigenvectors from them. A no-op for the random structures."""
+        if self.settings.structure != "eigen":
+            return
+        sums = None
+        for start in range(0, features.shape[0], batch_size):
+            _, factors = layer_factors(
+                model, features[start : start + batch_size], task_index[start : start + batch_size]
+            )
+            moments = [
+                (None if f.deltas is None else f.deltas.double().T @ f.deltas.double(),
+                 f.inputs.double().T @ f.inputs.double())
+                for f in factors
+            ]
+            sums = moments if sums is None else [
+                (None if d is None else d + dd, i + ii)
+                for (d, i), (dd, ii) in zip(sums, moments)
+            ]
+        self.fit_moments(sums)
+
+    def fit_moments(self, moments: list[tuple[torch.Tensor | None, torch.Tensor]]) -> None:
+        """Set the "eigen" blocks from the second moments, per layer in
+        :func:`taskgroup.estimate.gradients.layer_shapes` order, of its deltas (out, out;
+        None for the heads) and of its inputs (in + 1, in + 1)."""
+        for block, (delta_moment, input_moment) in zip(self.blocks, moments[:-1]):
+            if isinstance(block, _KroneckerEigen):
+                block.fit(delta_moment, input_moment)
+        if isinstance(self.head, _OrthonormalMatrix):
+            self.head.fit(moments[-1][1])
 
     def to(self, device) -> "LayerProjector":
         for block in self.blocks:

@@ -37,7 +37,11 @@ def project_data(
     """The projected gradients and outputs of every training and validation example of
     ``data`` at ``model``'s parameters, one :class:`ProjectedSplit` per split (train, val),
     projected ``batch_size`` examples at a time (see
-    :func:`taskgroup.estimate.projection.project_examples`)."""
+    :func:`taskgroup.estimate.projection.project_examples`). A projector that needs fitting
+    ("eigen") is fitted on the training examples first."""
+    if projector.needs_fit:
+        train = data.splits["train"]
+        projector.fit(model, train.features, train.task_index, batch_size)
     splits = {}
     for split in SPLITS:
         tensors = data.splits[split]

@@ -34,10 +34,15 @@ undefined and no such candidate is eligible. It must also beat naive MTL across 
 (:func:`with_task_test`): per task, the difference of its selection score to naive MTL's,
 averaged over seeds; their mean, weighted as the statistic weighs tasks (equally, or by
 selection rows for the pooled loss), must be below 0 by a one-sided t test over tasks
-(k - 1 degrees of freedom) at level ``task_alpha``. Three seeds give a spread with 2
-degrees of freedom, and the best of many clustered candidates that all tie with naive MTL
-clears one such spread by chance; the tasks are the replicates that the question "does
-grouping help these tasks" is about, and there are k of them. Naive MTL is always
+(k - 1 degrees of freedom) at family-wise level ``task_alpha``: the candidates are many
+tests of one question, so the level is shared by Holm's step-down procedure over the
+distinct partitions with more groups than naive MTL (:func:`holm_levels`; sources and
+methods that find the same partition train the same models and count once). Three seeds
+give a spread with 2 degrees of freedom, and the best of many clustered candidates that all
+tie with naive MTL clears one such spread by chance; the tasks are the replicates that the
+question "does grouping help these tasks" is about, and there are k of them; and without
+the shared level the best of many candidates that tie with naive MTL also passes a test at
+``task_alpha`` by chance (README "Verdicts on the example configs"). Naive MTL is always
 eligible. Among the eligible candidates the one with the lowest mean selection score is
 chosen (ties: fewer groups, then the candidate listed first: the primary grouping before
 other sources). When the signal check below finds the higher-order affinity at its noise
@@ -280,12 +285,43 @@ def with_task_test(comparison: pd.DataFrame, per_task: pd.DataFrame, variant: st
     return comparison.assign(task_difference=differences, task_p=p_values)
 
 
+def partitions(per_task: pd.DataFrame, candidates: list[str], variant: str) -> dict[str, int]:
+    """A number per candidate of ``candidates``, equal for candidates that split the tasks
+    the same way under ``variant`` (the same group keys: the same trained models),
+    numbered in order of first appearance."""
+    rows = per_task[per_task["variant"] == variant]
+    numbers, keys = {}, {}
+    for name in candidates:
+        key = frozenset(rows.loc[rows["grouping"] == name, "group_key"].unique())
+        numbers[name] = keys.setdefault(key, len(keys))
+    return numbers
+
+
+def holm_levels(p_values: pd.Series, family: pd.Series, alpha: float) -> pd.Series:
+    """The level each test's p-value is compared with under Holm's step-down procedure at
+    family-wise level ``alpha``: the distinct members of ``family`` (rows with the same
+    family value are one hypothesis with one p-value) sorted by p, the i-th (from 0) of m
+    is compared with alpha / (m - i), and once one fails (p not below its level) no later
+    one is rejected (their level is 0). NaN p-values take no part (level NaN).
+    Index and order of ``p_values``."""
+    tested = pd.DataFrame({"p": p_values, "family": family}).dropna(subset=["p"])
+    distinct = tested.drop_duplicates("family").sort_values("p", kind="stable")
+    m, levels, failed = len(distinct), {}, False
+    for i, (member, p) in enumerate(zip(distinct["family"], distinct["p"])):
+        levels[member] = 0.0 if failed else alpha / (m - i)
+        failed = failed or not p < levels[member]
+    return tested["family"].map(levels).reindex(p_values.index)
+
+
 def choose_candidate(comparison: pd.DataFrame, margin: float, task_alpha: float,
                      allowed_kinds: tuple[str, ...] = ("clustered", REFERENCE, SINGLE_TASK),
                      ) -> pd.DataFrame:
-    """``comparison`` (:func:`with_task_test`) with three flags: beats_reference
-    (-difference > margin x difference_sd and task_p < task_alpha; False where the spread is
-    undefined), eligible
+    """``comparison`` (:func:`with_task_test`) with the column task_level and three flags:
+    beats_reference (-difference > margin x difference_sd and task_p below task_level, the
+    Holm level (:func:`holm_levels`) at family-wise ``task_alpha`` over the distinct
+    partitions, column ``partition`` (each candidate its own when absent), of the
+    candidates with more groups than the reference; False where the spread is undefined),
+    eligible
     (kind in ``allowed_kinds``, and either no more groups than the reference or
     beats_reference) and chosen (exactly one row: the eligible candidate with the lowest
     selection_score; ties go to fewer groups, then to the earlier row). Raises ValueError when no
@@ -293,9 +329,14 @@ def choose_candidate(comparison: pd.DataFrame, margin: float, task_alpha: float,
     table = comparison.copy()
     reference_groups = int(table.loc[table["kind"] == REFERENCE, "n_groups"].min())
     spread = table["difference_sd"]
+    family = table["partition"] if "partition" in table else pd.Series(
+        range(len(table)), index=table.index
+    )
+    larger = table["n_groups"] > reference_groups
+    table["task_level"] = holm_levels(table["task_p"].where(larger), family, task_alpha)
     table["beats_reference"] = (
         spread.notna() & (-table["difference"] > margin * spread.fillna(0.0))
-        & (table["task_p"] < task_alpha)
+        & (table["task_p"] < table["task_level"].fillna(0.0))
     ).astype(bool)
     table["eligible"] = table["kind"].isin(allowed_kinds) & (
         (table["n_groups"] <= reference_groups) | table["beats_reference"]
@@ -536,6 +577,9 @@ def recommendation(
         compare_with_reference(seed_selection_scores(per_task, candidates, variant, statistic)),
         per_task, variant, statistic,
     )
+    comparison["partition"] = comparison["candidate"].map(
+        partitions(per_task, candidates, variant)
+    )
     verdict = choose_candidate(comparison, margin, task_alpha, allowed).assign(
         statistic=statistic)
     chosen = verdict.loc[verdict["chosen"], "candidate"].iloc[0]
@@ -688,12 +732,17 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
         statistic = ("the pooled loss (the mean loss over every task's selection rows: "
                      "cross-entropy for binary tasks, squared error for regression)")
         column = "pooled loss"
+    reference_groups = int(table.loc[table["kind"] == REFERENCE, "n_groups"].min())
+    tested = (table["n_groups"] > reference_groups) & table["task_p"].notna()
+    n_family = table.loc[tested, "partition"].nunique()
     lines.append(
         f"Chosen on the validation rows held out of every model's early stopping, by "
         f"{statistic}; lower is better; over {n_seeds} training seed(s). A candidate "
         f"with more groups than naive MTL had to beat it by more than {margin:g} x the "
-        f"paired seed spread, and across tasks (one-sided t test over the tasks at level "
-        f"{task_alpha:g})."
+        f"paired seed spread, and across tasks (one-sided t test over the tasks at "
+        f"family-wise level {task_alpha:g}, shared by Holm's step-down over the "
+        f"{n_family} distinct partitions with more groups than naive MTL; a level of 0: "
+        f"a partition of smaller p already failed its level)."
     )
     if n_seeds < 2:
         lines.append("With one training seed there is no spread: no grouping can be shown "
@@ -703,11 +752,12 @@ def verdict_markdown(table: pd.DataFrame, signal: dict, alpha: float, margin: fl
               "| --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.iterrows():
         mark = " (chosen)" if row["chosen"] else ""
+        level = "" if np.isnan(row["task_level"]) else f"; level {row['task_level']:.2g}"
         lines.append(
             f"| {name}{mark} | {row['n_groups']} | {row['selection_score']:.4f} "
             f"+- {row['selection_sd']:.4f} | {row['difference']:+.4f} +- "
             f"{row['difference_sd']:.4f} | {row['task_difference']:+.4f} "
-            f"({row['task_p']:.2g}) | {'yes' if row['eligible'] else 'no'} |"
+            f"({row['task_p']:.2g}{level}) | {'yes' if row['eligible'] else 'no'} |"
         )
     lines.append("")
     lines += signal_lines(signal, alpha)
