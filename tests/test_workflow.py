@@ -129,6 +129,17 @@ def test_changing_n_clusters_reruns_only_clustering_and_what_follows(finished_ru
                          "all"}
 
 
+def test_finetune_lr_auto_chooses_the_rate_before_every_fine_tuning(finished_run):
+    """Estimator finetune with lr "auto": the rate's choice joins the DAG, and every job that
+    fine-tunes subsets (both designs' chunks, the forward selection) waits for it; nothing
+    upstream of the fine-tunings reruns."""
+    jobs = dry_run_with(finished_run, lambda c: c["finetune"].update(lr="auto"))
+    assert jobs.get("calibrate_finetune") == 1
+    assert jobs.get("finetune_subsets") == 2 + 3 and "forward_selection" in jobs
+    assert not {"prepare_dataset", "train_meta_init", "sample_subsets", "pair_design"} & set(
+        jobs), jobs
+
+
 def test_changing_finetune_epochs_keeps_the_meta_initialization(finished_run):
     jobs = dry_run_with(finished_run, lambda c: c["finetune"].update(epochs=3))
     assert jobs.get("finetune_subsets") == 2 + 3  # both designs, 15 subsets per chunk

@@ -1,4 +1,5 @@
-"""Seeded random projections of per-example gradients (Johnson-Lindenstrauss).
+"""Projections of per-example gradients: seeded random ones (Johnson-Lindenstrauss) and one
+fitted to the data.
 
 A projector maps an example's parameter gradient g(x) in R^p to z(x) = P^T g(x) in R^d with
 E[P P^T] = I, so inner products of gradients are preserved in expectation. Every parameter
@@ -218,14 +219,22 @@ class _Sparse:
         return (shifted * shifted).sum(dim=0)
 
 
+def kronecker_shape(out: int, inputs: int, columns: int) -> tuple[int, int]:
+    """The factor sizes (left <= out, right <= inputs) of a Kronecker block for a layer
+    (out, inputs) in at most ``columns`` columns: about the layer's aspect ratio, then
+    each side as large as the other leaves room for."""
+    left = min(out, max(1, round(math.sqrt(columns * out / inputs))))
+    right = min(inputs, max(1, columns // left))
+    left = min(out, max(1, columns // right))
+    return left, right
+
+
 class _Kronecker:
     """R_out (x) R_in for a layer (out, inputs) fitted into ``columns`` columns; a factor as
     large as its side is the identity (None)."""
 
     def __init__(self, out: int, inputs: int, columns: int, kind: str, seed: int):
-        left = min(out, max(1, round(math.sqrt(columns * out / inputs))))
-        right = min(inputs, max(1, columns // left))
-        left = min(out, max(1, columns // right))
+        left, right = kronecker_shape(out, inputs, columns)
         self.shape = (left, right)
         self.columns = left * right
         self.left = None if left == out else random_matrix(
@@ -270,9 +279,7 @@ class _KroneckerEigen(_Kronecker):
     factor as large as its side is the identity (None)."""
 
     def __init__(self, out: int, inputs: int, columns: int):
-        left = min(out, max(1, round(math.sqrt(columns * out / inputs))))
-        right = min(inputs, max(1, columns // left))
-        left = min(out, max(1, columns // right))
+        left, right = kronecker_shape(out, inputs, columns)
         self.shape, self.columns = (left, right), left * right
         self.sides = (out, inputs)
         self.left = self.right = None

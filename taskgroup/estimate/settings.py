@@ -27,12 +27,12 @@ STRUCTURES = ("dense", "kronecker", "sparse", "eigen")
 
 @dataclass(frozen=True)
 class ProjectionSettings:
-    """The settings that define a random projection (see :mod:`taskgroup.estimate.projection`).
+    """The settings that define a projection (see :mod:`taskgroup.estimate.projection`).
 
     structure: "dense", "kronecker", "sparse" or "eigen" (how each layer's block of P is
     built; "eigen" is fitted to the data, not drawn). kind: "rademacher" or "gaussian"
-    entries. seed: the seed every random block is derived from (neither is used by
-    "eigen"). dim: the projected size d (a model with at most d parameters is kept exactly).
+    entries. seed: the seed every random block is derived from ("eigen" uses neither kind
+    nor seed). dim: the projected size d (a model with at most d parameters is kept exactly).
     nonzeros: entries per row of P (sparse only, else None).
     Raises ValueError for an unknown structure or kind, a dim below 1, or nonzeros missing
     or below 1 for "sparse", or set for another structure.
