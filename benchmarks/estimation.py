@@ -48,9 +48,9 @@ from taskgroup.estimate.settings import BATCH_MB, GradientEstimateSettings, Proj
 from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import MultiHeadNet
-from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
+from taskgroup.models.training import TrainSettings, fit, train_new_model
 from taskgroup.report.validation import agreement, reference_clusters
-from taskgroup.stages.validate import lr_curve_on
+from taskgroup.stages.validate import lr_curve_on, meta_validation_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 # Examples projected at a time (the stage derives it from its memory; 4096 is its cap).
@@ -201,8 +201,7 @@ def main():
     other = finetune_valuer(
         meta, data, dataclasses.replace(finetune, seed=finetune.seed + 1), metric
     )(subsets)
-    base = evaluate(meta, data, torch.arange(data.n_tasks), splits=("val",), metric=metric)
-    base = base.set_index("task")["loss"]
+    base = meta_validation_loss(meta, data, metric)
     trivial = real.copy()
     trivial["loss"] = base.loc[trivial["task"]].to_numpy()
     clustering = ClusteringSettings(**{

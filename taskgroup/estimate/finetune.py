@@ -39,10 +39,7 @@ class FinetuneSettings:
 
     def __post_init__(self):
         lr = self.training.lr
-        if isinstance(lr, str):
-            if lr != LR_AUTO:
-                raise ValueError(f"finetune.lr = {lr!r}; expected a positive number or 'auto'")
-        elif not lr > 0:
+        if not (lr == LR_AUTO if isinstance(lr, str) else lr > 0):
             raise ValueError(f"finetune.lr = {lr!r}; expected a positive number or 'auto'")
         if any(not float(c) > 0 for c in self.lr_candidates):
             raise ValueError(

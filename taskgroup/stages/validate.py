@@ -13,7 +13,14 @@ import torch
 
 from taskgroup.data.designs import design_of
 from taskgroup.data.examples import TaskData
-from taskgroup.data.tables import L2_CURVE, SUBSET_VALUES, SUBSETS, read_table, write_table
+from taskgroup.data.tables import (
+    L2_CURVE,
+    SUBSET_VALUES,
+    SUBSETS,
+    chosen_candidate,
+    read_table,
+    write_table,
+)
 from taskgroup.estimate.finetune import (
     FinetuneSettings,
     finetune_values,
@@ -56,6 +63,31 @@ def other_seed(finetune: FinetuneSettings) -> FinetuneSettings:
     return dataclasses.replace(finetune, seed=finetune.seed + 1)
 
 
+def load_held_out(examples_path, tasks_path, model_path, subsets_path, n_subsets: int,
+                  seed: int, threads: int) -> tuple[TaskData, MultiHeadNet, pd.DataFrame]:
+    """What every stage of the held-out subsets starts from: the task data and the
+    meta-initialization, on the device :func:`prepare_torch` picks with ``threads``, and
+    the held-out subsets (:func:`held_out_subsets`)."""
+    device = prepare_torch(threads)
+    data, _ = load_task_data(examples_path, tasks_path)
+    data = data.to(device)
+    meta = load_checkpoint(model_path, data.task_names).to(device)
+    return data, meta, held_out_subsets(subsets_path, n_subsets, seed)
+
+
+def meta_validation_loss(meta: MultiHeadNet, data: TaskData, metric: str = "auto") -> pd.Series:
+    """The meta-initialization's validation loss per task (indexed by task name): the
+    level every subset value is compared with."""
+    every_task = torch.arange(data.n_tasks, device=next(meta.parameters()).device)
+    return evaluate(meta, data, every_task, ("val",), metric).set_index("task")["loss"]
+
+
+def with_fixed(candidates, fixed: float | None) -> list[float]:
+    """The sorted distinct ``candidates``, with ``fixed`` (the value set in the config,
+    which a curve then marks chosen) added when it is not None."""
+    return sorted({float(value) for value in candidates} | ({fixed} - {None}))
+
+
 def lr_curve_on(meta: MultiHeadNet, data: TaskData, subsets: pd.DataFrame,
                 finetune: FinetuneSettings, metric: str = "auto") -> pd.DataFrame:
     """The lr curve table (see :func:`taskgroup.report.validation.lr_curve`) of ``subsets``
@@ -66,7 +98,7 @@ def lr_curve_on(meta: MultiHeadNet, data: TaskData, subsets: pd.DataFrame,
     ValueError when there is no rate to try.
     """
     fixed = None if finetune.lr_is_auto else float(finetune.training.lr)
-    candidates = sorted({float(lr) for lr in finetune.lr_candidates} | ({fixed} - {None}))
+    candidates = with_fixed(finetune.lr_candidates, fixed)
     if not candidates:
         raise ValueError("finetune: no learning rate to calibrate (lr_candidates is empty)")
     n_subsets = subsets["subset_id"].nunique()
@@ -82,9 +114,7 @@ def lr_curve_on(meta: MultiHeadNet, data: TaskData, subsets: pd.DataFrame,
         log.info("lr %g: %d subsets fine-tuned with 2 seeds (%d of %d rates, %.1f s, "
                  "%.2f fine-tunings/s)", lr, n_subsets, done, len(candidates), elapsed,
                  2 * done * n_subsets / max(elapsed, 1e-9))
-    device = next(meta.parameters()).device
-    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
-    curve = lr_curve(pairs, base.set_index("task")["loss"], chosen=fixed)
+    curve = lr_curve(pairs, meta_validation_loss(meta, data, metric), chosen=fixed)
     picked = float(curve.loc[curve["chosen"], "lr"].iloc[0])
     log.info("lr curve, seeds %d and %d (%s):\n%s", finetune.seed, finetune.seed + 1,
              "chosen: the largest rate whose noise floor is within one standard error of the "
@@ -109,11 +139,9 @@ def calibrate_finetune(
     error of the best; otherwise the configured rate. It costs 2 x candidates x n_subsets
     fine-tunings (see :func:`lr_curve_on`).
     """
-    device = prepare_torch(threads)
-    data, _ = load_task_data(examples_path, tasks_path)
-    data = data.to(device)
-    meta = load_checkpoint(model_path, data.task_names).to(device)
-    held_out = held_out_subsets(subsets_path, n_subsets, seed)
+    data, meta, held_out = load_held_out(
+        examples_path, tasks_path, model_path, subsets_path, n_subsets, seed, threads
+    )
     curve = lr_curve_on(meta, data, held_out, finetune, metric)
     write_table(curve, lr_curve_path)
 
@@ -138,15 +166,13 @@ def calibrate_estimate(
     ``l2_candidates`` is empty with l2 "auto".
     """
     finetune = with_chosen_lr(finetune, lr_curve_path)
-    device = prepare_torch(threads)
-    data, _ = load_task_data(examples_path, tasks_path)
-    data = data.to(device)
-    meta = load_checkpoint(model_path, data.task_names).to(device)
-    held_out = held_out_subsets(subsets_path, n_subsets, seed)
+    data, meta, held_out = load_held_out(
+        examples_path, tasks_path, model_path, subsets_path, n_subsets, seed, threads
+    )
     reference = finetune_values(meta, data, held_out, other_seed(finetune), metric)
     reference["design"] = design_of(held_out, subsets_path)
     fixed = None if estimate.l2_is_auto else float(estimate.l2)
-    candidates = sorted({float(l2) for l2 in l2_candidates} | ({fixed} - {None}))
+    candidates = with_fixed(l2_candidates, fixed)
     if not candidates:
         raise ValueError('gradient_estimate.l2 is "auto" but l2_candidates is empty')
     _, valuers = read_gradient_valuers(
@@ -157,8 +183,8 @@ def calibrate_estimate(
     estimates = {l2: value(held_out) for l2, value in zip(candidates, valuers)}
     log.info("estimated %d held-out subsets at %d l2 values in %.1f s",
              held_out["subset_id"].nunique(), len(candidates), time.perf_counter() - started)
-    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
-    curve = l2_curve(estimates, reference, base.set_index("task")["loss"], chosen=fixed)
+    curve = l2_curve(estimates, reference, meta_validation_loss(meta, data, metric),
+                     chosen=fixed)
     picked = float(curve.loc[curve["chosen"], "l2"].iloc[0])
     log.info("l2 curve against the real fine-tuning of seed %d (%s):\n%s", finetune.seed + 1,
              "chosen: the lowest relative error within one standard error of the highest "
@@ -196,11 +222,9 @@ def validate_estimator(
     seed's table does not hold the same subsets.
     """
     finetune = with_chosen_lr(finetune, lr_curve_path)
-    device = prepare_torch(threads)
-    data, _ = load_task_data(examples_path, tasks_path)
-    data = data.to(device)
-    meta = load_checkpoint(model_path, data.task_names).to(device)
-    held_out = held_out_subsets(subsets_path, n_subsets, seed)
+    data, meta, held_out = load_held_out(
+        examples_path, tasks_path, model_path, subsets_path, n_subsets, seed, threads
+    )
     chosen = np.sort(held_out["subset_id"].unique())
     estimate = read_table(estimate_path, SUBSET_VALUES)
     estimate = estimate[estimate["subset_id"].isin(chosen)].drop(
@@ -213,11 +237,10 @@ def validate_estimator(
             f"validation.n_subsets = {n_subsets}, seed = {seed}; it is stale, rerun "
             "calibrate_estimate"
         )
-    curve = read_table(l2_curve_path, L2_CURVE)
+    l2 = chosen_candidate(l2_curve_path, L2_CURVE, "l2")
     tuned = finetuned_models(meta, data, held_out, finetune)
     real = values_of_models(tuned, data, metric)
-    base = evaluate(meta, data, torch.arange(data.n_tasks, device=device), ("val",), metric)
-    base_loss = base.set_index("task")["loss"]
+    base_loss = meta_validation_loss(meta, data, metric)
     trivial = real.copy()
     trivial["loss"] = base_loss.loc[trivial["task"]].to_numpy()
     comparisons = {"gradient": estimate, "finetune_other_seed": other, "no_change": trivial}
@@ -235,10 +258,7 @@ def validate_estimator(
         summary.append({"estimator": name, "n_subsets": len(chosen), **figures})
     summary = pd.DataFrame(summary)
     # the l2 the gradient estimate used (NaN on the other rows)
-    summary["l2"] = np.where(
-        summary["estimator"] == "gradient", float(curve.loc[curve["chosen"], "l2"].iloc[0]),
-        np.nan,
-    )
+    summary["l2"] = np.where(summary["estimator"] == "gradient", l2, np.nan)
     log.info("estimator validation on %d subsets:\n%s", len(chosen), summary.to_string())
     curves = []
     for subset_id, indices, model in tuned:  # the fine-tunings of ``real``
