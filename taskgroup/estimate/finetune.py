@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from taskgroup.data.examples import TaskData
+from taskgroup.estimate.settings import AUTO, auto_or_float, positive_or_auto
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.stacked import ModelSpec, fit_models
 from taskgroup.models.training import TrainSettings, evaluate, fit
@@ -20,16 +21,13 @@ from taskgroup.seeding import derived_seed
 log = logging.getLogger(__name__)
 
 
-LR_AUTO = "auto"
-
-
 @dataclass(frozen=True)
 class FinetuneSettings:
     """How the estimator "finetune" trains each subset: ``training`` (epochs, lr, batch_size,
     weight_decay), and ``seed``, from which each subset's own seed is derived.
 
-    ``training.lr`` may be "auto" (:data:`LR_AUTO`): the rate is then chosen among
-    ``lr_candidates`` on held-out subsets
+    ``training.lr`` may be "auto" (:data:`taskgroup.estimate.settings.AUTO`): the rate is
+    then chosen among ``lr_candidates`` on held-out subsets
     (:func:`taskgroup.stages.validate.calibrate_finetune`), and nothing is fine-tuned
     until it is replaced by the chosen rate (:meth:`with_lr`)."""
 
@@ -39,8 +37,8 @@ class FinetuneSettings:
 
     def __post_init__(self):
         lr = self.training.lr
-        if not (lr == LR_AUTO if isinstance(lr, str) else lr > 0):
-            raise ValueError(f"finetune.lr = {lr!r}; expected a positive number or 'auto'")
+        if not positive_or_auto(lr):
+            raise ValueError(f"finetune.lr = {lr!r}; expected a positive number or {AUTO!r}")
         if any(not float(c) > 0 for c in self.lr_candidates):
             raise ValueError(
                 f"finetune.lr_candidates = {list(self.lr_candidates)}; expected positive numbers"
@@ -51,9 +49,8 @@ class FinetuneSettings:
         """From the finetune config section (epochs, lr, batch_size, weight_decay, seed, and
         optionally lr_candidates). Raises KeyError when a key is missing and ValueError for
         an lr that is neither positive nor "auto"."""
-        lr = section["lr"]
         training = TrainSettings(
-            section["epochs"], lr if isinstance(lr, str) else float(lr), section["batch_size"],
+            section["epochs"], auto_or_float(section["lr"]), section["batch_size"],
             section["weight_decay"],
         )
         candidates = tuple(float(c) for c in section.get("lr_candidates", ()))

@@ -87,9 +87,23 @@ class ProjectionSettings:
         return {key: values[key] for key in sorted(values)}
 
 
-# gradient_estimate.l2 "auto": chosen on the held-out subsets against real fine-tuning
-# (taskgroup.stages.validate.calibrate_estimate) before the subsets are estimated.
-L2_AUTO = "auto"
+# A setting chosen on the held-out subsets before it is used: gradient_estimate.l2
+# (taskgroup.stages.validate.calibrate_estimate, against real fine-tuning) and finetune.lr
+# (calibrate_finetune, against a second real fine-tuning).
+AUTO = "auto"
+
+
+def positive_or_auto(value) -> bool:
+    """Whether ``value`` is :data:`AUTO` or a positive number (a bool is neither)."""
+    if isinstance(value, str):
+        return value == AUTO
+    return not isinstance(value, bool) and value > 0
+
+
+def auto_or_float(value) -> float | str:
+    """A config value that may be :data:`AUTO`: text is kept as it is (for
+    :func:`positive_or_auto` to judge), a number becomes a float."""
+    return value if isinstance(value, str) else float(value)
 
 
 @dataclass(frozen=True)
@@ -106,10 +120,9 @@ class GradientEstimateSettings:
     max_relative_shift: float | None
 
     def __post_init__(self):
-        if self.l2 != L2_AUTO and (isinstance(self.l2, (bool, str)) or not self.l2 > 0):
+        if not positive_or_auto(self.l2):
             raise ValueError(
-                f"gradient_estimate.l2 = {self.l2!r}; expected a positive number or "
-                f"{L2_AUTO!r}"
+                f"gradient_estimate.l2 = {self.l2!r}; expected a positive number or {AUTO!r}"
             )
         if self.newton_steps < 1:
             raise ValueError(
@@ -127,15 +140,14 @@ class GradientEstimateSettings:
         (l2, newton_steps, max_relative_shift; other keys, such as l2_candidates, are
         ignored). Raises KeyError when one of the three is missing."""
         shift = mapping["max_relative_shift"]
-        l2 = mapping["l2"]
         return cls(
-            l2 if l2 == L2_AUTO else float(l2), int(mapping["newton_steps"]),
+            auto_or_float(mapping["l2"]), int(mapping["newton_steps"]),
             None if shift is None else float(shift),
         )
 
     @property
     def l2_is_auto(self) -> bool:
-        return self.l2 == L2_AUTO
+        return self.l2 == AUTO
 
     def with_l2(self, l2: float) -> GradientEstimateSettings:
         """The same settings with l2 set to ``l2`` (the chosen one when l2 is "auto")."""
