@@ -8,7 +8,8 @@ Usage:
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
 config's model.hidden_sizes), the meta-initialization is trained once and m subsets are
 fine-tuned for real twice (finetune.seed and finetune.seed + 1), once per run. Every
-projection setting (``structure:dim[:nonzeros]``, or ``exact`` for no projection) is then
+projection setting (``structure:dim[:nonzeros]``, or ``exact`` for no projection, either
+with an optional ``@adam`` or ``@none``: the preconditioner, default the config's) is then
 run in a fresh process (so that its peak memory is its own) and compared with the same
 references. For each it prints: d, gradient collection + projection time as a share of one
 training epoch over all tasks, estimate throughput (subsets per second, projection
@@ -43,7 +44,7 @@ from taskgroup.data.datasets.planted import generate_planted, planted_spec
 from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
 from taskgroup.estimate.finetune import FinetuneSettings
-from taskgroup.estimate.projection import make_projector, parameter_norm
+from taskgroup.estimate.projection import make_projector
 from taskgroup.estimate.settings import BATCH_MB, GradientEstimateSettings, ProjectionSettings
 from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
 from taskgroup.group.clustering import ClusteringSettings
@@ -57,8 +58,29 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECTION_BATCH = 4096
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def start_peak() -> float:
+    """Reset the process's peak resident memory to its current footprint (Linux: ``5`` to
+    /proc/self/clear_refs) and return that footprint in MB; elsewhere, the peak so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mb("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_since(footprint: float) -> float:
+    """Peak resident memory (MB) above ``footprint`` since :func:`start_peak`."""
+    try:
+        return _status_mb("VmHWM") - footprint
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - footprint
 
 
 def training(section: dict, best_epoch: bool = False) -> TrainSettings:
@@ -67,13 +89,16 @@ def training(section: dict, best_epoch: bool = False) -> TrainSettings:
 
 
 def projection_settings(text: str, config: dict) -> ProjectionSettings:
-    """``exact`` (a size above any model's: no projection) or structure:dim[:nonzeros]."""
+    """``exact`` (a size above any model's: no projection) or structure:dim[:nonzeros],
+    either followed by @preconditioner (default: the config's)."""
     kind, seed = config["projection"]["kind"], config["projection"]["seed"]
+    text, _, preconditioner = text.partition("@")
+    preconditioner = preconditioner or config["projection"]["preconditioner"]
     if text == "exact":
-        return ProjectionSettings("dense", kind, seed, 10**9, None)
+        return ProjectionSettings("dense", kind, seed, 10**9, None, preconditioner)
     structure, dim, *rest = text.split(":")
     nonzeros = int(rest[0]) if rest else (4 if structure == "sparse" else None)
-    return ProjectionSettings(structure, kind, seed, int(dim), nonzeros)
+    return ProjectionSettings(structure, kind, seed, int(dim), nonzeros, preconditioner)
 
 
 def load_data(config: dict):
@@ -104,11 +129,12 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
         l2_values[0]
     )
     metric = config["evaluation"]["metric"]
-    # The peak of the warm-up (a whole projection, 2 subsets) is below that of the run.
-    baseline = peak_rss_mb()
+    # Without the reset, the peak of generating the data (above the estimator's) would hide
+    # the estimator's: it printed 0 MB.
+    footprint = start_peak()
     warm = make_projector(meta, settings)
     splits = project_data(meta, warm, data, PROJECTION_BATCH)
-    gradient_valuer(splits, warm, parameter_norm(meta), data.task_names, data.types, estimate,
+    gradient_valuer(splits, warm, warm.parameter_norm(meta), data.task_names, data.types, estimate,
                     metric, memory_mb=BATCH_MB)(subsets[subsets["subset_id"] < 2])
     del splits
     started = time.perf_counter()
@@ -118,7 +144,7 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
     values, seconds = {}, []
     for l2 in l2_values:
         value = gradient_valuer(
-            splits, projector, parameter_norm(meta), data.task_names, data.types,
+            splits, projector, projector.parameter_norm(meta), data.task_names, data.types,
             dataclasses.replace(estimate, l2=l2), metric, memory_mb=BATCH_MB,
         )
         started = time.perf_counter()
@@ -128,7 +154,7 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
     queue.put({
         "values": values, "dim": projector.dim,
         "exact": projector.exact, "projection_seconds": projection_seconds,
-        "estimate_seconds": estimate_seconds, "peak_mb": peak_rss_mb() - baseline,
+        "estimate_seconds": estimate_seconds, "peak_mb": peak_since(footprint),
     })
 
 

@@ -2,6 +2,7 @@
 the settings a projection is built from, and the projection stage's tables."""
 
 import inspect
+import math
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ import torch
 from conftest import small_spec
 
 from taskgroup.data.datasets.planted import generate_planted
-from taskgroup.data.examples import build_task_data
+from taskgroup.data.examples import SplitTensors, build_task_data
 from taskgroup.data.tables import PROJECTED, PROJECTION, read_table, write_table
-from taskgroup.estimate.linearized import estimate_values
+from taskgroup.estimate.gradients import per_example_gradients
+from taskgroup.estimate.linearized import estimate_values, loss_derivatives
 from taskgroup.estimate.projection import (
     LayerProjector,
     Projector,
@@ -38,7 +40,8 @@ from taskgroup.models.network import MultiHeadNet, save_checkpoint
 from taskgroup.resources import PROJECTION_BATCH_EXAMPLES, PROJECTION_BYTES
 from taskgroup.stages.estimate import project_gradients, read_gradient_valuer
 
-SECTION = {"structure": "kronecker", "dim": 16, "nonzeros": 3, "kind": "gaussian", "seed": 4}
+SECTION = {"structure": "kronecker", "dim": 16, "nonzeros": 3, "kind": "gaussian", "seed": 4,
+           "preconditioner": "none"}
 SETTINGS = {
     "kronecker": ProjectionSettings("kronecker", "gaussian", 4, dim=30, nonzeros=None),
     "dense": ProjectionSettings("dense", "rademacher", 5, dim=17, nonzeros=None),
@@ -122,14 +125,18 @@ def test_every_structure_projects_the_same_gradients(structure):
 
 def test_project_gradients_params_hold_only_the_settings_the_structure_uses():
     kronecker = ProjectionSettings.from_mapping(SECTION).description()
-    assert kronecker == {"dim": 16, "kind": "gaussian", "seed": 4, "structure": "kronecker"}
+    assert kronecker == {"dim": 16, "kind": "gaussian", "preconditioner": "none", "seed": 4,
+                         "structure": "kronecker"}
     assert list(kronecker) == sorted(kronecker)
     assert ProjectionSettings.from_mapping({**SECTION, "nonzeros": 8}).description() == kronecker
     assert ProjectionSettings.from_mapping({**SECTION, "dim": 8}).description() != kronecker
+    adam = {**SECTION, "preconditioner": "adam"}
+    assert ProjectionSettings.from_mapping(adam).description() != kronecker
     sparse = {**SECTION, "structure": "sparse"}
     description = ProjectionSettings.from_mapping(sparse).description()
     assert description == {
-        "dim": 16, "kind": "gaussian", "nonzeros": 3, "seed": 4, "structure": "sparse"
+        "dim": 16, "kind": "gaussian", "nonzeros": 3, "preconditioner": "none", "seed": 4,
+        "structure": "sparse",
     }
     assert ProjectionSettings.from_mapping(description) == ProjectionSettings.from_mapping(sparse)
 
@@ -145,6 +152,8 @@ def test_bad_projection_settings_are_rejected():
         ProjectionSettings("sparse", "gaussian", 0, dim=3, nonzeros=None)
     with pytest.raises(ValueError, match="projection.nonzeros = 2 is set, but structure dense"):
         ProjectionSettings("dense", "gaussian", 0, dim=3, nonzeros=2)
+    with pytest.raises(ValueError, match="projection.preconditioner = 'adagrad'; expected one"):
+        ProjectionSettings("dense", "gaussian", 0, dim=3, nonzeros=None, preconditioner="adagrad")
     with pytest.raises(KeyError, match="dim"):
         ProjectionSettings.from_mapping({"structure": "kronecker", "kind": "gaussian", "seed": 0})
 
@@ -254,7 +263,8 @@ def test_the_eigen_basis_is_fitted_orthonormal_and_keeps_the_most_gradient_energ
     assert projector.needs_fit and not projector.exact and projector.dim <= 300
     with pytest.raises(ValueError, match="eigen: the basis was not fitted"):
         project_examples(model, projector, features, task_index, 64)
-    projector.fit(model, features, task_index, batch_size=64)
+    examples = SplitTensors(features, (task_index == 1).float(), task_index)
+    projector.fit(model, examples, batch_size=64)
     assert not projector.needs_fit
     for block in projector.blocks:
         for factor in (block.left, block.right):
@@ -275,6 +285,67 @@ def test_the_eigen_basis_is_fitted_orthonormal_and_keeps_the_most_gradient_energ
     assert rebuilt.needs_fit
     torch.testing.assert_close(rebuilt.shift_norms(shifts), shifts.norm(dim=1))
     again = make_projector(model, settings)
-    again.fit(model, features, task_index, batch_size=17)
+    again.fit(model, examples, batch_size=17)
     z_again, _ = project_examples(model, again, features, task_index, 64)
     torch.testing.assert_close(z_again, z, atol=1e-5, rtol=1e-5)
+
+
+def test_the_adam_preconditioner_scales_each_gradient_entry_by_its_factored_adam_scale():
+    """With preconditioner "adam" and no projection (d = p), z(x) is the plain gradient with
+    entry (i, j) of each layer times v_ij^(-1/4) in the rank-1 form R_i C_j / S of v, the
+    mean squared loss gradient; the scales come from per-example gradients computed by
+    autograd, on binary and regression tasks; the parameter norm is ||D^(1/2) theta||; an
+    unfitted projector refuses to project or measure."""
+    torch.manual_seed(0)
+    model = MultiHeadNet(n_features=6, n_tasks=3, hidden_sizes=[5, 4])
+    n = 60
+    features, task_index = torch.randn(n, 6), torch.arange(n) % 3
+    regression = task_index == 2
+    labels = torch.where(regression, torch.randn(n), (torch.rand(n) < 0.5).float())
+    examples = SplitTensors(features, labels, task_index, regression)
+    plain = make_projector(model, ProjectionSettings("kronecker", "gaussian", 0, 10**5, None))
+    adam = make_projector(
+        model, ProjectionSettings("kronecker", "gaussian", 0, 10**5, None, "adam")
+    )
+    assert plain.exact and adam.exact and adam.needs_fit
+    with pytest.raises(ValueError, match="preconditioner adam: the scales were not fitted"):
+        project_examples(model, adam, features, task_index, 16)
+    with pytest.raises(ValueError, match="preconditioner adam: the scales were not fitted"):
+        adam.parameter_norm(model)
+    adam.fit(model, examples, batch_size=16)
+    assert not adam.needs_fit
+
+    # by hand: per-example parameter gradients of the output, times l'(x)
+    gradients = per_example_gradients(model, features, task_index)
+    outputs = project_examples(model, plain, features, task_index, 16)[1]
+    first, _ = loss_derivatives(outputs.double(), labels.double(), regression)
+    linears = [index for index, layer in enumerate(model.trunk) if hasattr(layer, "weight")]
+    names = [(f"trunk.{i}.weight", f"trunk.{i}.bias") for i in linears]
+    names.append(("head_weight", "head_bias"))
+    def quarter(sums):
+        # a unit no example moves (a dead ReLU: R_i = 0, or C_j = 0 after it) gets scale 0
+        return torch.where(sums > 0, sums, 1.0) ** -0.25 * (sums > 0)
+
+    scales, thetas = [], []
+    parameters = dict(model.named_parameters())
+    for weight, bias in names:
+        g = torch.cat([gradients[weight], gradients[bias].unsqueeze(-1)], dim=-1).double()
+        v = ((first.view(-1, 1, 1) * g) ** 2).mean(dim=0)
+        rows, columns, total = v.sum(dim=1), v.sum(dim=0), v.sum()
+        scales.append(total**0.25 * torch.outer(quarter(rows), quarter(columns)))
+        thetas.append(torch.cat([parameters[weight], parameters[bias].unsqueeze(-1)], dim=-1))
+    flat = torch.cat([scale.flatten() for scale in scales]).float()
+
+    z_plain, _ = project_examples(model, plain, features, task_index, 16)
+    z_adam, outputs_adam = project_examples(model, adam, features, task_index, 7)
+    torch.testing.assert_close(outputs_adam, outputs)
+    torch.testing.assert_close(z_adam, z_plain * flat, rtol=1e-4, atol=1e-6)
+    assert (flat == 0).any()  # the case of a unit no example moves is exercised
+    expected = math.sqrt(sum(
+        float(((theta.detach().double()[scale > 0] / scale[scale > 0]) ** 2).sum())
+        for theta, scale in zip(thetas, scales)
+    ))
+    assert adam.parameter_norm(model) == pytest.approx(expected, rel=1e-5)
+    assert plain.parameter_norm(model) == pytest.approx(parameter_norm(model))
+    # a rebuilt projector carries the preconditioner, unfitted
+    assert from_description(model, adam.describe()).needs_fit

@@ -246,7 +246,9 @@ def test_gradient_estimator_reuses_the_meta_initialization_and_runs_end_to_end(g
     # l2 "auto": the candidates' curve against the second seed, one chosen, and the
     # estimate made with it
     l2_curve = pd.read_parquet(results / "validation" / "l2_curve.parquet")
-    assert l2_curve["l2"].tolist() == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    assert l2_curve["l2"].tolist() == [
+        0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0
+    ]
     assert (l2_curve["n_subsets"] == 30).all() and l2_curve["chosen"].sum() == 1
     top = l2_curve.loc[l2_curve["within_task_pearson"].idxmax()]
     tied = l2_curve[l2_curve["within_task_pearson"]

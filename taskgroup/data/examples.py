@@ -24,6 +24,12 @@ class SplitTensors:
     task_index: torch.Tensor
     regression: torch.Tensor | None = None
 
+    def regression_mask(self) -> torch.Tensor:
+        """``regression``, or all False (n,) when every task is binary."""
+        if self.regression is None:
+            return torch.zeros_like(self.task_index, dtype=torch.bool)
+        return self.regression
+
     def to(self, device: torch.device) -> "SplitTensors":
         return SplitTensors(
             self.features.to(device), self.labels.to(device), self.task_index.to(device),

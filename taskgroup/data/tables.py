@@ -28,7 +28,8 @@ subset_values one row per (subset, member task, split): subset_id (int64), task 
            split (str), loss (float64, mean loss of the task's type, see above), metric
            (float64, the configured metric, see above), estimator (str: "finetune" or "gradient"),
            design (str, the design of the subset);
-           estimator "gradient" adds relative_shift (float64, ||P w|| / ||theta*||).
+           estimator "gradient" adds relative_shift (float64, ||P w|| / ||theta*||, both in
+           the metric of the projection's preconditioner).
            Design "forward" (subset_values/<estimator>/forward.parquet): every subset that
            forward selection evaluated for any target, accepted or not, each valued once,
            subset ids 0..n-1 in order of first evaluation (targets, then candidates, in task
@@ -61,8 +62,9 @@ projected  one row per training or validation example: task, split (str), label 
            the meta-initialization: a logit for binary tasks, the prediction for regression
            tasks), z_* (float32, the projected gradient, one column per dimension).
 projection one row: structure, kind (str), seed (int64), dim (int64, the setting),
-           nonzeros (Int64, sparse only, else null), projected_dim (the columns),
-           n_parameters (int64), theta_norm (float64, ||theta*||).
+           nonzeros (Int64, sparse only, else null), preconditioner (str), projected_dim
+           (the columns), n_parameters (int64), theta_norm (float64, ||theta*|| in the
+           preconditioner's metric: see LayerProjector.parameter_norm).
 grouping   one row per task: task (str), group (int64).
 group_results one row per (seed, task, split) of the models of one group (a set of tasks,
            trained once per training seed and final-training variant): variant (str,
@@ -209,6 +211,7 @@ PROJECTION = {
     "seed": "int",
     "dim": "int",
     "nonzeros": "int",
+    "preconditioner": "str",
     "projected_dim": "int",
     "n_parameters": "int",
     "theta_norm": "float",

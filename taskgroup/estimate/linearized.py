@@ -77,8 +77,9 @@ class ProjectedSplit:
         return self.regression
 
 
-def _derivatives(output, labels, regression):
-    """l'(output) and l''(output) per example (float64), by the example's task type."""
+def loss_derivatives(output, labels, regression):
+    """l'(output) and l''(output) per example (float64 when ``output`` is), by the
+    example's task type (``regression`` (n,) bool: squared error, else logistic)."""
     probability = torch.sigmoid(output)
     first = torch.where(regression, 2.0 * (output - labels), probability - labels)
     second = torch.where(
@@ -158,7 +159,7 @@ def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
     loss (logistic or squared, by task type) at w = 0 on the task's local columns (shared
     and its private ones, :func:`column_layout`), in float64 (memory k (c + b)^2 floats)."""
     z = train.z
-    residual, curvature = _derivatives(
+    residual, curvature = loss_derivatives(
         train.base.double(), train.labels.double(), train.regression_mask()
     )
     counts = torch.bincount(train.task_index, minlength=n_tasks).double()
@@ -291,7 +292,7 @@ def _newton_step_per_subset(train, members, weights, l2, statistics, holding) ->
     for row in range(weights.shape[0]):
         inside = members[row, train.task_index] > 0
         z_s, w = z[inside][:, columns[row]], padded[row, columns[row]]
-        residual, curvature = _derivatives(
+        residual, curvature = loss_derivatives(
             train.base[inside].double() + z_s @ w, train.labels[inside].double(),
             train.regression_mask()[inside],
         )

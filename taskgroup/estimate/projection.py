@@ -36,11 +36,26 @@ Each trunk layer's block (and the heads' R) is built by the structure:
   examples; P^T P = I, so ||P w|| = ||w|| needs no factor, and a projector rebuilt from
   its description can say ||P w|| but not project.
 
+The preconditioner (``ProjectionSettings.preconditioner``) sets the geometry of the shifts.
+The real fine-tuning uses Adam, whose step moves a parameter by about lr g / sqrt(v), v the
+running mean of its squared gradient: a step of plain gradient descent in the coordinates
+u = D^(1/2) theta, D = diag(sqrt(v)). With "adam" the gradients are taken in those
+coordinates, g -> D^(-1/2) g, so the linearized fit's ridge penalty ||w||^2 is Adam's metric,
+not the Euclidean one. v is the mean over the training examples of the squared loss gradient
+at the meta-initialization, (l'(x) delta_i(x) [a; 1]_j(x))^2 for a layer's entry (i, j),
+taken in its rank-1 factored form v_ij ~ R_i C_j / S (the row sums R, the column sums C and
+their total S, as Adafactor does), so the scaling stays a product of one scale per delta
+entry and one per input entry: delta [a; 1]^T -> (r * delta) (c * [a; 1])^T with
+r = S^(1/4) R^(-1/4), c = C^(-1/4), and each block projects the scaled factors. (An entry
+of zero scale, a unit no example moves, gets scale 0.) :meth:`LayerProjector.fit` computes
+the scales in the same pass as the "eigen" moments; shift norms and the parameter norm
+(:meth:`LayerProjector.parameter_norm`) are then measured in u.
+
 All satisfy the :class:`Projector` protocol (one class, :class:`LayerProjector`), so callers
 never ask which one they hold: :func:`make_projector` builds one from
 :class:`ProjectionSettings`, ``describe()`` gives the settings back as a dict, and
 :func:`from_description` rebuilds an equal projector from it. A projector whose
-``needs_fit`` is true ("eigen") is fitted before it projects
+``needs_fit`` is true ("eigen", or preconditioner "adam") is fitted before it projects
 (:func:`taskgroup.estimate.valuers.project_data` does it on the training examples).
 """
 
@@ -53,7 +68,14 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from taskgroup.estimate.gradients import LayerFactors, layer_factors, layer_shapes
+from taskgroup.data.examples import SplitTensors
+from taskgroup.estimate.gradients import (
+    LayerFactors,
+    layer_factors,
+    layer_parameters,
+    layer_shapes,
+)
+from taskgroup.estimate.linearized import loss_derivatives
 from taskgroup.estimate.settings import KINDS, ProjectionSettings
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.resources import allocate_columns
@@ -82,12 +104,15 @@ class Projector(Protocol):
         parameters (eval mode, no parameter is changed)."""
 
     def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
-        """||P w|| (s,) for s projected shifts ``weights`` (s, dim)."""
+        """||P w|| (s,) for s projected shifts ``weights`` (s, dim), in the preconditioner's
+        metric."""
 
-    def fit(self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor,
-            batch_size: int) -> None:
-        """Fit the data-dependent blocks (when ``needs_fit``) on these examples; a no-op
-        for the random structures."""
+    def parameter_norm(self, model: MultiHeadNet) -> float:
+        """||theta|| of ``model``'s parameters in the same metric as :meth:`shift_norms`."""
+
+    def fit(self, model: MultiHeadNet, examples: SplitTensors, batch_size: int) -> None:
+        """Fit what is learned from the data (when ``needs_fit``) on these examples; a
+        no-op otherwise."""
 
     def describe(self) -> dict:
         """The settings that rebuild this projector for the same model (see
@@ -325,6 +350,56 @@ class _OrthonormalMatrix(_Matrix):
         return (block * block).sum(dim=1)
 
 
+def _fit_sums(factors: list[LayerFactors], outputs, labels, regression, task_index,
+              n_tasks: int, moments: bool, fisher: bool) -> list[list]:
+    """Per layer, one batch's sums for :meth:`LayerProjector.fit`: [delta moment (out, out;
+    None for the heads), input moment (in + 1, in + 1), R (out,), C (in + 1,)], float64; the
+    moments only with ``moments``, R and C (the row and column sums
+    of the squared loss gradients l'(x)^2 delta_i^2 [a; 1]_j^2, float64) only with
+    ``fisher``; what is not computed is None."""
+    sums = []
+    weight = None
+    if fisher:
+        first, _ = loss_derivatives(outputs.double(), labels.double(), regression)
+        weight = first**2
+    for index, factor in enumerate(factors):
+        inputs, deltas = factor.inputs, factor.deltas
+        delta_moment = input_moment = rows = columns = None
+        if moments:
+            # float64 products: the batch size follows the job's memory, and float32 sums
+            # would let it move the eigenvectors by more than rounding
+            input_moment = inputs.double().T @ inputs.double()
+            delta_moment = None if deltas is None else deltas.double().T @ deltas.double()
+        if fisher:
+            squared_inputs = inputs.double() ** 2
+            if deltas is None:
+                # the heads: delta is e_t, so R_t sums over task t's examples
+                rows = torch.zeros(n_tasks, dtype=torch.float64, device=inputs.device)
+                rows.index_add_(0, task_index, weight * squared_inputs.sum(dim=1))
+                columns = squared_inputs.T @ weight
+            else:
+                squared_deltas = deltas.double() ** 2
+                rows = squared_deltas.T @ (weight * squared_inputs.sum(dim=1))
+                columns = squared_inputs.T @ (weight * squared_deltas.sum(dim=1))
+        sums.append([delta_moment, input_moment, rows, columns])
+    return sums
+
+
+def _adam_scales(rows: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, c), float32: v_ij ~ R_i C_j / S with S = sum(R), so v_ij^(-1/4) = r_i c_j with
+    r = S^(1/4) R^(-1/4) and c = C^(-1/4); an entry whose R or C is 0 gets scale 0."""
+    total = float(rows.sum())
+    row = torch.where(rows > 0, rows.clamp(min=1e-300) ** -0.25, 0.0) * total**0.25
+    column = torch.where(columns > 0, columns.clamp(min=1e-300) ** -0.25, 0.0)
+    return row.float(), column.float()
+
+
+def _scaled_moment(moment: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """diag(s) M diag(s): the second moment of the factors scaled by ``scale``."""
+    scale = scale.double()
+    return moment * scale.unsqueeze(1) * scale.unsqueeze(0)
+
+
 class LayerProjector:
     """The projection of ``settings`` for a model of linear layers ``layer_shapes`` ((out,
     in + 1), heads last; see :func:`taskgroup.estimate.gradients.layer_shapes`): one block
@@ -335,6 +410,9 @@ class LayerProjector:
     def __init__(self, layer_shapes, settings: ProjectionSettings):
         self.layer_shapes = [tuple(shape) for shape in layer_shapes]
         self.settings = settings
+        # preconditioner "adam": (row scale (out,), column scale (in + 1,)) per layer, heads
+        # last (their rows are the tasks), set by fit; None until then or without one
+        self.scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         columns = allocate_columns(self.layer_shapes, settings.dim)
         self.exact = columns == [out * inputs for out, inputs in self.layer_shapes]
         self.blocks = [
@@ -380,34 +458,48 @@ class LayerProjector:
 
     @property
     def needs_fit(self) -> bool:
-        """Whether a block still waits for :meth:`fit` ("eigen" only)."""
-        return any(not getattr(block, "fitted", True) for block in self.blocks) or (
-            isinstance(self.head, _OrthonormalMatrix) and self.head.matrix is None
+        """Whether something still waits for :meth:`fit`: an "eigen" block, or the scales
+        of preconditioner "adam"."""
+        return (
+            any(not getattr(block, "fitted", True) for block in self.blocks)
+            or (isinstance(self.head, _OrthonormalMatrix) and self.head.matrix is None)
+            or (self.settings.preconditioner == "adam" and self.scales is None)
         )
 
-    def fit(self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor,
-            batch_size: int) -> None:
-        """With structure "eigen": the second moments of every layer's deltas and inputs
-        [a; 1] over the n examples ``features`` (n, n_features), ``task_index`` (n,) at
-        ``model``'s parameters, ``batch_size`` examples at a time (float64 sums), and each
-        block's top eigenvectors from them. A no-op for the random structures."""
-        if self.settings.structure != "eigen":
+    def fit(self, model: MultiHeadNet, examples: SplitTensors, batch_size: int) -> None:
+        """Fit to the n ``examples`` (features, task_index, labels, regression) at
+        ``model``'s parameters, in one pass, ``batch_size`` examples at a time (float64
+        sums): with preconditioner "adam", every layer's scales (see the module docstring);
+        with structure "eigen", each block's top eigenvectors of the second moments of its
+        (scaled) deltas and inputs [a; 1]. A no-op when nothing needs fitting."""
+        if not self.needs_fit:
             return
+        n_tasks = self.layer_shapes[-1][0]
+        eigen = self.settings.structure == "eigen"
+        adam = self.settings.preconditioner == "adam"
+        regression = examples.regression_mask()
         sums = None
-        for start in range(0, features.shape[0], batch_size):
-            _, factors = layer_factors(
-                model, features[start : start + batch_size], task_index[start : start + batch_size]
-            )
-            moments = [
-                (None if f.deltas is None else f.deltas.double().T @ f.deltas.double(),
-                 f.inputs.double().T @ f.inputs.double())
-                for f in factors
+        for start in range(0, examples.features.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            task_index = examples.task_index[part]
+            outputs, factors = layer_factors(model, examples.features[part], task_index)
+            batch = _fit_sums(factors, outputs, examples.labels[part], regression[part],
+                              task_index, n_tasks, moments=eigen, fisher=adam)
+            sums = batch if sums is None else [
+                [None if a is None else a + b for a, b in zip(old, new)]
+                for old, new in zip(sums, batch)
             ]
-            sums = moments if sums is None else [
-                (None if d is None else d + dd, i + ii)
-                for (d, i), (dd, ii) in zip(sums, moments)
-            ]
-        self.fit_moments(sums)
+        n = examples.features.shape[0]
+        if adam:
+            self.scales = [_adam_scales(rows / n, columns / n) for *_, rows, columns in sums]
+        if eigen:
+            moments = [(deltas, inputs) for deltas, inputs, *_ in sums]
+            if adam:
+                moments = [
+                    (None if d is None else _scaled_moment(d, row), _scaled_moment(i, column))
+                    for (d, i), (row, column) in zip(moments, self.scales)
+                ]
+            self.fit_moments(moments)
 
     def fit_moments(self, moments: list[tuple[torch.Tensor | None, torch.Tensor]]) -> None:
         """Set the "eigen" blocks from the second moments, per layer in
@@ -431,7 +523,27 @@ class LayerProjector:
         """See :meth:`Projector.project`: one forward and one backward pass for the layer
         factors of the batch, then :meth:`project_factors`."""
         outputs, factors = layer_factors(model, features, task_index)
-        return self.project_factors(task_index, factors), outputs
+        return self.project_factors(task_index, self.precondition(task_index, factors)), outputs
+
+    def precondition(self, task_index: torch.Tensor, factors: list[LayerFactors]
+                     ) -> list[LayerFactors]:
+        """The factors of the gradients D^(-1/2) g (preconditioner "adam": each delta
+        scaled by its layer's row scale, each input by its column scale, the heads' inputs
+        also by the row scale of the example's task); unchanged without a preconditioner.
+        Raises ValueError when the scales were not fitted."""
+        if self.settings.preconditioner == "none":
+            return factors
+        if self.scales is None:
+            raise ValueError("projection.preconditioner adam: the scales were not fitted to "
+                             "the examples (LayerProjector.fit) before projecting")
+        scaled = [
+            LayerFactors(f.inputs * column.to(f.inputs), f.deltas * row.to(f.deltas))
+            for f, (row, column) in zip(factors[:-1], self.scales[:-1])
+        ]
+        heads = factors[-1].inputs
+        row, column = self.scales[-1]
+        per_task = row.to(heads)[task_index].unsqueeze(1)
+        return scaled + [LayerFactors(heads * column.to(heads) * per_task, None)]
 
     def project_factors(
         self, task_index: torch.Tensor, factors: list[LayerFactors]
@@ -465,6 +577,23 @@ class LayerProjector:
             per_task = self.head.squared_norms(heads.reshape(-1, self.head.columns))
             squared += per_task.reshape(-1, n_tasks).sum(dim=1)
         return squared.clamp(min=0).sqrt()
+
+    def parameter_norm(self, model: MultiHeadNet) -> float:
+        """||theta|| of ``model`` (with these layers) in the metric of :meth:`shift_norms`:
+        the Euclidean norm without a preconditioner; with "adam", ||D^(1/2) theta|| over the
+        entries of positive scale (theta_ij / (r_i c_j); an entry of zero scale never
+        moves). Raises ValueError when the scales were not fitted."""
+        if self.settings.preconditioner == "none":
+            return parameter_norm(model)
+        if self.scales is None:
+            raise ValueError("projection.preconditioner adam: the scales were not fitted to "
+                             "the examples (LayerProjector.fit) before measuring")
+        squared = 0.0
+        for matrix, (row, column) in zip(layer_parameters(model), self.scales):
+            scale = row.double().unsqueeze(1) * column.double().unsqueeze(0)
+            moved = scale > 0
+            squared += float(((matrix.detach().double()[moved] / scale[moved]) ** 2).sum())
+        return math.sqrt(squared)
 
     def describe(self) -> dict:
         return self.settings.description()

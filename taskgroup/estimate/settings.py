@@ -23,6 +23,10 @@ def batch_memory_mb(mem_mb: float) -> float:
 
 
 STRUCTURES = ("dense", "kronecker", "sparse", "eigen")
+# How the gradients are scaled before they are projected: "none" (the Euclidean geometry of
+# a plain gradient step) or "adam" (the per-parameter scale of Adam, the optimizer of the
+# real fine-tuning; see taskgroup.estimate.projection).
+PRECONDITIONERS = ("none", "adam")
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,11 @@ class ProjectionSettings:
     built; "eigen" is fitted to the data, not drawn). kind: "rademacher" or "gaussian"
     entries. seed: the seed every random block is derived from ("eigen" uses neither kind
     nor seed). dim: the projected size d (a model with at most d parameters is kept exactly).
-    nonzeros: entries per row of P (sparse only, else None).
-    Raises ValueError for an unknown structure or kind, a dim below 1, or nonzeros missing
-    or below 1 for "sparse", or set for another structure.
+    nonzeros: entries per row of P (sparse only, else None). preconditioner: "none" or
+    "adam" (the gradients are scaled by Adam's per-parameter scale, fitted to the data,
+    before they are projected).
+    Raises ValueError for an unknown structure, kind or preconditioner, a dim below 1, or
+    nonzeros missing or below 1 for "sparse", or set for another structure.
     """
 
     structure: str
@@ -43,6 +49,7 @@ class ProjectionSettings:
     seed: int
     dim: int
     nonzeros: int | None
+    preconditioner: str = "none"
 
     def __post_init__(self):
         if self.structure not in STRUCTURES:
@@ -51,6 +58,11 @@ class ProjectionSettings:
             )
         if self.kind not in KINDS:
             raise ValueError(f"projection.kind = {self.kind!r}; expected one of {KINDS}")
+        if self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(
+                f"projection.preconditioner = {self.preconditioner!r}; expected one of "
+                f"{PRECONDITIONERS}"
+            )
         if self.dim is None or self.dim < 1:
             raise ValueError(f"projection.dim = {self.dim!r}; expected a positive size")
         if self.structure == "sparse" and (self.nonzeros is None or self.nonzeros < 1):
@@ -66,21 +78,24 @@ class ProjectionSettings:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping) -> ProjectionSettings:
-        """The settings from a mapping holding structure, kind, seed, dim and (sparse only)
-        nonzeros: the projection config section, a rule's params or a projection table row.
-        Every other key is ignored. Raises KeyError when a needed key is missing."""
+        """The settings from a mapping holding structure, kind, seed, dim, preconditioner
+        and (sparse only) nonzeros: the projection config section, a rule's params or a
+        projection table row. Every other key is ignored. Raises KeyError when a needed key
+        is missing."""
         structure = str(mapping["structure"])
         nonzeros = int(mapping["nonzeros"]) if structure == "sparse" else None
         return cls(
             structure, str(mapping["kind"]), int(mapping["seed"]), int(mapping["dim"]),
-            nonzeros,
+            nonzeros, str(mapping["preconditioner"]),
         )
 
     def description(self) -> dict:
-        """The settings the structure uses, keys sorted: dim, kind, seed, structure and
-        (sparse) nonzeros. :meth:`from_mapping` rebuilds equal settings from it."""
+        """The settings the structure uses, keys sorted: dim, kind, preconditioner, seed,
+        structure and (sparse) nonzeros. :meth:`from_mapping` rebuilds equal settings from
+        it."""
         values = {
             "structure": self.structure, "kind": self.kind, "seed": self.seed, "dim": self.dim,
+            "preconditioner": self.preconditioner,
         }
         if self.structure == "sparse":
             values["nonzeros"] = self.nonzeros

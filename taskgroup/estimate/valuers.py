@@ -38,10 +38,9 @@ def project_data(
     ``data`` at ``model``'s parameters, one :class:`ProjectedSplit` per split (train, val),
     projected ``batch_size`` examples at a time (see
     :func:`taskgroup.estimate.projection.project_examples`). A projector that needs fitting
-    ("eigen") is fitted on the training examples first."""
+    ("eigen", preconditioner "adam") is fitted on the training examples first."""
     if projector.needs_fit:
-        train = data.splits["train"]
-        projector.fit(model, train.features, train.task_index, batch_size)
+        projector.fit(model, data.splits["train"], batch_size)
     splits = {}
     for split in SPLITS:
         tensors = data.splits[split]

@@ -20,7 +20,6 @@ from taskgroup.data.tables import (
 from taskgroup.estimate.projection import (
     from_description,
     make_projector,
-    parameter_norm,
     projection_batch_size,
 )
 from taskgroup.estimate.settings import (
@@ -78,8 +77,10 @@ def project_gradients(
                 "seed": [int(description["seed"])], "dim": [int(description["dim"])],
                 # Only the sparse structure uses nonzeros; it is null for the others.
                 "nonzeros": pd.array([description.get("nonzeros")], dtype="Int64"),
+                "preconditioner": [description["preconditioner"]],
                 "projected_dim": [int(projector.dim)], "n_parameters": [int(n_parameters)],
-                "theta_norm": [parameter_norm(model)],
+                # in the metric the estimate measures its shifts in (the preconditioner's)
+                "theta_norm": [projector.parameter_norm(model)],
             }
         ),
         projection_path,
