@@ -264,14 +264,16 @@ def test_the_eigen_basis_is_fitted_orthonormal_and_keeps_the_most_gradient_energ
     with pytest.raises(ValueError, match="eigen: the basis was not fitted"):
         project_examples(model, projector, features, task_index, 64)
     examples = SplitTensors(features, (task_index == 1).float(), task_index)
-    projector.fit(model, examples, batch_size=64)
+    z_fit, outputs_fit = projector.fit(model, examples, batch_size=64)
     assert not projector.needs_fit
     for block in projector.blocks:
         for factor in (block.left, block.right):
             if factor is not None:
                 torch.testing.assert_close(factor.T @ factor, torch.eye(factor.shape[1]),
                                            atol=1e-5, rtol=0)
-    z, _ = project_examples(model, projector, features, task_index, 64)
+    z, outputs = project_examples(model, projector, features, task_index, 64)
+    # the fit's pass projects its examples from its own factors: the same bytes
+    assert torch.equal(z_fit, z) and torch.equal(outputs_fit, outputs)
     exact = make_projector(model, ProjectionSettings("kronecker", "rademacher", 0, 10**5, None))
     g, _ = project_examples(model, exact, features, task_index, 64)
     n_parameters = sum(p.numel() for p in model.parameters())
@@ -287,7 +289,9 @@ def test_the_eigen_basis_is_fitted_orthonormal_and_keeps_the_most_gradient_energ
     again = make_projector(model, settings)
     again.fit(model, examples, batch_size=17)
     z_again, _ = project_examples(model, again, features, task_index, 64)
-    torch.testing.assert_close(z_again, z, atol=1e-5, rtol=1e-5)
+    # another batch size sums the float32 moment products in another order: the basis,
+    # and so z, move at the rounding level of float32 sums (1e-5 here)
+    torch.testing.assert_close(z_again, z, atol=1e-4, rtol=1e-4)
 
 
 def test_the_adam_preconditioner_scales_each_gradient_entry_by_its_factored_adam_scale():

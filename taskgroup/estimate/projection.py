@@ -110,9 +110,11 @@ class Projector(Protocol):
     def parameter_norm(self, model: MultiHeadNet) -> float:
         """||theta|| of ``model``'s parameters in the same metric as :meth:`shift_norms`."""
 
-    def fit(self, model: MultiHeadNet, examples: SplitTensors, batch_size: int) -> None:
-        """Fit what is learned from the data (when ``needs_fit``) on these examples; a
-        no-op otherwise."""
+    def fit(self, model: MultiHeadNet, examples: SplitTensors, batch_size: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit what is learned from the data (when ``needs_fit``) on these n examples and
+        return their projected gradients (n, dim) and outputs (n,), as
+        :func:`project_examples` gives them with the fitted projection."""
 
     def describe(self) -> dict:
         """The settings that rebuild this projector for the same model (see
@@ -353,34 +355,36 @@ class _OrthonormalMatrix(_Matrix):
 def _fit_sums(factors: list[LayerFactors], outputs, labels, regression, task_index,
               n_tasks: int, moments: bool, fisher: bool) -> list[list]:
     """Per layer, one batch's sums for :meth:`LayerProjector.fit`: [delta moment (out, out;
-    None for the heads), input moment (in + 1, in + 1), R (out,), C (in + 1,)], float64; the
-    moments only with ``moments``, R and C (the row and column sums
+    None for the heads), input moment (in + 1, in + 1), R (out,), C (in + 1,)], float64
+    (of float32 products); the moments only with ``moments``, R and C (the row and column sums
     of the squared loss gradients l'(x)^2 delta_i^2 [a; 1]_j^2, float64) only with
     ``fisher``; what is not computed is None."""
     sums = []
     weight = None
     if fisher:
-        first, _ = loss_derivatives(outputs.double(), labels.double(), regression)
+        first, _ = loss_derivatives(outputs, labels, regression)
         weight = first**2
     for index, factor in enumerate(factors):
         inputs, deltas = factor.inputs, factor.deltas
         delta_moment = input_moment = rows = columns = None
         if moments:
-            # float64 products: the batch size follows the job's memory, and float32 sums
-            # would let it move the eigenvectors by more than rounding
-            input_moment = inputs.double().T @ inputs.double()
-            delta_moment = None if deltas is None else deltas.double().T @ deltas.double()
+            # float32 products (float64 ones cost more than a training epoch on a
+            # [256, 256] trunk), float64 sums over the batches
+            input_moment = (inputs.T @ inputs).double()
+            delta_moment = None if deltas is None else (deltas.T @ deltas).double()
         if fisher:
-            squared_inputs = inputs.double() ** 2
+            # float32 products of positive terms, float64 sums over the batches
+            squared_inputs = inputs**2
             if deltas is None:
                 # the heads: delta is e_t, so R_t sums over task t's examples
-                rows = torch.zeros(n_tasks, dtype=torch.float64, device=inputs.device)
+                rows = torch.zeros(n_tasks, dtype=inputs.dtype, device=inputs.device)
                 rows.index_add_(0, task_index, weight * squared_inputs.sum(dim=1))
                 columns = squared_inputs.T @ weight
             else:
-                squared_deltas = deltas.double() ** 2
+                squared_deltas = deltas**2
                 rows = squared_deltas.T @ (weight * squared_inputs.sum(dim=1))
                 columns = squared_inputs.T @ (weight * squared_deltas.sum(dim=1))
+            rows, columns = rows.double(), columns.double()
         sums.append([delta_moment, input_moment, rows, columns])
     return sums
 
@@ -466,19 +470,28 @@ class LayerProjector:
             or (self.settings.preconditioner == "adam" and self.scales is None)
         )
 
-    def fit(self, model: MultiHeadNet, examples: SplitTensors, batch_size: int) -> None:
+    def fit(self, model: MultiHeadNet, examples: SplitTensors, batch_size: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fit to the n ``examples`` (features, task_index, labels, regression) at
-        ``model``'s parameters, in one pass, ``batch_size`` examples at a time (float64
-        sums): with preconditioner "adam", every layer's scales (see the module docstring);
-        with structure "eigen", each block's top eigenvectors of the second moments of its
-        (scaled) deltas and inputs [a; 1]. A no-op when nothing needs fitting."""
+        ``model``'s parameters, in one pass, ``batch_size`` examples at a time: with
+        preconditioner "adam", every layer's scales (see the module docstring); with
+        structure "eigen", each block's top eigenvectors of the second moments of its
+        (scaled) deltas and inputs [a; 1] (float32 products, float64 sums, so the batch size
+        moves them at the rounding level). Returns the examples' projected gradients (n,
+        dim) and outputs (n,) with the fitted projection: from the pass's own gradient
+        factors when they take no more memory than the projected rows (the layers' widths
+        sum to at most dim), else from a second pass."""
         if not self.needs_fit:
-            return
+            return project_examples(model, self, examples.features, examples.task_index,
+                                    batch_size)
         n_tasks = self.layer_shapes[-1][0]
         eigen = self.settings.structure == "eigen"
         adam = self.settings.preconditioner == "adam"
+        keep = sum(out + inputs for out, inputs in self.layer_shapes[:-1]) + (
+            self.layer_shapes[-1][1]
+        ) <= self.dim
         regression = examples.regression_mask()
-        sums = None
+        sums, kept = None, []
         for start in range(0, examples.features.shape[0], batch_size):
             part = slice(start, start + batch_size)
             task_index = examples.task_index[part]
@@ -489,6 +502,8 @@ class LayerProjector:
                 [None if a is None else a + b for a, b in zip(old, new)]
                 for old, new in zip(sums, batch)
             ]
+            if keep:
+                kept.append((task_index, outputs, factors))
         n = examples.features.shape[0]
         if adam:
             self.scales = [_adam_scales(rows / n, columns / n) for *_, rows, columns in sums]
@@ -500,6 +515,14 @@ class LayerProjector:
                     for (d, i), (row, column) in zip(moments, self.scales)
                 ]
             self.fit_moments(moments)
+        if not keep:
+            return project_examples(model, self, examples.features, examples.task_index,
+                                    batch_size)
+        projected = [
+            self.project_factors(task_index, self.precondition(task_index, factors))
+            for task_index, _, factors in kept
+        ]
+        return torch.cat(projected), torch.cat([outputs for _, outputs, _ in kept])
 
     def fit_moments(self, moments: list[tuple[torch.Tensor | None, torch.Tensor]]) -> None:
         """Set the "eigen" blocks from the second moments, per layer in

@@ -38,15 +38,17 @@ def project_data(
     ``data`` at ``model``'s parameters, one :class:`ProjectedSplit` per split (train, val),
     projected ``batch_size`` examples at a time (see
     :func:`taskgroup.estimate.projection.project_examples`). A projector that needs fitting
-    ("eigen", preconditioner "adam") is fitted on the training examples first."""
-    if projector.needs_fit:
-        projector.fit(model, data.splits["train"], batch_size)
+    ("eigen", preconditioner "adam") is fitted on the training examples first, in the pass
+    that projects them."""
     splits = {}
     for split in SPLITS:
         tensors = data.splits[split]
-        z, outputs = project_examples(
-            model, projector, tensors.features, tensors.task_index, batch_size
-        )
+        if split == "train" and projector.needs_fit:
+            z, outputs = projector.fit(model, tensors, batch_size)
+        else:
+            z, outputs = project_examples(
+                model, projector, tensors.features, tensors.task_index, batch_size
+            )
         splits[split] = ProjectedSplit(
             z, outputs, tensors.labels, tensors.task_index, tensors.regression
         )
