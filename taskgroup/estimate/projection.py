@@ -477,7 +477,8 @@ class LayerProjector:
         preconditioner "adam", every layer's scales (see the module docstring); with
         structure "eigen", each block's top eigenvectors of the second moments of its
         (scaled) deltas and inputs [a; 1] (float32 products, float64 sums, so the batch size
-        moves them at the rounding level). Returns the examples' projected gradients (n,
+        moves them at the rounding level; the heads' R, shared by the tasks, from the inputs
+        scaled by the column scale only). Returns the examples' projected gradients (n,
         dim) and outputs (n,) with the fitted projection: from the pass's own gradient
         factors when they take no more memory than the projected rows (the layers' widths
         sum to at most dim), else from a second pass."""

@@ -123,7 +123,8 @@ def gradient_valuer(
     """The estimator "gradient" as a valuer: the linearized estimate
     (:func:`taskgroup.estimate.linearized.estimate_values`) from the projected ``splits``
     (train, val) with ``settings``; ``projector`` (the one that projected them) and
-    ``theta_norm`` (||theta*|| of the meta-initialization) give each subset's relative shift.
+    ``theta_norm`` (||theta*|| of the meta-initialization in the projector's metric,
+    ``projector.parameter_norm``) give each subset's relative shift.
     ``metric``: evaluation.metric. ``memory_mb``: the memory of a batch of subsets' Hessians
     (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). Raises ValueError when
     ``settings.l2`` is still "auto" (choose it first, see
