@@ -539,6 +539,8 @@ class LayerProjector:
         for block in self.blocks:
             block.to(device)
         self.head.to(device)
+        if self.scales is not None:
+            self.scales = [(row.to(device), column.to(device)) for row, column in self.scales]
         return self
 
     def project(
