@@ -31,14 +31,19 @@ import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from estimation import load_data, projection_settings, training  # noqa: E402
+from estimation import (  # noqa: E402
+    PROJECTION_BATCH,
+    load_data,
+    one_epoch_seconds,
+    projection_settings,
+    training,
+)
 
 from taskgroup.estimate.projection import make_projector  # noqa: E402
 from taskgroup.estimate.valuers import project_data  # noqa: E402
-from taskgroup.models.training import TrainSettings, fit, train_new_model  # noqa: E402
+from taskgroup.models.training import train_new_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECTION_BATCH = 4096
 
 
 def cpu_seconds(work) -> float:
@@ -49,18 +54,12 @@ def cpu_seconds(work) -> float:
 
 def measure(config: dict, hidden: list[int], settings: list[str], repeats: int) -> list[dict]:
     data, _ = load_data(config)
-    meta_section = dict(config["meta_init"], epochs=10)
     meta = train_new_model(data, torch.arange(data.n_tasks), hidden,
-                           training(meta_section, True), 0, torch.device("cpu"))
-    base = training(meta_section)
-    one = TrainSettings(1, base.lr, base.batch_size, base.weight_decay)
-
-    def epoch():
-        fit(copy.deepcopy(meta), data, torch.arange(data.n_tasks), one, seed=0)
-
+                           training(dict(config["meta_init"], epochs=10), True), 0,
+                           torch.device("cpu"))
     times = {"epoch": []}
     for _ in range(repeats):
-        times["epoch"].append(cpu_seconds(epoch))
+        times["epoch"].append(one_epoch_seconds(config, data, meta, time.process_time))
         for text in settings:
             projector = make_projector(meta, projection_settings(text, config))
             times.setdefault(text, []).append(

@@ -12,6 +12,13 @@ from taskgroup.data.tables import EXAMPLES, SPLITS, TASKS, check_columns, featur
 from taskgroup.data.task_types import TASK_TYPES
 
 
+def regression_mask(regression: torch.Tensor | None, task_index: torch.Tensor) -> torch.Tensor:
+    """``regression`` (n,) bool, or all False (n,) when it is None (every task binary)."""
+    if regression is None:
+        return torch.zeros_like(task_index, dtype=torch.bool)
+    return regression
+
+
 @dataclass
 class SplitTensors:
     """All examples of one split: features (n, p) float32, labels (n,) float32 (0/1 for
@@ -25,10 +32,7 @@ class SplitTensors:
     regression: torch.Tensor | None = None
 
     def regression_mask(self) -> torch.Tensor:
-        """``regression``, or all False (n,) when every task is binary."""
-        if self.regression is None:
-            return torch.zeros_like(self.task_index, dtype=torch.bool)
-        return self.regression
+        return regression_mask(self.regression, self.task_index)
 
     def to(self, device: torch.device) -> "SplitTensors":
         return SplitTensors(

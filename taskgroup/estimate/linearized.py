@@ -46,6 +46,7 @@ import torch
 from torch.nn import functional as F
 
 from taskgroup.data.designs import membership_matrix
+from taskgroup.data.examples import regression_mask
 from taskgroup.estimate.settings import GradientEstimateSettings
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.resources import OUTPUT_ENTRIES, SUBSET_FIT_BYTES
@@ -72,9 +73,7 @@ class ProjectedSplit:
     regression: torch.Tensor | None = None
 
     def regression_mask(self) -> torch.Tensor:
-        if self.regression is None:
-            return torch.zeros_like(self.task_index, dtype=torch.bool)
-        return self.regression
+        return regression_mask(self.regression, self.task_index)
 
 
 def loss_derivatives(output, labels, regression):

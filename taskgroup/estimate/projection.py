@@ -290,6 +290,10 @@ class _Kronecker:
         return (block * gram).sum(dim=(1, 2))
 
 
+EIGEN_NOT_FITTED = ("projection structure eigen: the basis was not fitted to the examples "
+                    "(LayerProjector.fit) before projecting")
+
+
 def top_eigenvectors(moment: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count`` eigenvectors of the symmetric ``moment`` (m, m) of largest eigenvalue,
     as float32 columns (m, count), largest first, each signed so that its entry of largest
@@ -320,8 +324,7 @@ class _KroneckerEigen(_Kronecker):
 
     def apply_factors(self, factor: LayerFactors) -> torch.Tensor:
         if not self.fitted:
-            raise ValueError("projection structure eigen: the basis was not fitted to the "
-                             "examples (LayerProjector.fit) before projecting")
+            raise ValueError(EIGEN_NOT_FITTED)
         return super().apply_factors(factor)
 
     def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
@@ -344,8 +347,7 @@ class _OrthonormalMatrix(_Matrix):
 
     def apply(self, flat: torch.Tensor) -> torch.Tensor:
         if self.matrix is None:
-            raise ValueError("projection structure eigen: the basis was not fitted to the "
-                             "examples (LayerProjector.fit) before projecting")
+            raise ValueError(EIGEN_NOT_FITTED)
         return super().apply(flat)
 
     def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
@@ -559,17 +561,21 @@ class LayerProjector:
         Raises ValueError when the scales were not fitted."""
         if self.settings.preconditioner == "none":
             return factors
-        if self.scales is None:
-            raise ValueError("projection.preconditioner adam: the scales were not fitted to "
-                             "the examples (LayerProjector.fit) before projecting")
+        scales = self._fitted_scales("projecting")
         scaled = [
             LayerFactors(f.inputs * column.to(f.inputs), f.deltas * row.to(f.deltas))
-            for f, (row, column) in zip(factors[:-1], self.scales[:-1])
+            for f, (row, column) in zip(factors[:-1], scales[:-1])
         ]
         heads = factors[-1].inputs
-        row, column = self.scales[-1]
+        row, column = scales[-1]
         per_task = row.to(heads)[task_index].unsqueeze(1)
         return scaled + [LayerFactors(heads * column.to(heads) * per_task, None)]
+
+    def _fitted_scales(self, doing: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.scales is None:
+            raise ValueError("projection.preconditioner adam: the scales were not fitted to "
+                             f"the examples (LayerProjector.fit) before {doing}")
+        return self.scales
 
     def project_factors(
         self, task_index: torch.Tensor, factors: list[LayerFactors]
@@ -611,11 +617,8 @@ class LayerProjector:
         moves). Raises ValueError when the scales were not fitted."""
         if self.settings.preconditioner == "none":
             return parameter_norm(model)
-        if self.scales is None:
-            raise ValueError("projection.preconditioner adam: the scales were not fitted to "
-                             "the examples (LayerProjector.fit) before measuring")
         squared = 0.0
-        for matrix, (row, column) in zip(layer_parameters(model), self.scales):
+        for matrix, (row, column) in zip(layer_parameters(model), self._fitted_scales("measuring")):
             scale = row.double().unsqueeze(1) * column.double().unsqueeze(0)
             moved = scale > 0
             squared += float(((matrix.detach().double()[moved] / scale[moved]) ** 2).sum())
