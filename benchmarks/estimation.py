@@ -2,13 +2,16 @@
 
 Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
-      [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--finetune-lr 0.001]
+      [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
+      [--finetune-lr 0.001]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
 config's model.hidden_sizes), the meta-initialization is trained once and m subsets are
 fine-tuned for real twice (finetune.seed and finetune.seed + 1), once per run. Every
-projection setting (``structure:dim[:nonzeros]``, or ``exact`` for no projection, either
+projection setting (``structure:dim[:nonzeros]``, ``exact`` for no projection, or
+``unprojected``: no projection either, the same estimate solved in example space, see
+:func:`unprojected_values`, which runs where ``exact``'s p x p systems cannot; each
 with an optional ``@adam`` or ``@none``: the preconditioner, default the config's) is then
 run in a fresh process (so that its peak memory is its own) and compared with the same
 references. For each it prints: d, gradient collection + projection time as a share of one
@@ -18,9 +21,10 @@ meta-initialization, the
 speedup of the whole gradient path over real fine-tuning of the same subsets, and the
 agreement with real fine-tuning (median relative error, within-task Spearman, normalized
 affinity distance, ARI of the clusters from the config's primary method), next to the
-real-vs-real floor and the no-change estimate; with ``--l2``, one row per l2 value
-(throughput: the fastest of them). The fine-tuning rate is ``--finetune-lr``, or the
-config's finetune.lr; when that is "auto", the workflow's choice
+real-vs-real floor and the no-change estimate; with ``--l2`` and ``--flow-steps``, one
+row per pair of values (throughput: the fastest l2 of each flow_steps). The fine-tuning
+rate is ``--finetune-lr``, or the config's finetune.lr; when that is "auto", the workflow's
+choice
 (:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first validation.n_subsets
 subsets first and its curve printed. One thread per process; nothing is asserted.
 """
@@ -35,6 +39,7 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -44,10 +49,17 @@ from taskgroup.data.datasets.planted import generate_planted, planted_spec
 from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
 from taskgroup.estimate.finetune import FinetuneSettings
+from taskgroup.estimate.linearized import (
+    linearized_values,
+    loss_derivatives,
+    member_lists,
+    membership,
+)
 from taskgroup.estimate.projection import make_projector
 from taskgroup.estimate.settings import BATCH_MB, GradientEstimateSettings, ProjectionSettings
 from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
 from taskgroup.group.clustering import ClusteringSettings
+from taskgroup.models.metrics import resolve_metrics
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, fit, train_new_model
 from taskgroup.report.validation import agreement, reference_clusters
@@ -101,6 +113,57 @@ def projection_settings(text: str, config: dict) -> ProjectionSettings:
     return ProjectionSettings(structure, kind, seed, int(dim), nonzeros, preconditioner)
 
 
+def gram(left: torch.Tensor, right: torch.Tensor, rows: int = 512) -> torch.Tensor:
+    """left right^T (n, m) in float64, from float32 rows ``rows`` at a time (no float64
+    copy of a whole (n, p) matrix)."""
+    out = torch.empty(left.shape[0], right.shape[0], dtype=torch.float64)
+    for start in range(0, right.shape[0], rows):
+        block = right[start : start + rows].double()
+        for first in range(0, left.shape[0], rows):
+            out[first : first + rows, start : start + rows] = (
+                left[first : first + rows].double() @ block.T
+            )
+    return out
+
+
+def unprojected_values(splits, subsets, names, metric_names, l2, flow_steps):
+    """The linearized estimate with every coordinate kept, solved in example space: with
+    Z_S (n_S, p) a subset's training rows, C their l'' and r their l', the ridge shift
+    -(Z_S^T C Z_S / n_S + l2 I)^{-1} Z_S^T r / n_S equals -Z_S^T beta with
+    (C K_S / n_S + l2 I) beta = r / n_S, K_S = Z_S Z_S^T (and each implicit Euler step of
+    the flow likewise: (C K_S / n_S + a I) beta' = a beta + r / n_S, a = flow_steps l2),
+    so the solve is n_S x n_S whatever p. The validation losses are the library's
+    (linearized_values) on the shifts -Z_S^T beta."""
+    train, val = splits["train"], splits["val"]
+    first, second = loss_derivatives(
+        train.base.double(), train.labels.double(), train.regression_mask()
+    )
+    kernel = gram(train.z, train.z)
+    ids, members = membership(subsets, names)
+    holding = member_lists(members)
+    alpha = flow_steps * l2
+    weights = torch.zeros(len(ids), train.z.shape[1], dtype=torch.float64)
+    for row in range(len(ids)):
+        tasks = holding[row][holding[row] < len(names)]
+        rows = torch.nonzero(torch.isin(train.task_index, tasks)).squeeze(1)
+        n = len(rows)
+        system = second[rows, None] * kernel[rows][:, rows] / n
+        system.diagonal().add_(alpha)
+        beta = torch.zeros(n, dtype=torch.float64)
+        for _ in range(flow_steps):
+            beta = torch.linalg.solve(system, alpha * beta + first[rows] / n)
+        weights[row] = -(beta.float() @ train.z[rows]).double()
+    loss, accuracy = linearized_values(val, weights, members, metric_names, names,
+                                       only_members=True)
+    held_rows, held_cols = np.nonzero(members.numpy())
+    return pd.DataFrame({
+        "subset_id": ids[held_rows].astype(np.int64),
+        "task": np.asarray(names, dtype=object)[held_cols], "split": "val",
+        "loss": loss.numpy()[held_rows, held_cols],
+        "metric": accuracy.numpy()[held_rows, held_cols], "estimator": "gradient",
+    })
+
+
 def load_data(config: dict):
     examples, tasks = generate_planted(planted_spec(config["dataset"]["planted"]))
     return build_task_data(examples, tasks), tasks
@@ -117,15 +180,17 @@ def one_epoch_seconds(config, data, meta, clock=time.perf_counter) -> float:
     return clock() - started
 
 
-def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
+def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps, queue):
     """Projection of every train/val example, then the estimate of every subset at each l2
-    of ``l2_values`` (the library's projection and valuer, as the stages call them, without
-    the Parquet round trip), after a warm-up on 2 subsets."""
+    of ``l2_values`` and each count of ``flow_steps`` (the library's projection and valuer,
+    as the stages call them, without the Parquet round trip), after a warm-up on 2
+    subsets."""
     torch.set_num_threads(1)
     data, _ = load_data(config)
     meta = MultiHeadNet(data.n_features, data.n_tasks, hidden)
     meta.load_state_dict(state)
-    settings = projection_settings(text, config)
+    unprojected = text.startswith("unprojected")
+    settings = projection_settings(text.replace("unprojected", "exact"), config)
     estimate = GradientEstimateSettings.from_mapping(config["gradient_estimate"]).with_l2(
         l2_values[0]
     )
@@ -133,39 +198,51 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, queue):
     # Without the reset, the peak of generating the data (above the estimator's) would hide
     # the estimator's: it printed 0 MB.
     footprint = start_peak()
-    warm = make_projector(meta, settings)
-    splits = project_data(meta, warm, data, PROJECTION_BATCH)
-    gradient_valuer(splits, warm, warm.parameter_norm(meta), data.task_names, data.types, estimate,
-                    metric, memory_mb=BATCH_MB)(subsets[subsets["subset_id"] < 2])
-    del splits
+    if not unprojected:
+        warm = make_projector(meta, settings)
+        splits = project_data(meta, warm, data, PROJECTION_BATCH)
+        gradient_valuer(splits, warm, warm.parameter_norm(meta), data.task_names, data.types,
+                        estimate, metric, memory_mb=BATCH_MB)(subsets[subsets["subset_id"] < 2])
+        del splits
     started = time.perf_counter()
     projector = make_projector(meta, settings)
     splits = project_data(meta, projector, data, PROJECTION_BATCH)
     projection_seconds = time.perf_counter() - started
-    values, seconds = {}, []
-    for l2 in l2_values:
-        value = gradient_valuer(
-            splits, projector, projector.parameter_norm(meta), data.task_names, data.types,
-            dataclasses.replace(estimate, l2=l2), metric, memory_mb=BATCH_MB,
-        )
-        started = time.perf_counter()
-        values[l2] = value(subsets).drop(columns="relative_shift")
-        seconds.append(time.perf_counter() - started)
-    estimate_seconds = min(seconds)
+    values, seconds = {}, {}
+    metric_names = resolve_metrics(metric, data.types, data.task_names)
+    for steps in flow_steps:
+        for l2 in l2_values:
+            if unprojected:
+                started = time.perf_counter()
+                values[steps, l2] = unprojected_values(
+                    splits, subsets, data.task_names, metric_names, l2, steps
+                )
+                seconds[steps] = min(seconds.get(steps, np.inf),
+                                     time.perf_counter() - started)
+                continue
+            value = gradient_valuer(
+                splits, projector, projector.parameter_norm(meta), data.task_names,
+                data.types, dataclasses.replace(estimate, l2=l2, flow_steps=steps), metric,
+                memory_mb=BATCH_MB,
+            )
+            started = time.perf_counter()
+            values[steps, l2] = value(subsets).drop(columns="relative_shift")
+            seconds[steps] = min(seconds.get(steps, np.inf), time.perf_counter() - started)
     queue.put({
         "values": values, "dim": projector.dim,
         "exact": projector.exact, "projection_seconds": projection_seconds,
-        "estimate_seconds": estimate_seconds, "peak_mb": peak_since(footprint),
+        "estimate_seconds": seconds, "peak_mb": peak_since(footprint),
     })
 
 
-def gradient_run(config, hidden, meta, subsets, text, l2_values):
+def gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps):
     """One projection setting in a fresh process, so its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
         target=_gradient_child,
-        args=(config, hidden, meta.state_dict(), subsets, text, l2_values, queue),
+        args=(config, hidden, meta.state_dict(), subsets, text, l2_values, flow_steps,
+              queue),
     )
     process.start()
     result = queue.get()
@@ -181,6 +258,9 @@ def main():
     parser.add_argument("--l2", type=float, nargs="+", default=None,
                         help="gradient_estimate.l2 values to compare (default: the config's l2, or "
                              "its l2_candidates when l2 is auto)")
+    parser.add_argument("--flow-steps", type=int, nargs="+", default=None,
+                        help="gradient_estimate.flow_steps values to compare (default: the "
+                             "config's)")
     parser.add_argument("--meta-epoch", choices=("best", "last"), default=None,
                         help="keep the meta-initialization's epoch of lowest validation loss "
                              "or its last (default: the config's meta_init.keep_best_epoch)")
@@ -257,17 +337,18 @@ def main():
     l2_values = args.l2 or (
         config["gradient_estimate"]["l2_candidates"] if l2 == "auto" else [l2]
     )
+    flow_steps = args.flow_steps or [config["gradient_estimate"]["flow_steps"]]
     for text in args.settings:
-        result = gradient_run(config, hidden, meta, subsets, text, l2_values)
-        path = result["projection_seconds"] + result["estimate_seconds"]
-        for l2, values in result["values"].items():
+        result = gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps)
+        for (steps, l2), values in result["values"].items():
+            estimate_seconds = result["estimate_seconds"][steps]
             rows.append({
                 "what": f"gradient {text}" + (" (exact)" if result["exact"] else ""),
-                "l2": l2, "d": result["dim"],
+                "flow": steps, "l2": l2, "d": result["dim"],
                 "proj_epochs": result["projection_seconds"] / epoch,
-                "subsets_per_s": args.subsets / result["estimate_seconds"],
+                "subsets_per_s": args.subsets / estimate_seconds,
                 "peak_mb": result["peak_mb"],
-                "speedup": real_seconds / path,
+                "speedup": real_seconds / (result["projection_seconds"] + estimate_seconds),
                 **compare(values),
             })
     table = pd.DataFrame(rows).drop(columns="affinity_dist_raw")

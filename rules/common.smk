@@ -99,7 +99,7 @@ META_INIT_MODEL = "results/{dataset}/meta_init/model.pt"
 L2_CURVE_TABLE = "results/{dataset}/validation/l2_curve.parquet"
 LR_CURVE_TABLE = "results/{dataset}/validation/lr_curve.parquet"
 # The gradient_estimate keys that every estimate uses (l2_candidates only chooses l2).
-ESTIMATE_KEYS = ("l2", "newton_steps", "max_relative_shift")
+ESTIMATE_KEYS = ("l2", "newton_steps", "flow_steps", "max_relative_shift")
 
 
 wildcard_constraints:
@@ -355,9 +355,9 @@ def lr_curve_inputs(fine_tunes=True):
 
 def gradient_estimate_params():
     """The settings of a job that estimates subsets: l2 ("auto" or a number),
-    newton_steps, max_relative_shift. Not l2_candidates: with l2 "auto" the chosen l2
-    arrives in the l2 curve table (l2_curve_inputs), and with a number they change no
-    estimate."""
+    newton_steps, flow_steps, max_relative_shift. Not l2_candidates: with l2 "auto" the
+    chosen l2 arrives in the l2 curve table (l2_curve_inputs), and with a number they
+    change no estimate."""
     return sorted_deep({key: config["gradient_estimate"][key] for key in ESTIMATE_KEYS})
 
 

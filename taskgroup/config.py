@@ -25,6 +25,7 @@ from taskgroup.data.designs import (
     sampled_pair_count,
 )
 from taskgroup.data.task_types import check_metric
+from taskgroup.estimate.settings import GradientEstimateSettings
 from taskgroup.group.groupings import BASELINES, check_n_clusters
 
 # The random design must put a pair of tasks in at least this many subsets on average
@@ -243,6 +244,10 @@ def check_config(config: dict) -> None:
         check_pair_design_size(
             k, pair_sample(config, k), subsets["chunk_size"], pair_design_users(config)
         )
+    try:
+        GradientEstimateSettings.from_mapping(config["gradient_estimate"])
+    except ValueError as error:
+        raise ConfigError(f"config: {error}") from None
     forward = forward_selection_settings(config)
     if forward is not None and not 1 <= forward["max_size"] <= k:
         raise ConfigError(

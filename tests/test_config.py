@@ -33,6 +33,12 @@ def test_more_subsets_than_exist_is_rejected(config):
         check_config(config)
 
 
+def test_flow_steps_with_newton_steps_are_rejected(config):
+    config["gradient_estimate"].update(flow_steps=4, newton_steps=2)
+    with pytest.raises(ConfigError, match="flow_steps = 4 and newton_steps = 2"):
+        check_config(config)
+
+
 def test_more_clusters_than_tasks_is_rejected(config):
     config["clustering"]["n_clusters"] = 40
     with pytest.raises(ConfigError, match="clustering.n_clusters = 40 exceeds .* k = 30"):

@@ -23,9 +23,12 @@ ALLOWED = {
     "stages": {"data", "models", "estimate", "group", "report", "config"},
 }
 BASE = {"seeding", "logs", "imports", "resources"}
-# Single modules a part may import from a part it may not: the training options are plain
-# dataclasses that the config checks read at parse time.
-ALLOWED_MODULES = {"config": {"taskgroup.models.options"}}
+# Single modules a part may import from a part it may not: the training options and the
+# estimator's settings are plain, torch-free dataclasses that the config checks read at
+# parse time.
+ALLOWED_MODULES = {
+    "config": {"taskgroup.models.options", "taskgroup.estimate", "taskgroup.estimate.settings"}
+}
 # Parts that never load torch: the clustering side is numpy/scikit-learn/cvxpy only.
 TORCH_FREE = ("group", "report", "config", "imports", "logs")
 

@@ -253,3 +253,69 @@ def test_estimates_do_not_depend_on_the_memory_of_a_batch():
     one_at_a_time = estimate_values(train, val, subsets, names, settings, memory_mb=1e-9)
     pd.testing.assert_frame_equal(one_at_a_time, estimate_values(train, val, subsets, names,
                                                                  settings, memory_mb=512))
+
+
+def dense_system(train, subset):
+    """A subset's Hessian (d, d) and gradient (d,) of the mean offset loss at w = 0, over
+    every column, from its own examples."""
+    z = train.z.double()
+    inside = subset[train.task_index] > 0
+    first = torch.sigmoid(train.base.double()) - train.labels.double()
+    second = torch.sigmoid(train.base.double()) * (1 - torch.sigmoid(train.base.double()))
+    regression = train.regression_mask()
+    first = torch.where(regression, 2 * (train.base.double() - train.labels.double()), first)
+    second = torch.where(regression, torch.full_like(second, 2.0), second)
+    n = int(inside.sum())
+    return (z[inside].T @ (second[inside, None] * z[inside]) / n,
+            z[inside].T @ first[inside] / n)
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_flow_steps_follow_the_implicit_euler_filter_on_every_eigenvector(steps):
+    """p implicit Euler steps of length 1 / (p l2) move along an eigenvector (lambda, u) of
+    H by -(u^T g) (1 - (a / (lambda + a))^p) / lambda, a = p l2; columns no member uses
+    stay at 0."""
+    train = headed_split(30, 4, shared=4, head=2, seed=12, regression_tasks=(3,))
+    members = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.float64)
+    l2 = 0.3
+    weights = fit_shifts(train, members, l2=l2, flow_steps=steps)
+    for row, subset in enumerate(members):
+        hessian, gradient = dense_system(train, subset)
+        values, vectors = torch.linalg.eigh(hessian)
+        a = steps * l2
+        safe = values.clamp_min(1e-300)
+        gain = torch.where(values > 1e-12, (1 - (a / (values + a)) ** steps) / safe,
+                           torch.full_like(values, steps / a))  # the limit at lambda = 0
+        expected = -(vectors @ (gain * (vectors.T @ gradient)))
+        torch.testing.assert_close(weights[row], expected, rtol=1e-8, atol=1e-12)
+
+
+def test_many_flow_steps_approach_gradient_flow_and_one_is_the_ridge():
+    train = headed_split(40, 3, shared=3, head=2, seed=13)
+    members = torch.tensor([[1, 1, 1]], dtype=torch.float64)
+    l2 = 0.5
+    hessian, gradient = dense_system(train, members[0])
+    values, vectors = torch.linalg.eigh(hessian)
+    # gradient flow from 0 for a time 1 / l2: -(1 - exp(-lambda / l2)) / lambda per direction
+    gain = torch.where(values > 1e-12, -torch.expm1(-values / l2) / values.clamp_min(1e-300),
+                       torch.full_like(values, 1 / l2))
+    flow = -(vectors @ (gain * (vectors.T @ gradient)))
+    ridge = fit_shifts(train, members, l2=l2)[0]
+    errors = [float((fit_shifts(train, members, l2=l2, flow_steps=p)[0] - flow).norm())
+              for p in (1, 4, 64)]
+    assert errors[0] == pytest.approx(float((ridge - flow).norm()))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.02 * errors[0]  # the Euler error falls as 1 / p
+    torch.testing.assert_close(fit_shifts(train, members, l2=l2, flow_steps=1), ridge[None],
+                               rtol=0, atol=0)
+
+
+def test_flow_steps_refuse_further_newton_steps():
+    train = headed_split(10, 2, shared=2, head=1, seed=14)
+    members = torch.ones(1, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="flow_steps = 3 and newton_steps = 2"):
+        fit_shifts(train, members, l2=0.1, newton_steps=2, flow_steps=3)
+    with pytest.raises(ValueError, match="gradient_estimate.flow_steps = 2 and newton_steps"):
+        GradientEstimateSettings(l2=0.1, newton_steps=2, max_relative_shift=None, flow_steps=2)
+    with pytest.raises(ValueError, match="gradient_estimate.flow_steps = 0; expected >= 1"):
+        GradientEstimateSettings(l2=0.1, newton_steps=1, max_relative_shift=None, flow_steps=0)

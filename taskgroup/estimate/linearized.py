@@ -24,6 +24,15 @@ each subset's own examples. For a subset of regression tasks only, L_S is quadra
 first step is its exact minimizer, the ridge solution
 w_S = -(2 Z^T Z / n_S + l2 I)^{-1} 2 Z^T (b - y) / n_S; further steps leave it unchanged.
 
+The ridge solution is the limit of a long fit with a penalty. Real fine-tuning is the
+opposite: a few epochs of an unpenalized loss, stopped early. Along an eigenvector of the
+Hessian H_S of eigenvalue lambda, gradient flow on the quadratic model stopped at time
+1 / l2 moves by -g (1 - exp(-lambda / l2)) / lambda, where the ridge moves by
+-g / (lambda + l2): the two agree for lambda much smaller or larger than l2, and in between
+the ridge shrinks the stiff directions less sharply. ``flow_steps`` p > 1 follows the flow
+by p implicit Euler steps (each one a solve with the one Cholesky factor of H_S + p l2 I);
+p = 1 is the ridge solution.
+
 A subset's system is solved on the columns its members use only. A column of z that no
 member's training example touches has Hessian row l2 e_j and gradient 0 in L_S, so w_S is 0
 there exactly; the task heads' projected columns are such columns for every non-member
@@ -195,6 +204,27 @@ def _solve(
     return -torch.cholesky_solve(gradients.unsqueeze(2), factor).squeeze(2)
 
 
+def _implicit_flow(
+    hessians: torch.Tensor, gradients: torch.Tensor, l2: float, steps: int
+) -> torch.Tensor:
+    """w(1 / l2) of the gradient flow dw/dt = -(g + H w) from w = 0, by ``steps`` implicit
+    Euler steps of length h = 1 / (steps l2): (H + I / h) w_{j+1} = w_j / h - g, for a batch
+    of PSD matrices H (s, r, r) (overwritten by the Cholesky factor of H + I / h) and
+    vectors g (s, r). Returns w (s, r).
+
+    One step is the ridge solution -(H + l2 I)^{-1} g. Along an eigenvector of H of
+    eigenvalue lambda the shift is -g (1 - (a / (lambda + a))^steps) / lambda, a = steps l2:
+    the flow's -g (1 - exp(-lambda / l2)) / lambda as steps grow. Unlike explicit gradient
+    steps it is stable for any lambda, and every step reuses the one factor."""
+    alpha = steps * l2
+    hessians.diagonal(dim1=1, dim2=2).add_(alpha)
+    factor = torch.linalg.cholesky(hessians, out=hessians)
+    weights = -torch.cholesky_solve(gradients.unsqueeze(2), factor)
+    for _ in range(steps - 1):
+        weights = torch.cholesky_solve(alpha * weights - gradients.unsqueeze(2), factor)
+    return weights.squeeze(2)
+
+
 def member_lists(members: torch.Tensor) -> torch.Tensor:
     """The member tasks (s, m) int64 of s subsets given by ``members`` (s, k), ascending,
     padded with k; m = the size of the largest subset."""
@@ -214,14 +244,16 @@ def _subset_columns(statistics: TaskStatistics, holding: torch.Tensor) -> torch.
 
 
 def _first_newton_step(
-    statistics: TaskStatistics, holding: torch.Tensor, sizes: torch.Tensor, l2: float
+    statistics: TaskStatistics, holding: torch.Tensor, sizes: torch.Tensor, l2: float,
+    flow_steps: int = 1,
 ) -> torch.Tensor:
     """The first Newton step from w = 0 (s, d) of the subsets whose members are ``holding``
     (s, m), each solved on its own columns only: the shared block adds the members' shared
     blocks, each member's private block and its coupling to the shared columns are its own
     (no other task touches them), every other column stays at 0, as the (d, d) solve gives
-    (their Hessian rows are l2 e_j and gradients 0). Memory: two (s, r, r) float64 arrays,
-    r = c + m b."""
+    (their Hessian rows are l2 e_j and gradients 0). With ``flow_steps`` p > 1: p implicit
+    Euler steps of the gradient flow of the quadratic model instead (see
+    :func:`_implicit_flow`). Memory: two (s, r, r) float64 arrays, r = c + m b."""
     n_subsets, largest = holding.shape
     shared, width = len(statistics.shared), statistics.private.shape[1]
     dim = statistics.reduced_dim(largest)
@@ -242,8 +274,7 @@ def _first_newton_step(
         hessians[:, start:stop, start:stop] = statistics.private_hessians[task]
         gradients[:, start:stop] = statistics.private_gradients[task]
     hessians /= sizes[:, None, None]
-    hessians.diagonal(dim1=1, dim2=2).add_(l2)
-    reduced = _solve(hessians, gradients / sizes[:, None], overwrite=True)
+    reduced = _implicit_flow(hessians, gradients / sizes[:, None], l2, flow_steps)
     del hessians
     weights = reduced.new_zeros(n_subsets, statistics.dim + 1)
     weights.scatter_(1, _subset_columns(statistics, holding), reduced)
@@ -252,14 +283,21 @@ def _first_newton_step(
 
 def fit_shifts(
     train: ProjectedSplit, members: torch.Tensor, l2: float, newton_steps: int = 1,
-    statistics: TaskStatistics | None = None,
+    statistics: TaskStatistics | None = None, flow_steps: int = 1,
 ) -> torch.Tensor:
     """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k).
     ``statistics``: :func:`per_task_statistics` of ``train`` (computed here when None; pass
     them to share them among batches). Each subset's system adds its own members'
     statistics only, on the columns they use (memory: two (s, r, r) float64 arrays, r =
-    ``statistics.reduced_dim(m)`` for the largest subset's size m). Raises ValueError when a
-    subset has no training examples."""
+    ``statistics.reduced_dim(m)`` for the largest subset's size m). ``flow_steps`` > 1: the
+    gradient flow of the quadratic model at w = 0 stopped at time 1 / l2 instead of the
+    ridge solution (see :func:`_implicit_flow`); then ``newton_steps`` must be 1. Raises
+    ValueError when a subset has no training examples or both step counts exceed 1."""
+    if flow_steps > 1 and newton_steps > 1:
+        raise ValueError(
+            f"flow_steps = {flow_steps} and newton_steps = {newton_steps}: a flow stopped "
+            "early has no optimum for further Newton steps to refine"
+        )
     n_tasks = members.shape[1]
     members = members.to(train.z.device)
     if statistics is None:
@@ -268,7 +306,7 @@ def fit_shifts(
     if (sizes == 0).any():
         raise ValueError("a subset has no training examples")
     holding = member_lists(members)
-    weights = _first_newton_step(statistics, holding, sizes, l2)
+    weights = _first_newton_step(statistics, holding, sizes, l2, flow_steps)
     for _ in range(newton_steps - 1):
         weights = _newton_step_per_subset(train, members, weights, l2, statistics, holding)
     return weights
@@ -373,7 +411,8 @@ def estimate_values(
     task_types: list[str] | None = None,
 ) -> pd.DataFrame:
     """f_i(S) for every subset in ``subsets`` and member i from the linearized model, each
-    subset's shift fitted with ``settings`` (l2, newton_steps, max_relative_shift).
+    subset's shift fitted with ``settings`` (l2, newton_steps, flow_steps,
+    max_relative_shift).
 
     ``shift_norm`` maps shifts (s, d) to ||P w|| (s,) (a projector's ``shift_norms``); with
     ``theta_norm`` it adds the column relative_shift = ||P w|| / ||theta*|| and applies the
@@ -404,7 +443,8 @@ def estimate_values(
     for start in range(0, len(ids), batch_subsets):
         block = members[order[start : start + batch_subsets]]
         weights = fit_shifts(
-            train, block, settings.l2, settings.newton_steps, statistics=statistics
+            train, block, settings.l2, settings.newton_steps, statistics=statistics,
+            flow_steps=settings.flow_steps,
         )
         relative = torch.full((block.shape[0],), float("nan"), dtype=torch.float64)
         if shift_norm is not None and theta_norm:

@@ -126,13 +126,18 @@ class GradientEstimateSettings:
     """How the linearized estimate fits each subset's shift (see
     :mod:`taskgroup.estimate.linearized`): l2, the L2 strength of the per-subset offset fit
     (> 0), or "auto" before it is chosen (see :meth:`with_l2`); newton_steps, Newton steps
-    from w = 0 (>= 1); max_relative_shift, the cap on ||P w|| / ||theta*|| (None = no cap).
-    Raises ValueError for an l2 that is neither "auto" nor positive, newton_steps below 1
-    or a cap that is not positive."""
+    from w = 0 (>= 1); max_relative_shift, the cap on ||P w|| / ||theta*|| (None = no cap);
+    flow_steps, implicit Euler steps of the gradient flow of the unregularized quadratic
+    model run for a time 1 / l2 (>= 1; 1 is the ridge solution, more steps approach
+    gradient descent stopped early).
+    Raises ValueError for an l2 that is neither "auto" nor positive, newton_steps or
+    flow_steps below 1, both above 1 (a flow stopped early has no optimum for further
+    Newton steps to refine), or a cap that is not positive."""
 
     l2: float | str
     newton_steps: int
     max_relative_shift: float | None
+    flow_steps: int = 1
 
     def __post_init__(self):
         if not positive_or_auto(self.l2):
@@ -143,6 +148,16 @@ class GradientEstimateSettings:
             raise ValueError(
                 f"gradient_estimate.newton_steps = {self.newton_steps!r}; expected >= 1"
             )
+        if self.flow_steps < 1:
+            raise ValueError(
+                f"gradient_estimate.flow_steps = {self.flow_steps!r}; expected >= 1"
+            )
+        if self.flow_steps > 1 and self.newton_steps > 1:
+            raise ValueError(
+                f"gradient_estimate.flow_steps = {self.flow_steps} and newton_steps = "
+                f"{self.newton_steps}: a flow stopped early has no optimum for further "
+                "Newton steps to refine; set one of them to 1"
+            )
         if self.max_relative_shift is not None and not self.max_relative_shift > 0:
             raise ValueError(
                 f"gradient_estimate.max_relative_shift = {self.max_relative_shift!r}; "
@@ -152,12 +167,12 @@ class GradientEstimateSettings:
     @classmethod
     def from_mapping(cls, mapping: Mapping) -> GradientEstimateSettings:
         """The settings from the gradient_estimate config section or a rule's params
-        (l2, newton_steps, max_relative_shift; other keys, such as l2_candidates, are
-        ignored). Raises KeyError when one of the three is missing."""
+        (l2, newton_steps, max_relative_shift, flow_steps; other keys, such as
+        l2_candidates, are ignored). Raises KeyError when one of the four is missing."""
         shift = mapping["max_relative_shift"]
         return cls(
             auto_or_float(mapping["l2"]), int(mapping["newton_steps"]),
-            None if shift is None else float(shift),
+            None if shift is None else float(shift), int(mapping["flow_steps"]),
         )
 
     @property
