@@ -28,8 +28,9 @@ The ridge solution is the limit of a long fit with a penalty. Real fine-tuning i
 opposite: a few epochs of an unpenalized loss, stopped early. Along an eigenvector of the
 Hessian H_S of eigenvalue lambda, gradient flow on the quadratic model stopped at time
 1 / l2 moves by -g (1 - exp(-lambda / l2)) / lambda, where the ridge moves by
--g / (lambda + l2): the two agree for lambda much smaller or larger than l2, and in between
-the ridge shrinks the stiff directions less sharply. ``flow_steps`` p > 1 follows the flow
+-g / (lambda + l2): the two agree for lambda much smaller or larger than l2, and around it
+the flow's cut-off is sharper (at lambda = l2 it moves 0.63 g / l2, the ridge 0.5 g / l2).
+``flow_steps`` p > 1 follows the flow
 by p implicit Euler steps (each one a solve with the one Cholesky factor of H_S + p l2 I);
 p = 1 is the ridge solution.
 
