@@ -24,9 +24,9 @@ affinity distance, ARI of the clusters from the config's primary method), next t
 real-vs-real floor and the no-change estimate; with ``--l2`` and ``--flow-steps``, one
 row per pair of values (throughput: the fastest l2 of each flow_steps). The fine-tuning
 rate is ``--finetune-lr``, or the config's finetune.lr; when that is "auto", the workflow's
-choice
-(:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first validation.n_subsets
-subsets first and its curve printed. One thread per process; nothing is asserted.
+choice (:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first
+validation.n_subsets subsets first and its curve printed. One thread per process; nothing
+is asserted.
 """
 
 from __future__ import annotations
