@@ -195,16 +195,6 @@ def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
     )
 
 
-def _solve(
-    hessians: torch.Tensor, gradients: torch.Tensor, overwrite: bool = False
-) -> torch.Tensor:
-    """-H^{-1} g for a batch of SPD matrices (s, d, d) and vectors (s, d), by Cholesky (a
-    batched LU solve in float64 hung on CPU in torch 2.13); ``overwrite``: the factor
-    replaces ``hessians`` (no second (s, d, d) array)."""
-    factor = torch.linalg.cholesky(hessians, out=hessians if overwrite else None)
-    return -torch.cholesky_solve(gradients.unsqueeze(2), factor).squeeze(2)
-
-
 def _implicit_flow(
     hessians: torch.Tensor, gradients: torch.Tensor, l2: float, steps: int
 ) -> torch.Tensor:
@@ -216,7 +206,8 @@ def _implicit_flow(
     One step is the ridge solution -(H + l2 I)^{-1} g. Along an eigenvector of H of
     eigenvalue lambda the shift is -g (1 - (a / (lambda + a))^steps) / lambda, a = steps l2:
     the flow's -g (1 - exp(-lambda / l2)) / lambda as steps grow. Unlike explicit gradient
-    steps it is stable for any lambda, and every step reuses the one factor."""
+    steps it is stable for any lambda, and every step reuses the one factor (Cholesky: a
+    batched LU solve in float64 hung on CPU in torch 2.13)."""
     alpha = steps * l2
     hessians.diagonal(dim1=1, dim2=2).add_(alpha)
     factor = torch.linalg.cholesky(hessians, out=hessians)
@@ -337,8 +328,8 @@ def _newton_step_per_subset(train, members, weights, l2, statistics, holding) ->
         n = z_s.shape[0]
         gradient = z_s.T @ residual / n + l2 * w
         hessian = z_s.T @ (curvature.unsqueeze(1) * z_s) / n
-        hessian.diagonal().add_(l2)
-        step = _solve(hessian.unsqueeze(0), gradient.unsqueeze(0))[0]
+        # the Newton step -(hessian + l2 I)^{-1} gradient: one implicit Euler step
+        step = _implicit_flow(hessian.unsqueeze(0), gradient.unsqueeze(0), l2, 1)[0]
         updated[row, columns[row]] = w + step
     return updated[:, :-1]
 
