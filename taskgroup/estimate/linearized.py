@@ -57,7 +57,7 @@ from torch.nn import functional as F
 
 from taskgroup.data.designs import membership_matrix
 from taskgroup.data.examples import regression_mask
-from taskgroup.estimate.settings import GradientEstimateSettings
+from taskgroup.estimate.settings import GradientEstimateSettings, check_step_counts
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.resources import OUTPUT_ENTRIES, SUBSET_FIT_BYTES
 
@@ -285,11 +285,7 @@ def fit_shifts(
     gradient flow of the quadratic model at w = 0 stopped at time 1 / l2 instead of the
     ridge solution (see :func:`_implicit_flow`); then ``newton_steps`` must be 1. Raises
     ValueError when a subset has no training examples or both step counts exceed 1."""
-    if flow_steps > 1 and newton_steps > 1:
-        raise ValueError(
-            f"flow_steps = {flow_steps} and newton_steps = {newton_steps}: a flow stopped "
-            "early has no optimum for further Newton steps to refine"
-        )
+    check_step_counts(newton_steps, flow_steps)
     n_tasks = members.shape[1]
     members = members.to(train.z.device)
     if statistics is None:

@@ -121,6 +121,17 @@ def auto_or_float(value) -> float | str:
     return value if isinstance(value, str) else float(value)
 
 
+def check_step_counts(newton_steps: int, flow_steps: int) -> None:
+    """Raise ValueError when both ``newton_steps`` and ``flow_steps`` exceed 1: a flow
+    stopped early has no optimum for further Newton steps to refine."""
+    if flow_steps > 1 and newton_steps > 1:
+        raise ValueError(
+            f"gradient_estimate.flow_steps = {flow_steps} and newton_steps = "
+            f"{newton_steps}: a flow stopped early has no optimum for further Newton steps "
+            "to refine; set one of them to 1"
+        )
+
+
 @dataclass(frozen=True)
 class GradientEstimateSettings:
     """How the linearized estimate fits each subset's shift (see
@@ -152,12 +163,7 @@ class GradientEstimateSettings:
             raise ValueError(
                 f"gradient_estimate.flow_steps = {self.flow_steps!r}; expected >= 1"
             )
-        if self.flow_steps > 1 and self.newton_steps > 1:
-            raise ValueError(
-                f"gradient_estimate.flow_steps = {self.flow_steps} and newton_steps = "
-                f"{self.newton_steps}: a flow stopped early has no optimum for further "
-                "Newton steps to refine; set one of them to 1"
-            )
+        check_step_counts(self.newton_steps, self.flow_steps)
         if self.max_relative_shift is not None and not self.max_relative_shift > 0:
             raise ValueError(
                 f"gradient_estimate.max_relative_shift = {self.max_relative_shift!r}; "
