@@ -53,6 +53,7 @@ from taskgroup.estimate.linearized import (
     linearized_values,
     loss_derivatives,
     member_lists,
+    member_values_table,
     membership,
 )
 from taskgroup.estimate.projection import make_projector
@@ -155,13 +156,7 @@ def unprojected_values(splits, subsets, names, metric_names, l2, flow_steps):
         weights[row] = -(beta.float() @ train.z[rows]).double()
     loss, accuracy = linearized_values(val, weights, members, metric_names, names,
                                        only_members=True)
-    held_rows, held_cols = np.nonzero(members.numpy())
-    return pd.DataFrame({
-        "subset_id": ids[held_rows].astype(np.int64),
-        "task": np.asarray(names, dtype=object)[held_cols], "split": "val",
-        "loss": loss.numpy()[held_rows, held_cols],
-        "metric": accuracy.numpy()[held_rows, held_cols], "estimator": "gradient",
-    })
+    return member_values_table(ids, members, names, loss, accuracy)
 
 
 def load_data(config: dict):

@@ -386,6 +386,28 @@ def linearized_values(
     return loss, torch.from_numpy(metric)
 
 
+def member_values_table(
+    ids: np.ndarray, members: torch.Tensor, task_names: list[str], loss: torch.Tensor,
+    metric: torch.Tensor, relative: torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """The subset_values rows (estimator "gradient", split "val") of every subset's members:
+    ``ids`` (s,) subset ids, ``members`` (s, k) membership, ``loss`` and ``metric`` (s, k)
+    (only the members' entries are read), and, when given, ``relative`` (s,) as the column
+    relative_shift."""
+    rows, cols = np.nonzero(members.numpy())
+    columns = {
+        "subset_id": ids[rows].astype(np.int64),
+        "task": np.asarray(task_names, dtype=object)[cols],
+        "split": "val",
+        "loss": loss.numpy()[rows, cols],
+        "metric": metric.numpy()[rows, cols],
+        "estimator": "gradient",
+    }
+    if relative is not None:
+        columns["relative_shift"] = relative.numpy()[rows]
+    return pd.DataFrame(columns)
+
+
 def estimate_values(
     train: ProjectedSplit,
     val: ProjectedSplit,
@@ -451,18 +473,7 @@ def estimate_values(
         torch.empty_like(values).index_copy_(0, order, values)
         for values in (torch.cat(losses), torch.cat(accuracies), torch.cat(relatives))
     )
-    rows, cols = np.nonzero(members.numpy())
-    table = pd.DataFrame(
-        {
-            "subset_id": ids[rows].astype(np.int64),
-            "task": np.asarray(task_names, dtype=object)[cols],
-            "split": "val",
-            "loss": loss.numpy()[rows, cols],
-            "metric": accuracy.numpy()[rows, cols],
-            "estimator": "gradient",
-            "relative_shift": relative.numpy()[rows],
-        }
-    )
+    table = member_values_table(ids, members, task_names, loss, accuracy, relative)
     elapsed = time.perf_counter() - started
     shifts = relative.numpy()
     log.info(
