@@ -150,10 +150,12 @@ def unprojected_values(splits, subsets, names, metric_names, l2, flow_steps):
         n = len(rows)
         system = second[rows, None] * kernel[rows][:, rows] / n
         system.diagonal().add_(alpha)
-        beta = torch.zeros(n, dtype=torch.float64)
+        # one factorization for every step (the system is not symmetric: LU)
+        factor, pivots = torch.linalg.lu_factor(system)
+        beta = torch.zeros(n, 1, dtype=torch.float64)
         for _ in range(flow_steps):
-            beta = torch.linalg.solve(system, alpha * beta + first[rows] / n)
-        weights[row] = -(beta.float() @ train.z[rows]).double()
+            beta = torch.linalg.lu_solve(factor, pivots, alpha * beta + first[rows, None] / n)
+        weights[row] = -(beta[:, 0].float() @ train.z[rows]).double()
     loss, accuracy = linearized_values(val, weights, members, metric_names, names,
                                        only_members=True)
     return member_values_table(ids, members, names, loss, accuracy)
