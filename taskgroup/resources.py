@@ -189,6 +189,19 @@ def projection_mb(data_bytes: int, n_projected: int, dim: int, widest: int) -> i
     )
 
 
+def training_gram_mb(n_train: int, n_tasks: int, shared: int, private: int) -> int:
+    """The Gram blocks that the subset fits solved on their training examples keep
+    (taskgroup.estimate.linearized.TrainingGram): at most all n_train^2 float64 inner
+    products, and at most BATCH_MB (its budget; further blocks are recomputed). Reserved
+    when the mean task has fewer training examples than a one-task subset's columns
+    (``shared`` + ``private``), as the wide trunks with few examples per task do; else 0:
+    then only subsets of unusually small tasks are solved on their examples, and their
+    blocks are small."""
+    if n_tasks == 0 or n_train >= n_tasks * (shared + private):
+        return 0
+    return min(BATCH_MB, to_mb(FLOAT * n_train**2))
+
+
 def subset_estimate_mb(n_tasks: int, n_projected: int, n_val: int, dim: int, shared: int,
                        private: int, largest: int, chunk: int) -> int:
     """estimate_subsets (and forward selection with the gradient estimator): the torch
@@ -198,13 +211,15 @@ def subset_estimate_mb(n_tasks: int, n_projected: int, n_val: int, dim: int, sha
     of subset fits (:func:`subset_fit_batch_mb`), whose systems have shared + ``largest``
     x private columns for subsets of at most ``largest`` tasks; the validation: COPIES of
     at most OUTPUT_ENTRIES outputs (a task's n_val rows at most by the chunk), and the
-    chunk's shifts (chunk, dim) and its loss and metric tables (chunk, k)."""
+    chunk's shifts (chunk, dim) and its loss and metric tables (chunk, k); the Gram blocks
+    of :func:`training_gram_mb` (n_projected - n_val training rows)."""
     table = COPIES * FLOAT * n_projected * (dim + 4)
     statistics = FLOAT * (n_tasks + 1) * (shared + private) ** 2
     outputs = COPIES * FLOAT * min(OUTPUT_ENTRIES, n_val * chunk) + FLOAT * chunk * (
         dim + 2 * n_tasks)
     return (TORCH_PROCESS_MB + to_mb(table + statistics + outputs)
-            + subset_fit_batch_mb(shared + largest * private, chunk))
+            + subset_fit_batch_mb(shared + largest * private, chunk)
+            + training_gram_mb(n_projected - n_val, n_tasks, shared, private))
 
 
 def sdp_solver_mb(n_tasks: int) -> int:

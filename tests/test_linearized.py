@@ -6,8 +6,10 @@ from torch.nn import functional as F
 
 from taskgroup.estimate.linearized import (
     ProjectedSplit,
+    TrainingGram,
     cap_shifts,
     estimate_values,
+    example_space_rows,
     fit_shifts,
     linearized_values,
     per_task_statistics,
@@ -270,15 +272,16 @@ def dense_system(train, subset):
             z[inside].T @ first[inside] / n)
 
 
+@pytest.mark.parametrize("space", ["features", "examples"])
 @pytest.mark.parametrize("steps", [2, 5])
-def test_flow_steps_follow_the_implicit_euler_filter_on_every_eigenvector(steps):
+def test_flow_steps_follow_the_implicit_euler_filter_on_every_eigenvector(steps, space):
     """p implicit Euler steps of length 1 / (p l2) move along an eigenvector (lambda, u) of
     H by -(u^T g) (1 - (a / (lambda + a))^p) / lambda, a = p l2; columns no member uses
-    stay at 0."""
+    stay at 0. Solved on the columns or on the examples alike."""
     train = headed_split(30, 4, shared=4, head=2, seed=12, regression_tasks=(3,))
     members = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.float64)
     l2 = 0.3
-    weights = fit_shifts(train, members, l2=l2, flow_steps=steps)
+    weights = fit_shifts(train, members, l2=l2, flow_steps=steps, space=space)
     for row, subset in enumerate(members):
         hessian, gradient = dense_system(train, subset)
         values, vectors = torch.linalg.eigh(hessian)
@@ -318,3 +321,34 @@ def test_flow_steps_refuse_further_newton_steps():
         GradientEstimateSettings(l2=0.1, newton_steps=2, max_relative_shift=None, flow_steps=2)
     with pytest.raises(ValueError, match="gradient_estimate.flow_steps = 0; expected >= 1"):
         GradientEstimateSettings(l2=0.1, newton_steps=1, max_relative_shift=None, flow_steps=0)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_subsets_with_fewer_examples_than_columns_are_solved_on_their_examples(steps):
+    """Few examples per task and wide heads: "auto" solves the small subsets on their
+    examples, with the values of the column solve (to rounding), including an example of
+    zero curvature (a saturated logit) and a regression task; the Gram's memory budget
+    changes no value."""
+    train = headed_split(6, 5, shared=10, head=8, seed=15, regression_tasks=(2,))
+    train.base[0] = 60.0  # sigmoid(60) rounds to 1: l'' = 0
+    members = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1]],
+                           dtype=torch.float64)
+    statistics = per_task_statistics(train, 5)
+    # 12, 18 and 30 examples against 8 shared + 9 private columns per member: 26, 35, 53
+    assert example_space_rows(statistics, members).tolist() == [True, True, True]
+    columns = fit_shifts(train, members, l2=0.2, flow_steps=steps, space="features")
+    chosen = fit_shifts(train, members, l2=0.2, flow_steps=steps)
+    torch.testing.assert_close(chosen, columns, rtol=1e-9, atol=1e-12)
+    kept = fit_shifts(train, members, l2=0.2, flow_steps=steps,
+                      gram=TrainingGram(train, 5, memory_mb=512))
+    recomputed = fit_shifts(train, members, l2=0.2, flow_steps=steps,
+                            gram=TrainingGram(train, 5, memory_mb=0))
+    assert torch.equal(kept, recomputed)
+    many = headed_split(40, 5, shared=10, head=8, seed=15)
+    assert not example_space_rows(per_task_statistics(many, 5), members).any()
+
+
+def test_fit_shifts_refuses_an_unknown_space():
+    train = headed_split(10, 2, shared=2, head=1, seed=14)
+    with pytest.raises(ValueError, match="space: expected auto, features or examples, found 'x'"):
+        fit_shifts(train, torch.ones(1, 2, dtype=torch.float64), l2=0.1, space="x")

@@ -200,7 +200,7 @@ def _implicit_flow(
 ) -> torch.Tensor:
     """w(1 / l2) of the gradient flow dw/dt = -(g + H w) from w = 0, by ``steps`` implicit
     Euler steps of length h = 1 / (steps l2): (H + I / h) w_{j+1} = w_j / h - g, for a batch
-    of PSD matrices H (s, r, r) (overwritten by the Cholesky factor of H + I / h) and
+    of PSD matrices H (s, r, r) (to which I / h is added in place) and
     vectors g (s, r). Returns w (s, r).
 
     One step is the ridge solution -(H + l2 I)^{-1} g. Along an eigenvector of H of
@@ -210,11 +210,19 @@ def _implicit_flow(
     batched LU solve in float64 hung on CPU in torch 2.13)."""
     alpha = steps * l2
     hessians.diagonal(dim1=1, dim2=2).add_(alpha)
-    factor = torch.linalg.cholesky(hessians, out=hessians)
-    weights = -torch.cholesky_solve(gradients.unsqueeze(2), factor)
+    # Not in place: cholesky(out=) the input took 3 times as long on batched float64.
+    factor = torch.linalg.cholesky(hessians)
+    weights = _cholesky_solve(factor, -gradients.unsqueeze(2))
     for _ in range(steps - 1):
-        weights = torch.cholesky_solve(alpha * weights - gradients.unsqueeze(2), factor)
+        weights = _cholesky_solve(factor, alpha * weights - gradients.unsqueeze(2))
     return weights.squeeze(2)
+
+
+def _cholesky_solve(factor: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """x with L L^T x = ``right`` for a lower Cholesky factor L: two triangular solves.
+    (torch.cholesky_solve took 9 times as long as the two on batched float64 on CPU.)"""
+    inner = torch.linalg.solve_triangular(factor, right, upper=False)
+    return torch.linalg.solve_triangular(factor.mT, inner, upper=True)
 
 
 def member_lists(members: torch.Tensor) -> torch.Tensor:
@@ -251,11 +259,14 @@ def _first_newton_step(
     dim = statistics.reduced_dim(largest)
     hessians = statistics.shared_hessians.new_zeros(n_subsets, dim, dim)
     gradients = statistics.shared_gradients.new_zeros(n_subsets, dim)
-    # The shared block and gradient: each subset's members' rows summed (a bag sum reads
-    # each member's block once, with no (s, m, c, c) gather).
-    hessians[:, :shared, :shared] = F.embedding_bag(
-        holding, statistics.shared_hessians.flatten(1), mode="sum"
-    ).view(n_subsets, shared, shared)
+    # The shared block and gradient: each subset's members' blocks summed in place, one
+    # subset at a time (no (s, m, c, c) gather; a bag sum over the flattened blocks gave
+    # the same sums 4 times slower).
+    for row, tasks in enumerate(holding.tolist()):
+        block = hessians[row, :shared, :shared]
+        block.copy_(statistics.shared_hessians[tasks[0]])
+        for task in tasks[1:]:
+            block += statistics.shared_hessians[task]
     gradients[:, :shared] = F.embedding_bag(holding, statistics.shared_gradients, mode="sum")
     for slot in range(largest):
         task = holding[:, slot]
@@ -273,18 +284,137 @@ def _first_newton_step(
     return weights[:, : statistics.dim]
 
 
+class TrainingGram:
+    """The training examples' projected gradients by task, in float64, their inner products
+    z(x)^T z(x') by task pair, and each example's l' and l'' at w = 0: what a subset's fit
+    in example space reads (see :func:`_example_space_flow`).
+
+    A block Z_t Z_u^T is computed at its first request and kept while the kept blocks take
+    at most ``memory_mb`` MB; later ones are computed at each request. Either way a block
+    is the same product of the same operands, so the budget changes no value."""
+
+    def __init__(self, train: ProjectedSplit, n_tasks: int, memory_mb: float = 512.0):
+        rows = _task_rows(train.task_index, n_tasks)
+        self.rows = rows
+        self.z = [train.z[task_rows].double() for task_rows in rows]
+        self.residual, self.curvature = loss_derivatives(
+            train.base.double(), train.labels.double(), train.regression_mask()
+        )
+        self.budget = memory_mb * 10**6
+        self.kept = 0
+        self.blocks: dict[tuple[int, int], torch.Tensor] = {}
+
+    def block(self, first: int, second: int) -> torch.Tensor:
+        """Z_first Z_second^T (n_first, n_second) float64."""
+        key = (min(first, second), max(first, second))
+        product = self.blocks.get(key)
+        if product is None:
+            product = self.z[key[0]] @ self.z[key[1]].T
+            if self.kept + product.numel() * product.element_size() <= self.budget:
+                self.blocks[key] = product
+                self.kept += product.numel() * product.element_size()
+        return product if first <= second else product.T
+
+    def kernel(self, tasks: list[int]) -> torch.Tensor:
+        """K = Z_R Z_R^T (n_R, n_R) of the training rows R of ``tasks``, task by task."""
+        return torch.cat(
+            [torch.cat([self.block(first, second) for second in tasks], dim=1)
+             for first in tasks]
+        )
+
+    def shift(self, tasks: list[int], coefficients: torch.Tensor) -> torch.Tensor:
+        """Z_R^T a (d,) for coefficients a (n_R,) on the training rows of ``tasks``."""
+        shift, start = None, 0
+        for task in tasks:
+            stop = start + len(self.rows[task])
+            part = coefficients[start:stop] @ self.z[task]
+            shift = part if shift is None else shift + part
+            start = stop
+        return shift
+
+    def derivatives(self, tasks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """l' and l'' (n_R,) of the training rows of ``tasks``, task by task."""
+        rows = torch.cat([self.rows[task] for task in tasks])
+        return self.residual[rows], self.curvature[rows]
+
+
+def _example_space_flow(
+    kernel: torch.Tensor, residual: torch.Tensor, curvature: torch.Tensor, l2: float,
+    steps: int,
+) -> torch.Tensor:
+    """The coefficients a (n,) of the shift w = Z^T a that :func:`_implicit_flow` gives for
+    one subset, from its n training examples' Gram K = Z Z^T (n, n), l' and l'' (n,).
+
+    With H = U^T U / n, U = diag(sqrt(l'')) Z, and g = Z^T l' / n, every implicit Euler
+    step (H + alpha I) w' = alpha w - g (alpha = steps l2) keeps w in the row space of Z:
+    for w = Z^T a, the right side is Z^T q with q = alpha a - l' / n, and by the Woodbury
+    identity (H + alpha I)^{-1} = (I - U^T (n alpha I + U U^T)^{-1} U) / alpha, so
+    a' = (q - s * y) / alpha with s = sqrt(l'') and (n alpha I + S K S) y = s * (K q),
+    S = diag(s). The system is n x n, symmetric positive definite, and factored once
+    (Cholesky); no l'' is divided by, so examples of zero curvature need no care."""
+    n = kernel.shape[0]
+    alpha = steps * l2
+    scale = curvature.sqrt()
+    system = scale[:, None] * kernel * scale[None, :]
+    system.diagonal().add_(n * alpha)
+    factor = torch.linalg.cholesky(system)
+    coefficients = torch.zeros_like(residual)
+    for _ in range(steps):
+        right = alpha * coefficients - residual / n
+        inner = _cholesky_solve(factor, (scale * (kernel @ right)).unsqueeze(1))[:, 0]
+        coefficients = (right - scale * inner) / alpha
+    return coefficients
+
+
+def _first_step_in_example_space(
+    gram: TrainingGram, holding: torch.Tensor, l2: float, flow_steps: int, dim: int
+) -> torch.Tensor:
+    """The shifts (s, d) of :func:`_first_newton_step` for the subsets whose members are
+    ``holding`` (s, m) (padded with k), each solved on its n_S training examples instead
+    of its columns (:func:`_example_space_flow`), one subset at a time: cheaper when n_S
+    is below the subset's column count. Memory: a few (n_S, n_S) float64 arrays."""
+    n_tasks = len(gram.rows)
+    weights = torch.zeros(holding.shape[0], dim, dtype=torch.float64, device=holding.device)
+    for row, members in enumerate(holding.tolist()):
+        tasks = [task for task in members if task < n_tasks]
+        residual, curvature = gram.derivatives(tasks)
+        coefficients = _example_space_flow(
+            gram.kernel(tasks), residual, curvature, l2, flow_steps
+        )
+        weights[row] = gram.shift(tasks, coefficients)
+    return weights
+
+
+def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
+    """(s,) bool: the subsets of ``members`` (s, k) fitted in example space, those whose
+    training examples are fewer than the columns of their reduced system (c + m b): a
+    Cholesky factor costs the cube of its size, and this choice depends on the data and
+    the subsets only."""
+    sizes = members @ statistics.counts
+    columns = len(statistics.shared) + (members > 0).sum(dim=1) * statistics.private.shape[1]
+    return sizes < columns
+
+
 def fit_shifts(
     train: ProjectedSplit, members: torch.Tensor, l2: float, newton_steps: int = 1,
     statistics: TaskStatistics | None = None, flow_steps: int = 1,
+    gram: TrainingGram | None = None, space: str = "auto",
 ) -> torch.Tensor:
     """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k).
     ``statistics``: :func:`per_task_statistics` of ``train`` (computed here when None; pass
     them to share them among batches). Each subset's system adds its own members'
     statistics only, on the columns they use (memory: two (s, r, r) float64 arrays, r =
-    ``statistics.reduced_dim(m)`` for the largest subset's size m). ``flow_steps`` > 1: the
-    gradient flow of the quadratic model at w = 0 stopped at time 1 / l2 instead of the
+    ``statistics.reduced_dim(m)`` for the largest subset's size m), or, for a subset with
+    fewer training examples than those columns, the same first step is solved on its
+    examples (``gram``: a :class:`TrainingGram` of ``train``, built here when None and
+    needed; ``space`` "features" or "examples" forces one way for every subset, "auto"
+    chooses by :func:`example_space_rows`; the two agree to rounding). ``flow_steps`` > 1:
+    the gradient flow of the quadratic model at w = 0 stopped at time 1 / l2 instead of the
     ridge solution (see :func:`_implicit_flow`); then ``newton_steps`` must be 1. Raises
-    ValueError when a subset has no training examples or both step counts exceed 1."""
+    ValueError when a subset has no training examples, both step counts exceed 1, or
+    ``space`` is unknown."""
+    if space not in ("auto", "features", "examples"):
+        raise ValueError(f"space: expected auto, features or examples, found {space!r}")
     check_step_counts(newton_steps, flow_steps)
     n_tasks = members.shape[1]
     members = members.to(train.z.device)
@@ -294,7 +424,23 @@ def fit_shifts(
     if (sizes == 0).any():
         raise ValueError("a subset has no training examples")
     holding = member_lists(members)
-    weights = _first_newton_step(statistics, holding, sizes, l2, flow_steps)
+    if space == "auto":
+        in_examples = example_space_rows(statistics, members)
+    else:
+        in_examples = torch.full_like(sizes, space == "examples", dtype=torch.bool)
+    weights = torch.zeros(members.shape[0], statistics.dim, dtype=torch.float64,
+                          device=members.device)
+    if (~in_examples).any():
+        weights[~in_examples] = _first_newton_step(
+            statistics, member_lists(members[~in_examples]), sizes[~in_examples], l2,
+            flow_steps,
+        )
+    if in_examples.any():
+        if gram is None:
+            gram = TrainingGram(train, n_tasks)
+        weights[in_examples] = _first_step_in_example_space(
+            gram, holding[in_examples], l2, flow_steps, statistics.dim
+        )
     for _ in range(newton_steps - 1):
         weights = _newton_step_per_subset(train, members, weights, l2, statistics, holding)
     return weights
@@ -428,7 +574,9 @@ def estimate_values(
     ``theta_norm`` it adds the column relative_shift = ||P w|| / ||theta*|| and applies the
     optional cap ``settings.max_relative_shift``. The per-task statistics are computed once;
     subsets are fitted in batches whose Hessians take at most ``memory_mb`` (see
-    :func:`subsets_per_batch`), so memory does not grow with their number; the process's
+    :func:`subsets_per_batch`), so memory does not grow with their number; subsets with
+    fewer training examples than columns are solved on their examples (see
+    :func:`fit_shifts`), whose Gram blocks are kept up to ``memory_mb`` more; the process's
     peak memory is logged. ``task_types``: each task's type (None =
     all binary; the splits' ``regression`` masks must agree, else ValueError), ``metric``:
     evaluation.metric. Returns the subset_values table with estimator "gradient".
@@ -449,12 +597,14 @@ def estimate_values(
     order = torch.argsort(counts, stable=True)
     largest = int(counts.max()) if len(ids) else 0
     batch_subsets = subsets_per_batch(statistics.reduced_dim(largest), memory_mb)
+    in_examples = int(example_space_rows(statistics, members).sum())
+    gram = TrainingGram(train, len(task_names), memory_mb) if in_examples else None
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
         block = members[order[start : start + batch_subsets]]
         weights = fit_shifts(
             train, block, settings.l2, settings.newton_steps, statistics=statistics,
-            flow_steps=settings.flow_steps,
+            flow_steps=settings.flow_steps, gram=gram,
         )
         relative = torch.full((block.shape[0],), float("nan"), dtype=torch.float64)
         if shift_norm is not None and theta_norm:
@@ -477,10 +627,11 @@ def estimate_values(
     elapsed = time.perf_counter() - started
     shifts = relative.numpy()
     log.info(
-        "estimated %d subsets (d = %d, systems of at most %d columns, %d per batch) in "
-        "%.2f s (%.0f subsets/s), peak memory of the process %.0f MB; median relative "
-        "shift %s",
-        len(ids), train.z.shape[1], statistics.reduced_dim(largest), batch_subsets, elapsed,
+        "estimated %d subsets (d = %d, systems of at most %d columns, %d per batch; %d "
+        "solved on their training examples, fewer than their columns) in %.2f s (%.0f "
+        "subsets/s), peak memory of the process %.0f MB; median relative shift %s",
+        len(ids), train.z.shape[1], statistics.reduced_dim(largest), batch_subsets,
+        in_examples, elapsed,
         len(ids) / max(elapsed, 1e-9),
         peak_memory_mb(),
         f"{np.median(shifts):.4f}" if np.isfinite(shifts).all() else "not computed",
