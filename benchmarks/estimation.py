@@ -50,6 +50,7 @@ from taskgroup.data.designs import random_design
 from taskgroup.data.examples import build_task_data
 from taskgroup.estimate.finetune import FinetuneSettings
 from taskgroup.estimate.linearized import (
+    example_space_flow,
     linearized_values,
     loss_derivatives,
     member_lists,
@@ -128,13 +129,10 @@ def gram(left: torch.Tensor, right: torch.Tensor, rows: int = 512) -> torch.Tens
 
 
 def unprojected_values(splits, subsets, names, metric_names, l2, flow_steps):
-    """The linearized estimate with every coordinate kept, solved in example space: with
-    Z_S (n_S, p) a subset's training rows, C their l'' and r their l', the ridge shift
-    -(Z_S^T C Z_S / n_S + l2 I)^{-1} Z_S^T r / n_S equals -Z_S^T beta with
-    (C K_S / n_S + l2 I) beta = r / n_S, K_S = Z_S Z_S^T (and each implicit Euler step of
-    the flow likewise: (C K_S / n_S + a I) beta' = a beta + r / n_S, a = flow_steps l2),
-    so the solve is n_S x n_S whatever p. The validation losses are the library's
-    (linearized_values) on the shifts -Z_S^T beta."""
+    """The linearized estimate with every coordinate kept, solved in example space (the
+    library's :func:`taskgroup.estimate.linearized.example_space_flow`, on the Gram of the
+    full per-example gradients), so the solve is n_S x n_S whatever p. The validation
+    losses are the library's (linearized_values) on the shifts Z_S^T a."""
     train, val = splits["train"], splits["val"]
     first, second = loss_derivatives(
         train.base.double(), train.labels.double(), train.regression_mask()
@@ -142,20 +140,14 @@ def unprojected_values(splits, subsets, names, metric_names, l2, flow_steps):
     kernel = gram(train.z, train.z)
     ids, members = membership(subsets, names)
     holding = member_lists(members)
-    alpha = flow_steps * l2
     weights = torch.zeros(len(ids), train.z.shape[1], dtype=torch.float64)
     for row in range(len(ids)):
         tasks = holding[row][holding[row] < len(names)]
         rows = torch.nonzero(torch.isin(train.task_index, tasks)).squeeze(1)
-        n = len(rows)
-        system = second[rows, None] * kernel[rows][:, rows] / n
-        system.diagonal().add_(alpha)
-        # one factorization for every step (the system is not symmetric: LU)
-        factor, pivots = torch.linalg.lu_factor(system)
-        beta = torch.zeros(n, 1, dtype=torch.float64)
-        for _ in range(flow_steps):
-            beta = torch.linalg.lu_solve(factor, pivots, alpha * beta + first[rows, None] / n)
-        weights[row] = -(beta[:, 0].float() @ train.z[rows]).double()
+        coefficients = example_space_flow(
+            kernel[rows][:, rows], first[rows], second[rows], l2, flow_steps
+        )
+        weights[row] = (coefficients.float() @ train.z[rows]).double()
     loss, accuracy = linearized_values(val, weights, members, metric_names, names,
                                        only_members=True)
     return member_values_table(ids, members, names, loss, accuracy)

@@ -287,7 +287,7 @@ def _first_newton_step(
 class TrainingGram:
     """The training examples' projected gradients by task, in float64, their inner products
     z(x)^T z(x') by task pair, and each example's l' and l'' at w = 0: what a subset's fit
-    in example space reads (see :func:`_example_space_flow`).
+    in example space reads (see :func:`example_space_flow`).
 
     A block Z_t Z_u^T is computed at its first request and kept while the kept blocks take
     at most ``memory_mb`` MB; later ones are computed at each request. Either way a block
@@ -338,7 +338,7 @@ class TrainingGram:
         return self.residual[rows], self.curvature[rows]
 
 
-def _example_space_flow(
+def example_space_flow(
     kernel: torch.Tensor, residual: torch.Tensor, curvature: torch.Tensor, l2: float,
     steps: int,
 ) -> torch.Tensor:
@@ -371,14 +371,14 @@ def _first_step_in_example_space(
 ) -> torch.Tensor:
     """The shifts (s, d) of :func:`_first_newton_step` for the subsets whose members are
     ``holding`` (s, m) (padded with k), each solved on its n_S training examples instead
-    of its columns (:func:`_example_space_flow`), one subset at a time: cheaper when n_S
+    of its columns (:func:`example_space_flow`), one subset at a time: cheaper when n_S
     is below the subset's column count. Memory: a few (n_S, n_S) float64 arrays."""
     n_tasks = len(gram.rows)
     weights = torch.zeros(holding.shape[0], dim, dtype=torch.float64, device=holding.device)
     for row, members in enumerate(holding.tolist()):
         tasks = [task for task in members if task < n_tasks]
         residual, curvature = gram.derivatives(tasks)
-        coefficients = _example_space_flow(
+        coefficients = example_space_flow(
             gram.kernel(tasks), residual, curvature, l2, flow_steps
         )
         weights[row] = gram.shift(tasks, coefficients)
