@@ -190,16 +190,17 @@ def projection_mb(data_bytes: int, n_projected: int, dim: int, widest: int) -> i
 
 
 def training_gram_mb(n_train: int, n_tasks: int, shared: int, private: int) -> int:
-    """The Gram blocks that the subset fits solved on their training examples keep
-    (taskgroup.estimate.linearized.TrainingGram): at most all n_train^2 float64 inner
-    products, and at most BATCH_MB (its budget; further blocks are recomputed). Reserved
-    when the mean task has fewer training examples than a one-task subset's columns
-    (``shared`` + ``private``), as the wide trunks with few examples per task do; else 0:
-    then only subsets of unusually small tasks are solved on their examples, and their
-    blocks are small."""
+    """The Gram that the subset fits solved on their training examples keep
+    (taskgroup.estimate.linearized.TrainingGram): all n_train^2 float64 inner products when
+    they take at most BATCH_MB (its largest budget), else none (each request computes its
+    blocks). Reserved when the mean task has fewer training examples than a one-task
+    subset's columns (``shared`` + ``private``), as the wide trunks with few examples per
+    task do; else 0: then at most the subsets of unusually small tasks are solved on their
+    examples (a smaller budget keeps no Gram; that changes no value)."""
     if n_tasks == 0 or n_train >= n_tasks * (shared + private):
         return 0
-    return min(BATCH_MB, to_mb(FLOAT * n_train**2))
+    gram = FLOAT * n_train**2
+    return to_mb(gram) if gram <= BATCH_MB * 10**6 else 0
 
 
 def subset_estimate_mb(n_tasks: int, n_projected: int, n_val: int, dim: int, shared: int,

@@ -59,10 +59,10 @@ def test_formulas_add_the_process_to_the_arrays():
     assert resources.subset_fit_batch_mb(1024, 1000) == resources.BATCH_MB
     # 100 training examples per task against 42 + 3 columns: no example-space Gram; 30
     # tasks of 100 against 734 + 8 columns (trunk [64, 64] at dim 1024): all 3,000^2; of
-    # 667: capped; of 1,000: none
+    # 667: a Gram above BATCH_MB is not kept; of 1,000: none
     assert resources.training_gram_mb(10_000, 100, 42, 3) == 0
     assert resources.training_gram_mb(3_000, 30, 734, 8) == math.ceil(8 * 3_000**2 / 1e6)
-    assert resources.training_gram_mb(20_000, 30, 734, 8) == resources.BATCH_MB
+    assert resources.training_gram_mb(20_000, 30, 734, 8) == 0
     assert resources.training_gram_mb(30_000, 30, 734, 8) == 0
     assert resources.subset_table_mb(600, 30) == resources.TABLE_PROCESS_MB + math.ceil(
         3 * 2 * 2 * 8 * 600 * 30 / 1e6

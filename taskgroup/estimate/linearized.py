@@ -289,9 +289,11 @@ class TrainingGram:
     z(x)^T z(x') by task pair, and each example's l' and l'' at w = 0: what a subset's fit
     in example space reads (see :func:`example_space_flow`).
 
-    A block Z_t Z_u^T is computed at its first request and kept while the kept blocks take
-    at most ``memory_mb`` MB; later ones are computed at each request. Either way a block
-    is the same product of the same operands, so the budget changes no value."""
+    When the whole (n, n) float64 Gram takes at most ``memory_mb`` MB, it is allocated
+    once and each task pair's block Z_t Z_u^T is filled at its first request; else every
+    request computes its blocks (at many tasks most pairs are requested once anyway).
+    Either way a block is the same product of the same operands, so the budget changes no
+    value. (Blocks kept one by one fragmented the heap: twice their size in RSS.)"""
 
     def __init__(self, train: ProjectedSplit, n_tasks: int, memory_mb: float = 512.0):
         rows = _task_rows(train.task_index, n_tasks)
@@ -300,19 +302,25 @@ class TrainingGram:
         self.residual, self.curvature = loss_derivatives(
             train.base.double(), train.labels.double(), train.regression_mask()
         )
-        self.budget = memory_mb * 10**6
-        self.kept = 0
-        self.blocks: dict[tuple[int, int], torch.Tensor] = {}
+        sizes = [len(task_rows) for task_rows in rows]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        n = self.starts[-1]
+        fits = n * n * 8 <= memory_mb * 10**6
+        self.full = torch.empty(n, n, dtype=torch.float64, device=train.z.device) if fits else None
+        self.filled = torch.zeros(n_tasks, n_tasks, dtype=torch.bool)
 
     def block(self, first: int, second: int) -> torch.Tensor:
         """Z_first Z_second^T (n_first, n_second) float64."""
-        key = (min(first, second), max(first, second))
-        product = self.blocks.get(key)
-        if product is None:
-            product = self.z[key[0]] @ self.z[key[1]].T
-            if self.kept + product.numel() * product.element_size() <= self.budget:
-                self.blocks[key] = product
-                self.kept += product.numel() * product.element_size()
+        low, high = min(first, second), max(first, second)
+        if self.full is not None:
+            place = (slice(self.starts[low], self.starts[low + 1]),
+                     slice(self.starts[high], self.starts[high + 1]))
+            if not self.filled[low, high]:
+                self.full[place] = self.z[low] @ self.z[high].T
+                self.filled[low, high] = True
+            product = self.full[place]
+        else:
+            product = self.z[low] @ self.z[high].T
         return product if first <= second else product.T
 
     def kernel(self, tasks: list[int]) -> torch.Tensor:
@@ -576,7 +584,8 @@ def estimate_values(
     subsets are fitted in batches whose Hessians take at most ``memory_mb`` (see
     :func:`subsets_per_batch`), so memory does not grow with their number; subsets with
     fewer training examples than columns are solved on their examples (see
-    :func:`fit_shifts`), whose Gram blocks are kept up to ``memory_mb`` more; the process's
+    :func:`fit_shifts`), whose Gram is kept when it takes at most ``memory_mb`` more
+    (:class:`TrainingGram`); the process's
     peak memory is logged. ``task_types``: each task's type (None =
     all binary; the splits' ``regression`` masks must agree, else ValueError), ``metric``:
     evaluation.metric. Returns the subset_values table with estimator "gradient".
