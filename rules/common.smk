@@ -97,9 +97,16 @@ EXAMPLES_TABLE = "results/{dataset}/data/examples.parquet"
 TASKS_TABLE = "results/{dataset}/data/tasks.parquet"
 META_INIT_MODEL = "results/{dataset}/meta_init/model.pt"
 L2_CURVE_TABLE = "results/{dataset}/validation/l2_curve.parquet"
+TASK_SCALES_TABLE = "results/{dataset}/validation/task_scales.parquet"
 LR_CURVE_TABLE = "results/{dataset}/validation/lr_curve.parquet"
 # The gradient_estimate keys that every estimate uses (l2_candidates only chooses l2).
-ESTIMATE_KEYS = ("l2", "newton_steps", "flow_steps", "max_relative_shift")
+ESTIMATE_KEYS = (
+    "l2",
+    "newton_steps",
+    "flow_steps",
+    "max_relative_shift",
+    "task_scales",
+)
 
 
 wildcard_constraints:
@@ -355,21 +362,32 @@ def lr_curve_inputs(fine_tunes=True):
 
 def gradient_estimate_params():
     """The settings of a job that estimates subsets: l2 ("auto" or a number),
-    newton_steps, flow_steps, max_relative_shift. Not l2_candidates: with l2 "auto" the
-    chosen l2 arrives in the l2 curve table (l2_curve_inputs), and with a number they
-    change no estimate."""
+    newton_steps, flow_steps, max_relative_shift, task_scales. Not l2_candidates: with l2
+    "auto" the chosen l2 arrives in the l2 curve table (calibration_inputs), and with a
+    number they change no estimate."""
     return sorted_deep({key: config["gradient_estimate"][key] for key in ESTIMATE_KEYS})
 
 
-def l2_curve_inputs():
-    """The l2 curve table, as an input of the jobs that estimate subsets when
-    gradient_estimate.l2 is "auto"; none with a number, so that the held-out fine-tunings
-    do not hold them up."""
-    if (
-        config["estimator"] == "gradient"
-        and config["gradient_estimate"]["l2"] == "auto"
-    ):
-        return {"l2_curve": L2_CURVE_TABLE}
+def calibration_inputs():
+    """What the jobs that estimate subsets read from the held-out subsets: the l2 curve
+    table when gradient_estimate.l2 is "auto", the task scales table when task_scales is
+    "auto"; none of them otherwise, so that the held-out fine-tunings do not hold the
+    estimates up."""
+    if config["estimator"] != "gradient":
+        return {}
+    inputs = {}
+    if config["gradient_estimate"]["l2"] == "auto":
+        inputs["l2_curve"] = L2_CURVE_TABLE
+    if config["gradient_estimate"]["task_scales"] == "auto":
+        inputs["task_scales"] = TASK_SCALES_TABLE
+    return inputs
+
+
+def task_scales_output():
+    """calibrate_estimate's task scales table, when gradient_estimate.task_scales is
+    "auto"."""
+    if config["gradient_estimate"]["task_scales"] == "auto":
+        return {"task_scales": TASK_SCALES_TABLE}
     return {}
 
 

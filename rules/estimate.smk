@@ -32,8 +32,8 @@ rule project_gradients:
 
 rule estimate_subsets:
     input:
-        # with gradient_estimate.l2 "auto": the l2 chosen on the held-out subsets
-        **l2_curve_inputs(),
+        # with gradient_estimate.l2 or task_scales "auto": chosen on the held-out subsets
+        **calibration_inputs(),
         projected="results/{dataset}/gradients/projected.parquet",
         projection="results/{dataset}/gradients/projection.parquet",
         model=META_INIT_MODEL,

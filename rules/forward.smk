@@ -2,8 +2,8 @@ rule forward_selection:
     input:
         # The projected gradients (estimator gradient) or the examples (finetune).
         **estimator_inputs(),
-        # with gradient_estimate.l2 "auto" (estimator gradient): the chosen l2
-        **l2_curve_inputs(),
+        # with gradient_estimate.l2 or task_scales "auto" (estimator gradient): the chosen ones
+        **calibration_inputs(),
         # with finetune.lr "auto" (estimator finetune): the chosen rate
         **lr_curve_inputs(config["estimator"] == "finetune"),
         tasks=TASKS_TABLE,

@@ -36,6 +36,7 @@ rule calibrate_estimate:
         projection="results/{dataset}/gradients/projection.parquet",
         code=library_code("calibrate_estimate.py"),
     output:
+        **task_scales_output(),
         other_seed="results/{dataset}/validation/other_seed.parquet",
         l2_curve=L2_CURVE_TABLE,
     log:

@@ -14,6 +14,7 @@ calibrate_estimate(
     projection_path=snakemake.input.projection,
     other_seed_path=snakemake.output.other_seed,
     l2_curve_path=snakemake.output.l2_curve,
+    task_scales_path=snakemake.output.get("task_scales"),
     n_subsets=params.held_out["n_subsets"],
     seed=params.held_out["seed"],
     finetune=FinetuneSettings.from_mapping(params.finetune),

@@ -14,6 +14,7 @@ estimate_subsets(
     chunk_size=snakemake.params.chunk_size,
     settings=GradientEstimateSettings.from_mapping(snakemake.params.estimate),
     l2_curve_path=snakemake.input.get("l2_curve"),
+    task_scales_path=snakemake.input.get("task_scales"),
     threads=snakemake.threads,
     memory_mb=snakemake.resources.mem_mb,
     metric=snakemake.params.metric,

@@ -20,6 +20,7 @@ forward_selection(
     examples_path=snakemake.input.get("examples"),
     estimate=None if estimate is None else GradientEstimateSettings.from_mapping(estimate),
     l2_curve_path=snakemake.input.get("l2_curve"),
+    task_scales_path=snakemake.input.get("task_scales"),
     finetune=None if finetune is None else FinetuneSettings.from_mapping(finetune),
     threads=snakemake.threads,
     metric=params.metric,

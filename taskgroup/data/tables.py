@@ -308,7 +308,9 @@ VALIDATION_PER_SUBSET = {
     "loss": "float",
     "loss_reference": "float",
 }
-# The l2 choice of the gradient estimate (taskgroup.stages.validate.calibrate_estimate).
+# The l2 choice of the gradient estimate (taskgroup.stages.validate.calibrate_estimate);
+# with gradient_estimate.task_scales "auto" each l2's median_rel_error is after its own task
+# scales.
 L2_CURVE = {
     "l2": "float",
     "n_subsets": "int",
@@ -317,6 +319,18 @@ L2_CURVE = {
     "within_task_pearson_se": "float",
     "within_task_spearman": "float",
     "chosen": "bool",
+}
+# The estimate's per-task scales (taskgroup.estimate.task_scales.fit_task_scales, written
+# by calibrate_estimate at the chosen l2 when gradient_estimate.task_scales is "auto"): the
+# applied scale, the task's own least-squares slope on the held-out subsets (NaN below 2),
+# its pooling weight, the held-out subsets holding the task, and the slope of all tasks.
+TASK_SCALES = {
+    "task": "str",
+    "scale": "float",
+    "own_scale": "float",
+    "weight": "float",
+    "n_subsets": "int",
+    "pooled_scale": "float",
 }
 # The fine-tuning rate's choice (taskgroup.stages.validate.calibrate_finetune): per
 # candidate rate, how well two real fine-tunings of the held-out subsets with different

@@ -58,6 +58,7 @@ from torch.nn import functional as F
 from taskgroup.data.designs import membership_matrix
 from taskgroup.data.examples import regression_mask
 from taskgroup.estimate.settings import GradientEstimateSettings, check_step_counts
+from taskgroup.estimate.task_scales import scale_changes
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.resources import OUTPUT_ENTRIES, SUBSET_FIT_BYTES
 
@@ -540,6 +541,17 @@ def linearized_values(
     return loss, torch.from_numpy(metric)
 
 
+def base_losses(val: ProjectedSplit, task_names: list[str]) -> pd.Series:
+    """Each task's mean validation loss (task -> loss) at w = 0: the linearized model's at
+    the meta-initialization (0 for a task without validation examples, as in
+    :func:`linearized_values`)."""
+    losses = example_losses(val.base.double(), val.labels.double(), val.regression_mask())
+    sums = torch.zeros(len(task_names), dtype=torch.float64, device=losses.device)
+    sums.index_add_(0, val.task_index, losses)
+    counts = torch.bincount(val.task_index, minlength=len(task_names)).clamp_min(1)
+    return pd.Series((sums / counts).cpu().numpy(), index=task_names)
+
+
 def member_values_table(
     ids: np.ndarray, members: torch.Tensor, task_names: list[str], loss: torch.Tensor,
     metric: torch.Tensor, relative: torch.Tensor | None = None,
@@ -573,10 +585,13 @@ def estimate_values(
     memory_mb: float = 512.0,
     metric: str = "auto",
     task_types: list[str] | None = None,
+    task_scales: pd.Series | None = None,
 ) -> pd.DataFrame:
     """f_i(S) for every subset in ``subsets`` and member i from the linearized model, each
     subset's shift fitted with ``settings`` (l2, newton_steps, flow_steps,
-    max_relative_shift).
+    max_relative_shift); with ``task_scales`` (task -> scale, see
+    :mod:`taskgroup.estimate.task_scales`) each loss's change from the linearized loss at
+    w = 0 (the meta-initialization's) is multiplied by its task's scale.
 
     ``shift_norm`` maps shifts (s, d) to ||P w|| (s,) (a projector's ``shift_norms``); with
     ``theta_norm`` it adds the column relative_shift = ||P w|| / ||theta*|| and applies the
@@ -633,6 +648,8 @@ def estimate_values(
         for values in (torch.cat(losses), torch.cat(accuracies), torch.cat(relatives))
     )
     table = member_values_table(ids, members, task_names, loss, accuracy, relative)
+    if task_scales is not None:
+        table = scale_changes(table, task_scales, base_losses(val, task_names))
     elapsed = time.perf_counter() - started
     shifts = relative.numpy()
     log.info(

@@ -121,6 +121,10 @@ def auto_or_float(value) -> float | str:
     return value if isinstance(value, str) else float(value)
 
 
+# gradient_estimate.task_scales: fitted on the held-out subsets, or none.
+TASK_SCALES = (AUTO, "none")
+
+
 def check_step_counts(newton_steps: int, flow_steps: int) -> None:
     """Raise ValueError when both ``newton_steps`` and ``flow_steps`` exceed 1: a flow
     stopped early has no optimum for further Newton steps to refine."""
@@ -140,15 +144,18 @@ class GradientEstimateSettings:
     from w = 0 (>= 1); max_relative_shift, the cap on ||P w|| / ||theta*|| (None = no cap);
     flow_steps, implicit Euler steps of the gradient flow of the unregularized quadratic
     model run for a time 1 / l2 (>= 1; 1 is the ridge solution, more steps approach
-    gradient descent stopped early).
+    gradient descent stopped early); task_scales, "auto" (each task's estimated changes
+    scaled by a factor fitted on the held-out real fine-tunings, see
+    :mod:`taskgroup.estimate.task_scales`) or "none".
     Raises ValueError for an l2 that is neither "auto" nor positive, newton_steps or
     flow_steps below 1, both above 1 (a flow stopped early has no optimum for further
-    Newton steps to refine), or a cap that is not positive."""
+    Newton steps to refine), a cap that is not positive, or another task_scales."""
 
     l2: float | str
     newton_steps: int
     max_relative_shift: float | None
     flow_steps: int = 1
+    task_scales: str = "none"
 
     def __post_init__(self):
         if not positive_or_auto(self.l2):
@@ -164,6 +171,11 @@ class GradientEstimateSettings:
                 f"gradient_estimate.flow_steps = {self.flow_steps!r}; expected >= 1"
             )
         check_step_counts(self.newton_steps, self.flow_steps)
+        if self.task_scales not in TASK_SCALES:
+            raise ValueError(
+                f"gradient_estimate.task_scales = {self.task_scales!r}; expected one of "
+                f"{list(TASK_SCALES)}"
+            )
         if self.max_relative_shift is not None and not self.max_relative_shift > 0:
             raise ValueError(
                 f"gradient_estimate.max_relative_shift = {self.max_relative_shift!r}; "
@@ -173,17 +185,23 @@ class GradientEstimateSettings:
     @classmethod
     def from_mapping(cls, mapping: Mapping) -> GradientEstimateSettings:
         """The settings from the gradient_estimate config section or a rule's params
-        (l2, newton_steps, max_relative_shift, flow_steps; other keys, such as
-        l2_candidates, are ignored). Raises KeyError when one of the four is missing."""
+        (l2, newton_steps, max_relative_shift, flow_steps, task_scales; other keys, such as
+        l2_candidates, are ignored). Raises KeyError when one of the five is missing."""
         shift = mapping["max_relative_shift"]
         return cls(
             auto_or_float(mapping["l2"]), int(mapping["newton_steps"]),
             None if shift is None else float(shift), int(mapping["flow_steps"]),
+            str(mapping["task_scales"]),
         )
 
     @property
     def l2_is_auto(self) -> bool:
         return self.l2 == AUTO
+
+    @property
+    def scales_tasks(self) -> bool:
+        """Whether the estimate's changes are scaled per task (task_scales "auto")."""
+        return self.task_scales == AUTO
 
     def with_l2(self, l2: float) -> GradientEstimateSettings:
         """The same settings with l2 set to ``l2`` (the chosen one when l2 is "auto")."""

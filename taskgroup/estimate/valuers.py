@@ -119,6 +119,7 @@ def gradient_valuer(
     settings: GradientEstimateSettings,
     metric: str,
     memory_mb: float = 512.0,
+    task_scales: pd.Series | None = None,
 ) -> Valuer:
     """The estimator "gradient" as a valuer: the linearized estimate
     (:func:`taskgroup.estimate.linearized.estimate_values`) from the projected ``splits``
@@ -126,20 +127,28 @@ def gradient_valuer(
     ``theta_norm`` (||theta*|| of the meta-initialization in the projector's metric,
     ``projector.parameter_norm``) give each subset's relative shift.
     ``metric``: evaluation.metric. ``memory_mb``: the memory of a batch of subsets' Hessians
-    (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). Raises ValueError when
+    (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). ``task_scales``: task ->
+    the scale of its estimated changes (see :mod:`taskgroup.estimate.task_scales`; None:
+    unscaled). Raises ValueError when
     ``settings.l2`` is still "auto" (choose it first, see
-    :func:`taskgroup.stages.validate.calibrate_estimate`)."""
+    :func:`taskgroup.stages.validate.calibrate_estimate`), or task_scales is "auto" and no
+    ``task_scales`` are given."""
     if settings.l2_is_auto:
         raise ValueError(
             'gradient_estimate.l2 is "auto" but no l2 was chosen: pass the settings '
             "with_l2(<the l2 curve's chosen l2>)"
+        )
+    if settings.scales_tasks and task_scales is None:
+        raise ValueError(
+            'gradient_estimate.task_scales is "auto" but no task scales were given: pass '
+            'them, or settings with task_scales "none" for unscaled values'
         )
 
     def value(subsets: pd.DataFrame) -> pd.DataFrame:
         return estimate_values(
             splits["train"], splits["val"], subsets, task_names, settings,
             shift_norm=projector.shift_norms, theta_norm=theta_norm, metric=metric,
-            task_types=task_types, memory_mb=memory_mb,
+            task_types=task_types, memory_mb=memory_mb, task_scales=task_scales,
         )
 
     return value

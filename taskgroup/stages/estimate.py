@@ -12,6 +12,7 @@ from taskgroup.data.tables import (
     L2_CURVE,
     PROJECTED,
     PROJECTION,
+    TASK_SCALES,
     TASKS,
     chosen_candidate,
     read_table,
@@ -90,13 +91,14 @@ def project_gradients(
 def read_gradient_valuers(
     projected_path, projection_path, model_path, tasks_path,
     settings: list[GradientEstimateSettings], threads: int = 1, metric: str = "auto",
-    memory_mb: float | None = None,
+    memory_mb: float | None = None, task_scales_path=None,
 ) -> tuple[list[str], list[Valuer]]:
     """Read the projected gradients, the projection and the meta-initialization once and
     return ``(task_names, valuers)``, one estimator "gradient" per entry of ``settings``
     (see :func:`taskgroup.estimate.valuers.gradient_valuer`). ``memory_mb``: the job's
     memory, which sets the subsets fitted at a time (None: BATCH_MB of
-    :mod:`taskgroup.estimate.settings`)."""
+    :mod:`taskgroup.estimate.settings`); ``task_scales_path``: the task scales table, read
+    for the settings with task_scales "auto" (see :func:`read_task_scales`)."""
     device = prepare_torch(threads)
     tasks = read_table(tasks_path, TASKS).sort_values("task_index")
     names, types = tasks["task"].tolist(), tasks["task_type"].tolist()
@@ -110,22 +112,41 @@ def read_gradient_valuers(
     valuers = [
         gradient_valuer(
             splits, projector, float(description["theta_norm"]), names, types, each, metric,
-            memory_mb=budget,
+            memory_mb=budget, task_scales=read_task_scales(each, task_scales_path, names),
         )
         for each in settings
     ]
     return names, valuers
 
 
+def read_task_scales(settings: GradientEstimateSettings, path, task_names: list[str]
+                     ) -> pd.Series | None:
+    """The task scales (task -> scale) of the table at ``path`` (written by
+    :func:`taskgroup.stages.validate.calibrate_estimate`) when ``settings.task_scales`` is
+    "auto", else None. Raises ValueError when the table is needed but not given, or lacks
+    a task of ``task_names`` (it is stale)."""
+    if not settings.scales_tasks:
+        return None
+    if path is None:
+        raise ValueError('gradient_estimate.task_scales is "auto", but no task scales table '
+                         "was given")
+    table = read_table(path, TASK_SCALES)
+    missing = sorted(set(task_names) - set(table["task"]))
+    if missing:
+        raise ValueError(f"{path}: no scale for the tasks {missing}; it is stale, rerun "
+                         "calibrate_estimate")
+    return table.set_index("task")["scale"]
+
+
 def read_gradient_valuer(
     projected_path, projection_path, model_path, tasks_path,
     settings: GradientEstimateSettings, threads: int = 1, metric: str = "auto",
-    memory_mb: float | None = None,
+    memory_mb: float | None = None, task_scales_path=None,
 ) -> tuple[list[str], Valuer]:
     """:func:`read_gradient_valuers` for one ``settings``: ``(task_names, value)``."""
     names, (value,) = read_gradient_valuers(
         projected_path, projection_path, model_path, tasks_path, [settings], threads, metric,
-        memory_mb,
+        memory_mb, task_scales_path,
     )
     return names, value
 
@@ -150,14 +171,17 @@ def estimate_subsets(
     projected_path, projection_path, model_path, subsets_path, tasks_path, output_path,
     chunk: int, chunk_size: int, settings: GradientEstimateSettings, threads: int = 1,
     metric: str = "auto", memory_mb: float | None = None, l2_curve_path=None,
+    task_scales_path=None,
 ) -> None:
     """Value every subset of one chunk with the linearized model (estimator "gradient");
     the metric column holds ``metric`` (evaluation.metric); ``memory_mb``: the job's memory
     (see :func:`read_gradient_valuer`); ``l2_curve_path``: the l2 curve table, needed when
-    ``settings.l2`` is "auto" (see :func:`with_chosen_l2`)."""
+    ``settings.l2`` is "auto" (see :func:`with_chosen_l2`); ``task_scales_path``: the task
+    scales table, needed when ``settings.task_scales`` is "auto"."""
     _, value = read_gradient_valuer(
         projected_path, projection_path, model_path, tasks_path,
         with_chosen_l2(settings, l2_curve_path), threads, metric, memory_mb,
+        task_scales_path,
     )
     mine = subsets_lib.read_chunk(subsets_path, chunk, chunk_size)
     values = value(mine)

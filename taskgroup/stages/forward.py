@@ -23,6 +23,7 @@ def forward_selection(
     settings: ForwardSettings, projected_path=None, projection_path=None, examples_path=None,
     estimate: GradientEstimateSettings | None = None, finetune: FinetuneSettings | None = None,
     threads: int = 1, metric: str = "auto", l2_curve_path=None, lr_curve_path=None,
+    task_scales_path=None,
 ) -> None:
     """Run :func:`taskgroup.estimate.forward.select_forward` with ``settings`` and the
     configured estimator as the oracle; write the values (subset_values, design "forward")
@@ -32,13 +33,16 @@ def forward_selection(
     "finetune" needs ``examples_path`` and ``finetune``; another one raises ValueError.
     ``metric``: evaluation.metric (the values' metric column). ``l2_curve_path``: the l2
     curve table, needed with "gradient" when ``estimate.l2`` is "auto" (see
-    :func:`taskgroup.stages.estimate.with_chosen_l2`); ``lr_curve_path``: the lr curve table,
+    :func:`taskgroup.stages.estimate.with_chosen_l2`); ``task_scales_path``: the task scales
+    table, needed with "gradient" when ``estimate.task_scales`` is "auto";
+    ``lr_curve_path``: the lr curve table,
     needed with "finetune" when ``finetune``'s lr is "auto" (see
     :func:`taskgroup.stages.finetune.with_chosen_lr`)."""
     if estimator == "gradient":
         names, value = read_gradient_valuer(
             projected_path, projection_path, model_path, tasks_path,
             with_chosen_l2(estimate, l2_curve_path), threads, metric,
+            task_scales_path=task_scales_path,
         )
     elif estimator == "finetune":
         names, value = read_finetune_valuer(

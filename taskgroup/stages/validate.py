@@ -28,6 +28,7 @@ from taskgroup.estimate.finetune import (
     values_of_models,
 )
 from taskgroup.estimate.settings import GradientEstimateSettings
+from taskgroup.estimate.task_scales import fit_task_scales, scale_changes
 from taskgroup.estimate.validity import first_order_validity
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.network import MultiHeadNet, load_checkpoint
@@ -150,20 +151,26 @@ def calibrate_estimate(
     examples_path, tasks_path, model_path, subsets_path, projected_path, projection_path,
     other_seed_path, l2_curve_path, n_subsets: int, seed: int, finetune: FinetuneSettings,
     estimate: GradientEstimateSettings, l2_candidates, threads: int = 1, metric: str = "auto",
-    lr_curve_path=None,
+    lr_curve_path=None, task_scales_path=None,
 ) -> None:
     """Fine-tune the held-out subsets (:func:`held_out_subsets`) for real with seed
     ``finetune.seed + 1`` and estimate them at every l2 of ``l2_candidates`` (and at
     ``estimate.l2`` when it is a number); write those real values (subset_values table,
     read by :func:`validate_estimator` as its second seed) and the l2 curve table (see
     :func:`taskgroup.report.validation.l2_curve`). With ``estimate.l2`` "auto" the curve's
-    chosen l2 is its best candidate; otherwise it is ``estimate.l2``.
+    chosen l2 is its best candidate; otherwise it is ``estimate.l2``. With
+    ``estimate.task_scales`` "auto", each candidate's estimates are scaled per task by
+    scales fitted against the same real values
+    (:func:`taskgroup.estimate.task_scales.fit_task_scales`) before the curve is drawn
+    (the correlations do not change; the relative errors are those of the scaled values),
+    and the chosen candidate's scales are written to ``task_scales_path``.
 
     The choice is made against the second seed, so that :func:`validate_estimator`
     judges the chosen estimate against a fine-tuning (seed ``finetune.seed``) that took no
     part in it. ``lr_curve_path``: the lr curve table, needed when ``finetune``'s lr is
     "auto" (see :func:`taskgroup.stages.finetune.with_chosen_lr`). Raises ValueError when
-    ``l2_candidates`` is empty with l2 "auto".
+    ``l2_candidates`` is empty with l2 "auto", or when the chosen candidate's scales
+    cannot be fitted (see :func:`taskgroup.estimate.task_scales.fit_task_scales`).
     """
     finetune = with_chosen_lr(finetune, lr_curve_path)
     data, meta, held_out = load_held_out(
@@ -175,16 +182,31 @@ def calibrate_estimate(
     candidates = with_fixed(l2_candidates, fixed)
     if not candidates:
         raise ValueError('gradient_estimate.l2 is "auto" but l2_candidates is empty')
+    # unscaled: the task scales are fitted on these values below
+    unscaled_settings = dataclasses.replace(estimate, task_scales="none")
     _, valuers = read_gradient_valuers(
         projected_path, projection_path, model_path, tasks_path,
-        [estimate.with_l2(l2) for l2 in candidates], threads, metric,
+        [unscaled_settings.with_l2(l2) for l2 in candidates], threads, metric,
     )
     started = time.perf_counter()
     estimates = {l2: value(held_out) for l2, value in zip(candidates, valuers)}
     log.info("estimated %d held-out subsets at %d l2 values in %.1f s",
              held_out["subset_id"].nunique(), len(candidates), time.perf_counter() - started)
-    curve = l2_curve(estimates, reference, meta_validation_loss(meta, data, metric),
-                     chosen=fixed)
+    base_loss = meta_validation_loss(meta, data, metric)
+    scales, unscaled = {}, {}
+    if estimate.scales_tasks:
+        for l2 in candidates:
+            try:
+                scales[l2] = fit_task_scales(estimates[l2], reference, base_loss,
+                                             data.task_names)
+            except ValueError as error:
+                # such a candidate stays unscaled in the curve; chosen, it fails below
+                unscaled[l2] = str(error)
+                continue
+            estimates[l2] = scale_changes(
+                estimates[l2], scales[l2].set_index("task")["scale"], base_loss
+            )
+    curve = l2_curve(estimates, reference, base_loss, chosen=fixed)
     picked = float(curve.loc[curve["chosen"], "l2"].iloc[0])
     log.info("l2 curve against the real fine-tuning of seed %d (%s):\n%s", finetune.seed + 1,
              "chosen: the lowest relative error within one standard error of the highest "
@@ -195,6 +217,15 @@ def calibrate_estimate(
             "the chosen l2 %g is at the end of gradient_estimate.l2_candidates %s: the best "
             "l2 may lie beyond it; consider extending the candidates", picked, candidates,
         )
+    if estimate.scales_tasks:
+        if picked in unscaled:
+            raise ValueError(f"gradient_estimate.task_scales auto at l2 {picked:g}: "
+                             f"{unscaled[picked]}")
+        table = scales[picked]
+        log.info("task scales at l2 %g (pooled slope %.3f; %d of %d candidates unscaled):\n%s",
+                 picked, float(table["pooled_scale"].iloc[0]), len(unscaled),
+                 len(candidates), table.drop(columns="pooled_scale").to_string(index=False))
+        write_table(table, task_scales_path)
     write_table(reference, other_seed_path)
     write_table(curve, l2_curve_path)
 
