@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
       [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
-      [--finetune-lr 0.001]
+      [--finetune-lr 0.001] [--task-scales]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
@@ -25,8 +25,11 @@ real-vs-real floor and the no-change estimate; with ``--l2`` and ``--flow-steps`
 row per pair of values (throughput: the fastest l2 of each flow_steps). The fine-tuning
 rate is ``--finetune-lr``, or the config's finetune.lr; when that is "auto", the workflow's
 choice (:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first
-validation.n_subsets subsets first and its curve printed. One thread per process; nothing
-is asserted.
+validation.n_subsets subsets first and its curve printed. With ``--task-scales`` each
+estimate is printed a second time with its task scales (see
+:mod:`taskgroup.estimate.task_scales`), fitted on the first validation.n_subsets subsets
+against the second seed's fine-tuning as the workflow fits them, and compared with the
+first seed's on all subsets. One thread per process; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from taskgroup.estimate.linearized import (
 )
 from taskgroup.estimate.projection import make_projector
 from taskgroup.estimate.settings import BATCH_MB, GradientEstimateSettings, ProjectionSettings
+from taskgroup.estimate.task_scales import fit_task_scales, scale_changes
 from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
 from taskgroup.group.clustering import ClusteringSettings
 from taskgroup.models.metrics import resolve_metrics
@@ -258,6 +262,10 @@ def main():
     parser.add_argument("--finetune-lr", type=float, default=None,
                         help="finetune.lr of the references (default: the config's, chosen as "
                              "the workflow does when it is auto)")
+    parser.add_argument("--task-scales", action="store_true",
+                        help="also print each estimate with its task scales, fitted as the "
+                             "workflow fits them: on the first validation.n_subsets subsets "
+                             "against the second seed's fine-tuning")
     parser.add_argument("--settings", nargs="+",
                         default=["exact", "sparse:1024:4", "kronecker:1024", "dense:1024"])
     args = parser.parse_args()
@@ -329,6 +337,7 @@ def main():
         config["gradient_estimate"]["l2_candidates"] if l2 == "auto" else [l2]
     )
     flow_steps = args.flow_steps or [config["gradient_estimate"]["flow_steps"]]
+    held_out = sorted(subsets["subset_id"].unique())[: config["validation"]["n_subsets"]]
     for text in args.settings:
         result = gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps)
         for (steps, l2), values in result["values"].items():
@@ -342,6 +351,16 @@ def main():
                 "speedup": real_seconds / (result["projection_seconds"] + estimate_seconds),
                 **compare(values),
             })
+            if args.task_scales:
+                # as calibrate_estimate fits them: on the held-out subsets, against the
+                # second seed's fine-tuning
+                held = values["subset_id"].isin(held_out)
+                scales = fit_task_scales(values[held], other[other["subset_id"].isin(held_out)],
+                                         base, names)
+                rows.append({
+                    **rows[-1], "what": rows[-1]["what"] + " + task scales",
+                    **compare(scale_changes(values, scales.set_index("task")["scale"], base)),
+                })
     table = pd.DataFrame(rows).drop(columns="affinity_dist_raw")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(4).to_string(index=False))

@@ -40,6 +40,9 @@ there exactly; the task heads' projected columns are such columns for every non-
 (each head's columns are its own task's, see :mod:`taskgroup.estimate.projection`). So the
 columns split into shared ones (used by two or more tasks) and each task's private ones, and
 a subset of m tasks solves c + m b columns instead of d (at k = 300 most of d is heads).
+A subset with fewer training examples n_S than that is solved on its examples instead: its
+shift lies in the span of their projected gradients, and the Woodbury identity turns each
+step into an n_S x n_S system (:func:`example_space_flow`; the same values to rounding).
 The validation outputs are computed for each subset's members only.
 """
 
