@@ -322,11 +322,13 @@ L2_CURVE = {
 }
 # The estimate's per-task scales (taskgroup.estimate.task_scales.fit_task_scales, written
 # by calibrate_estimate at the chosen l2 when gradient_estimate.task_scales is "auto"): the
-# applied scale, the task's own least-squares slope on the held-out subsets (NaN below 2),
-# its pooling weight, the held-out subsets holding the task, and the slope of all tasks.
+# applied scale and offset (a loss), the task's own within-task least-squares slope on the
+# held-out subsets (NaN below 3), its pooling weight, the held-out subsets holding the task,
+# and the within-task slope of all tasks.
 TASK_SCALES = {
     "task": "str",
     "scale": "float",
+    "offset": "float",
     "own_scale": "float",
     "weight": "float",
     "n_subsets": "int",

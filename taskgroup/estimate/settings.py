@@ -145,7 +145,7 @@ class GradientEstimateSettings:
     flow_steps, implicit Euler steps of the gradient flow of the unregularized quadratic
     model run for a time 1 / l2 (>= 1; 1 is the ridge solution, more steps approach
     gradient descent stopped early); task_scales, "auto" (each task's estimated changes
-    scaled by a factor fitted on the held-out real fine-tunings, see
+    scaled and offset by a line fitted on the held-out real fine-tunings, see
     :mod:`taskgroup.estimate.task_scales`) or "none".
     Raises ValueError for an l2 that is neither "auto" nor positive, newton_steps or
     flow_steps below 1, both above 1 (a flow stopped early has no optimum for further

@@ -119,7 +119,7 @@ def gradient_valuer(
     settings: GradientEstimateSettings,
     metric: str,
     memory_mb: float = 512.0,
-    task_scales: pd.Series | None = None,
+    task_scales: pd.DataFrame | None = None,
 ) -> Valuer:
     """The estimator "gradient" as a valuer: the linearized estimate
     (:func:`taskgroup.estimate.linearized.estimate_values`) from the projected ``splits``
@@ -127,9 +127,9 @@ def gradient_valuer(
     ``theta_norm`` (||theta*|| of the meta-initialization in the projector's metric,
     ``projector.parameter_norm``) give each subset's relative shift.
     ``metric``: evaluation.metric. ``memory_mb``: the memory of a batch of subsets' Hessians
-    (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). ``task_scales``: task ->
-    the scale of its estimated changes (see :mod:`taskgroup.estimate.task_scales`; None:
-    unscaled). Raises ValueError when
+    (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). ``task_scales``: each
+    task's scale and offset of its estimated changes (indexed by task, see
+    :mod:`taskgroup.estimate.task_scales`; None: uncalibrated). Raises ValueError when
     ``settings.l2`` is still "auto" (choose it first, see
     :func:`taskgroup.stages.validate.calibrate_estimate`), or task_scales is "auto" and no
     ``task_scales`` are given."""

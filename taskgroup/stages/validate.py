@@ -159,8 +159,8 @@ def calibrate_estimate(
     read by :func:`validate_estimator` as its second seed) and the l2 curve table (see
     :func:`taskgroup.report.validation.l2_curve`). With ``estimate.l2`` "auto" the curve's
     chosen l2 is its best candidate; otherwise it is ``estimate.l2``. With
-    ``estimate.task_scales`` "auto", each candidate's estimates are scaled per task by
-    scales fitted against the same real values
+    ``estimate.task_scales`` "auto", each candidate's estimates are scaled and offset per
+    task by lines fitted against the same real values
     (:func:`taskgroup.estimate.task_scales.fit_task_scales`) before the curve is drawn
     (the correlations do not change; the relative errors are those of the scaled values),
     and the chosen candidate's scales are written to ``task_scales_path``.
@@ -204,7 +204,7 @@ def calibrate_estimate(
                 unscaled[l2] = str(error)
                 continue
             estimates[l2] = scale_changes(
-                estimates[l2], scales[l2].set_index("task")["scale"], base_loss
+                estimates[l2], scales[l2].set_index("task")[["scale", "offset"]], base_loss
             )
     curve = l2_curve(estimates, reference, base_loss, chosen=fixed)
     picked = float(curve.loc[curve["chosen"], "l2"].iloc[0])
@@ -222,7 +222,8 @@ def calibrate_estimate(
             raise ValueError(f"gradient_estimate.task_scales auto at l2 {picked:g}: "
                              f"{unscaled[picked]}")
         table = scales[picked]
-        log.info("task scales at l2 %g (pooled slope %.3f; %d of %d candidates unscaled):\n%s",
+        log.info("task scales at l2 %g (pooled within-task slope %.3f; "
+                 "%d of %d candidates unscaled):\n%s",
                  picked, float(table["pooled_scale"].iloc[0]), len(unscaled),
                  len(candidates), table.drop(columns="pooled_scale").to_string(index=False))
         write_table(table, task_scales_path)
