@@ -35,9 +35,10 @@ FLOAT = 8
 # The batches of the projection and of the subset fits (taskgroup.estimate.settings sizes
 # them from a job's mem_mb with these): at most BATCH_MB, at most PROJECTION_BATCH_EXAMPLES
 # examples projected at a time (no faster beyond); bytes per example and entry of a
-# projection batch (float32, three copies: the per-example gradients, their projection, the
-# concatenation) and per subset and d x d entry of a batch of subset fits (float64, three
-# copies: the Hessian sums factored in place, the solve's work, a margin).
+# projection batch (float32, three copies: the per-example gradients, their projection, a
+# margin; the projected rows are written in place, not concatenated) and per subset and
+# d x d entry of a batch of subset fits (float64, three copies: the Hessian sums factored
+# in place, the solve's work, a margin).
 BATCH_MB = 512
 # The linearized validation (taskgroup.estimate.linearized.linearized_values) computes at
 # most this many outputs (one task's rows by its subsets) at a time: 32 MB of float64 per

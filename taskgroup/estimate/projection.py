@@ -97,11 +97,13 @@ class Projector(Protocol):
         """The projector with its matrices on ``device`` (in place; returns itself)."""
 
     def project(
-        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor
+        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected gradients z = P^T grad f(x; theta) (n, dim) and outputs f(x; theta) (n,)
         of n examples ``features`` (n, n_features), ``task_index`` (n,) int64, at ``model``'s
-        parameters (eval mode, no parameter is changed)."""
+        parameters (eval mode, no parameter is changed); z is written into ``out`` (n, dim)
+        when given."""
 
     def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
         """||P w|| (s,) for s projected shifts ``weights`` (s, dim), in the preconditioner's
@@ -276,10 +278,16 @@ class _Kronecker:
         self.right = None if self.right is None else self.right.to(device)
         return self
 
-    def apply_factors(self, factor: LayerFactors) -> torch.Tensor:
+    def apply_factors(self, factor: LayerFactors, out: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """(R_out^T delta) (x) (R_in^T [a; 1]) (n, columns), written into ``out`` (a
+        (n, columns) view whose last dimension is contiguous) when given."""
         rows = factor.deltas if self.left is None else factor.deltas @ self.left
         columns = factor.inputs if self.right is None else factor.inputs @ self.right
-        return (rows.unsqueeze(2) * columns.unsqueeze(1)).flatten(1)
+        if out is None:
+            return (rows.unsqueeze(2) * columns.unsqueeze(1)).flatten(1)
+        torch.mul(rows.unsqueeze(2), columns.unsqueeze(1), out=out.view(-1, *self.shape))
+        return out
 
     def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
         block = block.reshape(-1, *self.shape)
@@ -322,10 +330,11 @@ class _KroneckerEigen(_Kronecker):
         self.right = None if right == inputs else top_eigenvectors(input_moment, right)
         self.fitted = True
 
-    def apply_factors(self, factor: LayerFactors) -> torch.Tensor:
+    def apply_factors(self, factor: LayerFactors, out: torch.Tensor | None = None
+                      ) -> torch.Tensor:
         if not self.fitted:
             raise ValueError(EIGEN_NOT_FITTED)
-        return super().apply_factors(factor)
+        return super().apply_factors(factor, out)
 
     def squared_norms(self, block: torch.Tensor) -> torch.Tensor:
         # orthonormal factors: ||U_out w U_in^T||_F = ||w||_F
@@ -525,11 +534,17 @@ class LayerProjector:
         if not keep:
             return project_examples(model, self, examples.features, examples.task_index,
                                     batch_size)
-        projected = [
-            self.project_factors(task_index, self.precondition(task_index, factors))
-            for task_index, _, factors in kept
-        ]
-        return torch.cat(projected), torch.cat([outputs for _, outputs, _ in kept])
+        projected = torch.empty(n, self.dim, dtype=examples.features.dtype,
+                                device=examples.features.device)
+        outputs = torch.empty(n, dtype=examples.features.dtype, device=examples.features.device)
+        for start, (task_index, batch_outputs, factors) in zip(
+            range(0, n, batch_size), kept
+        ):
+            rows = slice(start, start + batch_size)
+            self.project_factors(task_index, self.precondition(task_index, factors),
+                                 projected[rows])
+            outputs[rows] = batch_outputs
+        return projected, outputs
 
     def fit_moments(self, moments: list[tuple[torch.Tensor | None, torch.Tensor]]) -> None:
         """Set the "eigen" blocks from the second moments, per layer in
@@ -550,12 +565,14 @@ class LayerProjector:
         return self
 
     def project(
-        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor
+        self, model: MultiHeadNet, features: torch.Tensor, task_index: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """See :meth:`Projector.project`: one forward and one backward pass for the layer
         factors of the batch, then :meth:`project_factors`."""
         outputs, factors = layer_factors(model, features, task_index)
-        return self.project_factors(task_index, self.precondition(task_index, factors)), outputs
+        factors = self.precondition(task_index, factors)
+        return self.project_factors(task_index, factors, out), outputs
 
     def precondition(self, task_index: torch.Tensor, factors: list[LayerFactors]
                      ) -> list[LayerFactors]:
@@ -582,21 +599,31 @@ class LayerProjector:
         return self.scales
 
     def project_factors(
-        self, task_index: torch.Tensor, factors: list[LayerFactors]
+        self, task_index: torch.Tensor, factors: list[LayerFactors],
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z (n, dim) from the gradient factors of n examples."""
-        parts = []
-        for block, factor in zip(self.blocks, factors[:-1]):
-            if isinstance(block, _Kronecker):
-                parts.append(block.apply_factors(factor))
-            else:
-                parts.append(block.apply(_outer(factor)))
+        """z (n, dim) from the gradient factors of n examples, written into ``out`` (n, dim;
+        rows of a larger contiguous matrix) when given: each block's columns are written in
+        place, so a batch is not assembled from parts and copied again."""
         heads = factors[-1].inputs
+        if out is None:
+            out = torch.empty(heads.shape[0], self.dim, dtype=heads.dtype, device=heads.device)
+        start = 0
+        for block, factor, size in zip(self.blocks, factors[:-1], self.segments):
+            columns = out[:, start : start + size]
+            if isinstance(block, _Kronecker):
+                block.apply_factors(factor, columns)
+            else:
+                columns.copy_(block.apply(_outer(factor)))
+            start += size
         n_tasks = self.layer_shapes[-1][0]
-        # e_t (x) R^T [a; 1]: the example's own task's columns only
-        rows = torch.nn.functional.one_hot(task_index, n_tasks).to(heads.dtype)
-        parts.append((rows.unsqueeze(2) * self.head.apply(heads).unsqueeze(1)).flatten(1))
-        return torch.cat(parts, dim=1)
+        # e_t (x) R^T [a; 1]: the example's own task's columns only, the others 0
+        own = out[:, start:].view(-1, n_tasks, self.head.columns)
+        own.zero_()
+        own[torch.arange(heads.shape[0], device=heads.device), task_index] = (
+            self.head.apply(heads).to(out.dtype)
+        )
+        return out
 
     def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
         """||P w|| (s,) for s projected shifts ``weights`` (s, dim), without forming P w."""
@@ -675,11 +702,14 @@ def project_examples(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradients z (n, dim) and outputs f(x; theta) (n,) of n examples, in
     batches of ``batch_size`` examples (which sets the peak memory)."""
-    projected, outputs = [], []
-    for start in range(0, features.shape[0], batch_size):
-        z, output = projector.project(
-            model, features[start : start + batch_size], task_index[start : start + batch_size]
+    # Each batch is written into one matrix allocated once: collecting the batches and
+    # concatenating them would hold the rows twice at the end and copy them again.
+    n = features.shape[0]
+    projected = torch.empty(n, projector.dim, dtype=features.dtype, device=features.device)
+    outputs = torch.empty(n, dtype=features.dtype, device=features.device)
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        _, outputs[rows] = projector.project(
+            model, features[rows], task_index[rows], projected[rows]
         )
-        projected.append(z)
-        outputs.append(output)
-    return torch.cat(projected), torch.cat(outputs)
+    return projected, outputs
