@@ -25,10 +25,10 @@ each task's line y = offset_t + scale_t x is fitted there, y the real change:
 - offset_t = mean(y) - scale_t mean(x) over the task's held-out subsets: the line passes
   through the task's mean (its calibration in the large); 0 for a task in none.
 
-A positive scale and a per-task offset change no task's ranking of the subsets, nor any
-difference between two subsets holding the task, so the correlations, the normalized
-affinities and the comparisons of subsets by one task's value are those of the
-uncalibrated estimate.
+A positive scale and a per-task offset change no task's ranking of the subsets (a
+difference between two subsets holding the task is multiplied by the scale, so its sign is
+kept), so the correlations, the normalized affinities and the comparisons of subsets by
+one task's value are those of the uncalibrated estimate.
 """
 
 from __future__ import annotations
