@@ -359,8 +359,7 @@ def main():
                                          base, names)
                 rows.append({
                     **rows[-1], "what": rows[-1]["what"] + " + task scales",
-                    **compare(scale_changes(
-                        values, scales.set_index("task")[["scale", "offset"]], base)),
+                    **compare(scale_changes(values, scales, base)),
                 })
     table = pd.DataFrame(rows).drop(columns="affinity_dist_raw")
     with pd.option_context("display.width", 200, "display.max_columns", 20):

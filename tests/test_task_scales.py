@@ -78,8 +78,8 @@ def test_a_task_pointing_against_real_fine_tuning_is_floored_and_errors_are_clea
     rng = np.random.default_rng(2)
     estimated = {task: rng.normal(size=25) * 0.01 for task in TASKS}
     real = {task: (-3.0 if task == "d" else 1.0) * estimated[task] for task in TASKS}
-    scales = fit_task_scales(values(estimated, base), values(real, base), base, TASKS)
-    scales = scales.set_index("task")
+    table = fit_task_scales(values(estimated, base), values(real, base), base, TASKS)
+    scales = table.set_index("task")
     assert scales.loc["d", "own_scale"] == pytest.approx(-3.0)
     assert scales.loc["d", "scale"] == pytest.approx(SMALLEST_SHARE * scales.loc["d",
                                                                                  "pooled_scale"])
@@ -91,7 +91,7 @@ def test_a_task_pointing_against_real_fine_tuning_is_floored_and_errors_are_clea
         fit_task_scales(moved.assign(subset_id=moved["subset_id"] + 1000),
                         values(real, base), base, TASKS)
     with pytest.raises(ValueError, match=r"no scale for the tasks \['d'\]"):
-        scale_changes(values(estimated, base), scales.drop("d"), base)
+        scale_changes(values(estimated, base), table[table["task"] != "d"], base)
 
 
 def test_the_estimate_scales_each_change_from_the_linearized_base_loss():
@@ -113,7 +113,8 @@ def test_the_estimate_scales_each_change_from_the_linearized_base_loss():
     plain = estimate_values(train, val, subsets, names, settings)
     scales = pd.DataFrame({"scale": [0.5, 2.0, 1.5], "offset": [0.01, 0.0, -0.02]},
                           index=names)
-    scaled = estimate_values(train, val, subsets, names, settings, task_scales=scales)
+    scaled = estimate_values(train, val, subsets, names, settings,
+                             task_scales=scales.rename_axis("task").reset_index())
     base = base_losses(val, names)
     tasks = plain["task"]
     expected = (base[tasks].to_numpy() + scales["offset"][tasks].to_numpy()

@@ -592,10 +592,10 @@ def estimate_values(
 ) -> pd.DataFrame:
     """f_i(S) for every subset in ``subsets`` and member i from the linearized model, each
     subset's shift fitted with ``settings`` (l2, newton_steps, flow_steps,
-    max_relative_shift); with ``task_scales`` (indexed by task, columns scale and offset,
-    see :mod:`taskgroup.estimate.task_scales`) each loss's change from the linearized loss
-    at w = 0 (the meta-initialization's) is multiplied by its task's scale and moved by its
-    offset.
+    max_relative_shift); with ``task_scales`` (a task scales table: columns task, scale
+    and offset, see :mod:`taskgroup.estimate.task_scales`) each loss's change from the
+    linearized loss at w = 0 (the meta-initialization's) is multiplied by its task's scale
+    and moved by its offset.
 
     ``shift_norm`` maps shifts (s, d) to ||P w|| (s,) (a projector's ``shift_norms``); with
     ``theta_norm`` it adds the column relative_shift = ||P w|| / ||theta*|| and applies the

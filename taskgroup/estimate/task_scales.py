@@ -115,15 +115,17 @@ def fit_task_scales(
 def scale_changes(values: pd.DataFrame, scales: pd.DataFrame, base_loss: pd.Series
                   ) -> pd.DataFrame:
     """``values`` (a subset_values table) with every loss moved to base + offset + scale
-    (loss - base), per task (``scales``: indexed by task, columns scale and offset;
-    ``base_loss``: task -> loss). The metric column is left as it is (the calibration is
-    of the loss change only). Raises ValueError naming the tasks that ``scales`` lacks."""
-    missing = sorted(set(values["task"]) - set(scales.index))
+    (loss - base), per task (``scales``: a task scales table as :func:`fit_task_scales`
+    gives it, columns task, scale and offset at least; ``base_loss``: task -> loss). The
+    metric column is left as it is (the calibration is of the loss change only). Raises
+    ValueError naming the tasks that ``scales`` lacks."""
+    lines = scales.set_index("task")
+    missing = sorted(set(values["task"]) - set(lines.index))
     if missing:
         raise ValueError(f"task scales: no scale for the tasks {missing}")
     scaled = values.copy()
     tasks = scaled["task"]
     base = base_loss.loc[tasks].to_numpy()
-    scaled["loss"] = (base + scales["offset"].loc[tasks].to_numpy()
-                      + scales["scale"].loc[tasks].to_numpy() * (scaled["loss"].to_numpy() - base))
+    scaled["loss"] = (base + lines["offset"].loc[tasks].to_numpy()
+                      + lines["scale"].loc[tasks].to_numpy() * (scaled["loss"].to_numpy() - base))
     return scaled

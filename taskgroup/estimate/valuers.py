@@ -128,7 +128,7 @@ def gradient_valuer(
     ``projector.parameter_norm``) give each subset's relative shift.
     ``metric``: evaluation.metric. ``memory_mb``: the memory of a batch of subsets' Hessians
     (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). ``task_scales``: each
-    task's scale and offset of its estimated changes (indexed by task, see
+    task's scale and offset of its estimated changes (a task scales table, see
     :mod:`taskgroup.estimate.task_scales`; None: uncalibrated). Raises ValueError when
     ``settings.l2`` is still "auto" (choose it first, see
     :func:`taskgroup.stages.validate.calibrate_estimate`), or task_scales is "auto" and no

@@ -121,9 +121,9 @@ def read_gradient_valuers(
 
 def read_task_scales(settings: GradientEstimateSettings, path, task_names: list[str]
                      ) -> pd.DataFrame | None:
-    """The task scales (indexed by task, columns scale and offset) of the table at
-    ``path`` (written by :func:`taskgroup.stages.validate.calibrate_estimate`) when
-    ``settings.task_scales`` is "auto", else None. Raises ValueError when the table
+    """The task scales table (schema TASK_SCALES) at ``path`` (written by
+    :func:`taskgroup.stages.validate.calibrate_estimate`) when ``settings.task_scales`` is
+    "auto", else None. Raises ValueError when the table
     is needed but not given, or lacks a task of ``task_names`` (it is stale)."""
     if not settings.scales_tasks:
         return None
@@ -135,7 +135,7 @@ def read_task_scales(settings: GradientEstimateSettings, path, task_names: list[
     if missing:
         raise ValueError(f"{path}: no scale for the tasks {missing}; it is stale, rerun "
                          "calibrate_estimate")
-    return table.set_index("task")[["scale", "offset"]]
+    return table
 
 
 def read_gradient_valuer(

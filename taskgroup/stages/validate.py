@@ -203,9 +203,7 @@ def calibrate_estimate(
                 # such a candidate stays unscaled in the curve; chosen, it fails below
                 unscaled[l2] = str(error)
                 continue
-            estimates[l2] = scale_changes(
-                estimates[l2], scales[l2].set_index("task")[["scale", "offset"]], base_loss
-            )
+            estimates[l2] = scale_changes(estimates[l2], scales[l2], base_loss)
     curve = l2_curve(estimates, reference, base_loss, chosen=fixed)
     picked = float(curve.loc[curve["chosen"], "l2"].iloc[0])
     log.info("l2 curve against the real fine-tuning of seed %d (%s):\n%s", finetune.seed + 1,
