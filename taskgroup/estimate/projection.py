@@ -519,7 +519,7 @@ class LayerProjector:
                 for old, new in zip(sums, batch)
             ]
             if keep:
-                kept.append((task_index, outputs, factors))
+                kept.append((part, task_index, outputs, factors))
         n = examples.features.shape[0]
         if adam:
             self.scales = [_adam_scales(rows / n, columns / n) for *_, rows, columns in sums]
@@ -537,10 +537,7 @@ class LayerProjector:
         projected = torch.empty(n, self.dim, dtype=examples.features.dtype,
                                 device=examples.features.device)
         outputs = torch.empty(n, dtype=examples.features.dtype, device=examples.features.device)
-        for start, (task_index, batch_outputs, factors) in zip(
-            range(0, n, batch_size), kept
-        ):
-            rows = slice(start, start + batch_size)
+        for rows, task_index, batch_outputs, factors in kept:
             self.project_factors(task_index, self.precondition(task_index, factors),
                                  projected[rows])
             outputs[rows] = batch_outputs
