@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
       [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
+      [--curvature-tolerance 0 0.1]
       [--finetune-lr 0.001] [--task-scales]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
@@ -21,8 +22,9 @@ meta-initialization, the
 speedup of the whole gradient path over real fine-tuning of the same subsets, and the
 agreement with real fine-tuning (median relative error, within-task Spearman, normalized
 affinity distance, ARI of the clusters from the config's primary method), next to the
-real-vs-real floor and the no-change estimate; with ``--l2`` and ``--flow-steps``, one
-row per pair of values (throughput: the fastest l2 of each flow_steps). The fine-tuning
+real-vs-real floor and the no-change estimate; with ``--l2``, ``--flow-steps`` and
+``--curvature-tolerance``, one row per combination of values (throughput: the fastest l2
+of each flow_steps and tolerance). The fine-tuning
 rate is ``--finetune-lr``, or the config's finetune.lr; when that is "auto", the workflow's
 choice (:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first
 validation.n_subsets subsets first and its curve printed. With ``--task-scales`` each
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import multiprocessing
 import resource
 import time
@@ -173,9 +176,11 @@ def one_epoch_seconds(config, data, meta, clock=time.perf_counter) -> float:
     return clock() - started
 
 
-def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps, queue):
+def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps, tolerances,
+                    queue):
     """Projection of every train/val example, then the estimate of every subset at each l2
-    of ``l2_values`` and each count of ``flow_steps`` (the library's projection and valuer,
+    of ``l2_values``, each count of ``flow_steps`` and each curvature tolerance of
+    ``tolerances`` (the library's projection and valuer,
     as the stages call them, without the Parquet round trip), after a warm-up on 2
     subsets."""
     torch.set_num_threads(1)
@@ -205,24 +210,24 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     projection_seconds = time.perf_counter() - started
     values, seconds = {}, {}
     metric_names = resolve_metrics(metric, data.types, data.task_names)
-    for steps in flow_steps:
-        for l2 in l2_values:
-            if unprojected:
-                started = time.perf_counter()
-                values[steps, l2] = unprojected_values(
-                    splits, subsets, data.task_names, metric_names, l2, steps
-                )
-                seconds[steps] = min(seconds.get(steps, np.inf),
-                                     time.perf_counter() - started)
-                continue
-            value = gradient_valuer(
-                splits, projector, projector.parameter_norm(meta), data.task_names,
-                data.types, dataclasses.replace(estimate, l2=l2, flow_steps=steps), metric,
-                memory_mb=BATCH_MB,
-            )
+    for steps, tolerance, l2 in itertools.product(flow_steps, tolerances, l2_values):
+        key = steps, tolerance
+        if unprojected:
             started = time.perf_counter()
-            values[steps, l2] = value(subsets).drop(columns="relative_shift")
-            seconds[steps] = min(seconds.get(steps, np.inf), time.perf_counter() - started)
+            values[steps, tolerance, l2] = unprojected_values(
+                splits, subsets, data.task_names, metric_names, l2, steps
+            )
+            seconds[key] = min(seconds.get(key, np.inf), time.perf_counter() - started)
+            continue
+        value = gradient_valuer(
+            splits, projector, projector.parameter_norm(meta), data.task_names,
+            data.types, dataclasses.replace(estimate, l2=l2, flow_steps=steps,
+                                            curvature_tolerance=tolerance),
+            metric, memory_mb=BATCH_MB,
+        )
+        started = time.perf_counter()
+        values[steps, tolerance, l2] = value(subsets).drop(columns="relative_shift")
+        seconds[key] = min(seconds.get(key, np.inf), time.perf_counter() - started)
     queue.put({
         "values": values, "dim": projector.dim,
         "exact": projector.exact, "projection_seconds": projection_seconds,
@@ -230,14 +235,14 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     })
 
 
-def gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps):
+def gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps, tolerances):
     """One projection setting in a fresh process, so its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
         target=_gradient_child,
         args=(config, hidden, meta.state_dict(), subsets, text, l2_values, flow_steps,
-              queue),
+              tolerances, queue),
     )
     process.start()
     result = queue.get()
@@ -256,6 +261,9 @@ def main():
     parser.add_argument("--flow-steps", type=int, nargs="+", default=None,
                         help="gradient_estimate.flow_steps values to compare (default: the "
                              "config's)")
+    parser.add_argument("--curvature-tolerance", type=float, nargs="+", default=None,
+                        help="gradient_estimate.curvature_tolerance values to compare "
+                             "(default: the config's)")
     parser.add_argument("--meta-epoch", choices=("best", "last"), default=None,
                         help="keep the meta-initialization's epoch of lowest validation loss "
                              "or its last (default: the config's meta_init.keep_best_epoch)")
@@ -337,14 +345,16 @@ def main():
         config["gradient_estimate"]["l2_candidates"] if l2 == "auto" else [l2]
     )
     flow_steps = args.flow_steps or [config["gradient_estimate"]["flow_steps"]]
+    tolerances = args.curvature_tolerance or [config["gradient_estimate"]["curvature_tolerance"]]
     held_out = sorted(subsets["subset_id"].unique())[: config["validation"]["n_subsets"]]
     for text in args.settings:
-        result = gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps)
-        for (steps, l2), values in result["values"].items():
-            estimate_seconds = result["estimate_seconds"][steps]
+        result = gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps,
+                              tolerances)
+        for (steps, tolerance, l2), values in result["values"].items():
+            estimate_seconds = result["estimate_seconds"][steps, tolerance]
             rows.append({
                 "what": f"gradient {text}" + (" (exact)" if result["exact"] else ""),
-                "flow": steps, "l2": l2, "d": result["dim"],
+                "flow": steps, "tol": tolerance, "l2": l2, "d": result["dim"],
                 "proj_epochs": result["projection_seconds"] / epoch,
                 "subsets_per_s": args.subsets / estimate_seconds,
                 "peak_mb": result["peak_mb"],

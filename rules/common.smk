@@ -106,6 +106,7 @@ ESTIMATE_KEYS = (
     "flow_steps",
     "max_relative_shift",
     "task_scales",
+    "curvature_tolerance",
 )
 
 

@@ -8,10 +8,13 @@ from taskgroup.estimate.linearized import (
     ProjectedSplit,
     TrainingGram,
     cap_shifts,
+    compress_curvature,
+    compressed_flow,
     estimate_values,
     example_space_rows,
     fit_shifts,
     linearized_values,
+    member_lists,
     per_task_statistics,
     subsets_per_batch,
 )
@@ -93,16 +96,23 @@ def test_estimates_do_not_depend_on_chunking():
     assert np.isfinite(whole["loss"]).all()
 
 
-def dense_first_step(train, members, l2):
-    """The straightforward first Newton step: each subset's (d, d) system over every column,
-    from its own examples, -(sum c z z^T / n_S + l2 I)^{-1} sum l'(b) z / n_S."""
-    z = train.z.double()
+def hand_derivatives(train):
+    """l'(b) and l''(b) (n,) float64 of every example, written out by task type: logistic
+    (sigmoid(b) - y, sigmoid(b) (1 - sigmoid(b))) or squared error (2 (b - y), 2)."""
     probability = torch.sigmoid(train.base.double())
     regression = train.regression_mask()
     first = torch.where(regression, 2 * (train.base.double() - train.labels.double()),
                         probability - train.labels.double())
     second = torch.where(regression, torch.full_like(probability, 2.0),
                          probability * (1 - probability))
+    return first, second
+
+
+def dense_first_step(train, members, l2):
+    """The straightforward first Newton step: each subset's (d, d) system over every column,
+    from its own examples, -(sum c z z^T / n_S + l2 I)^{-1} sum l'(b) z / n_S."""
+    z = train.z.double()
+    first, second = hand_derivatives(train)
     weights = []
     for row in members:
         inside = row[train.task_index] > 0
@@ -262,11 +272,7 @@ def dense_system(train, subset):
     every column, from its own examples."""
     z = train.z.double()
     inside = subset[train.task_index] > 0
-    first = torch.sigmoid(train.base.double()) - train.labels.double()
-    second = torch.sigmoid(train.base.double()) * (1 - torch.sigmoid(train.base.double()))
-    regression = train.regression_mask()
-    first = torch.where(regression, 2 * (train.base.double() - train.labels.double()), first)
-    second = torch.where(regression, torch.full_like(second, 2.0), second)
+    first, second = hand_derivatives(train)
     n = int(inside.sum())
     return (z[inside].T @ (second[inside, None] * z[inside]) / n,
             z[inside].T @ first[inside] / n)
@@ -352,3 +358,138 @@ def test_fit_shifts_refuses_an_unknown_space():
     train = headed_split(10, 2, shared=2, head=1, seed=14)
     with pytest.raises(ValueError, match="space: expected auto, features or examples, found 'x'"):
         fit_shifts(train, torch.ones(1, 2, dtype=torch.float64), l2=0.1, space="x")
+
+
+def uneven_split(seed):
+    """A headed split (6 tasks, 24 trunk and 6 head columns each) whose tasks hold 4 to 9
+    examples, one of them of zero curvature (a saturated logit), task 2 a regression task."""
+    train = headed_split(9, 6, shared=24, head=6, seed=seed, regression_tasks=(2,))
+    train.base[0] = 60.0  # sigmoid(60) rounds to 1: l'' = 0
+    keep = torch.cat([torch.arange(9 * task, 9 * task + 4 + task) for task in range(6)])
+    return ProjectedSplit(train.z[keep], train.base[keep], train.labels[keep],
+                          train.task_index[keep], train.regression[keep])
+
+
+def truncated_flow(train, subset, l2, steps, tolerance):
+    """The flow's shift (d,) of a subset with each member's Hessian sum H_t cut by hand to
+    its eigen-directions of eigenvalue above tolerance x l2 x n_t, from (d, d) matrices."""
+    z = train.z.double()
+    first, second = hand_derivatives(train)
+    inside = subset[train.task_index] > 0
+    n = int(inside.sum())
+    hessian = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+    for task in torch.nonzero(subset).squeeze(1).tolist():
+        rows = train.task_index == task
+        values, vectors = torch.linalg.eigh(z[rows].T @ (second[rows, None] * z[rows]))
+        keep = values > tolerance * l2 * int(rows.sum())
+        hessian += vectors[:, keep] @ torch.diag(values[keep]) @ vectors[:, keep].T
+    hessian /= n
+    gradient = z[inside].T @ first[inside] / n
+    values, vectors = torch.linalg.eigh(hessian)
+    a = steps * l2
+    gain = torch.where(values > 1e-12, (1 - (a / (values + a)) ** steps)
+                       / values.clamp_min(1e-300), torch.full_like(values, steps / a))
+    return -(vectors @ (gain * (vectors.T @ gradient)))
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_compressed_flow_keeps_the_directions_above_the_tolerance(steps):
+    """compressed_flow with every task's Hessian cut to its eigen-directions above
+    tolerance x l2 x n_t equals the flow on the cut Hessians solved by hand with (d, d)
+    matrices; tolerance 0 keeps every direction: the exact flow of the column solve. Tasks
+    of 4 to 9 examples (ranks padded), subsets of 2 to 4 members (padded), a regression
+    task and an example of zero curvature. What is dropped moves a shift by at most
+    tolerance x ||g_S|| / l2."""
+    train = uneven_split(seed=16)
+    members = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 0, 1], [0, 0, 1, 0, 1, 1],
+                            [1, 0, 0, 1, 1, 1]], dtype=torch.float64)
+    sizes = members @ torch.bincount(train.task_index, minlength=6).double()
+    holding = member_lists(members)
+    gram = TrainingGram(train, 6)
+    l2 = 0.3
+    exact = fit_shifts(train, members, l2=l2, flow_steps=steps, space="features")
+    every = compress_curvature(gram, l2, tolerance=0.0)
+    assert every.ranks.tolist() == [3, 5, 6, 7, 8, 9, 0]  # task 0 loses its l'' = 0 example
+    torch.testing.assert_close(compressed_flow(every, holding, sizes, l2, steps), exact,
+                               rtol=1e-8, atol=1e-12)
+    cut = compress_curvature(gram, l2, tolerance=2.0)
+    assert cut.ranks.tolist() == [2, 4, 6, 4, 4, 4, 0]
+    weights = compressed_flow(cut, holding, sizes, l2, steps)
+    for row, subset in enumerate(members):
+        torch.testing.assert_close(weights[row], truncated_flow(train, subset, l2, steps, 2.0),
+                                   rtol=1e-8, atol=1e-12)
+    # the shift moves by at most tolerance x ||g_S|| / l2
+    for tolerance in (0.2, 1.0, 2.0):
+        moved = compressed_flow(compress_curvature(gram, l2, tolerance), holding, sizes, l2,
+                                steps) - exact
+        for row, subset in enumerate(members):
+            bound = tolerance * dense_system(train, subset)[1].norm() / l2
+            assert 0 < moved[row].norm() <= bound
+
+
+def low_rank_split(n_per_task, n_tasks, seed, noise=0.0):
+    """A headed split (40 trunk and 6 head columns per task) whose tasks' gradients take
+    two values each (repeated), plus Gaussian ``noise``: curvature of rank 2 and noise."""
+    train = headed_split(n_per_task, n_tasks, shared=40, head=6, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for task in range(n_tasks):
+        rows = torch.nonzero(train.task_index == task).squeeze(1)
+        train.z[rows] = train.z[rows[torch.arange(len(rows)) % 2]]
+        train.z[rows] += noise * torch.randn(len(rows), train.z.shape[1], generator=generator,
+                                             dtype=torch.float64) * (train.z[rows] != 0)
+    return train
+
+
+def test_fit_shifts_solves_subsets_on_the_kept_directions_when_they_are_few():
+    """With compressed curvature, a subset solved on its examples goes to the kept
+    directions when its members keep at most half as many as it has examples (m r <=
+    n_S / 2, r the most any task keeps); the others stay on their examples. Cutting only
+    rounding-level eigenvalues gives the exact flow; cutting all of them leaves gradient
+    flow on a flat loss; without the memory for the cache there is no compression."""
+    train = low_rank_split(12, 6, seed=17)
+    keep = (train.task_index != 0) | (torch.arange(len(train.task_index)) < 3)
+    train = ProjectedSplit(train.z[keep], train.base[keep], train.labels[keep],
+                           train.task_index[keep])  # task 0: 3 examples, rank 2
+    members = torch.tensor([[1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0]],
+                           dtype=torch.float64)
+    assert example_space_rows(per_task_statistics(train, 6), members).all()
+    sizes = members @ torch.bincount(train.task_index, minlength=6).double()
+    gram = TrainingGram(train, 6)
+    curvature = compress_curvature(gram, 0.2, tolerance=1e-9)
+    assert curvature.ranks.tolist() == [2, 2, 2, 2, 2, 2, 0]
+    # 3 examples < 2 x 1 x 2 directions: on its examples; 24 and 15 >= 2 x 2 x 2: compressed
+    chosen = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram, curvature=curvature)
+    on_examples = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram)
+    assert torch.equal(chosen[0], on_examples[0])
+    assert torch.equal(chosen[1:], compressed_flow(curvature, member_lists(members[1:]),
+                                                   sizes[1:], 0.2, 3))
+    torch.testing.assert_close(chosen, fit_shifts(train, members, l2=0.2, flow_steps=3,
+                                                  space="features"), rtol=1e-8, atol=1e-12)
+    flat = compress_curvature(gram, 0.2, tolerance=1e9)  # every direction dropped
+    assert flat.width == 0
+    chosen = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram, curvature=flat)
+    for row, subset in enumerate(members):
+        gradient = dense_system(train, subset)[1]
+        torch.testing.assert_close(chosen[row], -gradient / 0.2, rtol=1e-10, atol=1e-12)
+    assert compress_curvature(gram, 0.2, tolerance=1e-9, memory_mb=0) is None
+
+
+def test_estimate_values_compresses_the_curvature_by_its_setting():
+    """curvature_tolerance 0 (the library's default) is the exact path; a tolerance that
+    drops the noise directions of rank-2 tasks moves the losses a little and nothing else."""
+    train = low_rank_split(8, 5, seed=18, noise=1e-3)
+    val = headed_split(6, 5, shared=40, head=6, seed=19)
+    subsets = pd.DataFrame({"subset_id": [0, 0, 0, 1, 1, 2, 2, 2, 2],
+                            "task": ["t0", "t1", "t2", "t3", "t4", "t0", "t2", "t3", "t4"]})
+    names = [f"t{i}" for i in range(5)]
+    exact = GradientEstimateSettings(0.5, 1, None, flow_steps=4)
+    assert exact.curvature_tolerance == 0.0
+    reference = estimate_values(train, val, subsets, names, exact)
+    kept = estimate_values(train, val, subsets, names,
+                           GradientEstimateSettings(0.5, 1, None, 4, curvature_tolerance=0.1))
+    pd.testing.assert_frame_equal(kept.drop(columns=["loss", "metric"]),
+                                  reference.drop(columns=["loss", "metric"]))
+    changed = (kept["loss"] - reference["loss"]).abs() / reference["loss"]
+    assert 0 < changed.max() < 1e-4
+    with pytest.raises(ValueError, match="curvature_tolerance = -1; expected a number >= 0"):
+        GradientEstimateSettings(0.5, 1, None, curvature_tolerance=-1)

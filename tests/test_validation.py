@@ -177,12 +177,12 @@ def test_estimate_settings_accept_auto_and_take_the_chosen_l2_from_the_curve(tmp
 
     auto = GradientEstimateSettings.from_mapping(
         {"l2": "auto", "newton_steps": 1, "max_relative_shift": None, "flow_steps": 1,
-         "task_scales": "none", "l2_candidates": [0.01, 0.1]}
+         "task_scales": "none", "curvature_tolerance": 0.1, "l2_candidates": [0.01, 0.1]}
     )
     assert auto.l2_is_auto
     for bad in ({"l2": 0}, {"l2": "0.1"}, {"newton_steps": 0}, {"max_relative_shift": -1.0},
                 {"flow_steps": 0}, {"flow_steps": 2, "newton_steps": 2},
-                {"task_scales": "yes"}):
+                {"task_scales": "yes"}, {"curvature_tolerance": -0.1}):
         with pytest.raises(ValueError, match="gradient_estimate"):
             replace(auto, **bad)
     fixed = replace(auto, l2=0.2)

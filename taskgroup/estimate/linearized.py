@@ -49,6 +49,7 @@ The validation outputs are computed for each subset's members only.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import time
 from dataclasses import dataclass
@@ -117,18 +118,19 @@ class TaskStatistics:
     (k + 1, b) int64, each task's columns used by it alone, padded with d (the index of a
     column of zeros); float64 blocks: shared_gradients (k + 1, c), private_gradients
     (k + 1, b), shared_hessians (k + 1, c, c), coupling (k + 1, c, b) (shared rows, private
-    columns), private_hessians (k + 1, b, b). Row k is a task without examples or columns
-    (all zeros): the padding of subsets smaller than the largest of their batch. dim: d,
-    the projected columns."""
+    columns), private_hessians (k + 1, b, b), all five None when not computed (only the
+    subsets solved on their columns read them). Row k is a task without examples or
+    columns (all zeros): the padding of subsets smaller than the largest of their batch.
+    dim: d, the projected columns."""
 
     counts: torch.Tensor
     shared: torch.Tensor
     private: torch.Tensor
-    shared_gradients: torch.Tensor
-    private_gradients: torch.Tensor
-    shared_hessians: torch.Tensor
-    coupling: torch.Tensor
-    private_hessians: torch.Tensor
+    shared_gradients: torch.Tensor | None
+    private_gradients: torch.Tensor | None
+    shared_hessians: torch.Tensor | None
+    coupling: torch.Tensor | None
+    private_hessians: torch.Tensor | None
     dim: int
 
     def reduced_dim(self, largest_subset: int) -> int:
@@ -167,18 +169,22 @@ def column_layout(z: torch.Tensor, task_index: torch.Tensor, n_tasks: int):
     return shared, private
 
 
-def per_task_statistics(train: ProjectedSplit, n_tasks: int) -> TaskStatistics:
+def per_task_statistics(train: ProjectedSplit, n_tasks: int, blocks: bool = True
+                        ) -> TaskStatistics:
     """Per task: example count, loss-gradient sum g_t and loss-Hessian sum H_t of the offset
     loss (logistic or squared, by task type) at w = 0 on the task's local columns (shared
-    and its private ones, :func:`column_layout`), in float64 (memory k (c + b)^2 floats)."""
+    and its private ones, :func:`column_layout`), in float64 (memory k (c + b)^2 floats);
+    with ``blocks`` False the counts and the columns only (the sums None)."""
     z = train.z
-    residual, curvature = loss_derivatives(
-        train.base.double(), train.labels.double(), train.regression_mask()
-    )
     counts = torch.bincount(train.task_index, minlength=n_tasks).double()
     shared, private = column_layout(z, train.task_index, n_tasks)
     padding = torch.full((1, private.shape[1]), z.shape[1], dtype=torch.int64, device=z.device)
     private = torch.cat([private, padding])
+    if not blocks:
+        return TaskStatistics(counts, shared, private, None, None, None, None, None, z.shape[1])
+    residual, curvature = loss_derivatives(
+        train.base.double(), train.labels.double(), train.regression_mask()
+    )
     n_shared, width = len(shared), private.shape[1]
     local = n_shared + width
     gradients = torch.zeros(n_tasks + 1, local, dtype=torch.float64, device=z.device)
@@ -397,6 +403,134 @@ def _first_step_in_example_space(
     return weights
 
 
+@dataclass
+class CompressedCurvature:
+    """Every task's curvature kept in its top eigen-directions, for the subset fits solved
+    in example space (see :func:`compress_curvature`).
+
+    factors (k + 1, d, r) float64: F_t = U_t^T Q_t with U_t = diag(sqrt(l'')) Z_t the
+    task's curvature-weighted training gradients and Q_t the eigenvectors of U_t U_t^T kept
+    (columns past the task's rank, and row k, the padding task, are 0), so that
+    F_t F_t^T is H_t = U_t^T U_t without its dropped directions; gradients (k + 1, d):
+    g_t = Z_t^T l' (exact); ranks (k + 1,) int64, the directions kept per task, r the
+    largest; factor_gram (k + 1, k + 1, r, r): F_t^T F_u; cross (k + 1, k + 1, r):
+    F_t^T g_u."""
+
+    factors: torch.Tensor
+    gradients: torch.Tensor
+    ranks: torch.Tensor
+    factor_gram: torch.Tensor
+    cross: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        """r, the most directions any task keeps."""
+        return self.factors.shape[2]
+
+
+def compress_curvature(
+    gram: TrainingGram, l2: float, tolerance: float, memory_mb: float = 512.0
+) -> CompressedCurvature | None:
+    """Each task's curvature H_t = U_t^T U_t (U_t = diag(sqrt(l'')) Z_t, its n_t training
+    examples) cut to its eigen-directions of eigenvalue above ``tolerance`` x l2 x n_t,
+    from the eigendecomposition of the n_t x n_t matrix U_t U_t^T (the Gram's diagonal
+    block).
+
+    What the tasks of a subset S drop lowers its mean Hessian sum_t H_t / n_S by a PSD
+    matrix of norm at most ``tolerance`` x l2 (as sum_t n_t = n_S), and the flow stopped at
+    time 1 / l2 (ridge or implicit Euler steps) then moves by at most ``tolerance`` x
+    ||g_S|| / l2 differently: ``tolerance`` times the longest shift it can make, that of a
+    loss without curvature. ``tolerance`` 0 keeps every direction of positive eigenvalue
+    (the same fit to rounding). Returns None when factor_gram, (k + 1)^2 r^2 float64, would
+    take more than ``memory_mb`` MB (many tasks that keep many directions: their subsets
+    are then solved on their examples)."""
+    n_tasks = len(gram.rows)
+    kept, gradients = [], []
+    for task, rows in enumerate(gram.rows):
+        z = gram.z[task]
+        gradients.append(z.T @ gram.residual[rows])
+        if len(rows) == 0:
+            kept.append(z.new_zeros(z.shape[1], 0))
+            continue
+        scale = gram.curvature[rows].sqrt()
+        eigenvalues, vectors = torch.linalg.eigh(
+            scale[:, None] * gram.block(task, task) * scale[None, :]
+        )
+        keep = eigenvalues > tolerance * l2 * len(rows)
+        kept.append(z.T @ (scale[:, None] * vectors[:, keep]))
+    width = max((factor.shape[1] for factor in kept), default=0)
+    if 8 * ((n_tasks + 1) * width) ** 2 > memory_mb * 10**6:
+        return None
+    dim = gram.z[0].shape[1] if n_tasks else 0
+    factors = gram.residual.new_zeros(n_tasks + 1, dim, width)
+    for task, factor in enumerate(kept):
+        factors[task, :, : factor.shape[1]] = factor
+    all_gradients = gram.residual.new_zeros(n_tasks + 1, dim)
+    if n_tasks:
+        all_gradients[:n_tasks] = torch.stack(gradients)
+    flat = factors.permute(1, 0, 2).reshape(dim, (n_tasks + 1) * width)
+    factor_gram = (flat.T @ flat).reshape(n_tasks + 1, width, n_tasks + 1, width)
+    cross = (flat.T @ all_gradients.T).reshape(n_tasks + 1, width, n_tasks + 1)
+    ranks = torch.tensor([factor.shape[1] for factor in kept] + [0], dtype=torch.int64)
+    return CompressedCurvature(
+        factors, all_gradients, ranks, factor_gram.permute(0, 2, 1, 3).contiguous(),
+        cross.permute(0, 2, 1).contiguous(),
+    )
+
+
+def compressed_flow(
+    curvature: CompressedCurvature, holding: torch.Tensor, sizes: torch.Tensor, l2: float,
+    steps: int,
+) -> torch.Tensor:
+    """The shifts (s, d) of :func:`_implicit_flow` for the subsets whose members are
+    ``holding`` (s, m) (padded with k) and whose training examples number ``sizes`` (s,),
+    with each member's curvature cut as ``curvature`` holds it: H = F F^T / n_S, F the
+    members' factors side by side (d, m r), and g = G 1 / n_S, G their gradients (d, m).
+
+    Every iterate stays in the span of G and F: w = G a + F b. With the Woodbury identity
+    (H + alpha I)^{-1} = (I - F (n_S alpha I + F^T F)^{-1} F^T) / alpha (alpha = steps l2),
+    a step with right side v = G a' + F b' (a' = alpha a - 1 / n_S, b' = alpha b) gives
+    a = a' / alpha and b = (b' - c) / alpha, c solving (n_S alpha I + F^T F) c = F^T v:
+    one (m r) x (m r) Cholesky factor per subset, from the cached F_t^T F_u and F_t^T g_u,
+    for all the subsets at once. Memory: a few (s, m r, m r) float64 arrays."""
+    n_subsets, largest = holding.shape
+    width, alpha = curvature.width, steps * l2
+    size = largest * width
+    first = holding[:, :, None].expand(-1, -1, largest)
+    second = holding[:, None, :].expand(-1, largest, -1)
+    # F^T F (s, m r, m r) and F^T G (s, m r, m), member blocks side by side
+    inner = curvature.factor_gram[first, second].permute(0, 1, 3, 2, 4).reshape(
+        n_subsets, size, size
+    )
+    cross = curvature.cross[first, second].permute(0, 1, 3, 2).reshape(
+        n_subsets, size, largest
+    )
+    system = inner.clone()
+    system.diagonal(dim1=1, dim2=2).add_((sizes * alpha)[:, None])
+    # a padded column (a rank below r, or the padding task) has a zero row and column in
+    # F^T F: its diagonal n_S alpha keeps the system definite and its coefficient 0
+    factor = torch.linalg.cholesky(system)
+    del system
+    a = inner.new_zeros(n_subsets, largest, 1)
+    b = inner.new_zeros(n_subsets, size, 1)
+    for _ in range(steps):
+        right_a = alpha * a - (1.0 / sizes)[:, None, None]
+        right_b = alpha * b
+        solved = _cholesky_solve(factor, cross @ right_a + inner @ right_b)
+        a, b = right_a / alpha, (right_b - solved) / alpha
+    # w = G a + F b, summed over the member slots
+    n_tasks = curvature.gradients.shape[0]
+    task_weights = inner.new_zeros(n_subsets, n_tasks)
+    task_weights.scatter_add_(1, holding, a[:, :, 0])
+    direction_weights = inner.new_zeros(n_subsets, n_tasks, width)
+    direction_weights.scatter_add_(
+        1, holding[:, :, None].expand(-1, -1, width), b[:, :, 0].reshape(n_subsets, largest, width)
+    )
+    dim = curvature.factors.shape[1]
+    flat = curvature.factors.permute(0, 2, 1).reshape(n_tasks * width, dim)  # ((k + 1) r, d)
+    return task_weights @ curvature.gradients + direction_weights.reshape(n_subsets, -1) @ flat
+
+
 def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
     """(s,) bool: the subsets of ``members`` (s, k) fitted in example space, those whose
     training examples are fewer than the columns of their reduced system (c + m b): a
@@ -411,6 +545,7 @@ def fit_shifts(
     train: ProjectedSplit, members: torch.Tensor, l2: float, newton_steps: int = 1,
     statistics: TaskStatistics | None = None, flow_steps: int = 1,
     gram: TrainingGram | None = None, space: str = "auto",
+    curvature: CompressedCurvature | None = None,
 ) -> torch.Tensor:
     """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k).
     ``statistics``: :func:`per_task_statistics` of ``train`` (computed here when None; pass
@@ -420,7 +555,11 @@ def fit_shifts(
     fewer training examples than those columns, the same first step is solved on its
     examples (``gram``: a :class:`TrainingGram` of ``train``, built here when None and
     needed; ``space`` "features" or "examples" forces one way for every subset, "auto"
-    chooses by :func:`example_space_rows`; the two agree to rounding). ``flow_steps`` > 1:
+    chooses by :func:`example_space_rows`; the two agree to rounding); with ``curvature``
+    (:func:`compress_curvature` of ``gram`` at this l2), a subset solved on its examples
+    whose members' kept directions (m r) are at most half its examples is solved on those
+    instead (:func:`compressed_flow`; needs ``flow_steps`` or ``newton_steps`` 1, as the
+    others). ``flow_steps`` > 1:
     the gradient flow of the quadratic model at w = 0 stopped at time 1 / l2 instead of the
     ridge solution (see :func:`_implicit_flow`); then ``newton_steps`` must be 1. Raises
     ValueError when a subset has no training examples, both step counts exceed 1, or
@@ -443,6 +582,9 @@ def fit_shifts(
     weights = torch.zeros(members.shape[0], statistics.dim, dtype=torch.float64,
                           device=members.device)
     if (~in_examples).any():
+        if statistics.shared_hessians is None:
+            raise ValueError("subsets solved on their columns need the per-task sums: "
+                             "per_task_statistics(..., blocks=True)")
         weights[~in_examples] = _first_newton_step(
             statistics, member_lists(members[~in_examples]), sizes[~in_examples], l2,
             flow_steps,
@@ -450,9 +592,23 @@ def fit_shifts(
     if in_examples.any():
         if gram is None:
             gram = TrainingGram(train, n_tasks)
-        weights[in_examples] = _first_step_in_example_space(
-            gram, holding[in_examples], l2, flow_steps, statistics.dim
-        )
+        compressed = torch.zeros_like(in_examples)
+        if curvature is not None:
+            # at most half its examples: a factor costs the cube of its size, and the
+            # batched factors of the compressed systems cost more per entry
+            compressed = in_examples & (
+                2 * (members > 0).sum(dim=1) * curvature.width <= sizes.long()
+            )
+            if compressed.any():
+                weights[compressed] = compressed_flow(
+                    curvature, member_lists(members[compressed]), sizes[compressed], l2,
+                    flow_steps,
+                )
+        rest = in_examples & ~compressed
+        if rest.any():
+            weights[rest] = _first_step_in_example_space(
+                gram, holding[rest], l2, flow_steps, statistics.dim
+            )
     for _ in range(newton_steps - 1):
         weights = _newton_step_per_subset(train, members, weights, l2, statistics, holding)
     return weights
@@ -618,21 +774,35 @@ def estimate_values(
         if not torch.equal(split.regression_mask(), expected):
             raise ValueError(f"{name} split: its regression mask disagrees with task_types")
     ids, members = membership(subsets, task_names)
-    statistics = per_task_statistics(train, len(task_names))
+    # the per-task sums (k + 1 blocks of (c + b)^2) only for subsets solved on columns
+    statistics = per_task_statistics(train, len(task_names), blocks=False)
+    in_examples = int(example_space_rows(statistics, members).sum())
+    if in_examples < len(ids):
+        statistics = per_task_statistics(train, len(task_names))
     counts = members.sum(dim=1)
     # Subsets in order of size, so that a batch's systems are not padded to a larger
     # subset's size (each subset's fit is its own: the order changes no value).
     order = torch.argsort(counts, stable=True)
     largest = int(counts.max()) if len(ids) else 0
-    batch_subsets = subsets_per_batch(statistics.reduced_dim(largest), memory_mb)
-    in_examples = int(example_space_rows(statistics, members).sum())
     gram = TrainingGram(train, len(task_names), memory_mb) if in_examples else None
+    curvature = None
+    if gram is not None and settings.curvature_tolerance > 0:
+        curvature = compress_curvature(gram, settings.l2, settings.curvature_tolerance,
+                                       memory_mb)
+    # A batch holds (s, r, r) systems: the column solves' (r = c + m b) if any subset is
+    # solved on its columns, else the compressed ones (r = m x width; a subset solved on
+    # its examples is solved alone), and at least the (s, d) shifts.
+    if in_examples < len(ids):
+        system = statistics.reduced_dim(largest)
+    else:
+        system = largest * curvature.width if curvature is not None else 0
+    batch_subsets = subsets_per_batch(max(system, math.isqrt(statistics.dim)), memory_mb)
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
         block = members[order[start : start + batch_subsets]]
         weights = fit_shifts(
             train, block, settings.l2, settings.newton_steps, statistics=statistics,
-            flow_steps=settings.flow_steps, gram=gram,
+            flow_steps=settings.flow_steps, gram=gram, curvature=curvature,
         )
         relative = torch.full((block.shape[0],), float("nan"), dtype=torch.float64)
         if shift_norm is not None and theta_norm:
@@ -656,12 +826,20 @@ def estimate_values(
         table = scale_changes(table, task_scales, base_losses(val, task_names))
     elapsed = time.perf_counter() - started
     shifts = relative.numpy()
+    if curvature is not None:
+        kept = curvature.ranks[:-1]
+        compression = (f"each task's curvature in {int(kept.min())} to {int(kept.max())} "
+                       f"directions (curvature_tolerance {settings.curvature_tolerance:g})")
+    elif gram is not None and settings.curvature_tolerance > 0:
+        compression = "curvature not compressed: its cache exceeds the memory budget"
+    else:
+        compression = "curvature not compressed"
     log.info(
         "estimated %d subsets (d = %d, systems of at most %d columns, %d per batch; %d "
-        "solved on their training examples, fewer than their columns) in %.2f s (%.0f "
-        "subsets/s), peak memory of the process %.0f MB; median relative shift %s",
-        len(ids), train.z.shape[1], statistics.reduced_dim(largest), batch_subsets,
-        in_examples, elapsed,
+        "solved on their training examples, fewer than their columns; %s) in %.2f s "
+        "(%.0f subsets/s), peak memory of the process %.0f MB; median relative shift %s",
+        len(ids), train.z.shape[1], system, batch_subsets,
+        in_examples, compression, elapsed,
         len(ids) / max(elapsed, 1e-9),
         peak_memory_mb(),
         f"{np.median(shifts):.4f}" if np.isfinite(shifts).all() else "not computed",

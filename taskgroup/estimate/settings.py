@@ -146,16 +146,20 @@ class GradientEstimateSettings:
     model run for a time 1 / l2 (>= 1; 1 is the ridge solution, more steps approach
     gradient descent stopped early); task_scales, "auto" (each task's estimated changes
     scaled and offset by a line fitted on the held-out real fine-tunings, see
-    :mod:`taskgroup.estimate.task_scales`) or "none".
+    :mod:`taskgroup.estimate.task_scales`) or "none"; curvature_tolerance (>= 0), how
+    much of each task's curvature the subsets solved on their training examples may drop
+    (see :func:`taskgroup.estimate.linearized.compress_curvature`; 0: none, the exact fit).
     Raises ValueError for an l2 that is neither "auto" nor positive, newton_steps or
     flow_steps below 1, both above 1 (a flow stopped early has no optimum for further
-    Newton steps to refine), a cap that is not positive, or another task_scales."""
+    Newton steps to refine), a cap that is not positive, another task_scales, or a
+    negative curvature_tolerance."""
 
     l2: float | str
     newton_steps: int
     max_relative_shift: float | None
     flow_steps: int = 1
     task_scales: str = "none"
+    curvature_tolerance: float = 0.0
 
     def __post_init__(self):
         if not positive_or_auto(self.l2):
@@ -176,6 +180,11 @@ class GradientEstimateSettings:
                 f"gradient_estimate.task_scales = {self.task_scales!r}; expected one of "
                 f"{list(TASK_SCALES)}"
             )
+        if not self.curvature_tolerance >= 0:
+            raise ValueError(
+                f"gradient_estimate.curvature_tolerance = {self.curvature_tolerance!r}; "
+                "expected a number >= 0"
+            )
         if self.max_relative_shift is not None and not self.max_relative_shift > 0:
             raise ValueError(
                 f"gradient_estimate.max_relative_shift = {self.max_relative_shift!r}; "
@@ -185,13 +194,14 @@ class GradientEstimateSettings:
     @classmethod
     def from_mapping(cls, mapping: Mapping) -> GradientEstimateSettings:
         """The settings from the gradient_estimate config section or a rule's params
-        (l2, newton_steps, max_relative_shift, flow_steps, task_scales; other keys, such as
-        l2_candidates, are ignored). Raises KeyError when one of the five is missing."""
+        (l2, newton_steps, max_relative_shift, flow_steps, task_scales,
+        curvature_tolerance; other keys, such as l2_candidates, are ignored). Raises
+        KeyError when one of the six is missing."""
         shift = mapping["max_relative_shift"]
         return cls(
             auto_or_float(mapping["l2"]), int(mapping["newton_steps"]),
             None if shift is None else float(shift), int(mapping["flow_steps"]),
-            str(mapping["task_scales"]),
+            str(mapping["task_scales"]), float(mapping["curvature_tolerance"]),
         )
 
     @property
