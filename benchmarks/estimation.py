@@ -210,7 +210,9 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     projection_seconds = time.perf_counter() - started
     values, seconds = {}, {}
     metric_names = resolve_metrics(metric, data.types, data.task_names)
-    for steps, tolerance, l2 in itertools.product(flow_steps, tolerances, l2_values):
+    # the unprojected estimate has no compressed curvature: one tolerance for it
+    applied = tolerances[:1] if unprojected else tolerances
+    for steps, tolerance, l2 in itertools.product(flow_steps, applied, l2_values):
         key = steps, tolerance
         if unprojected:
             started = time.perf_counter()

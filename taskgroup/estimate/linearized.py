@@ -174,14 +174,22 @@ def per_task_statistics(train: ProjectedSplit, n_tasks: int, blocks: bool = True
     """Per task: example count, loss-gradient sum g_t and loss-Hessian sum H_t of the offset
     loss (logistic or squared, by task type) at w = 0 on the task's local columns (shared
     and its private ones, :func:`column_layout`), in float64 (memory k (c + b)^2 floats);
-    with ``blocks`` False the counts and the columns only (the sums None)."""
+    with ``blocks`` False the counts and the columns only (the sums None; see
+    :func:`with_task_sums`)."""
     z = train.z
     counts = torch.bincount(train.task_index, minlength=n_tasks).double()
     shared, private = column_layout(z, train.task_index, n_tasks)
     padding = torch.full((1, private.shape[1]), z.shape[1], dtype=torch.int64, device=z.device)
-    private = torch.cat([private, padding])
-    if not blocks:
-        return TaskStatistics(counts, shared, private, None, None, None, None, None, z.shape[1])
+    layout = TaskStatistics(counts, shared, torch.cat([private, padding]), None, None, None,
+                            None, None, z.shape[1])
+    return with_task_sums(layout, train) if blocks else layout
+
+
+def with_task_sums(statistics: TaskStatistics, train: ProjectedSplit) -> TaskStatistics:
+    """``statistics`` (counts and columns of ``train``) with the per-task sums g_t and H_t
+    on each task's local columns (see :func:`per_task_statistics`)."""
+    z, shared, private = train.z, statistics.shared, statistics.private
+    n_tasks = len(statistics.counts)
     residual, curvature = loss_derivatives(
         train.base.double(), train.labels.double(), train.regression_mask()
     )
@@ -198,10 +206,10 @@ def per_task_statistics(train: ProjectedSplit, n_tasks: int, blocks: bool = True
         gradients[task] = z_task.T @ residual[rows]
         hessians[task] = z_task.T @ (curvature[rows].unsqueeze(1) * z_task)
     return TaskStatistics(
-        counts, shared, private, gradients[:, :n_shared].contiguous(),
+        statistics.counts, shared, private, gradients[:, :n_shared].contiguous(),
         gradients[:, n_shared:].contiguous(), hessians[:, :n_shared, :n_shared].contiguous(),
         hessians[:, :n_shared, n_shared:].contiguous(),
-        hessians[:, n_shared:, n_shared:].contiguous(), z.shape[1],
+        hessians[:, n_shared:, n_shared:].contiguous(), statistics.dim,
     )
 
 
@@ -408,15 +416,15 @@ class CompressedCurvature:
     """Every task's curvature kept in its top eigen-directions, for the subset fits solved
     in example space (see :func:`compress_curvature`).
 
-    factors (k + 1, d, r) float64: F_t = U_t^T Q_t with U_t = diag(sqrt(l'')) Z_t the
-    task's curvature-weighted training gradients and Q_t the eigenvectors of U_t U_t^T kept
-    (columns past the task's rank, and row k, the padding task, are 0), so that
-    F_t F_t^T is H_t = U_t^T U_t without its dropped directions; gradients (k + 1, d):
-    g_t = Z_t^T l' (exact); ranks (k + 1,) int64, the directions kept per task, r the
-    largest; factor_gram (k + 1, k + 1, r, r): F_t^T F_u; cross (k + 1, k + 1, r):
-    F_t^T g_u."""
+    directions ((k + 1) r, d) float64: the rows of F_t^T, task by task, r per task, with
+    F_t = U_t^T Q_t, U_t = diag(sqrt(l'')) Z_t the task's curvature-weighted training
+    gradients and Q_t the eigenvectors of U_t U_t^T kept (rows past the task's rank, and
+    task k, the padding, are 0), so that F_t F_t^T is H_t = U_t^T U_t without its dropped
+    directions; gradients (k + 1, d): g_t = Z_t^T l' (exact); ranks (k + 1,) int64, the
+    directions kept per task, r the largest; factor_gram (k + 1, k + 1, r, r): F_t^T F_u;
+    cross (k + 1, k + 1, r): F_t^T g_u."""
 
-    factors: torch.Tensor
+    directions: torch.Tensor
     gradients: torch.Tensor
     ranks: torch.Tensor
     factor_gram: torch.Tensor
@@ -425,7 +433,7 @@ class CompressedCurvature:
     @property
     def width(self) -> int:
         """r, the most directions any task keeps."""
-        return self.factors.shape[2]
+        return int(self.ranks.max())
 
 
 def compress_curvature(
@@ -462,18 +470,20 @@ def compress_curvature(
     if 8 * ((n_tasks + 1) * width) ** 2 > memory_mb * 10**6:
         return None
     dim = gram.z[0].shape[1] if n_tasks else 0
-    factors = gram.residual.new_zeros(n_tasks + 1, dim, width)
+    directions = gram.residual.new_zeros(n_tasks + 1, width, dim)
     for task, factor in enumerate(kept):
-        factors[task, :, : factor.shape[1]] = factor
+        directions[task, : factor.shape[1]] = factor.T
+    directions = directions.reshape((n_tasks + 1) * width, dim)
     all_gradients = gram.residual.new_zeros(n_tasks + 1, dim)
     if n_tasks:
         all_gradients[:n_tasks] = torch.stack(gradients)
-    flat = factors.permute(1, 0, 2).reshape(dim, (n_tasks + 1) * width)
+    # products of the (d, (k + 1) r) layout: the operands, and so the rounding, of f3b24b3
+    flat = directions.T.contiguous()
     factor_gram = (flat.T @ flat).reshape(n_tasks + 1, width, n_tasks + 1, width)
     cross = (flat.T @ all_gradients.T).reshape(n_tasks + 1, width, n_tasks + 1)
     ranks = torch.tensor([factor.shape[1] for factor in kept] + [0], dtype=torch.int64)
     return CompressedCurvature(
-        factors, all_gradients, ranks, factor_gram.permute(0, 2, 1, 3).contiguous(),
+        directions, all_gradients, ranks, factor_gram.permute(0, 2, 1, 3).contiguous(),
         cross.permute(0, 2, 1).contiguous(),
     )
 
@@ -526,9 +536,8 @@ def compressed_flow(
     direction_weights.scatter_add_(
         1, holding[:, :, None].expand(-1, -1, width), b[:, :, 0].reshape(n_subsets, largest, width)
     )
-    dim = curvature.factors.shape[1]
-    flat = curvature.factors.permute(0, 2, 1).reshape(n_tasks * width, dim)  # ((k + 1) r, d)
-    return task_weights @ curvature.gradients + direction_weights.reshape(n_subsets, -1) @ flat
+    return (task_weights @ curvature.gradients
+            + direction_weights.reshape(n_subsets, -1) @ curvature.directions)
 
 
 def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
@@ -778,7 +787,7 @@ def estimate_values(
     statistics = per_task_statistics(train, len(task_names), blocks=False)
     in_examples = int(example_space_rows(statistics, members).sum())
     if in_examples < len(ids):
-        statistics = per_task_statistics(train, len(task_names))
+        statistics = with_task_sums(statistics, train)
     counts = members.sum(dim=1)
     # Subsets in order of size, so that a batch's systems are not padded to a larger
     # subset's size (each subset's fit is its own: the order changes no value).
