@@ -466,12 +466,45 @@ def test_fit_shifts_solves_subsets_on_the_kept_directions_when_they_are_few():
     torch.testing.assert_close(chosen, fit_shifts(train, members, l2=0.2, flow_steps=3,
                                                   space="features"), rtol=1e-8, atol=1e-12)
     flat = compress_curvature(gram, 0.2, tolerance=1e9)  # every direction dropped
-    assert flat.width == 0
+    assert int(flat.ranks.sum()) == 0
     chosen = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram, curvature=flat)
     for row, subset in enumerate(members):
         gradient = dense_system(train, subset)[1]
         torch.testing.assert_close(chosen[row], -gradient / 0.2, rtol=1e-10, atol=1e-12)
     assert compress_curvature(gram, 0.2, tolerance=1e-9, memory_mb=0) is None
+
+
+def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed():
+    """A subset is compressed by the directions its own members keep (q <= n_S / 2), not
+    by the most any task keeps: a task of full rank among rank-2 tasks keeps its own
+    subsets on their examples and no other. A subset's compressed shift does not depend
+    on the subsets fitted with it (systems of other sizes are factored apart)."""
+    train = low_rank_split(12, 6, seed=20)
+    rows = torch.nonzero(train.task_index == 5).squeeze(1)
+    noise = torch.randn(len(rows), train.z.shape[1], dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(21))
+    train.z[rows] += 0.5 * noise * (train.z[rows] != 0)
+    gram = TrainingGram(train, 6)
+    curvature = compress_curvature(gram, 0.2, tolerance=1e-9)
+    assert curvature.ranks.tolist() == [2, 2, 2, 2, 2, 12, 0]
+    members = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 0]],
+                           dtype=torch.float64)
+    holding = member_lists(members)
+    assert curvature.subset_ranks(holding).tolist() == [4, 14, 10]
+    assert curvature.subset_rows(holding[:2], 16).tolist() == [
+        [2, 3, 4, 5] + [22] * 12, list(range(8, 22)) + [22] * 2
+    ]
+    sizes = members @ torch.bincount(train.task_index, minlength=6).double()
+    # 4 x 2 <= 24 and 10 x 2 <= 60: compressed; 14 x 2 > 24: on its examples
+    chosen = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram, curvature=curvature)
+    on_examples = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram)
+    assert torch.equal(chosen[1], on_examples[1])
+    for row in (0, 2):
+        alone = compressed_flow(curvature, holding[row : row + 1], sizes[row : row + 1],
+                                0.2, 3)
+        assert torch.equal(chosen[row], alone[0])
+    torch.testing.assert_close(chosen, fit_shifts(train, members, l2=0.2, flow_steps=3,
+                                                  space="features"), rtol=1e-8, atol=1e-12)
 
 
 def test_estimate_values_compresses_the_curvature_by_its_setting():

@@ -416,24 +416,44 @@ class CompressedCurvature:
     """Every task's curvature kept in its top eigen-directions, for the subset fits solved
     in example space (see :func:`compress_curvature`).
 
-    directions ((k + 1) r, d) float64: the rows of F_t^T, task by task, r per task, with
-    F_t = U_t^T Q_t, U_t = diag(sqrt(l'')) Z_t the task's curvature-weighted training
-    gradients and Q_t the eigenvectors of U_t U_t^T kept (rows past the task's rank, and
-    task k, the padding, are 0), so that F_t F_t^T is H_t = U_t^T U_t without its dropped
-    directions; gradients (k + 1, d): g_t = Z_t^T l' (exact); ranks (k + 1,) int64, the
-    directions kept per task, r the largest; factor_gram (k + 1, k + 1, r, r): F_t^T F_u;
-    cross (k + 1, k + 1, r): F_t^T g_u."""
+    directions (R + 1, d) float64: the rows of F_t^T, task after task, then one zero row
+    (index R, the padding), with F_t = U_t^T Q_t, U_t = diag(sqrt(l'')) Z_t the task's
+    curvature-weighted training gradients and Q_t the eigenvectors of U_t U_t^T kept, so
+    that F_t F_t^T is H_t = U_t^T U_t without its dropped directions; gradients (k + 1,
+    d): g_t = Z_t^T l' (exact; task k, the padding, 0); ranks (k + 1,) int64: the
+    directions kept per task (R their sum; the padding's 0); offsets (k + 1,) int64: each
+    task's first row of ``directions`` (the padding's R); factor_gram (R + 1, R + 1): the
+    directions' inner products (F_t^T F_u in task t's rows and task u's columns); cross
+    (R + 1, k + 1): F_t^T g_u."""
 
     directions: torch.Tensor
     gradients: torch.Tensor
     ranks: torch.Tensor
+    offsets: torch.Tensor
     factor_gram: torch.Tensor
     cross: torch.Tensor
 
-    @property
-    def width(self) -> int:
-        """r, the most directions any task keeps."""
-        return int(self.ranks.max())
+    def subset_ranks(self, holding: torch.Tensor) -> torch.Tensor:
+        """(s,) int64: the directions kept by the members ``holding`` (s, m) (padded with
+        k) of each subset together, the size of its compressed system."""
+        return self.ranks.to(holding.device)[holding].sum(dim=1)
+
+    def subset_rows(self, holding: torch.Tensor, width: int) -> torch.Tensor:
+        """(s, ``width``) int64: the rows of ``directions`` of each subset's members
+        ``holding`` (s, m) (padded with k), member after member, then the zero row R up
+        to ``width`` (at least :meth:`subset_ranks`)."""
+        n_subsets = holding.shape[0]
+        ranks = self.ranks.to(holding.device)[holding]
+        most = int(ranks.max()) if ranks.numel() else 0
+        steps = torch.arange(most, device=holding.device)
+        candidates = self.offsets.to(holding.device)[holding][:, :, None] + steps
+        kept = (steps < ranks[:, :, None]).reshape(n_subsets, -1)
+        places = kept.cumsum(dim=1) - 1
+        rows = torch.full((n_subsets, width), self.directions.shape[0] - 1,
+                          dtype=torch.int64, device=holding.device)
+        which = torch.arange(n_subsets, device=holding.device)[:, None].expand_as(kept)
+        rows[which[kept], places[kept]] = candidates.reshape(n_subsets, -1)[kept]
+        return rows
 
 
 def compress_curvature(
@@ -449,9 +469,9 @@ def compress_curvature(
     time 1 / l2 (ridge or implicit Euler steps) then moves by at most ``tolerance`` x
     ||g_S|| / l2 differently: ``tolerance`` times the longest shift it can make, that of a
     loss without curvature. ``tolerance`` 0 keeps every direction of positive eigenvalue
-    (the same fit to rounding). Returns None when factor_gram, (k + 1)^2 r^2 float64, would
-    take more than ``memory_mb`` MB (many tasks that keep many directions: their subsets
-    are then solved on their examples)."""
+    (the same fit to rounding). Returns None when factor_gram, (R + 1)^2 float64 for the
+    R directions kept in all, would take more than ``memory_mb`` MB (many tasks that keep
+    many directions: their subsets are then solved on their examples)."""
     n_tasks = len(gram.rows)
     kept, gradients = [], []
     for task, rows in enumerate(gram.rows):
@@ -466,26 +486,33 @@ def compress_curvature(
         )
         keep = eigenvalues > tolerance * l2 * len(rows)
         kept.append(z.T @ (scale[:, None] * vectors[:, keep]))
-    width = max((factor.shape[1] for factor in kept), default=0)
-    if 8 * ((n_tasks + 1) * width) ** 2 > memory_mb * 10**6:
+    ranks = torch.tensor([factor.shape[1] for factor in kept] + [0], dtype=torch.int64)
+    total = int(ranks.sum())
+    if 8 * (total + 1) ** 2 > memory_mb * 10**6:
         return None
     dim = gram.z[0].shape[1] if n_tasks else 0
-    directions = gram.residual.new_zeros(n_tasks + 1, width, dim)
-    for task, factor in enumerate(kept):
-        directions[task, : factor.shape[1]] = factor.T
-    directions = directions.reshape((n_tasks + 1) * width, dim)
+    directions = gram.residual.new_zeros(total + 1, dim)
+    if total:
+        directions[:total] = torch.cat([factor.T for factor in kept])
     all_gradients = gram.residual.new_zeros(n_tasks + 1, dim)
     if n_tasks:
         all_gradients[:n_tasks] = torch.stack(gradients)
-    # products of the (d, (k + 1) r) layout: the operands, and so the rounding, of f3b24b3
-    flat = directions.T.contiguous()
-    factor_gram = (flat.T @ flat).reshape(n_tasks + 1, width, n_tasks + 1, width)
-    cross = (flat.T @ all_gradients.T).reshape(n_tasks + 1, width, n_tasks + 1)
-    ranks = torch.tensor([factor.shape[1] for factor in kept] + [0], dtype=torch.int64)
+    offsets = torch.cumsum(ranks, dim=0) - ranks
     return CompressedCurvature(
-        directions, all_gradients, ranks, factor_gram.permute(0, 2, 1, 3).contiguous(),
-        cross.permute(0, 2, 1).contiguous(),
+        directions, all_gradients, ranks, offsets, directions @ directions.T,
+        directions @ all_gradients.T,
     )
+
+
+# Compressed systems are padded to a multiple of this: subsets of nearby sizes share a
+# batched factorization, fewer than this many columns more each (a padded column is exact).
+SYSTEM_STEP = 8
+
+
+def padded_size(columns: torch.Tensor) -> torch.Tensor:
+    """``columns`` rounded up to a multiple of SYSTEM_STEP: the size of the compressed
+    system each subset is factored in."""
+    return -(-columns // SYSTEM_STEP) * SYSTEM_STEP
 
 
 def compressed_flow(
@@ -495,49 +522,47 @@ def compressed_flow(
     """The shifts (s, d) of :func:`_implicit_flow` for the subsets whose members are
     ``holding`` (s, m) (padded with k) and whose training examples number ``sizes`` (s,),
     with each member's curvature cut as ``curvature`` holds it: H = F F^T / n_S, F the
-    members' factors side by side (d, m r), and g = G 1 / n_S, G their gradients (d, m).
+    members' kept directions side by side (d, q), q their number (see
+    :meth:`CompressedCurvature.subset_ranks`), and g = G 1 / n_S, G their gradients (d, m).
 
-    Every iterate stays in the span of G and F: w = G a + F b. With the Woodbury identity
-    (H + alpha I)^{-1} = (I - F (n_S alpha I + F^T F)^{-1} F^T) / alpha (alpha = steps l2),
-    a step with right side v = G a' + F b' (a' = alpha a - 1 / n_S, b' = alpha b) gives
-    a = a' / alpha and b = (b' - c) / alpha, c solving (n_S alpha I + F^T F) c = F^T v:
-    one (m r) x (m r) Cholesky factor per subset, from the cached F_t^T F_u and F_t^T g_u,
-    for all the subsets at once. Memory: a few (s, m r, m r) float64 arrays."""
-    n_subsets, largest = holding.shape
-    width, alpha = curvature.width, steps * l2
-    size = largest * width
-    first = holding[:, :, None].expand(-1, -1, largest)
-    second = holding[:, None, :].expand(-1, largest, -1)
-    # F^T F (s, m r, m r) and F^T G (s, m r, m), member blocks side by side
-    inner = curvature.factor_gram[first, second].permute(0, 1, 3, 2, 4).reshape(
-        n_subsets, size, size
+    Every iterate stays in the span of G and F: w = G a + F b. A step with step size
+    1 / alpha (alpha = steps l2), w' = (H + alpha I)^{-1} (alpha w - g), expanded with
+    the Woodbury identity (H + alpha I)^{-1} = (I - F S^{-1} F^T) / alpha, S =
+    n_S alpha I + F^T F, keeps every member's coefficient in a equal, a_j = -j / (n_S
+    alpha) after j steps, and gives b_{j+1} = S^{-1} (n_S alpha b_j + (j + 1) F^T g /
+    alpha): one q x q Cholesky factor per subset, from the cached F_t^T F_u and F_t^T g_u,
+    batched over the subsets of equal q rounded up to SYSTEM_STEP (a subset's value does
+    not depend on the others given with it). Memory: two (s, q, q) float64 arrays."""
+    n_subsets = holding.shape[0]
+    alpha = steps * l2
+    buckets = padded_size(curvature.subset_ranks(holding))
+    n_rows = curvature.directions.shape[0]
+    direction_weights = curvature.directions.new_zeros(n_subsets, n_rows)
+    for width in torch.unique(buckets).tolist():
+        chosen = torch.nonzero(buckets == width).squeeze(1)
+        rows = curvature.subset_rows(holding[chosen], width)
+        scaled = (sizes[chosen] * alpha)[:, None, None]
+        system = curvature.factor_gram[rows[:, :, None], rows[:, None, :]]
+        # a padded column (the zero row R) has a zero row and column in F^T F: its
+        # diagonal n_S alpha keeps the system definite and its coefficient 0
+        system.diagonal(dim1=1, dim2=2).add_(scaled[:, :, 0])
+        factor = torch.linalg.cholesky(system)
+        del system
+        # F^T g n_S = sum over the members of F^T g_u (the padding's gradient is 0)
+        member_cross = curvature.cross[rows[:, :, None], holding[chosen][:, None, :]].sum(
+            dim=2, keepdim=True
+        )
+        b = torch.zeros_like(member_cross)
+        for step in range(steps):
+            b = _cholesky_solve(factor, scaled * b + (step + 1) / scaled * member_cross)
+        part = direction_weights.new_zeros(len(chosen), n_rows)
+        direction_weights[chosen] = part.scatter_add_(1, rows, b[:, :, 0])
+    # w = G a + F b: a is -steps / (n_S alpha) for every member
+    task_weights = direction_weights.new_zeros(n_subsets, curvature.gradients.shape[0])
+    task_weights.scatter_add_(
+        1, holding, (-steps / (sizes * alpha))[:, None].expand_as(holding).to(task_weights)
     )
-    cross = curvature.cross[first, second].permute(0, 1, 3, 2).reshape(
-        n_subsets, size, largest
-    )
-    system = inner.clone()
-    system.diagonal(dim1=1, dim2=2).add_((sizes * alpha)[:, None])
-    # a padded column (a rank below r, or the padding task) has a zero row and column in
-    # F^T F: its diagonal n_S alpha keeps the system definite and its coefficient 0
-    factor = torch.linalg.cholesky(system)
-    del system
-    a = inner.new_zeros(n_subsets, largest, 1)
-    b = inner.new_zeros(n_subsets, size, 1)
-    for _ in range(steps):
-        right_a = alpha * a - (1.0 / sizes)[:, None, None]
-        right_b = alpha * b
-        solved = _cholesky_solve(factor, cross @ right_a + inner @ right_b)
-        a, b = right_a / alpha, (right_b - solved) / alpha
-    # w = G a + F b, summed over the member slots
-    n_tasks = curvature.gradients.shape[0]
-    task_weights = inner.new_zeros(n_subsets, n_tasks)
-    task_weights.scatter_add_(1, holding, a[:, :, 0])
-    direction_weights = inner.new_zeros(n_subsets, n_tasks, width)
-    direction_weights.scatter_add_(
-        1, holding[:, :, None].expand(-1, -1, width), b[:, :, 0].reshape(n_subsets, largest, width)
-    )
-    return (task_weights @ curvature.gradients
-            + direction_weights.reshape(n_subsets, -1) @ curvature.directions)
+    return task_weights @ curvature.gradients + direction_weights @ curvature.directions
 
 
 def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
@@ -566,11 +591,11 @@ def fit_shifts(
     needed; ``space`` "features" or "examples" forces one way for every subset, "auto"
     chooses by :func:`example_space_rows`; the two agree to rounding); with ``curvature``
     (:func:`compress_curvature` of ``gram`` at this l2), a subset solved on its examples
-    whose members' kept directions (m r) are at most half its examples is solved on those
-    instead (:func:`compressed_flow`; needs ``flow_steps`` or ``newton_steps`` 1, as the
-    others). ``flow_steps`` > 1:
-    the gradient flow of the quadratic model at w = 0 stopped at time 1 / l2 instead of the
-    ridge solution (see :func:`_implicit_flow`); then ``newton_steps`` must be 1. Raises
+    whose members' kept directions together (q) are at most half its examples is solved
+    on those instead (:func:`compressed_flow`; needs ``flow_steps`` or ``newton_steps`` 1,
+    as the others). ``flow_steps`` > 1: the gradient flow of the quadratic model at w = 0
+    stopped at time 1 / l2 instead of the ridge solution (see :func:`_implicit_flow`);
+    then ``newton_steps`` must be 1. Raises
     ValueError when a subset has no training examples, both step counts exceed 1, or
     ``space`` is unknown."""
     if space not in ("auto", "features", "examples"):
@@ -605,9 +630,7 @@ def fit_shifts(
         if curvature is not None:
             # at most half its examples: a factor costs the cube of its size, and the
             # batched factors of the compressed systems cost more per entry
-            compressed = in_examples & (
-                2 * (members > 0).sum(dim=1) * curvature.width <= sizes.long()
-            )
+            compressed = in_examples & (2 * curvature.subset_ranks(holding) <= sizes.long())
             if compressed.any():
                 weights[compressed] = compressed_flow(
                     curvature, member_lists(members[compressed]), sizes[compressed], l2,
@@ -804,7 +827,10 @@ def estimate_values(
     if in_examples < len(ids):
         system = statistics.reduced_dim(largest)
     else:
-        system = largest * curvature.width if curvature is not None else 0
+        system = (
+            int(padded_size(curvature.subset_ranks(member_lists(members))).max())
+            if curvature is not None and len(ids) else 0
+        )
     batch_subsets = subsets_per_batch(max(system, math.isqrt(statistics.dim)), memory_mb)
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
