@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -507,9 +509,10 @@ def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed
                                                   space="features"), rtol=1e-8, atol=1e-12)
 
 
-def test_estimate_values_compresses_the_curvature_by_its_setting():
+def test_estimate_values_compresses_the_curvature_by_its_setting(caplog):
     """curvature_tolerance 0 (the library's default) is the exact path; a tolerance that
-    drops the noise directions of rank-2 tasks moves the losses a little and nothing else."""
+    drops the noise directions of rank-2 tasks moves the losses a little and nothing else,
+    and the log says how many subsets were solved on the kept directions."""
     train = low_rank_split(8, 5, seed=18, noise=1e-3)
     val = headed_split(6, 5, shared=40, head=6, seed=19)
     subsets = pd.DataFrame({"subset_id": [0, 0, 0, 1, 1, 2, 2, 2, 2],
@@ -518,8 +521,13 @@ def test_estimate_values_compresses_the_curvature_by_its_setting():
     exact = GradientEstimateSettings(0.5, 1, None, flow_steps=4)
     assert exact.curvature_tolerance == 0.0
     reference = estimate_values(train, val, subsets, names, exact)
-    kept = estimate_values(train, val, subsets, names,
-                           GradientEstimateSettings(0.5, 1, None, 4, curvature_tolerance=0.1))
+    with caplog.at_level(logging.INFO, logger="taskgroup.estimate.linearized"):
+        kept = estimate_values(
+            train, val, subsets, names,
+            GradientEstimateSettings(0.5, 1, None, 4, curvature_tolerance=0.1),
+        )
+    assert ("3 solved on their training examples, fewer than their columns; 3 of them on "
+            "their members' kept curvature directions, each task's 2 to 2") in caplog.text
     pd.testing.assert_frame_equal(kept.drop(columns=["loss", "metric"]),
                                   reference.drop(columns=["loss", "metric"]))
     changed = (kept["loss"] - reference["loss"]).abs() / reference["loss"]

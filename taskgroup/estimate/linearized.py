@@ -565,6 +565,17 @@ def compressed_flow(
     return task_weights @ curvature.gradients + direction_weights @ curvature.directions
 
 
+def compressed_rows(
+    curvature: CompressedCurvature, members: torch.Tensor, sizes: torch.Tensor
+) -> torch.Tensor:
+    """(s,) bool: the subsets of ``members`` (s, k), of ``sizes`` (s,) training examples,
+    whose members keep at most half as many directions together as the subset has
+    examples (2 q <= n_S): solved on those (:func:`compressed_flow`) when they are solved
+    in example space. A factor costs the cube of its size, and the batched factors of the
+    compressed systems cost more per entry than one n_S x n_S factor."""
+    return 2 * curvature.subset_ranks(member_lists(members)) <= sizes.long()
+
+
 def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
     """(s,) bool: the subsets of ``members`` (s, k) fitted in example space, those whose
     training examples are fewer than the columns of their reduced system (c + m b): a
@@ -628,9 +639,7 @@ def fit_shifts(
             gram = TrainingGram(train, n_tasks)
         compressed = torch.zeros_like(in_examples)
         if curvature is not None:
-            # at most half its examples: a factor costs the cube of its size, and the
-            # batched factors of the compressed systems cost more per entry
-            compressed = in_examples & (2 * curvature.subset_ranks(holding) <= sizes.long())
+            compressed = in_examples & compressed_rows(curvature, members, sizes)
             if compressed.any():
                 weights[compressed] = compressed_flow(
                     curvature, member_lists(members[compressed]), sizes[compressed], l2,
@@ -808,7 +817,8 @@ def estimate_values(
     ids, members = membership(subsets, task_names)
     # the per-task sums (k + 1 blocks of (c + b)^2) only for subsets solved on columns
     statistics = per_task_statistics(train, len(task_names), blocks=False)
-    in_examples = int(example_space_rows(statistics, members).sum())
+    example_space = example_space_rows(statistics, members)
+    in_examples = int(example_space.sum())
     if in_examples < len(ids):
         statistics = with_task_sums(statistics, train)
     counts = members.sum(dim=1)
@@ -817,20 +827,23 @@ def estimate_values(
     order = torch.argsort(counts, stable=True)
     largest = int(counts.max()) if len(ids) else 0
     gram = TrainingGram(train, len(task_names), memory_mb) if in_examples else None
-    curvature = None
+    curvature, compressed = None, torch.zeros_like(example_space)
     if gram is not None and settings.curvature_tolerance > 0:
         curvature = compress_curvature(gram, settings.l2, settings.curvature_tolerance,
                                        memory_mb)
+    if curvature is not None:
+        compressed = example_space & compressed_rows(
+            curvature, members, members @ statistics.counts
+        )
     # A batch holds (s, r, r) systems: the column solves' (r = c + m b) if any subset is
-    # solved on its columns, else the compressed ones (r = m x width; a subset solved on
+    # solved on its columns, else the compressed ones (r = padded q; a subset solved on
     # its examples is solved alone), and at least the (s, d) shifts.
     if in_examples < len(ids):
         system = statistics.reduced_dim(largest)
+    elif compressed.any():
+        system = int(padded_size(curvature.subset_ranks(member_lists(members[compressed]))).max())
     else:
-        system = (
-            int(padded_size(curvature.subset_ranks(member_lists(members))).max())
-            if curvature is not None and len(ids) else 0
-        )
+        system = 0
     batch_subsets = subsets_per_batch(max(system, math.isqrt(statistics.dim)), memory_mb)
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
@@ -863,8 +876,9 @@ def estimate_values(
     shifts = relative.numpy()
     if curvature is not None:
         kept = curvature.ranks[:-1]
-        compression = (f"each task's curvature in {int(kept.min())} to {int(kept.max())} "
-                       f"directions (curvature_tolerance {settings.curvature_tolerance:g})")
+        compression = (f"{int(compressed.sum())} of them on their members' kept curvature "
+                       f"directions, each task's {int(kept.min())} to {int(kept.max())} "
+                       f"(curvature_tolerance {settings.curvature_tolerance:g})")
     elif gram is not None and settings.curvature_tolerance > 0:
         compression = "curvature not compressed: its cache exceeds the memory budget"
     else:
