@@ -489,19 +489,20 @@ def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed
     gram = TrainingGram(train, 6)
     curvature = compress_curvature(gram, 0.2, tolerance=1e-9)
     assert curvature.ranks.tolist() == [2, 2, 2, 2, 2, 12, 0]
-    members = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 0]],
-                           dtype=torch.float64)
+    members = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 0],
+                            [1, 0, 0, 1, 0, 0]], dtype=torch.float64)
     holding = member_lists(members)
-    assert curvature.subset_ranks(holding).tolist() == [4, 14, 10]
+    assert curvature.subset_ranks(holding).tolist() == [4, 14, 10, 4]
     assert curvature.subset_rows(holding[:2], 16).tolist() == [
         [2, 3, 4, 5] + [22] * 12, list(range(8, 22)) + [22] * 2
     ]
     sizes = members @ torch.bincount(train.task_index, minlength=6).double()
-    # 4 x 2 <= 24 and 10 x 2 <= 60: compressed; 14 x 2 > 24: on its examples
+    # 4 x 2 <= 24 and 10 x 2 <= 60: compressed (rows 0 and 3 factored together, padded
+    # to 8; row 2 to 16); 14 x 2 > 24: on its examples
     chosen = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram, curvature=curvature)
     on_examples = fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram)
     assert torch.equal(chosen[1], on_examples[1])
-    for row in (0, 2):
+    for row in (0, 2, 3):
         alone = compressed_flow(curvature, holding[row : row + 1], sizes[row : row + 1],
                                 0.2, 3)
         assert torch.equal(chosen[row], alone[0])
