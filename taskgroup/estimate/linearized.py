@@ -580,8 +580,8 @@ def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> tor
     """(s,) bool: the subsets of ``members`` (s, k) fitted in example space, those whose
     training examples are fewer than the columns of their reduced system (c + m b): a
     Cholesky factor costs the cube of its size, and this choice depends on the data and
-    the subsets only."""
-    sizes = members @ statistics.counts
+    the subsets only. On the device of ``members``."""
+    sizes = members @ statistics.counts.to(members.device)
     columns = len(statistics.shared) + (members > 0).sum(dim=1) * statistics.private.shape[1]
     return sizes < columns
 
@@ -833,7 +833,7 @@ def estimate_values(
                                        memory_mb)
     if curvature is not None:
         compressed = example_space & compressed_rows(
-            curvature, members, members @ statistics.counts
+            curvature, members, members @ statistics.counts.to(members.device)
         )
     # A batch holds (s, r, r) systems: the column solves' (r = c + m b) if any subset is
     # solved on its columns, else the compressed ones (r = padded q; a subset solved on
