@@ -218,22 +218,21 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     for steps, tolerance, l2 in itertools.product(flow_steps, applied, l2_values):
         key = steps, tolerance
         if unprojected:
-            started, cpu_started = time.perf_counter(), time.process_time()
-            values[steps, tolerance, l2] = unprojected_values(
-                splits, subsets, data.task_names, metric_names, l2, steps
+            def run():
+                return unprojected_values(splits, subsets, data.task_names, metric_names,
+                                          l2, steps)
+        else:
+            value = gradient_valuer(
+                splits, projector, projector.parameter_norm(meta), data.task_names,
+                data.types, dataclasses.replace(estimate, l2=l2, flow_steps=steps,
+                                                curvature_tolerance=tolerance),
+                metric, memory_mb=BATCH_MB,
             )
-            seconds[key] = min(seconds.get(key, np.inf), time.perf_counter() - started)
-            cpu_seconds[key] = min(cpu_seconds.get(key, np.inf),
-                                   time.process_time() - cpu_started)
-            continue
-        value = gradient_valuer(
-            splits, projector, projector.parameter_norm(meta), data.task_names,
-            data.types, dataclasses.replace(estimate, l2=l2, flow_steps=steps,
-                                            curvature_tolerance=tolerance),
-            metric, memory_mb=BATCH_MB,
-        )
+
+            def run():
+                return value(subsets).drop(columns="relative_shift")
         started, cpu_started = time.perf_counter(), time.process_time()
-        values[steps, tolerance, l2] = value(subsets).drop(columns="relative_shift")
+        values[steps, tolerance, l2] = run()
         seconds[key] = min(seconds.get(key, np.inf), time.perf_counter() - started)
         cpu_seconds[key] = min(cpu_seconds.get(key, np.inf), time.process_time() - cpu_started)
     queue.put({
