@@ -566,14 +566,15 @@ def compressed_flow(
 
 
 def compressed_rows(
-    curvature: CompressedCurvature, members: torch.Tensor, sizes: torch.Tensor
+    curvature: CompressedCurvature, holding: torch.Tensor, sizes: torch.Tensor
 ) -> torch.Tensor:
-    """(s,) bool: the subsets of ``members`` (s, k), of ``sizes`` (s,) training examples,
-    whose members keep at most half as many directions together as the subset has
-    examples (2 q <= n_S): solved on those (:func:`compressed_flow`) when they are solved
-    in example space. A factor costs the cube of its size, and the batched factors of the
-    compressed systems cost more per entry than one n_S x n_S factor."""
-    return 2 * curvature.subset_ranks(member_lists(members)) <= sizes.long()
+    """(s,) bool: the subsets whose members are ``holding`` (s, m) (padded with k), of
+    ``sizes`` (s,) training examples, whose members keep at most half as many directions
+    together as the subset has examples (2 q <= n_S): solved on those
+    (:func:`compressed_flow`) when they are solved in example space. A factor costs the
+    cube of its size, and the batched factors of the compressed systems cost more per
+    entry than one n_S x n_S factor."""
+    return 2 * curvature.subset_ranks(holding) <= sizes.long()
 
 
 def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
@@ -639,7 +640,7 @@ def fit_shifts(
             gram = TrainingGram(train, n_tasks)
         compressed = torch.zeros_like(in_examples)
         if curvature is not None:
-            compressed = in_examples & compressed_rows(curvature, members, sizes)
+            compressed = in_examples & compressed_rows(curvature, holding, sizes)
             if compressed.any():
                 weights[compressed] = compressed_flow(
                     curvature, member_lists(members[compressed]), sizes[compressed], l2,
@@ -832,8 +833,9 @@ def estimate_values(
         curvature = compress_curvature(gram, settings.l2, settings.curvature_tolerance,
                                        memory_mb)
     if curvature is not None:
+        holding = member_lists(members)
         compressed = example_space & compressed_rows(
-            curvature, members, members @ statistics.counts.to(members.device)
+            curvature, holding, members @ statistics.counts.to(members.device)
         )
     # A batch holds (s, r, r) systems: the column solves' (r = c + m b) if any subset is
     # solved on its columns, else the compressed ones (r = padded q; a subset solved on
@@ -841,7 +843,7 @@ def estimate_values(
     if in_examples < len(ids):
         system = statistics.reduced_dim(largest)
     elif compressed.any():
-        system = int(padded_size(curvature.subset_ranks(member_lists(members[compressed]))).max())
+        system = int(padded_size(curvature.subset_ranks(holding[compressed])).max())
     else:
         system = 0
     batch_subsets = subsets_per_batch(max(system, math.isqrt(statistics.dim)), memory_mb)
