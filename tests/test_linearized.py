@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from taskgroup.estimate import linearized
 from taskgroup.estimate.linearized import (
     ProjectedSplit,
     TrainingGram,
@@ -510,6 +511,25 @@ def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed
                                                   space="features"), rtol=1e-8, atol=1e-12)
 
 
+
+
+@pytest.mark.parametrize("space", ["features", "examples"])
+def test_systems_factored_a_few_at_a_time_give_the_same_shifts(monkeypatch, space):
+    """The batched systems (on the columns, and the compressed ones of the subsets solved
+    on their examples) are factored and solved in pieces of at most SYSTEM_CACHE_BYTES:
+    one system at a time gives the same bits as the whole batch at once."""
+    train = low_rank_split(12, 6, seed=22)
+    gram = TrainingGram(train, 6)
+    curvature = compress_curvature(gram, 0.2, tolerance=1e-9)
+    generator = torch.Generator().manual_seed(23)
+    members = (torch.rand(40, 6, generator=generator) < 0.4).double()
+    members[members.sum(dim=1) == 0, 0] = 1.0
+    def shifts():
+        return fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram,
+                          curvature=curvature, space=space)
+    whole = shifts()
+    monkeypatch.setattr(linearized, "SYSTEM_CACHE_BYTES", 1)
+    assert torch.equal(shifts(), whole)
 def test_estimate_values_compresses_the_curvature_by_its_setting(caplog):
     """curvature_tolerance 0 (the library's default) is the exact path; a tolerance that
     drops the noise directions of rank-2 tasks moves the losses a little and nothing else,

@@ -213,6 +213,13 @@ def with_task_sums(statistics: TaskStatistics, train: ProjectedSplit) -> TaskSta
     )
 
 
+# Batched systems are factored and solved at most this many bytes of them at a time (about
+# a core's L2 cache): a factor is then read from cache by the flow steps' triangular solves
+# instead of from memory, where the solves of a large batch spend their time. Each system
+# is factored alone, so this changes no value.
+SYSTEM_CACHE_BYTES = 2**20
+
+
 def _implicit_flow(
     hessians: torch.Tensor, gradients: torch.Tensor, l2: float, steps: int
 ) -> torch.Tensor:
@@ -225,15 +232,23 @@ def _implicit_flow(
     eigenvalue lambda the shift is -g (1 - (a / (lambda + a))^steps) / lambda, a = steps l2:
     the flow's -g (1 - exp(-lambda / l2)) / lambda as steps grow. Unlike explicit gradient
     steps it is stable for any lambda, and every step reuses the one factor (Cholesky: a
-    batched LU solve in float64 hung on CPU in torch 2.13)."""
+    batched LU solve in float64 hung on CPU in torch 2.13), SYSTEM_CACHE_BYTES of factors at
+    a time."""
     alpha = steps * l2
     hessians.diagonal(dim1=1, dim2=2).add_(alpha)
-    # Not in place: cholesky(out=) the input took 3 times as long on batched float64.
-    factor = torch.linalg.cholesky(hessians)
-    weights = _cholesky_solve(factor, -gradients.unsqueeze(2))
-    for _ in range(steps - 1):
-        weights = _cholesky_solve(factor, alpha * weights - gradients.unsqueeze(2))
-    return weights.squeeze(2)
+    n_subsets, dim = gradients.shape
+    chunk = max(1, SYSTEM_CACHE_BYTES // (hessians.element_size() * max(dim, 1) ** 2))
+    weights = torch.empty_like(gradients)
+    for start in range(0, n_subsets, chunk):
+        part = slice(start, start + chunk)
+        # Not in place: cholesky(out=) the input took 3 times as long on batched float64.
+        factor = torch.linalg.cholesky(hessians[part])
+        gradient = gradients[part].unsqueeze(2)
+        shift = _cholesky_solve(factor, -gradient)
+        for _ in range(steps - 1):
+            shift = _cholesky_solve(factor, alpha * shift - gradient)
+        weights[part] = shift.squeeze(2)
+    return weights
 
 
 def _cholesky_solve(factor: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -271,7 +286,8 @@ def _first_newton_step(
     (no other task touches them), every other column stays at 0, as the (d, d) solve gives
     (their Hessian rows are l2 e_j and gradients 0). With ``flow_steps`` p > 1: p implicit
     Euler steps of the gradient flow of the quadratic model instead (see
-    :func:`_implicit_flow`). Memory: two (s, r, r) float64 arrays, r = c + m b."""
+    :func:`_implicit_flow`). Memory: one (s, r, r) float64 array, r = c + m b, and factors
+    of at most SYSTEM_CACHE_BYTES."""
     n_subsets, largest = holding.shape
     shared, width = len(statistics.shared), statistics.private.shape[1]
     dim = statistics.reduced_dim(largest)
@@ -532,37 +548,54 @@ def compressed_flow(
     alpha) after j steps, and gives b_{j+1} = S^{-1} (n_S alpha b_j + (j + 1) F^T g /
     alpha): one q x q Cholesky factor per subset, from the cached F_t^T F_u and F_t^T g_u,
     batched over the subsets of equal q rounded up to SYSTEM_STEP (a subset's value does
-    not depend on the others given with it). Memory: two (s, q, q) float64 arrays."""
+    not depend on the others given with it), then F b task by task over the subsets that
+    hold it. Memory: the (s, d) shifts, the (s, R + 1) coefficients b and two arrays of
+    systems of at most SYSTEM_CACHE_BYTES."""
     n_subsets = holding.shape[0]
     alpha = steps * l2
     buckets = padded_size(curvature.subset_ranks(holding))
     n_rows = curvature.directions.shape[0]
     direction_weights = curvature.directions.new_zeros(n_subsets, n_rows)
     for width in torch.unique(buckets).tolist():
-        chosen = torch.nonzero(buckets == width).squeeze(1)
-        rows = curvature.subset_rows(holding[chosen], width)
-        scaled = (sizes[chosen] * alpha)[:, None, None]
-        system = curvature.factor_gram[rows[:, :, None], rows[:, None, :]]
-        # a padded column (the zero row R) has a zero row and column in F^T F: its
-        # diagonal n_S alpha keeps the system definite and its coefficient 0
-        system.diagonal(dim1=1, dim2=2).add_(scaled[:, :, 0])
-        factor = torch.linalg.cholesky(system)
-        del system
-        # F^T g n_S = sum over the members of F^T g_u (the padding's gradient is 0)
-        member_cross = curvature.cross[rows[:, :, None], holding[chosen][:, None, :]].sum(
-            dim=2, keepdim=True
-        )
-        b = torch.zeros_like(member_cross)
-        for step in range(steps):
-            b = _cholesky_solve(factor, scaled * b + (step + 1) / scaled * member_cross)
-        part = direction_weights.new_zeros(len(chosen), n_rows)
-        direction_weights[chosen] = part.scatter_add_(1, rows, b[:, :, 0])
+        # the subsets of one size, a cache's worth at a time (see SYSTEM_CACHE_BYTES)
+        entry = direction_weights.element_size()
+        chunk = max(1, SYSTEM_CACHE_BYTES // (entry * max(width, 1) ** 2))
+        for chosen in torch.nonzero(buckets == width).squeeze(1).split(chunk):
+            rows = curvature.subset_rows(holding[chosen], width)
+            scaled = (sizes[chosen] * alpha)[:, None, None]
+            system = curvature.factor_gram[rows[:, :, None], rows[:, None, :]]
+            # a padded column (the zero row R) has a zero row and column in F^T F: its
+            # diagonal n_S alpha keeps the system definite and its coefficient 0
+            system.diagonal(dim1=1, dim2=2).add_(scaled[:, :, 0])
+            factor = torch.linalg.cholesky(system)
+            del system
+            # F^T g n_S = sum over the members of F^T g_u (the padding's gradient is 0)
+            member_cross = curvature.cross[rows[:, :, None], holding[chosen][:, None, :]].sum(
+                dim=2, keepdim=True
+            )
+            b = torch.zeros_like(member_cross)
+            for step in range(steps):
+                b = _cholesky_solve(factor, scaled * b + (step + 1) / scaled * member_cross)
+            part = direction_weights.new_zeros(len(chosen), n_rows)
+            direction_weights[chosen] = part.scatter_add_(1, rows, b[:, :, 0])
     # w = G a + F b: a is -steps / (n_S alpha) for every member
     task_weights = direction_weights.new_zeros(n_subsets, curvature.gradients.shape[0])
     task_weights.scatter_add_(
         1, holding, (-steps / (sizes * alpha))[:, None].expand_as(holding).to(task_weights)
     )
-    return task_weights @ curvature.gradients + direction_weights @ curvature.directions
+    weights = task_weights @ curvature.gradients
+    # F b task by task, over the subsets holding the task: a subset's b is zero outside its
+    # members' rows, so the product over all R rows would be mostly zeros (m of k tasks)
+    for task in torch.unique(holding).tolist():
+        first, rank = int(curvature.offsets[task]), int(curvature.ranks[task])
+        if rank == 0:
+            continue
+        holders = torch.nonzero((holding == task).any(dim=1)).squeeze(1)
+        rows = slice(first, first + rank)
+        weights.index_add_(
+            0, holders, direction_weights[holders, rows] @ curvature.directions[rows]
+        )
+    return weights
 
 
 def compressed_rows(
