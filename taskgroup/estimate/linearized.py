@@ -62,6 +62,7 @@ from torch.nn import functional as F
 from taskgroup.data.designs import membership_matrix
 from taskgroup.data.examples import regression_mask
 from taskgroup.estimate.settings import GradientEstimateSettings, check_step_counts
+from taskgroup.estimate.symmetric import row_gram
 from taskgroup.estimate.task_scales import scale_changes
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.resources import OUTPUT_ENTRIES, SUBSET_FIT_BYTES
@@ -350,12 +351,16 @@ class TrainingGram:
             place = (slice(self.starts[low], self.starts[low + 1]),
                      slice(self.starts[high], self.starts[high + 1]))
             if not self.filled[low, high]:
-                self.full[place] = self.z[low] @ self.z[high].T
+                self.full[place] = self._product(low, high)
                 self.filled[low, high] = True
             product = self.full[place]
         else:
-            product = self.z[low] @ self.z[high].T
+            product = self._product(low, high)
         return product if first <= second else product.T
+
+    def _product(self, low: int, high: int) -> torch.Tensor:
+        # a task's own block is symmetric: half the arithmetic
+        return row_gram(self.z[low]) if low == high else self.z[low] @ self.z[high].T
 
     def kernel(self, tasks: list[int]) -> torch.Tensor:
         """K = Z_R Z_R^T (n_R, n_R) of the training rows R of ``tasks``, task by task."""
@@ -515,7 +520,7 @@ def compress_curvature(
         all_gradients[:n_tasks] = torch.stack(gradients)
     offsets = torch.cumsum(ranks, dim=0) - ranks
     return CompressedCurvature(
-        directions, all_gradients, ranks, offsets, directions @ directions.T,
+        directions, all_gradients, ranks, offsets, row_gram(directions),
         directions @ all_gradients.T,
     )
 

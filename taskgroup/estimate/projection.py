@@ -77,6 +77,7 @@ from taskgroup.estimate.gradients import (
 )
 from taskgroup.estimate.linearized import loss_derivatives
 from taskgroup.estimate.settings import KINDS, ProjectionSettings
+from taskgroup.estimate.symmetric import row_gram
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.resources import allocate_columns
 from taskgroup.seeding import derived_seed
@@ -305,8 +306,9 @@ EIGEN_NOT_FITTED = ("projection structure eigen: the basis was not fitted to the
 def top_eigenvectors(moment: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count`` eigenvectors of the symmetric ``moment`` (m, m) of largest eigenvalue,
     as float32 columns (m, count), largest first, each signed so that its entry of largest
-    magnitude is positive (so that the basis is a function of the moment alone)."""
-    _, vectors = torch.linalg.eigh(moment.double())
+    magnitude is positive (so that the basis is a function of the moment alone). Found in
+    float32: the moment is a sum of float32 products, and the vectors are kept in float32."""
+    _, vectors = torch.linalg.eigh(moment.float())
     vectors = vectors[:, -count:].flip(1)
     signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
     return (vectors * signs).float()
@@ -381,8 +383,8 @@ def _fit_sums(factors: list[LayerFactors], outputs, labels, regression, task_ind
         if moments:
             # float32 products (float64 ones cost more than a training epoch on a
             # [256, 256] trunk), float64 sums over the batches
-            input_moment = (inputs.T @ inputs).double()
-            delta_moment = None if deltas is None else (deltas.T @ deltas).double()
+            input_moment = row_gram(inputs.T).double()
+            delta_moment = None if deltas is None else row_gram(deltas.T).double()
         if fisher:
             # float32 products of positive terms, float64 sums over the batches
             squared_inputs = inputs**2
