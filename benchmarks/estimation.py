@@ -4,7 +4,7 @@ Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
       [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
       [--curvature-tolerance 0 0.1]
-      [--finetune-lr 0.001] [--task-scales]
+      [--finetune-lr 0.001] [--task-scales] [--repeats 3]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
@@ -12,28 +12,28 @@ config's model.hidden_sizes), the meta-initialization is trained once and m subs
 fine-tuned for real twice (finetune.seed and finetune.seed + 1), once per run. Every
 projection setting (``structure:dim[:nonzeros]``, ``exact`` for no projection, or
 ``unprojected``: no projection either, the same estimate solved in example space, see
-:func:`unprojected_values`, which runs where ``exact``'s p x p systems cannot; each
-with an optional ``@adam`` or ``@none``: the preconditioner, default the config's) is then
-run in a fresh process (so that its peak memory is its own) and compared with the same
-references. For each it prints: d, gradient collection + projection time as a share of one
-training epoch over all tasks, estimate throughput (subsets per second, projection
-excluded), the process's peak memory above its footprint after loading the data and the
-meta-initialization, the
-speedup of the whole gradient path over real fine-tuning of the same subsets in wall
-seconds and in CPU seconds (speedup_cpu: both sides run on one thread, and their CPU time is
-not stretched by other processes on a shared machine), and the
+:func:`unprojected_values`, which runs where ``exact``'s p x p systems cannot; each with an
+optional ``@adam`` or ``@none``: the preconditioner, default the config's) is then run in a
+fresh process (so that its peak memory is its own) and compared with the same references.
+For each it prints: d, gradient collection + projection time as a share of one training
+epoch over all tasks (proj_epochs in wall seconds, proj_epochs_cpu in CPU seconds), estimate
+throughput (subsets per second, projection excluded; every time the median of ``--repeats``
+timings), the process's peak memory above its footprint after loading the data and the
+meta-initialization, the speedup of the whole gradient path over real fine-tuning of the
+same subsets in wall seconds and in CPU seconds (speedup_cpu: both sides run on one thread,
+and their CPU time is not stretched by other processes on a shared machine), and the
 agreement with real fine-tuning (median relative error, within-task Spearman, normalized
 affinity distance, ARI of the clusters from the config's primary method), next to the
 real-vs-real floor and the no-change estimate; with ``--l2``, ``--flow-steps`` and
-``--curvature-tolerance``, one row per combination of values (throughput: the fastest l2
-of each flow_steps and tolerance). The fine-tuning
-rate is ``--finetune-lr``, or the config's finetune.lr; when that is "auto", the workflow's
-choice (:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first
-validation.n_subsets subsets first and its curve printed. With ``--task-scales`` each
-estimate is printed a second time with its task scales (see
-:mod:`taskgroup.estimate.task_scales`), fitted on the first validation.n_subsets subsets
-against the second seed's fine-tuning as the workflow fits them, and compared with the
-first seed's on all subsets. One thread per process; nothing is asserted.
+``--curvature-tolerance``, one row per combination of values (throughput: the fastest l2 of
+each flow_steps and tolerance). The fine-tuning rate is ``--finetune-lr``, or the config's
+finetune.lr; when that is "auto", the workflow's choice
+(:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first validation.n_subsets
+subsets first and its curve printed. With ``--task-scales`` each estimate is printed a
+second time with its task scales (see :mod:`taskgroup.estimate.task_scales`), fitted on the
+first validation.n_subsets subsets against the second seed's fine-tuning as the workflow
+fits them, and compared with the first seed's on all subsets. One thread per process;
+nothing is asserted.
 """
 
 from __future__ import annotations
@@ -170,21 +170,41 @@ def load_data(config: dict):
 def one_epoch_seconds(config, data, meta, clock=time.perf_counter) -> float:
     """One epoch of training on all tasks' training examples, from the meta-initialization,
     timed by ``clock`` (wall time by default; time.process_time for CPU time)."""
+    return timed(lambda: _one_epoch(config, data, meta), clock)
+
+
+def _one_epoch(config, data, meta) -> None:
     model = copy.deepcopy(meta)
     settings = training(config["meta_init"])
     one = TrainSettings(1, settings.lr, settings.batch_size, settings.weight_decay)
-    started = clock()
     fit(model, data, torch.arange(data.n_tasks), one, seed=0)
+
+
+def timed(work, clock=time.perf_counter) -> float:
+    started = clock()
+    work()
     return clock() - started
 
 
+def median_seconds(work, repeats: int):
+    """The median wall and CPU seconds of ``repeats`` calls of ``work``, and its last
+    result."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = work()
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
+    return float(np.median(wall)), float(np.median(cpu)), result
+
+
 def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps, tolerances,
-                    queue):
+                    repeats, queue):
     """Projection of every train/val example, then the estimate of every subset at each l2
     of ``l2_values``, each count of ``flow_steps`` and each curvature tolerance of
     ``tolerances`` (the library's projection and valuer,
     as the stages call them, without the Parquet round trip), after a warm-up on 2
-    subsets."""
+    subsets; each timed ``repeats`` times (the median)."""
     torch.set_num_threads(1)
     data, _ = load_data(config)
     meta = MultiHeadNet(data.n_features, data.n_tasks, hidden)
@@ -206,11 +226,11 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
         gradient_valuer(splits, warm, warm.parameter_norm(meta), data.task_names, data.types,
                         estimate, metric, memory_mb=BATCH_MB)(subsets[subsets["subset_id"] < 2])
         del splits
-    started, cpu_started = time.perf_counter(), time.process_time()
-    projector = make_projector(meta, settings)
-    splits = project_data(meta, projector, data, PROJECTION_BATCH)
-    projection_seconds = time.perf_counter() - started
-    projection_cpu = time.process_time() - cpu_started
+    def project():
+        projector = make_projector(meta, settings)
+        return projector, project_data(meta, projector, data, PROJECTION_BATCH)
+
+    projection_seconds, projection_cpu, (projector, splits) = median_seconds(project, repeats)
     values, seconds, cpu_seconds = {}, {}, {}
     metric_names = resolve_metrics(metric, data.types, data.task_names)
     # the unprojected estimate has no compressed curvature: one tolerance for it
@@ -231,10 +251,9 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
 
             def run():
                 return value(subsets).drop(columns="relative_shift")
-        started, cpu_started = time.perf_counter(), time.process_time()
-        values[steps, tolerance, l2] = run()
-        seconds[key] = min(seconds.get(key, np.inf), time.perf_counter() - started)
-        cpu_seconds[key] = min(cpu_seconds.get(key, np.inf), time.process_time() - cpu_started)
+        wall, cpu, values[steps, tolerance, l2] = median_seconds(run, repeats)
+        seconds[key] = min(seconds.get(key, np.inf), wall)
+        cpu_seconds[key] = min(cpu_seconds.get(key, np.inf), cpu)
     queue.put({
         "values": values, "dim": projector.dim,
         "exact": projector.exact, "projection_seconds": projection_seconds,
@@ -243,14 +262,15 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     })
 
 
-def gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps, tolerances):
+def gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps, tolerances,
+                 repeats):
     """One projection setting in a fresh process, so its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
         target=_gradient_child,
         args=(config, hidden, meta.state_dict(), subsets, text, l2_values, flow_steps,
-              tolerances, queue),
+              tolerances, repeats, queue),
     )
     process.start()
     result = queue.get()
@@ -282,6 +302,9 @@ def main():
                         help="also print each estimate with its task scales, fitted as the "
                              "workflow fits them: on the first validation.n_subsets subsets "
                              "against the second seed's fine-tuning")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="times each of the training epoch, the projection and every "
+                             "estimate is timed (the median is printed)")
     parser.add_argument("--settings", nargs="+",
                         default=["exact", "sparse:1024:4", "kronecker:1024", "dense:1024"])
     args = parser.parse_args()
@@ -303,7 +326,7 @@ def main():
     subsets = random_design(data.task_names, config["subsets"]["size"], args.subsets,
                             config["subsets"]["seed"])
     metric = config["evaluation"]["metric"]
-    epoch = one_epoch_seconds(config, data, meta)
+    epoch, epoch_cpu, _ = median_seconds(lambda: _one_epoch(config, data, meta), args.repeats)
     finetune = FinetuneSettings.from_mapping(config["finetune"])
     if args.finetune_lr is not None:
         finetune = finetune.with_lr(args.finetune_lr)
@@ -344,8 +367,9 @@ def main():
           f"fine-tuning {config['finetune']['epochs']} epochs at lr {finetune.training.lr:g}, "
           f"m = {args.subsets} subsets of size {config['subsets']['size']}, l2 "
           f"{config['gradient_estimate']['l2']}, clusters by {method}, 1 thread per process")
-    print(f"one training epoch: {epoch:.3f} s; real fine-tuning of the m subsets: "
-          f"{real_seconds:.1f} s ({real_cpu:.1f} CPU s)\n")
+    print(f"one training epoch: {epoch:.3f} s ({epoch_cpu:.3f} CPU s, median of "
+          f"{args.repeats}); real fine-tuning of the m subsets: {real_seconds:.1f} s "
+          f"({real_cpu:.1f} CPU s)\n")
     rows = [{"what": "real vs real (floor)", **compare(other)},
             {"what": "no change vs real", **compare(trivial)}]
     # l2 "auto": every candidate, so that the row the workflow would choose is among them
@@ -358,7 +382,7 @@ def main():
     held_out = sorted(subsets["subset_id"].unique())[: config["validation"]["n_subsets"]]
     for text in args.settings:
         result = gradient_run(config, hidden, meta, subsets, text, l2_values, flow_steps,
-                              tolerances)
+                              tolerances, args.repeats)
         for (steps, tolerance, l2), values in result["values"].items():
             estimate_seconds = result["estimate_seconds"][steps, tolerance]
             estimate_cpu = result["estimate_cpu"][steps, tolerance]
@@ -366,6 +390,7 @@ def main():
                 "what": f"gradient {text}" + (" (exact)" if result["exact"] else ""),
                 "flow": steps, "tol": tolerance, "l2": l2, "d": result["dim"],
                 "proj_epochs": result["projection_seconds"] / epoch,
+                "proj_epochs_cpu": result["projection_cpu"] / epoch_cpu,
                 "subsets_per_s": args.subsets / estimate_seconds,
                 "peak_mb": result["peak_mb"],
                 "speedup": real_seconds / (result["projection_seconds"] + estimate_seconds),
