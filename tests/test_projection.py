@@ -24,6 +24,7 @@ from taskgroup.estimate.projection import (
     parameter_norm,
     project_examples,
     projection_batch_size,
+    top_eigenvectors,
 )
 from taskgroup.estimate.settings import (
     GradientEstimateSettings,
@@ -353,3 +354,24 @@ def test_the_adam_preconditioner_scales_each_gradient_entry_by_its_factored_adam
     assert plain.parameter_norm(model) == pytest.approx(parameter_norm(model))
     # a rebuilt projector carries the preconditioner, unfitted
     assert from_description(model, adam.describe()).needs_fit
+
+
+def test_top_eigenvectors_of_a_moment_with_many_units_off_everywhere():
+    """A layer whose units are mostly off on every example (a ReLU trunk after training)
+    has a second moment with a large zero block, on which torch 2.13's float32 eigensolver
+    fails to converge on 2 threads (this one; not on 1): the basis is the float64 one,
+    the same on any thread count."""
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.relu(torch.randn(3000, 257, dtype=torch.float64, generator=generator) + 0.5)
+    inputs[:, torch.randperm(257, generator=generator)[:186]] = 0
+    moment = (30 * inputs).T @ (30 * inputs)
+    vectors = top_eigenvectors(moment, 3)
+    assert vectors.dtype == torch.float32 and vectors.shape == (257, 3)
+    values, expected = torch.linalg.eigh(moment)
+    expected = expected[:, -3:].flip(1)
+    torch.testing.assert_close(vectors.double().T @ vectors.double(),
+                               torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    # the same vectors up to sign, each signed by its entry of largest magnitude
+    torch.testing.assert_close((vectors.double().T @ expected).abs(),
+                               torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert (vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)) > 0).all()

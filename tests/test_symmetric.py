@@ -25,3 +25,18 @@ def test_row_gram_of_no_rows_or_no_columns_is_zeros():
     assert row_gram(torch.zeros(0, 5)).shape == (0, 0)
     assert torch.equal(row_gram(torch.zeros(3, 0, dtype=torch.float64)),
                        torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_row_gram_does_not_depend_on_the_thread_count():
+    """The same bits on one thread as on two: a job's results must not depend on its
+    threads (syrk's own threads would split its sums)."""
+    rows = torch.randn(3000, 257, generator=torch.Generator().manual_seed(1)).T
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = row_gram(rows)
+        torch.set_num_threads(2)
+        two = row_gram(rows)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)

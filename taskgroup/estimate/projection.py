@@ -307,8 +307,10 @@ def top_eigenvectors(moment: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count`` eigenvectors of the symmetric ``moment`` (m, m) of largest eigenvalue,
     as float32 columns (m, count), largest first, each signed so that its entry of largest
     magnitude is positive (so that the basis is a function of the moment alone). Found in
-    float32: the moment is a sum of float32 products, and the vectors are kept in float32."""
-    _, vectors = torch.linalg.eigh(moment.float())
+    float64: the float32 solver, twice as fast, fails to converge on some moments with a
+    large zero block (units off on every example), and whether it does depends on the
+    thread count."""
+    _, vectors = torch.linalg.eigh(moment.double())
     vectors = vectors[:, -count:].flip(1)
     signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
     return (vectors * signs).float()

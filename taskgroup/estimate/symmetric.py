@@ -3,8 +3,8 @@
 The projection's second moments and the training Gram's diagonal blocks are products of a
 matrix with itself. A matrix product computes both triangles of the result; BLAS's syrk
 computes one. torch has no syrk, so on the CPU the product goes through SciPy's BLAS (on
-the tensor's memory, without a copy), with as many BLAS threads as torch uses, and
-elsewhere (CUDA) through a matrix product. Either way the result is exactly symmetric.
+the tensor's memory, without a copy) on one BLAS thread, and elsewhere (CUDA) through a
+matrix product. Either way the result is exactly symmetric.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def row_gram(rows: torch.Tensor) -> torch.Tensor:
         array = rows.detach().contiguous().numpy()
     syrks, threads = _blas()
     syrk = syrks[rows.dtype]
-    with threads.limit(limits=torch.get_num_threads(), user_api="blas"):
+    # One thread: OpenBLAS's syrk on two threads sums in another order than on one (its
+    # threads share the inner dimension), and a job's result must not depend on its threads.
+    with threads.limit(limits=1, user_api="blas"):
         # syrk forms a a^T (trans 0) or a^T a (trans 1) of a column-major a: rows itself
         # when it is column-major, else its transpose (column-major for row-major rows)
         if array.flags.f_contiguous:
