@@ -375,3 +375,20 @@ def test_top_eigenvectors_of_a_moment_with_many_units_off_everywhere():
     torch.testing.assert_close((vectors.double().T @ expected).abs(),
                                torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
     assert (vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)) > 0).all()
+
+
+def test_top_eigenvectors_past_the_units_that_are_on_are_the_off_units_unit_vectors():
+    """Units 1 and 3 are on (a rank-2 moment on them): the top two vectors are that block's,
+    the next ones the unit vectors of the off units 0, 2, 4 in order; a moment of units
+    all off gives unit vectors only."""
+    moment = torch.zeros(5, 5, dtype=torch.float64)
+    moment[1, 1], moment[3, 3], moment[1, 3] = 4.0, 1.0, 1.0
+    moment[3, 1] = 1.0
+    vectors = top_eigenvectors(moment, 4)
+    values, block = torch.linalg.eigh(moment[[1, 3]][:, [1, 3]])
+    assert torch.allclose(vectors[[1, 3], 0].double().abs(), block[:, 1].abs(), atol=1e-7)
+    assert torch.allclose(vectors[[1, 3], 1].double().abs(), block[:, 0].abs(), atol=1e-7)
+    assert vectors[[0, 2, 4], :2].abs().max() == 0
+    assert vectors[:, 2:].T.tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 0]]
+    assert torch.equal(top_eigenvectors(torch.zeros(3, 3), 2).T,
+                       torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))

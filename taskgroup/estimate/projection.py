@@ -306,12 +306,24 @@ EIGEN_NOT_FITTED = ("projection structure eigen: the basis was not fitted to the
 def top_eigenvectors(moment: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count`` eigenvectors of the symmetric ``moment`` (m, m) of largest eigenvalue,
     as float32 columns (m, count), largest first, each signed so that its entry of largest
-    magnitude is positive (so that the basis is a function of the moment alone). Found in
-    float64: the float32 solver, twice as fast, fails to converge on some moments with a
-    large zero block (units off on every example), and whether it does depends on the
-    thread count."""
-    _, vectors = torch.linalg.eigh(moment.double())
-    vectors = vectors[:, -count:].flip(1)
+    magnitude is positive (so that the basis is a function of the moment alone).
+
+    A unit that is off on every example has a zero row and column: the eigenvectors of
+    positive eigenvalue are those of the other units' block, which is decomposed alone
+    (a ReLU trunk has many such units, and the decomposition costs the cube of its size);
+    past that block's size, the vectors are the off units' unit vectors, in order. In
+    float64: torch 2.13's float32 solver, twice as fast, fails to converge on some moments
+    with a large zero block, and whether it does depends on the thread count."""
+    size = moment.shape[0]
+    live = torch.nonzero((moment != 0).any(dim=1)).squeeze(1)
+    _, block = torch.linalg.eigh(moment[live][:, live].double())
+    taken = min(count, len(live))
+    vectors = torch.zeros(size, count, dtype=torch.float64, device=moment.device)
+    vectors[live, :taken] = block[:, len(live) - taken :].flip(1)
+    off = torch.ones(size, dtype=torch.bool, device=moment.device)
+    off[live] = False
+    rest = torch.nonzero(off).squeeze(1)[: count - taken]
+    vectors[rest, taken + torch.arange(len(rest), device=moment.device)] = 1.0
     signs = torch.sign(vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True)))
     return (vectors * signs).float()
 
