@@ -156,9 +156,9 @@ def column_layout(z: torch.Tensor, task_index: torch.Tensor, n_tasks: int):
     :mod:`taskgroup.estimate.projection`), so they are private; columns no task uses are in
     neither (a subset's fit leaves them at 0 exactly)."""
     dim = z.shape[1]
-    used = torch.zeros(n_tasks, dim, dtype=torch.bool, device=z.device)
-    for task, rows in enumerate(_task_rows(task_index, n_tasks)):
-        used[task] = (z[rows] != 0).any(dim=0)
+    # a column's nonzero rows counted per task, in one pass over z
+    counts = torch.zeros(n_tasks, dim, dtype=torch.int32, device=z.device)
+    used = counts.index_add_(0, task_index, (z != 0).to(torch.int32)) > 0
     holders = used.sum(dim=0)
     shared = torch.nonzero(holders >= 2).squeeze(1)
     alone = used & (holders == 1)
@@ -561,26 +561,31 @@ def compressed_flow(
     buckets = padded_size(curvature.subset_ranks(holding))
     n_rows = curvature.directions.shape[0]
     direction_weights = curvature.directions.new_zeros(n_subsets, n_rows)
+    # F^T g n_S on every row: the sum over the members of F^T g_u (the padding's g is 0)
+    member_cross = F.embedding_bag(holding, curvature.cross.T.contiguous(), mode="sum")
+    # the systems are gathered from the flat F^T F: one index per entry (a two-index
+    # gather of the (s, q, q) entries took 3 times as long)
+    flat_gram = curvature.factor_gram.reshape(-1)
     for width in torch.unique(buckets).tolist():
+        subsets = torch.nonzero(buckets == width).squeeze(1)
+        all_rows = curvature.subset_rows(holding[subsets], width)
         # the subsets of one size, a cache's worth at a time (see SYSTEM_CACHE_BYTES)
         entry = direction_weights.element_size()
         chunk = max(1, SYSTEM_CACHE_BYTES // (entry * max(width, 1) ** 2))
-        for chosen in torch.nonzero(buckets == width).squeeze(1).split(chunk):
-            rows = curvature.subset_rows(holding[chosen], width)
+        for start in range(0, len(subsets), chunk):
+            chosen, rows = subsets[start : start + chunk], all_rows[start : start + chunk]
             scaled = (sizes[chosen] * alpha)[:, None, None]
-            system = curvature.factor_gram[rows[:, :, None], rows[:, None, :]]
+            entries = (rows[:, :, None] * n_rows + rows[:, None, :]).reshape(-1)
+            system = flat_gram.index_select(0, entries).view(len(chosen), width, width)
             # a padded column (the zero row R) has a zero row and column in F^T F: its
             # diagonal n_S alpha keeps the system definite and its coefficient 0
             system.diagonal(dim1=1, dim2=2).add_(scaled[:, :, 0])
             factor = torch.linalg.cholesky(system)
             del system
-            # F^T g n_S = sum over the members of F^T g_u (the padding's gradient is 0)
-            member_cross = curvature.cross[rows[:, :, None], holding[chosen][:, None, :]].sum(
-                dim=2, keepdim=True
-            )
-            b = torch.zeros_like(member_cross)
+            cross = member_cross[chosen].gather(1, rows).unsqueeze(2)
+            b = torch.zeros_like(cross)
             for step in range(steps):
-                b = _cholesky_solve(factor, scaled * b + (step + 1) / scaled * member_cross)
+                b = _cholesky_solve(factor, scaled * b + (step + 1) / scaled * cross)
             part = direction_weights.new_zeros(len(chosen), n_rows)
             direction_weights[chosen] = part.scatter_add_(1, rows, b[:, :, 0])
     # w = G a + F b: a is -steps / (n_S alpha) for every member
