@@ -511,8 +511,6 @@ def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed
                                                   space="features"), rtol=1e-8, atol=1e-12)
 
 
-
-
 @pytest.mark.parametrize("space", ["features", "examples"])
 def test_systems_factored_a_few_at_a_time_give_the_same_shifts(monkeypatch, space):
     """The batched systems (on the columns, and the compressed ones of the subsets solved
@@ -524,12 +522,15 @@ def test_systems_factored_a_few_at_a_time_give_the_same_shifts(monkeypatch, spac
     generator = torch.Generator().manual_seed(23)
     members = (torch.rand(40, 6, generator=generator) < 0.4).double()
     members[members.sum(dim=1) == 0, 0] = 1.0
+
     def shifts():
         return fit_shifts(train, members, l2=0.2, flow_steps=3, gram=gram,
                           curvature=curvature, space=space)
     whole = shifts()
     monkeypatch.setattr(linearized, "SYSTEM_CACHE_BYTES", 1)
     assert torch.equal(shifts(), whole)
+
+
 def test_estimate_values_compresses_the_curvature_by_its_setting(caplog):
     """curvature_tolerance 0 (the library's default) is the exact path; a tolerance that
     drops the noise directions of rank-2 tasks moves the losses a little and nothing else,

@@ -367,7 +367,7 @@ def test_top_eigenvectors_of_a_moment_with_many_units_off_everywhere():
     moment = (30 * inputs).T @ (30 * inputs)
     vectors = top_eigenvectors(moment, 3)
     assert vectors.dtype == torch.float32 and vectors.shape == (257, 3)
-    values, expected = torch.linalg.eigh(moment)
+    _, expected = torch.linalg.eigh(moment)
     expected = expected[:, -3:].flip(1)
     torch.testing.assert_close(vectors.double().T @ vectors.double(),
                                torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
@@ -385,7 +385,7 @@ def test_top_eigenvectors_past_the_units_that_are_on_are_the_off_units_unit_vect
     moment[1, 1], moment[3, 3], moment[1, 3] = 4.0, 1.0, 1.0
     moment[3, 1] = 1.0
     vectors = top_eigenvectors(moment, 4)
-    values, block = torch.linalg.eigh(moment[[1, 3]][:, [1, 3]])
+    _, block = torch.linalg.eigh(moment[[1, 3]][:, [1, 3]])
     assert torch.allclose(vectors[[1, 3], 0].double().abs(), block[:, 1].abs(), atol=1e-7)
     assert torch.allclose(vectors[[1, 3], 1].double().abs(), block[:, 0].abs(), atol=1e-7)
     assert vectors[[0, 2, 4], :2].abs().max() == 0

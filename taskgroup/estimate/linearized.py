@@ -221,6 +221,12 @@ def with_task_sums(statistics: TaskStatistics, train: ProjectedSplit) -> TaskSta
 SYSTEM_CACHE_BYTES = 2**20
 
 
+def _systems_per_chunk(size: int, entry_bytes: int) -> int:
+    """Systems of ``size`` columns factored and solved at a time: SYSTEM_CACHE_BYTES of
+    them, at least one."""
+    return max(1, SYSTEM_CACHE_BYTES // (entry_bytes * max(size, 1) ** 2))
+
+
 def _implicit_flow(
     hessians: torch.Tensor, gradients: torch.Tensor, l2: float, steps: int
 ) -> torch.Tensor:
@@ -238,7 +244,7 @@ def _implicit_flow(
     alpha = steps * l2
     hessians.diagonal(dim1=1, dim2=2).add_(alpha)
     n_subsets, dim = gradients.shape
-    chunk = max(1, SYSTEM_CACHE_BYTES // (hessians.element_size() * max(dim, 1) ** 2))
+    chunk = _systems_per_chunk(dim, hessians.element_size())
     weights = torch.empty_like(gradients)
     for start in range(0, n_subsets, chunk):
         part = slice(start, start + chunk)
@@ -569,9 +575,8 @@ def compressed_flow(
     for width in torch.unique(buckets).tolist():
         subsets = torch.nonzero(buckets == width).squeeze(1)
         all_rows = curvature.subset_rows(holding[subsets], width)
-        # the subsets of one size, a cache's worth at a time (see SYSTEM_CACHE_BYTES)
-        entry = direction_weights.element_size()
-        chunk = max(1, SYSTEM_CACHE_BYTES // (entry * max(width, 1) ** 2))
+        # the subsets of one size, a cache's worth at a time
+        chunk = _systems_per_chunk(width, direction_weights.element_size())
         for start in range(0, len(subsets), chunk):
             chosen, rows = subsets[start : start + chunk], all_rows[start : start + chunk]
             scaled = (sizes[chosen] * alpha)[:, None, None]
@@ -686,8 +691,7 @@ def fit_shifts(
             compressed = in_examples & compressed_rows(curvature, holding, sizes)
             if compressed.any():
                 weights[compressed] = compressed_flow(
-                    curvature, member_lists(members[compressed]), sizes[compressed], l2,
-                    flow_steps,
+                    curvature, holding[compressed], sizes[compressed], l2, flow_steps
                 )
         rest = in_examples & ~compressed
         if rest.any():
