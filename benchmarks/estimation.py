@@ -340,10 +340,9 @@ def main():
         print(f"finetune.lr auto, on {pilot['subset_id'].nunique()} of the subsets "
               f"({time.perf_counter() - started:.1f} s):")
         print(curve.round(4).to_string(index=False), "\n")
-    started, cpu_started = time.perf_counter(), time.process_time()
-    real = finetune_valuer(meta, data, finetune, metric)(subsets)
-    real_seconds = time.perf_counter() - started
-    real_cpu = time.process_time() - cpu_started
+    real_seconds, real_cpu, real = median_seconds(
+        lambda: finetune_valuer(meta, data, finetune, metric)(subsets), 1
+    )
     other = finetune_valuer(
         meta, data, dataclasses.replace(finetune, seed=finetune.seed + 1), metric
     )(subsets)

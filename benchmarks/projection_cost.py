@@ -36,6 +36,7 @@ from estimation import (  # noqa: E402
     load_data,
     one_epoch_seconds,
     projection_settings,
+    timed,
     training,
 )
 
@@ -44,12 +45,6 @@ from taskgroup.estimate.valuers import project_data  # noqa: E402
 from taskgroup.models.training import train_new_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_seconds(work) -> float:
-    started = time.process_time()
-    work()
-    return time.process_time() - started
 
 
 def measure(config: dict, hidden: list[int], settings: list[str], repeats: int) -> list[dict]:
@@ -63,7 +58,8 @@ def measure(config: dict, hidden: list[int], settings: list[str], repeats: int) 
         for text in settings:
             projector = make_projector(meta, projection_settings(text, config))
             times.setdefault(text, []).append(
-                cpu_seconds(lambda p=projector: project_data(meta, p, data, PROJECTION_BATCH))
+                timed(lambda p=projector: project_data(meta, p, data, PROJECTION_BATCH),
+                      time.process_time)
             )
     median = {key: sorted(values)[len(values) // 2] for key, values in times.items()}
     n_train = data.splits["train"].features.shape[0]
