@@ -62,7 +62,7 @@ from torch.nn import functional as F
 from taskgroup.data.designs import membership_matrix
 from taskgroup.data.examples import regression_mask
 from taskgroup.estimate.settings import GradientEstimateSettings, check_step_counts
-from taskgroup.estimate.symmetric import row_gram
+from taskgroup.estimate.symmetric import row_gram, top_eigenpairs
 from taskgroup.estimate.task_scales import scale_changes
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.resources import OUTPUT_ENTRIES, SUBSET_FIT_BYTES
@@ -508,11 +508,11 @@ def compress_curvature(
             kept.append(z.new_zeros(z.shape[1], 0))
             continue
         scale = gram.curvature[rows].sqrt()
-        eigenvalues, vectors = torch.linalg.eigh(
-            scale[:, None] * gram.block(task, task) * scale[None, :]
+        _, vectors = top_eigenpairs(
+            scale[:, None] * gram.block(task, task) * scale[None, :],
+            above=tolerance * l2 * len(rows),
         )
-        keep = eigenvalues > tolerance * l2 * len(rows)
-        kept.append(z.T @ (scale[:, None] * vectors[:, keep]))
+        kept.append(z.T @ (scale[:, None] * vectors.to(z)))
     ranks = torch.tensor([factor.shape[1] for factor in kept] + [0], dtype=torch.int64)
     total = int(ranks.sum())
     if 8 * (total + 1) ** 2 > memory_mb * 10**6:

@@ -77,7 +77,7 @@ from taskgroup.estimate.gradients import (
 )
 from taskgroup.estimate.linearized import loss_derivatives
 from taskgroup.estimate.settings import KINDS, ProjectionSettings
-from taskgroup.estimate.symmetric import row_gram
+from taskgroup.estimate.symmetric import row_gram, top_eigenpairs
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.resources import allocate_columns
 from taskgroup.seeding import derived_seed
@@ -311,15 +311,16 @@ def top_eigenvectors(moment: torch.Tensor, count: int) -> torch.Tensor:
     A unit that is off on every example has a zero row and column: the eigenvectors of
     positive eigenvalue are those of the other units' block, which is decomposed alone
     (a ReLU trunk has many such units, and the decomposition costs the cube of its size);
-    past that block's size, the vectors are the off units' unit vectors, in order. In
-    float64: torch 2.13's float32 solver, twice as fast, fails to converge on some moments
+    past that block's size, the vectors are the off units' unit vectors, in order. Only
+    the ``count`` vectors are computed (:func:`top_eigenpairs`). In float64: torch 2.13's
+    float32 solver, twice as fast, fails to converge on some moments
     with a large zero block, and whether it does depends on the thread count."""
     size = moment.shape[0]
     live = torch.nonzero((moment != 0).any(dim=1)).squeeze(1)
-    _, block = torch.linalg.eigh(moment[live][:, live].double())
     taken = min(count, len(live))
+    _, block = top_eigenpairs(moment[live][:, live], count=taken)
     vectors = torch.zeros(size, count, dtype=torch.float64, device=moment.device)
-    vectors[live, :taken] = block[:, len(live) - taken :].flip(1)
+    vectors[live, :taken] = block.to(moment.device).flip(1)
     off = torch.ones(size, dtype=torch.bool, device=moment.device)
     off[live] = False
     rest = torch.nonzero(off).squeeze(1)[: count - taken]
