@@ -748,7 +748,9 @@ def linearized_values(
     only_members: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation loss and metric (s, k) float64 of every task under every subset's shift,
-    from the linearized outputs f_val + Z_val w (one product per task for all subsets).
+    from the linearized outputs f_val + Z_val w (one product per task for all subsets, in
+    Z_val's dtype: float32 projected gradients carry float32 rounding already, and a
+    float32 product adds rounding of the same order, in half the time of a float64 one).
     ``metrics``: each task's metric name (see :func:`taskgroup.models.metrics.resolve_metrics`);
     None = "auto" with every task binary. ``only_members``: compute the entries of each
     subset's members only (``members`` (s, k) > 0), NaN elsewhere. A task without
@@ -756,6 +758,7 @@ def linearized_values(
     n_subsets, n_tasks = members.shape
     metrics = metrics or ["accuracy"] * n_tasks
     base, labels = val.base.double(), val.labels.double()
+    shifts = weights.to(val.z.dtype)
     regression = val.regression_mask()
     task_rows = _task_rows(val.task_index, n_tasks)
     loss = torch.full((n_subsets, n_tasks), float("nan"), dtype=torch.float64)
@@ -777,7 +780,7 @@ def linearized_values(
         # At most OUTPUT_ENTRIES outputs at a time: a task's rows times its subsets would
         # otherwise grow with the data and the chunk (every subset's column is its own).
         for subsets in holding.split(max(1, OUTPUT_ENTRIES // len(rows))):
-            outputs = base[rows].unsqueeze(1) + val.z[rows].double() @ weights[subsets].T
+            outputs = base[rows].unsqueeze(1) + (val.z[rows] @ shifts[subsets].T).double()
             losses = example_losses(
                 outputs, labels[rows].unsqueeze(1), regression[rows].unsqueeze(1)
             )
