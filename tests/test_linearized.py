@@ -357,6 +357,18 @@ def test_subsets_with_fewer_examples_than_columns_are_solved_on_their_examples(s
     assert not example_space_rows(per_task_statistics(many, 5), members).any()
 
 
+
+def test_a_task_s_own_block_read_once_is_not_kept_and_a_kept_one_is_reused():
+    """own_block is Z_t Z_t^T; it leaves the full Gram untouched (compress_curvature reads
+    each own block once) unless the block was kept before, and then returns that one."""
+    train = headed_split(6, 5, shared=10, head=8, seed=15)
+    gram = TrainingGram(train, 5, memory_mb=512)
+    z = train.z[train.task_index == 2].double()
+    torch.testing.assert_close(gram.own_block(2), z @ z.T, rtol=1e-12, atol=1e-12)
+    assert not gram.filled.any()
+    kept = gram.block(2, 2)
+    assert gram.filled[2, 2] and torch.equal(gram.own_block(2), kept)
+
 def test_fit_shifts_refuses_an_unknown_space():
     train = headed_split(10, 2, shared=2, head=1, seed=14)
     with pytest.raises(ValueError, match="space: expected auto, features or examples, found 'x'"):
