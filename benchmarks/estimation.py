@@ -4,19 +4,24 @@ Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
       [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
       [--curvature-tolerance 0 0.1]
-      [--finetune-lr 0.001] [--task-scales] [--repeats 3]
+      [--finetune-lr 0.001] [--task-scales] [--repeats 3] [--reference-seeds 1]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
 config's model.hidden_sizes), the meta-initialization is trained once and m subsets are
-fine-tuned for real twice (finetune.seed and finetune.seed + 1), once per run. Every
+fine-tuned for real twice (finetune.seed and finetune.seed + 1), once per run; with
+``--reference-seeds R``, 2 R times (the next seeds), the reference being the mean of the
+first R fine-tunings of each subset and the floor's second reference the mean of the other
+R (a mean of fine-tunings carries less seed noise: the floor is then that of a reference
+one can reproduce; real fine-tuning is still timed for one fine-tuning per subset). Every
 projection setting (``structure:dim[:nonzeros]``, ``exact`` for no projection, or
 ``unprojected``: no projection either, the same estimate solved in example space, see
 :func:`unprojected_values`, which runs where ``exact``'s p x p systems cannot; each with an
 optional ``@adam`` or ``@none``: the preconditioner, default the config's) is then run in a
 fresh process (so that its peak memory is its own) and compared with the same references.
 For each it prints: d, gradient collection + projection time as a share of one training
-epoch over all tasks (proj_epochs in wall seconds, proj_epochs_cpu in CPU seconds), estimate
+epoch over all tasks, the two timed in turn in that process (proj_epochs in wall seconds,
+proj_epochs_cpu in CPU seconds; the epoch printed first is the parent's), estimate
 throughput (subsets per second, projection excluded; every time the median of ``--repeats``
 timings), the process's peak memory above its footprint after loading the data and the
 meta-initialization, the speedup of the whole gradient path over real fine-tuning of the
@@ -31,7 +36,7 @@ finetune.lr; when that is "auto", the workflow's choice
 (:func:`taskgroup.stages.validate.lr_curve_on`) is made on the first validation.n_subsets
 subsets first and its curve printed. With ``--task-scales`` each estimate is printed a
 second time with its task scales (see :mod:`taskgroup.estimate.task_scales`), fitted on the
-first validation.n_subsets subsets against the second seed's fine-tuning as the workflow
+first validation.n_subsets subsets against the second reference as the workflow
 fits them, and compared with the first seed's on all subsets. One thread per process;
 nothing is asserted.
 """
@@ -162,6 +167,16 @@ def unprojected_values(splits, subsets, names, metric_names, l2, flow_steps):
     return member_values_table(ids, members, names, loss, accuracy)
 
 
+def mean_values(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The mean loss and metric per (subset_id, task) of fine-tunings of the same subsets
+    (subset_values tables), in the first table's row order."""
+    if len(tables) == 1:
+        return tables[0]
+    keys = ["subset_id", "task"]
+    means = pd.concat(tables).groupby(keys)[["loss", "metric"]].mean().reset_index()
+    return tables[0].drop(columns=["loss", "metric"]).merge(means, on=keys, how="left")
+
+
 def load_data(config: dict):
     examples, tasks = generate_planted(planted_spec(config["dataset"]["planted"]))
     return build_task_data(examples, tasks), tasks
@@ -189,13 +204,23 @@ def timed(work, clock=time.perf_counter) -> float:
 def median_seconds(work, repeats: int):
     """The median wall and CPU seconds of ``repeats`` calls of ``work``, and its last
     result."""
-    wall, cpu = [], []
+    return interleaved_medians([work], repeats)[0]
+
+
+def interleaved_medians(works, repeats: int) -> list[tuple[float, float, object]]:
+    """:func:`median_seconds` of each of ``works``, called in turn ``repeats`` times, so
+    that a change in the load of a shared machine reaches all of them alike (their ratios
+    are then measured in one run)."""
+    wall, cpu = [[] for _ in works], [[] for _ in works]
+    results = [None] * len(works)
     for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        result = work()
-        wall.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - cpu_started)
-    return float(np.median(wall)), float(np.median(cpu)), result
+        for index, work in enumerate(works):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            results[index] = work()
+            wall[index].append(time.perf_counter() - started)
+            cpu[index].append(time.process_time() - cpu_started)
+    return [(float(np.median(w)), float(np.median(c)), result)
+            for w, c, result in zip(wall, cpu, results)]
 
 
 def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps, tolerances,
@@ -230,7 +255,9 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
         projector = make_projector(meta, settings)
         return projector, project_data(meta, projector, data, PROJECTION_BATCH)
 
-    projection_seconds, projection_cpu, (projector, splits) = median_seconds(project, repeats)
+    (projection_seconds, projection_cpu, (projector, splits)), (epoch, epoch_cpu, _) = (
+        interleaved_medians([project, lambda: _one_epoch(config, data, meta)], repeats)
+    )
     values, seconds, cpu_seconds = {}, {}, {}
     metric_names = resolve_metrics(metric, data.types, data.task_names)
     # the unprojected estimate has no compressed curvature: one tolerance for it
@@ -257,8 +284,9 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     queue.put({
         "values": values, "dim": projector.dim,
         "exact": projector.exact, "projection_seconds": projection_seconds,
-        "projection_cpu": projection_cpu, "estimate_seconds": seconds,
-        "estimate_cpu": cpu_seconds, "peak_mb": peak_since(footprint),
+        "projection_cpu": projection_cpu, "epoch_seconds": epoch, "epoch_cpu": epoch_cpu,
+        "estimate_seconds": seconds, "estimate_cpu": cpu_seconds,
+        "peak_mb": peak_since(footprint),
     })
 
 
@@ -301,13 +329,18 @@ def main():
     parser.add_argument("--task-scales", action="store_true",
                         help="also print each estimate with its task scales, fitted as the "
                              "workflow fits them: on the first validation.n_subsets subsets "
-                             "against the second seed's fine-tuning")
+                             "against the second reference (the second seed's fine-tuning)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="times each of the training epoch, the projection and every "
                              "estimate is timed (the median is printed)")
+    parser.add_argument("--reference-seeds", type=int, default=1,
+                        help="the reference (and the floor's second reference) is the mean of "
+                             "this many fine-tunings of each subset, with consecutive seeds")
     parser.add_argument("--settings", nargs="+",
                         default=["exact", "sparse:1024:4", "kronecker:1024", "dense:1024"])
     args = parser.parse_args()
+    if args.reference_seeds < 1:
+        parser.error(f"--reference-seeds must be at least 1, not {args.reference_seeds}")
     config = yaml.safe_load(Path(args.config).read_text())
     # The schema fills in the defaults, as it does for the workflow.
     validate(config, str(ROOT / "config" / "config.schema.yaml"))
@@ -340,12 +373,14 @@ def main():
         print(f"finetune.lr auto, on {pilot['subset_id'].nunique()} of the subsets "
               f"({time.perf_counter() - started:.1f} s):")
         print(curve.round(4).to_string(index=False), "\n")
-    real_seconds, real_cpu, real = median_seconds(
-        lambda: finetune_valuer(meta, data, finetune, metric)(subsets), 1
-    )
-    other = finetune_valuer(
-        meta, data, dataclasses.replace(finetune, seed=finetune.seed + 1), metric
-    )(subsets)
+    def fine_tuned(offset: int) -> pd.DataFrame:
+        settings = dataclasses.replace(finetune, seed=finetune.seed + offset)
+        return finetune_valuer(meta, data, settings, metric)(subsets)
+
+    real_seconds, real_cpu, first = median_seconds(lambda: fine_tuned(0), 1)
+    tables = [first] + [fine_tuned(offset) for offset in range(1, 2 * args.reference_seeds)]
+    real = mean_values(tables[: args.reference_seeds])
+    other = mean_values(tables[args.reference_seeds :])
     base = meta_validation_loss(meta, data, metric)
     trivial = real.copy()
     trivial["loss"] = base.loc[trivial["task"]].to_numpy()
@@ -365,7 +400,8 @@ def main():
           f"parameters, meta-initialization {'best' if best_epoch else 'last'} epoch, "
           f"fine-tuning {config['finetune']['epochs']} epochs at lr {finetune.training.lr:g}, "
           f"m = {args.subsets} subsets of size {config['subsets']['size']}, l2 "
-          f"{config['gradient_estimate']['l2']}, clusters by {method}, 1 thread per process")
+          f"{config['gradient_estimate']['l2']}, clusters by {method}, 1 thread per process, "
+          f"reference the mean of {args.reference_seeds} fine-tuning(s) per subset")
     print(f"one training epoch: {epoch:.3f} s ({epoch_cpu:.3f} CPU s, median of "
           f"{args.repeats}); real fine-tuning of the m subsets: {real_seconds:.1f} s "
           f"({real_cpu:.1f} CPU s)\n")
@@ -388,8 +424,8 @@ def main():
             rows.append({
                 "what": f"gradient {text}" + (" (exact)" if result["exact"] else ""),
                 "flow": steps, "tol": tolerance, "l2": l2, "d": result["dim"],
-                "proj_epochs": result["projection_seconds"] / epoch,
-                "proj_epochs_cpu": result["projection_cpu"] / epoch_cpu,
+                "proj_epochs": result["projection_seconds"] / result["epoch_seconds"],
+                "proj_epochs_cpu": result["projection_cpu"] / result["epoch_cpu"],
                 "subsets_per_s": args.subsets / estimate_seconds,
                 "peak_mb": result["peak_mb"],
                 "speedup": real_seconds / (result["projection_seconds"] + estimate_seconds),
@@ -398,7 +434,7 @@ def main():
             })
             if args.task_scales:
                 # as calibrate_estimate fits them: on the held-out subsets, against the
-                # second seed's fine-tuning
+                # second reference
                 held = values["subset_id"].isin(held_out)
                 scales = fit_task_scales(values[held], other[other["subset_id"].isin(held_out)],
                                          base, names)
