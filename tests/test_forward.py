@@ -127,7 +127,9 @@ def test_gradient_oracle_matches_the_regular_estimate_and_records_every_evaluati
         values.drop(columns=["loss", "metric", "relative_shift"]),
         regular.drop(columns=["loss", "metric", "relative_shift"]),
     )
-    np.testing.assert_allclose(values["loss"], regular["loss"], rtol=1e-9)
+    # to float32 rounding: the validation outputs are float32 products, and a product's
+    # rounding depends on how many subsets share it (the oracle values a few at a time)
+    np.testing.assert_allclose(values["loss"], regular["loss"], rtol=1e-7)
     # same config, same bytes
     again = tmp_path / "again"
     run_stage(prepared, "gradient", again, max_size=3)
