@@ -367,8 +367,7 @@ class TrainingGram:
     def own_block(self, task: int) -> torch.Tensor:
         """Z_t Z_t^T (n_t, n_t) float64 of ``task``, for a caller that reads it once: the
         kept block when it was requested before, else computed and not kept (writing it into
-        the untouched full Gram would fault in a page per row, more time than the product
-        on a [256, 256] trunk)."""
+        the untouched full Gram would fault in its memory a page per row)."""
         if self.full is not None and self.filled[task, task]:
             return self.block(task, task)
         return self._product(task, task)
@@ -513,7 +512,7 @@ def compress_curvature(
     for task, rows in enumerate(gram.rows):
         z = gram.z[task]
         # row vectors times z (n_t, d): a product with z^T on the left reads z across its
-        # rows, three times slower for these shapes
+        # rows, which is slower for these shapes
         gradients.append(gram.residual[rows] @ z)
         if len(rows) == 0:
             kept.append(z.new_zeros(0, z.shape[1]))

@@ -22,9 +22,10 @@ import torch
 
 @functools.cache
 def _blas():
-    """SciPy's syrk by torch dtype and a controller of the BLAS threads, made at the first
-    call: importing scipy.linalg takes a fifth of a second, which jobs that never form a
-    symmetric product should not pay, and the controller inspects every loaded library."""
+    """SciPy's syrk by torch dtype, a controller of the BLAS threads and SciPy's eigh, made
+    at the first call: importing scipy.linalg takes a fifth of a second, which jobs that
+    never form a symmetric product should not pay, and the controller inspects every loaded
+    library."""
     from scipy.linalg import blas, eigh
     from threadpoolctl import ThreadpoolController
 
