@@ -5,7 +5,7 @@ Usage:
       [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
       [--curvature-tolerance 0 0.1]
       [--finetune-lr 0.001] [--task-scales] [--repeats 3] [--reference-seeds 1]
-      [--settings exact sparse:1024:4 kronecker:1024 dense:1024]
+      [--settings exact sparse:1024:4 kronecker:1024 dense:1024 eigen:1024@adam svd:1024]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
 config's model.hidden_sizes), the meta-initialization is trained once and m subsets are
@@ -16,7 +16,9 @@ R (a mean of fine-tunings carries less seed noise: the floor is then that of a r
 one can reproduce; real fine-tuning is still timed for one fine-tuning per subset). Every
 projection setting (``structure:dim[:nonzeros]``, ``exact`` for no projection, or
 ``unprojected``: no projection either, the same estimate solved in example space, see
-:func:`unprojected_values`, which runs where ``exact``'s p x p systems cannot; each with an
+:func:`unprojected_values`, which runs where ``exact``'s p x p systems cannot; or
+``svd:dim``: the top ``dim`` right singular vectors of the full training gradients, see
+:func:`singular_basis`, a basis the library does not build; each with an
 optional ``@adam`` or ``@none``: the preconditioner, default the config's) is then run in a
 fresh process (so that its peak memory is its own) and compared with the same references.
 For each it prints: d, gradient collection + projection time as a share of one training
@@ -51,6 +53,7 @@ import multiprocessing
 import resource
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -72,6 +75,7 @@ from taskgroup.estimate.linearized import (
 )
 from taskgroup.estimate.projection import make_projector
 from taskgroup.estimate.settings import BATCH_MB, GradientEstimateSettings, ProjectionSettings
+from taskgroup.estimate.symmetric import top_eigenpairs
 from taskgroup.estimate.task_scales import fit_task_scales, scale_changes
 from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
 from taskgroup.group.clustering import ClusteringSettings
@@ -167,6 +171,39 @@ def unprojected_values(splits, subsets, names, metric_names, l2, flow_steps):
     return member_values_table(ids, members, names, loss, accuracy)
 
 
+@dataclasses.dataclass
+class OrthonormalColumns:
+    """What the benchmark asks of a projector, for ``dim`` orthonormal columns V in the
+    metric of the projector ``full`` that keeps every coordinate: ||V w|| = ||w||, and
+    that projector's parameter norm."""
+
+    full: object
+    dim: int
+    exact: ClassVar[bool] = False
+
+    @staticmethod
+    def shift_norms(weights: torch.Tensor) -> torch.Tensor:
+        return weights.norm(dim=1)
+
+    def parameter_norm(self, model) -> float:
+        return self.full.parameter_norm(model)
+
+
+def singular_basis(splits, dim: int):
+    """The splits' full gradients (the exact projector's z, (n, p)) projected on the top
+    ``dim`` right singular vectors V (p, dim) of the training split's: V = Z^T U / s from
+    the top eigenpairs (U, s^2) of the Gram Z Z^T (n x n), so V^T V = I and the training
+    rows become U s. Every per-example gradient is materialized (n p floats per split):
+    for comparison with the library's bases, not a projector. Raises ValueError when
+    ``dim`` exceeds the training examples."""
+    train = splits["train"].z
+    if dim > train.shape[0]:
+        raise ValueError(f"svd:{dim}: at most the {train.shape[0]} training examples")
+    values, vectors = top_eigenpairs(gram(train, train), count=dim)
+    basis = ((train.T.double() @ vectors) / values.clamp(min=1e-300).sqrt()).float()
+    return {name: dataclasses.replace(split, z=split.z @ basis) for name, split in splits.items()}
+
+
 def mean_values(tables: list[pd.DataFrame]) -> pd.DataFrame:
     """The mean loss and metric per (subset_id, task) of fine-tunings of the same subsets
     (subset_values tables), in the first table's row order."""
@@ -234,8 +271,13 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     data, _ = load_data(config)
     meta = MultiHeadNet(data.n_features, data.n_tasks, hidden)
     meta.load_state_dict(state)
-    unprojected = text.startswith("unprojected")
-    settings = projection_settings(text.replace("unprojected", "exact"), config)
+    name, at, preconditioner = text.partition("@")
+    unprojected = name == "unprojected"
+    # svd: the exact projector's full gradients, then their top right singular vectors
+    svd_dim = int(name.split(":")[1]) if name.startswith("svd:") else None
+    settings = projection_settings(
+        "exact" + at + preconditioner if unprojected or svd_dim else text, config
+    )
     # unscaled: the task scales are fitted on held-out real fine-tunings, which this
     # benchmark compares against instead
     estimate = dataclasses.replace(
@@ -245,7 +287,7 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     # Without the reset, the peak of generating the data (above the estimator's) would hide
     # the estimator's: it printed 0 MB.
     footprint = start_peak()
-    if not unprojected:
+    if not (unprojected or svd_dim):
         warm = make_projector(meta, settings)
         splits = project_data(meta, warm, data, PROJECTION_BATCH)
         gradient_valuer(splits, warm, warm.parameter_norm(meta), data.task_names, data.types,
@@ -253,7 +295,10 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
         del splits
     def project():
         projector = make_projector(meta, settings)
-        return projector, project_data(meta, projector, data, PROJECTION_BATCH)
+        splits = project_data(meta, projector, data, PROJECTION_BATCH)
+        if svd_dim:
+            return OrthonormalColumns(projector, svd_dim), singular_basis(splits, svd_dim)
+        return projector, splits
 
     (projection_seconds, projection_cpu, (projector, splits)), (epoch, epoch_cpu, _) = (
         interleaved_medians([project, lambda: _one_epoch(config, data, meta)], repeats)
