@@ -33,6 +33,7 @@ def run_gradient_stages(folder, structure: str) -> None:
         "sparse": ProjectionSettings("sparse", "gaussian", 0, dim=32, nonzeros=3),
         # fitted to the examples by project_gradients; estimate_subsets rebuilds it unfitted
         "eigen": ProjectionSettings("eigen", "rademacher", 0, dim=32, nonzeros=None),
+        "energy": ProjectionSettings("energy", "rademacher", 0, dim=32, nonzeros=None),
     }[structure]
     project_gradients(
         folder / "examples.parquet", folder / "tasks.parquet", folder / "model.pt",
@@ -48,7 +49,7 @@ def run_gradient_stages(folder, structure: str) -> None:
 
 
 def test_two_gradient_runs_in_two_folders_write_byte_identical_parquet_files(tmp_path):
-    for structure in ("kronecker", "sparse", "eigen"):
+    for structure in ("kronecker", "sparse", "eigen", "energy"):
         first, second = tmp_path / f"{structure}_1", tmp_path / f"{structure}_2"
         run_gradient_stages(first, structure)
         run_gradient_stages(second, structure)

@@ -8,6 +8,7 @@ from taskgroup.estimate.gradients import (
     per_example_gradients,
 )
 from taskgroup.estimate.projection import (
+    EnergyProjector,
     LayerProjector,
     allocate_columns,
     make_projector,
@@ -113,8 +114,9 @@ def explicit_matrix(projector):
     return torch.stack(rows).double()
 
 
-@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("structure", [s for s in STRUCTURES if s != "energy"])
 def test_shift_norms_and_projections_match_an_explicit_matrix(structure):
+    """Energy chooses its columns on the examples: see the next test."""
     torch.manual_seed(3)
     shapes = [(6, 5), (3, 7), (4, 4)]
     projector = LayerProjector(shapes, settings_of(structure, 20, kind="gaussian", seed=1))
@@ -153,6 +155,76 @@ def test_shift_norms_and_projections_match_an_explicit_matrix(structure):
     )
 
 
+def _energy_fitted(shapes, dim, factors, task_index):
+    """An EnergyProjector fitted to ``factors`` (their moments, then their coordinates'
+    second moments in two batches)."""
+    projector = EnergyProjector(shapes, settings_of("energy", dim))
+    heads = factors[-1].inputs
+    projector.fit_moments(
+        [((f.deltas.T @ f.deltas).double(), (f.inputs.T @ f.inputs).double())
+         for f in factors[:-1]] + [(None, (heads.T @ heads).double())]
+    )
+    first, second = slice(0, 5), slice(5, None)
+    projector._fit_to_factors(
+        (task_index[part], [LayerFactors(f.inputs[part], None if f.deltas is None
+                                         else f.deltas[part]) for f in factors])
+        for part in (first, second)
+    )
+    return projector
+
+
+def test_energy_keeps_the_d_orthonormal_coordinates_of_most_gradient_energy():
+    """Structure energy on 12 examples of a model of p = 67 parameters, d = 20: its
+    columns are orthonormal (||P w|| = ||w||), a head's columns are its task's only, z is
+    g^T P, and the kept energy sum_x ||z(x)||^2 is the sum of the 20 largest coordinate
+    energies of the full eigenbasis (d = p: every coordinate), at least what "eigen"'s
+    grid of the same eigenvectors keeps; unfitted, it refuses to project."""
+    torch.manual_seed(3)
+    shapes = [(6, 5), (3, 7), (4, 4)]
+    n = 12
+    deltas = [torch.randn(n, out) * torch.linspace(2.0, 0.2, out) for out, _ in shapes[:-1]]
+    inputs = [torch.randn(n, size) * torch.linspace(1.5, 0.3, size) for _, size in shapes]
+    inputs[-1] = 3 * inputs[-1]  # so that the heads keep columns of several tasks
+    task_index = torch.arange(n) % 4
+    factors = [LayerFactors(a, d) for a, d in zip(inputs[:-1], deltas)]
+    factors.append(LayerFactors(inputs[-1], None))
+    unfitted = EnergyProjector(shapes, settings_of("energy", 20))
+    assert unfitted.needs_fit
+    with pytest.raises(ValueError, match="energy: the coordinates were not chosen"):
+        unfitted.project_factors(task_index, factors)
+    projector = _energy_fitted(shapes, 20, factors, task_index)
+    assert not projector.needs_fit and sum(projector.segments) == projector.dim == 20
+    matrix = explicit_matrix(projector)
+    torch.testing.assert_close(matrix.T @ matrix, torch.eye(20, dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+    weights = torch.randn(5, 20, dtype=torch.float64)
+    torch.testing.assert_close(projector.shift_norms(weights), (weights @ matrix.T).norm(dim=1))
+    heads = matrix[51:].reshape(4, 4, 20)[:, :, 20 - projector.segments[-1] :]
+    tasks, _ = projector.chosen[-1]
+    assert len(set(tasks.tolist())) > 1 and all(size > 0 for size in projector.segments)
+    for task in range(4):
+        assert heads[task][:, tasks != task].abs().sum() == 0
+    flat = [(d.unsqueeze(2) * a.unsqueeze(1)).flatten(1) for a, d in zip(inputs, deltas)]
+    heads_flat = torch.zeros(n, 4, 4)
+    heads_flat[torch.arange(n), task_index] = inputs[-1]
+    gradient = torch.cat(flat + [heads_flat.flatten(1)], dim=1).double()
+    z = projector.project_factors(task_index, factors).double()
+    torch.testing.assert_close(z, gradient @ matrix, rtol=1e-5, atol=1e-5)
+    every = _energy_fitted(shapes, 67, factors, task_index)  # d = p: all 67 coordinates
+    full = explicit_matrix(every)
+    torch.testing.assert_close(full.T @ full, torch.eye(67, dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+    energies = ((gradient @ full) ** 2).sum(dim=0)
+    kept = float((z**2).sum())
+    assert kept == pytest.approx(float(energies.sort(descending=True).values[:20].sum()),
+                                 rel=1e-5)
+    grid = LayerProjector(shapes, settings_of("eigen", 20))
+    grid.fit_moments([(None if f.deltas is None else (f.deltas.T @ f.deltas).double(),
+                       (f.inputs.T @ f.inputs).double()) for f in factors])
+    kept_by_grid = float((grid.project_factors(task_index, factors) ** 2).sum())
+    assert grid.dim <= 20 and kept >= kept_by_grid - 1e-5 * kept
+
+
 def test_sparse_rows_have_their_nonzeros_in_distinct_column_blocks():
     columns, values = sparse_pattern(200, 50, 4, "rademacher", seed=2)
     assert columns.shape == (200, 4)
@@ -165,9 +237,10 @@ def test_sparse_rows_have_their_nonzeros_in_distinct_column_blocks():
     assert sparse_pattern(3, 2, 4, "gaussian", seed=0)[0].shape == (3, 2)  # at most cols
 
 
-@pytest.mark.parametrize("structure", [s for s in STRUCTURES if s != "eigen"])
+@pytest.mark.parametrize("structure", [s for s in STRUCTURES if s not in ("eigen", "energy")])
 def test_projections_preserve_inner_products_on_average(structure):
-    """The random structures (eigen is fitted, not random: see test_projection.py)."""
+    """The random structures (eigen and energy are fitted, not random: see
+    test_projection.py)."""
     torch.manual_seed(2)
     deltas, inputs = torch.randn(30, 40), torch.randn(30, 50)
     projector = LayerProjector([(40, 50), (2, 3)], settings_of(structure, 1030, "gaussian"))

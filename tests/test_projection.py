@@ -295,6 +295,56 @@ def test_the_eigen_basis_is_fitted_orthonormal_and_keeps_the_most_gradient_energ
     torch.testing.assert_close(z_again, z, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dim", [300, 50])
+def test_the_energy_projector_is_fitted_on_a_model_in_one_or_two_passes(dim):
+    """Structure energy on a model: make_projector builds an EnergyProjector for a model
+    of more than d parameters (a LayerProjector refuses to), whose fit projects its
+    examples as project_examples does afterwards (d = 300: from the factors its pass kept;
+    d = 50: the layers' widths exceed 2 d, so from a second pass), keeps d orthonormal
+    columns holding at least the energy "eigen" keeps, with preconditioner adam too; the
+    same fit gives the same bytes, a rebuilt one measures ||P w|| unfitted."""
+    torch.manual_seed(0)
+    model = MultiHeadNet(n_features=30, n_tasks=3, hidden_sizes=[40])
+    features = torch.randn(200, 30) @ torch.diag(torch.linspace(3.0, 0.1, 30))
+    task_index = torch.arange(200) % 3
+    examples = SplitTensors(features, (task_index == 1).float(), task_index)
+    exact = make_projector(model, ProjectionSettings("kronecker", "rademacher", 0, 10**5, None))
+    g, _ = project_examples(model, exact, features, task_index, 64)
+    with pytest.raises(ValueError, match="structure energy chooses its columns on the data"):
+        LayerProjector(exact.layer_shapes, ProjectionSettings("energy", "rademacher", 0, dim,
+                                                              None))
+    for preconditioner in ("none", "adam"):
+        settings = ProjectionSettings("energy", "rademacher", 0, dim, None, preconditioner)
+        projector = make_projector(model, settings)
+        assert projector.needs_fit and not projector.exact and projector.dim == dim
+        # (with adam, the scales are missing first)
+        with pytest.raises(ValueError, match="were not (chosen|fitted)"):
+            project_examples(model, projector, features, task_index, 64)
+        z_fit, outputs_fit = projector.fit(model, examples, batch_size=64)
+        assert not projector.needs_fit and sum(projector.segments) == dim
+        z, outputs = project_examples(model, projector, features, task_index, 64)
+        assert torch.equal(z_fit, z) and torch.equal(outputs_fit, outputs)
+        again = make_projector(model, settings)
+        again.fit(model, examples, batch_size=64)
+        assert torch.equal(project_examples(model, again, features, task_index, 64)[0], z)
+        grid = make_projector(model, ProjectionSettings("eigen", "rademacher", 0, dim, None,
+                                                        preconditioner))
+        z_grid, _ = grid.fit(model, examples, batch_size=64)
+        assert grid.dim <= dim and float((z**2).sum()) >= float((z_grid**2).sum())
+        if preconditioner == "none":
+            # orthonormal columns of the gradient space: z z^T is the Gram of g
+            # restricted to them, so at most all of g's energy
+            assert float((z**2).sum()) <= float((g**2).sum()) * (1 + 1e-5)
+        shifts = torch.randn(4, dim, dtype=torch.float64)
+        torch.testing.assert_close(projector.shift_norms(shifts), shifts.norm(dim=1))
+        rebuilt = from_description(model, projector.describe())
+        assert rebuilt == projector and rebuilt.needs_fit
+        torch.testing.assert_close(rebuilt.shift_norms(shifts), shifts.norm(dim=1))
+    # at d >= p it is the exact projection, like every structure
+    assert make_projector(model, ProjectionSettings("energy", "rademacher", 0, 10**5,
+                                                    None)).exact
+
+
 def test_the_adam_preconditioner_scales_each_gradient_entry_by_its_factored_adam_scale():
     """With preconditioner "adam" and no projection (d = p), z(x) is the plain gradient with
     entry (i, j) of each layer times v_ij^(-1/4) in the rank-1 form R_i C_j / S of v, the

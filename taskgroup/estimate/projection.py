@@ -35,6 +35,17 @@ Each trunk layer's block (and the heads' R) is built by the structure:
   factorization of K-FAC). :meth:`LayerProjector.fit` computes them in one pass over the
   examples; P^T P = I, so ||P w|| = ||w|| needs no factor, and a projector rebuilt from
   its description can say ||P w|| but not project.
+- "energy": the eigenvectors of "eigen" (all of them, up to d per side), but instead of a
+  grid of the top ones in each layer, the d products u_i (x) v_j over all layers (the
+  heads: a head's own input directions, e_t (x) v_j) whose coordinate of the per-example
+  gradients has the largest second moment over the training examples,
+  sum_x (u_i^T delta)^2 (v_j^T [a; 1])^2. Where deltas and inputs are independent this
+  moment is the product of the two eigenvalues and the grid keeps the top products; on
+  real gradients they are not, and the measured moment picks the coordinates the
+  gradients actually use, shared among the layers and the tasks' heads by what they
+  carry instead of by their sizes. The products are orthonormal, so ||P w|| = ||w||; the
+  fit takes one more pass over the training examples' factors than "eigen" (the kept
+  ones, or a second pass over the examples), to measure the moments.
 
 The preconditioner (``ProjectionSettings.preconditioner``) sets the geometry of the shifts.
 The real fine-tuning uses Adam, whose step moves a parameter by about lr g / sqrt(v), v the
@@ -417,6 +428,15 @@ def _fit_sums(factors: list[LayerFactors], outputs, labels, regression, task_ind
     return sums
 
 
+def _factor_batches(model: MultiHeadNet, examples: SplitTensors, batch_size: int):
+    """(task_index, gradient factors) of ``examples``, ``batch_size`` at a time: one pass of
+    :func:`taskgroup.estimate.gradients.layer_factors`."""
+    for start in range(0, examples.features.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        task_index = examples.task_index[part]
+        yield task_index, layer_factors(model, examples.features[part], task_index)[1]
+
+
 def _adam_scales(rows: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, c), float32: v_ij ~ R_i C_j / S with S = sum(R), so v_ij^(-1/4) = r_i c_j with
     r = S^(1/4) R^(-1/4) and c = C^(-1/4); an entry whose R or C is 0 gets scale 0."""
@@ -447,6 +467,12 @@ class LayerProjector:
         self.scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         columns = allocate_columns(self.layer_shapes, settings.dim)
         self.exact = columns == [out * inputs for out, inputs in self.layer_shapes]
+        if settings.structure == "energy" and not self.exact:
+            raise ValueError(
+                "projection structure energy chooses its columns on the data: for a model of "
+                f"more than dim = {settings.dim} parameters it is an EnergyProjector "
+                "(make_projector builds the right one)"
+            )
         self.blocks = [
             self._block(index, out, inputs, cols)
             for index, ((out, inputs), cols) in enumerate(
@@ -514,7 +540,7 @@ class LayerProjector:
             return project_examples(model, self, examples.features, examples.task_index,
                                     batch_size)
         n_tasks = self.layer_shapes[-1][0]
-        eigen = self.settings.structure == "eigen"
+        eigen = self.settings.structure in ("eigen", "energy")
         adam = self.settings.preconditioner == "adam"
         # Kept float32 factors of at most 2 dim entries per example take at most the
         # memory of the projected rows in float64, of which the projection job reserves
@@ -548,6 +574,15 @@ class LayerProjector:
                     for (d, i), (row, column) in zip(moments, self.scales)
                 ]
             self.fit_moments(moments)
+        # lazy: a structure that fits nothing more reads no factors (and makes no pass)
+        batches = (
+            ((task_index, factors) for _, task_index, _, factors in kept) if keep
+            else _factor_batches(model, examples, batch_size)
+        )
+        self._fit_to_factors(
+            (task_index, self.precondition(task_index, factors))
+            for task_index, factors in batches
+        )
         if not keep:
             return project_examples(model, self, examples.features, examples.task_index,
                                     batch_size)
@@ -559,6 +594,11 @@ class LayerProjector:
                                  projected[rows])
             outputs[rows] = batch_outputs
         return projected, outputs
+
+    def _fit_to_factors(self, batches) -> None:
+        """What a structure fits to the training examples' (preconditioned) gradient
+        factors, after the moments: nothing here (see :class:`EnergyProjector`). Does not
+        consume ``batches`` (an iterable of (task_index, factors)) when it needs nothing."""
 
     def fit_moments(self, moments: list[tuple[torch.Tensor | None, torch.Tensor]]) -> None:
         """Set the "eigen" blocks from the second moments, per layer in
@@ -682,9 +722,138 @@ class LayerProjector:
     __hash__ = None
 
 
+class EnergyProjector(LayerProjector):
+    """Structure "energy" for a model of more than d parameters (see the module
+    docstring): :meth:`fit_moments` sets each layer's candidate eigenvectors,
+    :meth:`_fit_to_factors` measures the second moment of every candidate coordinate over
+    the training examples and keeps the d largest. Columns: the trunk layers' chosen
+    products in layer order, then the heads' (task, direction) pairs grouped by task.
+    ``segments`` (the columns per layer, heads last) are known after the fit only."""
+
+    def __init__(self, layer_shapes, settings: ProjectionSettings):
+        self.layer_shapes = [tuple(shape) for shape in layer_shapes]
+        self.settings = settings
+        self.scales = None
+        self.exact = False
+        self.dim = settings.dim
+        # candidate eigenvectors per layer: (left (out, a), right (in + 1, b)) for the
+        # trunk, (None, right) for the heads; set by fit_moments
+        self.bases: list[tuple[torch.Tensor | None, torch.Tensor]] | None = None
+        # chosen coordinates per layer: (rows (m,), columns (m,)) int64, for the heads
+        # (tasks, directions); set by _fit_to_factors
+        self.chosen: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def segments(self) -> list[int]:
+        if self.chosen is None:
+            raise ValueError(ENERGY_NOT_FITTED)
+        return [len(rows) for rows, _ in self.chosen]
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.chosen is None or (
+            self.settings.preconditioner == "adam" and self.scales is None
+        )
+
+    def fit_moments(self, moments: list[tuple[torch.Tensor | None, torch.Tensor]]) -> None:
+        """The candidates: per layer the top min(side, d) eigenvectors of its deltas' and
+        its inputs' second moments (the heads: of their inputs'); no coordinate is chosen
+        until :meth:`_fit_to_factors`."""
+        self.bases = [
+            (None if deltas is None else top_eigenvectors(deltas, min(deltas.shape[0], self.dim)),
+             top_eigenvectors(inputs, min(inputs.shape[0], self.dim)))
+            for deltas, inputs in moments
+        ]
+        self.chosen = None
+
+    def _fit_to_factors(self, batches) -> None:
+        """Keep the d coordinates of largest sum over the examples of their squared
+        projected gradient (float32 products, float64 sums); ties go to the earlier
+        layer, row and column, so the choice is a function of these sums alone."""
+        if self.bases is None:
+            raise ValueError(ENERGY_NOT_FITTED)
+        n_tasks = self.layer_shapes[-1][0]
+        energies = None
+        for task_index, factors in batches:
+            batch = []
+            for (left, right), factor in zip(self.bases[:-1], factors[:-1]):
+                rows, columns = factor.deltas @ left, factor.inputs @ right
+                batch.append(((rows * rows).T @ (columns * columns)).double())
+            heads = factors[-1].inputs @ self.bases[-1][1]
+            per_task = torch.zeros(n_tasks, heads.shape[1], dtype=torch.float64,
+                                   device=heads.device)
+            per_task.index_add_(0, task_index, (heads * heads).double())
+            batch.append(per_task)
+            energies = batch if energies is None else [a + b for a, b in zip(energies, batch)]
+        sizes = [energy.numel() for energy in energies]
+        flat = torch.cat([energy.flatten() for energy in energies])
+        order = torch.sort(-flat, stable=True).indices[: self.dim]
+        chosen, bases, start = [], [], 0
+        for (left, right), energy, size in zip(self.bases, energies, sizes):
+            mine = torch.sort(order[(order >= start) & (order < start + size)] - start).values
+            rows, columns = mine // energy.shape[1], mine % energy.shape[1]
+            chosen.append((rows, columns))
+            # only the vectors some chosen coordinate uses are applied
+            used = int(columns.max()) + 1 if len(mine) else 0
+            bases.append((
+                None if left is None else left[:, : int(rows.max()) + 1 if len(mine) else 0],
+                right[:, :used],
+            ))
+            start += size
+        self.chosen, self.bases = chosen, bases
+
+    def to(self, device) -> "EnergyProjector":
+        if self.bases is not None:
+            self.bases = [(None if left is None else left.to(device), right.to(device))
+                          for left, right in self.bases]
+        if self.chosen is not None:
+            self.chosen = [(rows.to(device), columns.to(device)) for rows, columns in self.chosen]
+        if self.scales is not None:
+            self.scales = [(row.to(device), column.to(device)) for row, column in self.scales]
+        return self
+
+    def project_factors(
+        self, task_index: torch.Tensor, factors: list[LayerFactors],
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """z (n, d): each chosen coordinate (u_i^T delta) (v_j^T [a; 1]); a head's
+        coordinates are 0 on the other tasks' examples. Written into ``out`` when given."""
+        if self.chosen is None:
+            raise ValueError(ENERGY_NOT_FITTED)
+        heads = factors[-1].inputs
+        if out is None:
+            out = torch.empty(heads.shape[0], self.dim, dtype=heads.dtype, device=heads.device)
+        start = 0
+        for (left, right), (rows, columns), factor in zip(self.bases, self.chosen, factors[:-1]):
+            # index_select: a gather of whole columns, 4 times faster than x[:, index]
+            if len(rows):
+                torch.mul((factor.deltas @ left).index_select(1, rows),
+                          (factor.inputs @ right).index_select(1, columns),
+                          out=out[:, start : start + len(rows)])
+            start += len(rows)
+        tasks, directions = self.chosen[-1]
+        own = (task_index.unsqueeze(1) == tasks.unsqueeze(0)).to(out.dtype)
+        torch.mul((heads @ self.bases[-1][1]).index_select(1, directions), own,
+                  out=out[:, start:])
+        return out
+
+    def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
+        """||P w|| = ||w||: the chosen products of orthonormal vectors are orthonormal (a
+        projector rebuilt from its description can say it before any fit)."""
+        return weights.norm(dim=1)
+
+
+ENERGY_NOT_FITTED = ("projection structure energy: the coordinates were not chosen on the "
+                     "examples (LayerProjector.fit) before projecting")
+
+
 def make_projector(model: MultiHeadNet, settings: ProjectionSettings) -> Projector:
     """The projector of ``settings`` for ``model``'s parameters (on the CPU)."""
-    return LayerProjector(layer_shapes(model), settings)
+    shapes = layer_shapes(model)
+    parameters = sum(out * inputs for out, inputs in shapes)
+    if settings.structure == "energy" and parameters > settings.dim:
+        return EnergyProjector(shapes, settings)
+    return LayerProjector(shapes, settings)
 
 
 def from_description(model: MultiHeadNet, description: Mapping) -> Projector:

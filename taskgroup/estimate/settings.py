@@ -22,7 +22,7 @@ def batch_memory_mb(mem_mb: float) -> float:
     return min(float(BATCH_MB), mem_mb / 2)
 
 
-STRUCTURES = ("dense", "kronecker", "sparse", "eigen")
+STRUCTURES = ("dense", "kronecker", "sparse", "eigen", "energy")
 # How the gradients are scaled before they are projected: "none" (the Euclidean geometry of
 # a plain gradient step) or "adam" (the per-parameter scale of Adam, the optimizer of the
 # real fine-tuning; see taskgroup.estimate.projection).
@@ -33,10 +33,11 @@ PRECONDITIONERS = ("none", "adam")
 class ProjectionSettings:
     """The settings that define a projection (see :mod:`taskgroup.estimate.projection`).
 
-    structure: "dense", "kronecker", "sparse" or "eigen" (how each layer's block of P is
-    built; "eigen" is fitted to the data, not drawn). kind: "rademacher" or "gaussian"
-    entries. seed: the seed every random block is derived from ("eigen" uses neither kind
-    nor seed). dim: the projected size d (a model with at most d parameters is kept exactly).
+    structure: "dense", "kronecker", "sparse", "eigen" or "energy" (how each layer's block
+    of P is built; "eigen" and "energy" are fitted to the data, not drawn). kind:
+    "rademacher" or "gaussian" entries. seed: the seed every random block is derived from
+    ("eigen" and "energy" use neither kind nor seed). dim: the projected size d (a model
+    with at most d parameters is kept exactly).
     nonzeros: entries per row of P (sparse only, else None). preconditioner: "none" or
     "adam" (the gradients are scaled by Adam's per-parameter scale, fitted to the data,
     before they are projected).
