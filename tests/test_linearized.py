@@ -19,6 +19,7 @@ from taskgroup.estimate.linearized import (
     linearized_values,
     member_lists,
     per_task_statistics,
+    subset_columns,
     subsets_per_batch,
 )
 from taskgroup.estimate.settings import GradientEstimateSettings
@@ -523,6 +524,40 @@ def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed
                                                   space="features"), rtol=1e-8, atol=1e-12)
 
 
+def test_subsets_on_their_columns_are_compressed_when_their_members_keep_few_directions(
+    monkeypatch,
+):
+    """A subset with more training examples than columns (solved on its c + m b columns)
+    goes to its members' kept directions when they are at most half its columns (2 q <=
+    c + m b) and the columns are at least MIN_COMPRESSED_COLUMNS (here 0; 52 columns stay
+    below the default): the same shift as the column solve when only rounding is cut. A
+    subset with a member of full rank stays on its columns."""
+    train = low_rank_split(30, 6, seed=24)
+    rows = torch.nonzero(train.task_index == 5).squeeze(1)
+    noise = torch.randn(len(rows), train.z.shape[1], dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(25))
+    train.z[rows] += 0.5 * noise * (train.z[rows] != 0)
+    statistics = per_task_statistics(train, 6)
+    members = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.float64)
+    assert not example_space_rows(statistics, members).any()
+    gram = TrainingGram(train, 6)
+    curvature = compress_curvature(gram, 0.2, tolerance=1e-9)
+    holding = member_lists(members)
+    ranks, columns = curvature.subset_ranks(holding), subset_columns(statistics, members)
+    assert 2 * ranks[0] <= columns[0] and 2 * ranks[1] > columns[1]
+    sizes = members @ statistics.counts
+    exact = fit_shifts(train, members, l2=0.2, flow_steps=3, statistics=statistics)
+    assert linearized.MIN_COMPRESSED_COLUMNS > int(columns.max())
+    assert torch.equal(fit_shifts(train, members, l2=0.2, flow_steps=3, statistics=statistics,
+                                  gram=gram, curvature=curvature), exact)
+    monkeypatch.setattr(linearized, "MIN_COMPRESSED_COLUMNS", 0)
+    chosen = fit_shifts(train, members, l2=0.2, flow_steps=3, statistics=statistics,
+                        gram=gram, curvature=curvature)
+    assert torch.equal(chosen[0], compressed_flow(curvature, holding[:1], sizes[:1], 0.2, 3)[0])
+    assert torch.equal(chosen[1], exact[1])
+    torch.testing.assert_close(chosen, exact, rtol=1e-8, atol=1e-12)
+
+
 @pytest.mark.parametrize("space", ["features", "examples"])
 def test_systems_factored_a_few_at_a_time_give_the_same_shifts(monkeypatch, space):
     """The batched systems (on the columns, and the compressed ones of the subsets solved
@@ -560,8 +595,8 @@ def test_estimate_values_compresses_the_curvature_by_its_setting(caplog):
             train, val, subsets, names,
             GradientEstimateSettings(0.5, 1, None, 4, curvature_tolerance=0.1),
         )
-    assert ("3 solved on their training examples, fewer than their columns; 3 of them on "
-            "their members' kept curvature directions, each task's 2 to 2") in caplog.text
+    assert ("3 with fewer training examples than columns; 3 solved on their members' kept "
+            "curvature directions instead, each task's 2 to 2") in caplog.text
     pd.testing.assert_frame_equal(kept.drop(columns=["loss", "metric"]),
                                   reference.drop(columns=["loss", "metric"]))
     changed = (kept["loss"] - reference["loss"]).abs() / reference["loss"]

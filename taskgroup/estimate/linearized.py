@@ -623,16 +623,38 @@ def compressed_flow(
     return weights
 
 
+# A subset solved on its columns is compressed only when it has at least this many: a
+# smaller system is cheaper to factor than the compressed curvature is to set up (every
+# task's eigendecomposition and the directions' inner products, paid once per job).
+MIN_COMPRESSED_COLUMNS = 128
+
+
+def may_compress(exact_sizes: torch.Tensor, in_examples: torch.Tensor) -> torch.Tensor:
+    """(s,) bool: the subsets that compressed curvature may serve: those solved on their
+    examples, and those solved on at least MIN_COMPRESSED_COLUMNS columns
+    (``exact_sizes`` (s,): their exact systems' unknowns, see :func:`exact_system_sizes`)."""
+    return in_examples | (exact_sizes >= MIN_COMPRESSED_COLUMNS)
+
+
 def compressed_rows(
-    curvature: CompressedCurvature, holding: torch.Tensor, sizes: torch.Tensor
+    curvature: CompressedCurvature, holding: torch.Tensor, exact_sizes: torch.Tensor,
+    in_examples: torch.Tensor,
 ) -> torch.Tensor:
-    """(s,) bool: the subsets whose members are ``holding`` (s, m) (padded with k), of
-    ``sizes`` (s,) training examples, whose members keep at most half as many directions
-    together as the subset has examples (2 q <= n_S): solved on those
-    (:func:`compressed_flow`) when they are solved in example space. A factor costs the
-    cube of its size, and the batched factors of the compressed systems cost more per
-    entry than one n_S x n_S factor."""
-    return 2 * curvature.subset_ranks(holding) <= sizes.long()
+    """(s,) bool: the subsets (:func:`may_compress`) whose members, ``holding`` (s, m)
+    (padded with k), keep at most half as many directions together as the exact system
+    they would otherwise be solved in has unknowns (2 q <= ``exact_sizes`` (s,): n_S on
+    their examples where ``in_examples``, c + m b on their columns): solved on those
+    (:func:`compressed_flow`). A factor costs the cube of its size, and the batched
+    factors of the compressed systems cost more per entry than one exact factor."""
+    return may_compress(exact_sizes, in_examples) & (
+        2 * curvature.subset_ranks(holding) <= exact_sizes.long()
+    )
+
+
+def subset_columns(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
+    """(s,) int64: the columns of each subset's reduced system (c + m b) for ``members``
+    (s, k), on their device."""
+    return len(statistics.shared) + (members > 0).sum(dim=1) * statistics.private.shape[1]
 
 
 def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> torch.Tensor:
@@ -641,8 +663,15 @@ def example_space_rows(statistics: TaskStatistics, members: torch.Tensor) -> tor
     Cholesky factor costs the cube of its size, and this choice depends on the data and
     the subsets only. On the device of ``members``."""
     sizes = members @ statistics.counts.to(members.device)
-    columns = len(statistics.shared) + (members > 0).sum(dim=1) * statistics.private.shape[1]
-    return sizes < columns
+    return sizes < subset_columns(statistics, members)
+
+
+def exact_system_sizes(statistics: TaskStatistics, members: torch.Tensor,
+                       in_examples: torch.Tensor) -> torch.Tensor:
+    """(s,) int64: the unknowns of each subset's exact system: its training examples
+    where ``in_examples``, else its columns (c + m b)."""
+    sizes = (members @ statistics.counts.to(members.device)).long()
+    return torch.where(in_examples, sizes, subset_columns(statistics, members))
 
 
 def fit_shifts(
@@ -660,10 +689,11 @@ def fit_shifts(
     examples (``gram``: a :class:`TrainingGram` of ``train``, built here when None and
     needed; ``space`` "features" or "examples" forces one way for every subset, "auto"
     chooses by :func:`example_space_rows`; the two agree to rounding); with ``curvature``
-    (:func:`compress_curvature` of ``gram`` at this l2), a subset solved on its examples
-    whose members' kept directions together (q) are at most half its examples is solved
-    on those instead (:func:`compressed_flow`; needs ``flow_steps`` or ``newton_steps`` 1,
-    as the others). ``flow_steps`` > 1: the gradient flow of the quadratic model at w = 0
+    (:func:`compress_curvature` at this l2), a subset whose members' kept directions
+    together (q) are at most half the unknowns of the exact system it would get (its
+    examples or its columns, :func:`compressed_rows`) is solved on those instead
+    (:func:`compressed_flow`; needs ``flow_steps`` or ``newton_steps`` 1, as the others).
+    ``flow_steps`` > 1: the gradient flow of the quadratic model at w = 0
     stopped at time 1 / l2 instead of the ridge solution (see :func:`_implicit_flow`);
     then ``newton_steps`` must be 1. Raises
     ValueError when a subset has no training examples, both step counts exceed 1, or
@@ -685,29 +715,32 @@ def fit_shifts(
         in_examples = torch.full_like(sizes, space == "examples", dtype=torch.bool)
     weights = torch.zeros(members.shape[0], statistics.dim, dtype=torch.float64,
                           device=members.device)
-    if (~in_examples).any():
+    compressed = torch.zeros_like(in_examples)
+    if curvature is not None:
+        compressed = compressed_rows(
+            curvature, holding, exact_system_sizes(statistics, members, in_examples),
+            in_examples,
+        )
+        if compressed.any():
+            weights[compressed] = compressed_flow(
+                curvature, holding[compressed], sizes[compressed], l2, flow_steps
+            )
+    on_columns = ~in_examples & ~compressed
+    if on_columns.any():
         if statistics.shared_hessians is None:
             raise ValueError("subsets solved on their columns need the per-task sums: "
                              "per_task_statistics(..., blocks=True)")
-        weights[~in_examples] = _first_newton_step(
-            statistics, member_lists(members[~in_examples]), sizes[~in_examples], l2,
+        weights[on_columns] = _first_newton_step(
+            statistics, member_lists(members[on_columns]), sizes[on_columns], l2,
             flow_steps,
         )
-    if in_examples.any():
+    on_examples = in_examples & ~compressed
+    if on_examples.any():
         if gram is None:
             gram = TrainingGram(train, n_tasks)
-        compressed = torch.zeros_like(in_examples)
-        if curvature is not None:
-            compressed = in_examples & compressed_rows(curvature, holding, sizes)
-            if compressed.any():
-                weights[compressed] = compressed_flow(
-                    curvature, holding[compressed], sizes[compressed], l2, flow_steps
-                )
-        rest = in_examples & ~compressed
-        if rest.any():
-            weights[rest] = _first_step_in_example_space(
-                gram, holding[rest], l2, flow_steps, statistics.dim
-            )
+        weights[on_examples] = _first_step_in_example_space(
+            gram, holding[on_examples], l2, flow_steps, statistics.dim
+        )
     for _ in range(newton_steps - 1):
         weights = _newton_step_per_subset(train, members, weights, l2, statistics, holding)
     return weights
@@ -880,28 +913,33 @@ def estimate_values(
     statistics = per_task_statistics(train, len(task_names), blocks=False)
     example_space = example_space_rows(statistics, members)
     in_examples = int(example_space.sum())
-    if in_examples < len(ids):
-        statistics = with_task_sums(statistics, train)
     counts = members.sum(dim=1)
     # Subsets in order of size, so that a batch's systems are not padded to a larger
     # subset's size (each subset's fit is its own: the order changes no value).
     order = torch.argsort(counts, stable=True)
-    largest = int(counts.max()) if len(ids) else 0
-    gram = TrainingGram(train, len(task_names), memory_mb) if in_examples else None
+    exact_sizes = exact_system_sizes(statistics, members, example_space)
+    compressing = settings.curvature_tolerance > 0 and bool(
+        may_compress(exact_sizes, example_space).any()
+    )
+    # The Gram serves the exact solves of the subsets on their examples and the
+    # compressed curvature (its tasks' own blocks).
+    gram = (TrainingGram(train, len(task_names), memory_mb)
+            if in_examples or compressing else None)
     curvature, compressed = None, torch.zeros_like(example_space)
-    if gram is not None and settings.curvature_tolerance > 0:
+    if compressing:
         curvature = compress_curvature(gram, settings.l2, settings.curvature_tolerance,
                                        memory_mb)
     if curvature is not None:
         holding = member_lists(members)
-        compressed = example_space & compressed_rows(
-            curvature, holding, members @ statistics.counts.to(members.device)
-        )
+        compressed = compressed_rows(curvature, holding, exact_sizes, example_space)
+    on_columns = ~example_space & ~compressed
+    if on_columns.any():
+        statistics = with_task_sums(statistics, train)
     # A batch holds (s, r, r) systems: the column solves' (r = c + m b) if any subset is
     # solved on its columns, else the compressed ones (r = padded q; a subset solved on
     # its examples is solved alone), and at least the (s, d) shifts.
-    if in_examples < len(ids):
-        system = statistics.reduced_dim(largest)
+    if on_columns.any():
+        system = statistics.reduced_dim(int(counts[on_columns].max()))
     elif compressed.any():
         system = int(padded_size(curvature.subset_ranks(holding[compressed])).max())
     else:
@@ -938,16 +976,17 @@ def estimate_values(
     shifts = relative.numpy()
     if curvature is not None:
         kept = curvature.ranks[:-1]
-        compression = (f"{int(compressed.sum())} of them on their members' kept curvature "
-                       f"directions, each task's {int(kept.min())} to {int(kept.max())} "
-                       f"(curvature_tolerance {settings.curvature_tolerance:g})")
+        compression = (f"{int(compressed.sum())} solved on their members' kept curvature "
+                       f"directions instead, each task's {int(kept.min())} to "
+                       f"{int(kept.max())} (curvature_tolerance "
+                       f"{settings.curvature_tolerance:g})")
     elif gram is not None and settings.curvature_tolerance > 0:
         compression = "curvature not compressed: its cache exceeds the memory budget"
     else:
         compression = "curvature not compressed"
     log.info(
         "estimated %d subsets (d = %d, systems of at most %d columns, %d per batch; %d "
-        "solved on their training examples, fewer than their columns; %s) in %.2f s "
+        "with fewer training examples than columns; %s) in %.2f s "
         "(%.0f subsets/s), peak memory of the process %.0f MB; median relative shift %s",
         len(ids), train.z.shape[1], system, batch_subsets,
         in_examples, compression, elapsed,
