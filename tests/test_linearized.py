@@ -558,6 +558,36 @@ def test_subsets_on_their_columns_are_compressed_when_their_members_keep_few_dir
     torch.testing.assert_close(chosen, exact, rtol=1e-8, atol=1e-12)
 
 
+def test_direction_blocks_are_formed_for_the_pairs_of_members_only(monkeypatch):
+    """The compressed systems read F_t^T F_u for pairs of members only: fill_pairs forms
+    exactly those blocks (equal to the full product of the directions), leaves the others
+    0, and gives the same bits whether the pairs come at once or one at a time."""
+    train = low_rank_split(12, 6, seed=26, noise=1e-2)
+    gram = TrainingGram(train, 6)
+    members = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 1]], dtype=torch.float64)
+    holding = member_lists(members)
+    together = compress_curvature(gram, 0.2, tolerance=0.1)
+    assert (together.ranks[:-1] > 1).all()
+    together.fill_pairs(holding)
+    met = torch.zeros(7, 7, dtype=torch.bool)
+    for pair in ((0, 1), (3, 5)):
+        for first in pair:
+            for second in pair:
+                met[first, second] = True
+    assert torch.equal(together.filled, met)
+    full = together.directions @ together.directions.T
+    rows = torch.repeat_interleave(torch.arange(7), together.ranks)
+    on = met[rows][:, rows]
+    torch.testing.assert_close(together.factor_gram[:-1, :-1][on], full[:-1, :-1][on],
+                               rtol=1e-12, atol=1e-12)
+    assert together.factor_gram[:-1, :-1][~on].abs().max() == 0
+    monkeypatch.setattr(linearized, "PAIR_BATCH_BYTES", 1)
+    apart = compress_curvature(gram, 0.2, tolerance=0.1)
+    apart.fill_pairs(holding[1:])
+    apart.fill_pairs(holding[:1])
+    assert torch.equal(apart.factor_gram, together.factor_gram)
+
+
 @pytest.mark.parametrize("space", ["features", "examples"])
 def test_systems_factored_a_few_at_a_time_give_the_same_shifts(monkeypatch, space):
     """The batched systems (on the columns, and the compressed ones of the subsets solved

@@ -219,6 +219,9 @@ def with_task_sums(statistics: TaskStatistics, train: ProjectedSplit) -> TaskSta
 # instead of from memory, where the solves of a large batch spend their time. Each system
 # is factored alone, so this changes no value.
 SYSTEM_CACHE_BYTES = 2**20
+# The pairs of tasks whose direction blocks are formed in one batched product
+# (CompressedCurvature.fill_pairs) gather at most this many bytes of directions.
+PAIR_BATCH_BYTES = 2**25
 
 
 def _systems_per_chunk(size: int, entry_bytes: int) -> int:
@@ -458,8 +461,9 @@ class CompressedCurvature:
     d): g_t = Z_t^T l' (exact; task k, the padding, 0); ranks (k + 1,) int64: the
     directions kept per task (R their sum; the padding's 0); offsets (k + 1,) int64: each
     task's first row of ``directions`` (the padding's R); factor_gram (R + 1, R + 1): the
-    directions' inner products (F_t^T F_u in task t's rows and task u's columns); cross
-    (R + 1, k + 1): F_t^T g_u."""
+    directions' inner products (F_t^T F_u in task t's rows and task u's columns), filled
+    for the pairs of tasks :meth:`fill_pairs` was asked for (``filled`` (k + 1, k + 1)
+    bool), the padding's row and column 0; cross (R + 1, k + 1): F_t^T g_u."""
 
     directions: torch.Tensor
     gradients: torch.Tensor
@@ -467,6 +471,47 @@ class CompressedCurvature:
     offsets: torch.Tensor
     factor_gram: torch.Tensor
     cross: torch.Tensor
+    filled: torch.Tensor
+
+    def fill_pairs(self, holding: torch.Tensor) -> None:
+        """Compute the blocks F_t^T F_u of factor_gram for every pair of members of the
+        subsets ``holding`` (s, m) (padded with k) not yet filled: only the pairs that
+        subsets hold are formed (at k = 300 they are a few of the k^2), each by its own
+        product of the two tasks' directions padded to the most any task keeps, so a
+        block's bits do not depend on which subsets asked for it."""
+        n_tasks = self.ranks.shape[0] - 1
+        pairs = torch.zeros(n_tasks + 1, n_tasks + 1, dtype=torch.bool)
+        members = holding.cpu()
+        pairs[members[:, :, None], members[:, None, :]] = True
+        pairs[n_tasks, :] = pairs[:, n_tasks] = False
+        pairs = torch.triu(pairs & ~self.filled)
+        self.filled |= pairs | pairs.T
+        ranks = self.ranks.cpu()
+        pairs &= (ranks[:, None] > 0) & (ranks[None, :] > 0)
+        needed = torch.nonzero(pairs).to(self.directions.device)
+        if len(needed) == 0:
+            return
+        most = int(ranks.max())
+        steps = torch.arange(most, device=self.directions.device)
+        ranks, offsets = self.ranks.to(steps.device), self.offsets.to(steps.device)
+        valid = steps[None, :] < ranks[:, None]
+        padding = self.directions.shape[0] - 1
+        # each task's directions as (most, d) rows, the zero row R past its rank
+        rows = torch.where(valid, offsets[:, None] + steps[None, :], padding)
+        flat = self.factor_gram.view(-1)
+        size = self.factor_gram.shape[0]
+        # pairs at a time: their gathered directions, two (most, d) float64 per pair, in
+        # PAIR_BATCH_BYTES
+        chunk = max(1, PAIR_BATCH_BYTES // (16 * most * self.directions.shape[1]))
+        for start in range(0, len(needed), chunk):
+            first, second = needed[start : start + chunk].unbind(1)
+            blocks = torch.bmm(self.directions[rows[first]],
+                               self.directions[rows[second]].transpose(1, 2))
+            kept = valid[first][:, :, None] & valid[second][:, None, :]
+            left, right = rows[first][:, :, None], rows[second][:, None, :]
+            values = blocks[kept]
+            flat[(left * size + right).expand_as(blocks)[kept]] = values
+            flat[(right * size + left).expand_as(blocks)[kept]] = values
 
     def subset_ranks(self, holding: torch.Tensor) -> torch.Tensor:
         """(s,) int64: the directions kept by the members ``holding`` (s, m) (padded with
@@ -535,9 +580,12 @@ def compress_curvature(
     if n_tasks:
         all_gradients[:n_tasks] = torch.stack(gradients)
     offsets = torch.cumsum(ranks, dim=0) - ranks
+    # the directions' inner products are formed for the pairs of tasks the subsets hold
+    # (CompressedCurvature.fill_pairs), not for all k^2
     return CompressedCurvature(
-        directions, all_gradients, ranks, offsets, row_gram(directions),
-        directions @ all_gradients.T,
+        directions, all_gradients, ranks, offsets,
+        directions.new_zeros(total + 1, total + 1), directions @ all_gradients.T,
+        torch.zeros(n_tasks + 1, n_tasks + 1, dtype=torch.bool),
     )
 
 
@@ -567,7 +615,8 @@ def compressed_flow(
     the Woodbury identity (H + alpha I)^{-1} = (I - F S^{-1} F^T) / alpha, S =
     n_S alpha I + F^T F, keeps every member's coefficient in a equal, a_j = -j / (n_S
     alpha) after j steps, and gives b_{j+1} = S^{-1} (n_S alpha b_j + (j + 1) F^T g /
-    alpha): one q x q Cholesky factor per subset, from the cached F_t^T F_u and F_t^T g_u,
+    alpha): one q x q Cholesky factor per subset, from the cached F_t^T F_u (formed for
+    the pairs of members met, :meth:`CompressedCurvature.fill_pairs`) and F_t^T g_u,
     batched over the subsets of equal q rounded up to SYSTEM_STEP (a subset's value does
     not depend on the others given with it), then F b task by task over the subsets that
     hold it. Memory: the (s, d) shifts, the (s, R + 1) coefficients b and two arrays of
@@ -579,6 +628,7 @@ def compressed_flow(
     direction_weights = curvature.directions.new_zeros(n_subsets, n_rows)
     # F^T g n_S on every row: the sum over the members of F^T g_u (the padding's g is 0)
     member_cross = F.embedding_bag(holding, curvature.cross.T.contiguous(), mode="sum")
+    curvature.fill_pairs(holding)
     # the systems are gathered from the flat F^T F: one index per entry (a two-index
     # gather of the (s, q, q) entries took 3 times as long)
     flat_gram = curvature.factor_gram.reshape(-1)
