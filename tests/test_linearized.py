@@ -456,6 +456,16 @@ def low_rank_split(n_per_task, n_tasks, seed, noise=0.0):
     return train
 
 
+def with_a_full_rank_task(train, task, seed):
+    """``train`` with Gaussian noise (scale 0.5) added to ``task``'s nonzero gradient
+    entries: that task's curvature becomes of full rank among the low-rank others."""
+    rows = torch.nonzero(train.task_index == task).squeeze(1)
+    noise = torch.randn(len(rows), train.z.shape[1], dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed))
+    train.z[rows] += 0.5 * noise * (train.z[rows] != 0)
+    return train
+
+
 def test_fit_shifts_solves_subsets_on_the_kept_directions_when_they_are_few():
     """With compressed curvature, a subset solved on its examples goes to the kept
     directions when its members keep at most half as many as it has examples (m r <=
@@ -495,11 +505,7 @@ def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed
     by the most any task keeps: a task of full rank among rank-2 tasks keeps its own
     subsets on their examples and no other. A subset's compressed shift does not depend
     on the subsets fitted with it (systems of other sizes are factored apart)."""
-    train = low_rank_split(12, 6, seed=20)
-    rows = torch.nonzero(train.task_index == 5).squeeze(1)
-    noise = torch.randn(len(rows), train.z.shape[1], dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(21))
-    train.z[rows] += 0.5 * noise * (train.z[rows] != 0)
+    train = with_a_full_rank_task(low_rank_split(12, 6, seed=20), task=5, seed=21)
     gram = TrainingGram(train, 6)
     curvature = compress_curvature(gram, 0.2, tolerance=1e-9)
     assert curvature.ranks.tolist() == [2, 2, 2, 2, 2, 12, 0]
@@ -532,11 +538,7 @@ def test_subsets_on_their_columns_are_compressed_when_their_members_keep_few_dir
     c + m b) and the columns are at least MIN_COMPRESSED_COLUMNS (here 0; 52 columns stay
     below the default): the same shift as the column solve when only rounding is cut. A
     subset with a member of full rank stays on its columns."""
-    train = low_rank_split(30, 6, seed=24)
-    rows = torch.nonzero(train.task_index == 5).squeeze(1)
-    noise = torch.randn(len(rows), train.z.shape[1], dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(25))
-    train.z[rows] += 0.5 * noise * (train.z[rows] != 0)
+    train = with_a_full_rank_task(low_rank_split(30, 6, seed=24), task=5, seed=25)
     statistics = per_task_statistics(train, 6)
     members = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.float64)
     assert not example_space_rows(statistics, members).any()

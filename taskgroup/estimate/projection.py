@@ -452,6 +452,12 @@ def _scaled_moment(moment: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return moment * scale.unsqueeze(1) * scale.unsqueeze(0)
 
 
+def keeps_every_parameter(shapes, columns: list[int]) -> bool:
+    """Whether ``columns`` (per layer, :func:`taskgroup.resources.allocate_columns`) give
+    every layer of ``shapes`` all its parameters: the projection is then exact (P = I)."""
+    return columns == [out * inputs for out, inputs in shapes]
+
+
 class LayerProjector:
     """The projection of ``settings`` for a model of linear layers ``layer_shapes`` ((out,
     in + 1), heads last; see :func:`taskgroup.estimate.gradients.layer_shapes`): one block
@@ -466,7 +472,7 @@ class LayerProjector:
         # last (their rows are the tasks), set by fit; None until then or without one
         self.scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         columns = allocate_columns(self.layer_shapes, settings.dim)
-        self.exact = columns == [out * inputs for out, inputs in self.layer_shapes]
+        self.exact = keeps_every_parameter(self.layer_shapes, columns)
         if settings.structure == "energy" and not self.exact:
             raise ValueError(
                 "projection structure energy chooses its columns on the data: for a model of "
@@ -850,8 +856,9 @@ ENERGY_NOT_FITTED = ("projection structure energy: the coordinates were not chos
 def make_projector(model: MultiHeadNet, settings: ProjectionSettings) -> Projector:
     """The projector of ``settings`` for ``model``'s parameters (on the CPU)."""
     shapes = layer_shapes(model)
-    parameters = sum(out * inputs for out, inputs in shapes)
-    if settings.structure == "energy" and parameters > settings.dim:
+    if settings.structure == "energy" and not keeps_every_parameter(
+        shapes, allocate_columns(shapes, settings.dim)
+    ):
         return EnergyProjector(shapes, settings)
     return LayerProjector(shapes, settings)
 
