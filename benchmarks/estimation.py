@@ -5,7 +5,8 @@ Usage:
       [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
       [--curvature-tolerance 0 0.1]
       [--finetune-lr 0.001] [--task-scales] [--repeats 3] [--reference-seeds 1]
-      [--settings exact sparse:1024:4 kronecker:1024 dense:1024 eigen:1024@adam svd:1024]
+      [--settings exact sparse:1024:4 kronecker:1024 dense:1024 eigen:1024@adam svd:1024
+                  energy:1024@adam/subset]
 
 On the planted dataset of the config, with the trunk widths ``--hidden`` (default: the
 config's model.hidden_sizes), the meta-initialization is trained once and m subsets are
@@ -19,7 +20,8 @@ projection setting (``structure:dim[:nonzeros]``, ``exact`` for no projection, o
 :func:`unprojected_values`, which runs where ``exact``'s p x p systems cannot; or
 ``svd:dim``: the top ``dim`` right singular vectors of the full training gradients, see
 :func:`singular_basis`, a basis the library does not build; each with an
-optional ``@adam`` or ``@none``: the preconditioner, default the config's) is then run in a
+optional ``@adam`` or ``@none``: the preconditioner, default the config's, and an optional
+``/fixed`` or ``/subset``: gradient_estimate.step_scale, default the config's) is then run in a
 fresh process (so that its peak memory is its own) and compared with the same references.
 For each it prints: d, gradient collection + projection time as a share of one training
 epoch over all tasks, the two timed in turn in that process (proj_epochs in wall seconds,
@@ -271,6 +273,7 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     data, _ = load_data(config)
     meta = MultiHeadNet(data.n_features, data.n_tasks, hidden)
     meta.load_state_dict(state)
+    text, _, step_scale = text.partition("/")
     name, at, preconditioner = text.partition("@")
     unprojected = name == "unprojected"
     # svd: the exact projector's full gradients, then their top right singular vectors
@@ -283,6 +286,10 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
     estimate = dataclasses.replace(
         GradientEstimateSettings.from_mapping(config["gradient_estimate"]), task_scales="none"
     ).with_l2(l2_values[0])
+    if step_scale:
+        estimate = dataclasses.replace(estimate, step_scale=step_scale)
+    if unprojected and estimate.step_scale != "fixed":
+        raise ValueError(f"{text}: the unprojected estimate has step_scale fixed only")
     metric = config["evaluation"]["metric"]
     # Without the reset, the peak of generating the data (above the estimator's) would hide
     # the estimator's: it printed 0 MB.

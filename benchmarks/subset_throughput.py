@@ -60,8 +60,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def projected_splits(config: dict, args) -> tuple[dict, list[str]]:
-    """The projected train and val splits (or their dense stand-ins) and the task names."""
+def projected_splits(config: dict, args) -> tuple[dict, list[str], bool]:
+    """The projected train and val splits (or their dense stand-ins), the task names, and
+    whether the projection keeps every parameter (False for the stand-ins)."""
     from taskgroup.data.datasets.planted import generate_planted, planted_spec
     from taskgroup.data.examples import build_task_data
     from taskgroup.estimate.linearized import ProjectedSplit
@@ -85,7 +86,7 @@ def projected_splits(config: dict, args) -> tuple[dict, list[str]]:
                 torch.randn(n, generator=generator), tensors.labels, tensors.task_index,
                 tensors.regression,
             )
-        return splits, data.task_names
+        return splits, data.task_names, False
     meta = config["meta_init"]
     settings = TrainSettings(args.epochs, meta["lr"], meta["batch_size"], meta["weight_decay"])
     model = train_new_model(data, torch.arange(data.n_tasks), args.hidden, settings,
@@ -95,7 +96,7 @@ def projected_splits(config: dict, args) -> tuple[dict, list[str]]:
     projector = make_projector(model, ProjectionSettings(
         args.structure, projection["kind"], projection["seed"], args.dim, nonzeros
     ))
-    return project_data(model, projector, data, PROJECTION_BATCH), data.task_names
+    return project_data(model, projector, data, PROJECTION_BATCH), data.task_names, projector.exact
 
 
 def child(path: Path, threads: int) -> None:
@@ -161,7 +162,12 @@ def main():
     config = yaml.safe_load(Path(args.config).read_text())
     validate(config, str(ROOT / "config" / "config.schema.yaml"))
     torch.set_num_threads(args.threads)
-    splits, names = projected_splits(config, args)
+    splits, names, exact = projected_splits(config, args)
+    # step_scale "auto" resolved here, as the workflow resolves it for its projection, so
+    # that a baseline library without the setting reads the same settings
+    estimate = dict(config["gradient_estimate"])
+    if estimate.get("step_scale") == "auto":
+        estimate["step_scale"] = "subset" if exact else "fixed"
     subsets = random_design(names, config["subsets"]["size"], args.subsets,
                             config["subsets"]["seed"])
     libraries = [("this checkout", ROOT)]
@@ -171,7 +177,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder)
         torch.save({"splits": splits, "subsets": subsets, "names": names,
-                    "settings": config["gradient_estimate"]}, path / "inputs.pt")
+                    "settings": estimate}, path / "inputs.pt")
         for label, library in libraries:
             results[label] = run(library, path, args.threads)
     z = splits["train"].z

@@ -107,6 +107,7 @@ ESTIMATE_KEYS = (
     "max_relative_shift",
     "task_scales",
     "curvature_tolerance",
+    "step_scale",
 )
 
 

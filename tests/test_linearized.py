@@ -20,7 +20,9 @@ from taskgroup.estimate.linearized import (
     member_lists,
     per_task_statistics,
     subset_columns,
+    subset_step_scales,
     subsets_per_batch,
+    task_squared_gradients,
 )
 from taskgroup.estimate.settings import GradientEstimateSettings
 
@@ -635,3 +637,85 @@ def test_estimate_values_compresses_the_curvature_by_its_setting(caplog):
     assert 0 < changed.max() < 1e-4
     with pytest.raises(ValueError, match="curvature_tolerance = -1; expected a number >= 0"):
         GradientEstimateSettings(0.5, 1, None, curvature_tolerance=-1)
+
+
+def test_subset_step_scales_are_the_fourth_root_of_the_overall_over_the_subset_moment():
+    """sigma_S(c) = (v(c) / v_S(c))^(1/4), v the mean of l'^2 z^2 over all examples and v_S
+    over the subset's (by hand on a split of 3 tasks), 1 where the subset's is 0."""
+    train = headed_split(5, 3, shared=3, head=2, seed=31, regression_tasks=(1,))
+    first, _ = hand_derivatives(train)
+    squared = (first[:, None] * train.z.double()) ** 2
+    sums = task_squared_gradients(train, 3)
+    assert sums.shape == (4, train.z.shape[1]) and torch.equal(sums[3], torch.zeros(sums.shape[1]))
+    for task in range(3):
+        torch.testing.assert_close(sums[task], squared[train.task_index == task].sum(dim=0))
+    holding = torch.tensor([[0, 2], [1, 3]])  # the second subset: task 1 alone (padded)
+    scales = subset_step_scales(sums, torch.full((3,), 5.0, dtype=torch.float64), holding)
+    overall = squared.mean(dim=0)
+    for row, tasks in enumerate([[0, 2], [1]]):
+        own = squared[torch.isin(train.task_index, torch.tensor(tasks))].mean(dim=0)
+        expected = torch.where(own > 0, (overall / own.clamp_min(1e-300)) ** 0.25, 1.0)
+        expected = torch.where(overall > 0, expected, 1.0)
+        torch.testing.assert_close(scales[row], expected)
+    # column 0 no example moves, column 1 task 0's only: 1 where the subset misses it
+    assert scales[0, 0] == 1 and scales[1, 0] == 1 and scales[1, 1] == 1
+    assert scales[0, 1] == pytest.approx((2 / 3) ** 0.25)
+
+
+@pytest.mark.parametrize("space", ["features", "examples"])
+def test_a_subset_in_its_own_metric_is_the_fixed_fit_on_its_rescaled_gradients(space):
+    """With scales, a subset's shift is sigma * w', w' the fixed-metric fit of the same
+    subset on the gradients sigma * z, on its columns and on its examples alike."""
+    train = headed_split(6, 4, shared=5, head=3, seed=32, regression_tasks=(2,))
+    members = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.float64)
+    sums = task_squared_gradients(train, 4)
+    scales = subset_step_scales(sums, per_task_statistics(train, 4).counts,
+                                member_lists(members))
+    assert not torch.allclose(scales, torch.ones_like(scales))
+    fitted = fit_shifts(train, members, l2=0.3, flow_steps=4, space=space, scales=scales)
+    for row in range(2):
+        rescaled = ProjectedSplit(train.z * scales[row], train.base, train.labels,
+                                  train.task_index, train.regression)
+        expected = scales[row] * fit_shifts(rescaled, members[row : row + 1], l2=0.3,
+                                            flow_steps=4, space=space)[0]
+        torch.testing.assert_close(fitted[row], expected, rtol=1e-9, atol=1e-12)
+    ones = fit_shifts(train, members, l2=0.3, flow_steps=4, space=space,
+                      scales=torch.ones_like(scales))
+    torch.testing.assert_close(ones, fit_shifts(train, members, l2=0.3, flow_steps=4,
+                                                space=space), rtol=1e-9, atol=1e-12)
+
+
+def test_estimate_values_in_each_subsets_metric_compresses_nothing(caplog):
+    """step_scale "subset": every subset solved exactly in its own metric (the log says
+    so), whatever curvature_tolerance; the losses differ from the fixed metric's. The
+    settings refuse another step_scale and more Newton steps with "subset", and fit_shifts
+    refuses scales with compressed curvature."""
+    train = low_rank_split(8, 5, seed=18, noise=1e-3)
+    val = headed_split(6, 5, shared=40, head=6, seed=19)
+    subsets = pd.DataFrame({"subset_id": [0, 0, 0, 1, 1], "task": ["t0", "t1", "t2", "t3", "t4"]})
+    names = [f"t{i}" for i in range(5)]
+    fixed = estimate_values(train, val, subsets, names,
+                            GradientEstimateSettings(0.5, 1, None, 4, curvature_tolerance=0.1))
+    with caplog.at_level(logging.INFO, logger="taskgroup.estimate.linearized"):
+        own = estimate_values(train, val, subsets, names, GradientEstimateSettings(
+            0.5, 1, None, 4, curvature_tolerance=0.1, step_scale="subset"))
+    assert "each subset in its own metric (step_scale subset), none compressed" in caplog.text
+    assert (own["loss"] - fixed["loss"]).abs().max() > 1e-6
+    members = torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.float64)
+    scales = subset_step_scales(task_squared_gradients(train, 5),
+                                per_task_statistics(train, 5).counts, member_lists(members))
+    exact = fit_shifts(train, members, l2=0.5, flow_steps=4, scales=scales)
+    weights = linearized.linearized_values(val, exact, members, None, names, only_members=True)
+    torch.testing.assert_close(
+        torch.tensor(own.loc[own["subset_id"] == 0, "loss"].to_numpy()),
+        weights[0][0, :3], rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="step_scale = 'adam'; expected one of"):
+        GradientEstimateSettings(0.5, 1, None, step_scale="adam")
+    with pytest.raises(ValueError, match="step_scale = subset needs newton_steps 1; found 2"):
+        GradientEstimateSettings(0.5, 2, None, step_scale="subset")
+    with pytest.raises(ValueError, match="step_scale 'auto': resolve it for the projection"):
+        estimate_values(train, val, subsets, names,
+                        GradientEstimateSettings(0.5, 1, None, step_scale="auto"))
+    curvature = compress_curvature(TrainingGram(train, 5), 0.5, 0.1)
+    with pytest.raises(ValueError, match="no compressed curvature, newton_steps 1"):
+        fit_shifts(train, members, l2=0.5, curvature=curvature, scales=scales)

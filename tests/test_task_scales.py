@@ -135,5 +135,5 @@ def test_task_scales_setting_is_checked():
         GradientEstimateSettings(0.1, 1, None, task_scales="some")
     settings = GradientEstimateSettings.from_mapping(
         {"l2": 0.1, "newton_steps": 1, "max_relative_shift": None, "flow_steps": 1,
-         "task_scales": "auto", "curvature_tolerance": 0.0})
+         "task_scales": "auto", "curvature_tolerance": 0.0, "step_scale": "fixed"})
     assert settings.scales_tasks

@@ -177,12 +177,18 @@ def test_estimate_settings_accept_auto_and_take_the_chosen_l2_from_the_curve(tmp
 
     auto = GradientEstimateSettings.from_mapping(
         {"l2": "auto", "newton_steps": 1, "max_relative_shift": None, "flow_steps": 1,
-         "task_scales": "none", "curvature_tolerance": 0.1, "l2_candidates": [0.01, 0.1]}
+         "task_scales": "none", "curvature_tolerance": 0.1, "step_scale": "auto",
+         "l2_candidates": [0.01, 0.1]}
     )
     assert auto.l2_is_auto
+    assert auto.for_projection(exact=True).step_scale == "subset"
+    assert auto.for_projection(exact=False).step_scale == "fixed"
+    subset = replace(auto, step_scale="subset")
+    assert subset.for_projection(exact=False) is subset
     for bad in ({"l2": 0}, {"l2": "0.1"}, {"newton_steps": 0}, {"max_relative_shift": -1.0},
                 {"flow_steps": 0}, {"flow_steps": 2, "newton_steps": 2},
-                {"task_scales": "yes"}, {"curvature_tolerance": -0.1}):
+                {"task_scales": "yes"}, {"curvature_tolerance": -0.1},
+                {"step_scale": "adam"}, {"newton_steps": 2, "flow_steps": 1}):
         with pytest.raises(ValueError, match="gradient_estimate"):
             replace(auto, **bad)
     fixed = replace(auto, l2=0.2)

@@ -44,6 +44,14 @@ A subset with fewer training examples n_S than that is solved on its examples in
 shift lies in the span of their projected gradients, and the Woodbury identity turns each
 step into an n_S x n_S system (:func:`example_space_flow`; the same values to rounding).
 The validation outputs are computed for each subset's members only.
+
+Every subset is fitted in one metric, the projection's (its preconditioner), unless each
+subset gets its own (``step_scale`` "subset", :func:`subset_step_scales`): Adam fine-tuning
+on S normalizes each parameter's step by the root of its squared gradients' running mean
+over S's own minibatches, so a coordinate S's members use little takes steps as long as one
+they use much. With v(c) the mean of l'(x)^2 z_c(x)^2 over all training examples and v_S(c)
+over S's, S is fitted in the coordinates z' = sigma_S * z, sigma_S = (v / v_S)^(1/4)
+(H' = diag(sigma) H diag(sigma), g' = sigma * g) and its shift taken back as sigma_S * w'.
 """
 
 from __future__ import annotations
@@ -278,6 +286,35 @@ def member_lists(members: torch.Tensor) -> torch.Tensor:
     return torch.sort(padded, dim=1).values[:, :largest]
 
 
+def task_squared_gradients(train: ProjectedSplit, n_tasks: int) -> torch.Tensor:
+    """(k + 1, d) float64: per task, the sum over its training examples of the squared
+    projected loss gradients l'(x)^2 z(x)^2 at w = 0, column by column; row k is zeros (the
+    padding of :func:`member_lists`)."""
+    residual, _ = loss_derivatives(
+        train.base.double(), train.labels.double(), train.regression_mask()
+    )
+    squared = torch.zeros(n_tasks + 1, train.z.shape[1], dtype=torch.float64,
+                          device=train.z.device)
+    return squared.index_add_(0, train.task_index, (residual.unsqueeze(1) * train.z.double()) ** 2)
+
+
+def subset_step_scales(squared: torch.Tensor, counts: torch.Tensor, holding: torch.Tensor
+                       ) -> torch.Tensor:
+    """sigma_S (s, d) float64 = (v / v_S)^(1/4) for the subsets whose members are ``holding``
+    (s, m) (padded with k): v_S(c), the mean of column c's squared loss gradients over the
+    subset's training examples, and v(c) over all tasks' (``squared``: (k + 1, d) per-task
+    sums, :func:`task_squared_gradients`; ``counts``: (k,) examples per task). A column
+    where either is 0 (no member's, or no, example moves it) keeps scale 1: its gradient
+    in the subset is 0 either way."""
+    overall = squared[:-1].sum(dim=0) / counts.sum()
+    padded_counts = torch.cat([counts.to(squared), counts.new_zeros(1).to(squared)])
+    sizes = padded_counts[holding].sum(dim=1, keepdim=True)
+    own = F.embedding_bag(holding, squared, mode="sum") / sizes
+    moved = (own > 0) & (overall > 0)
+    ratio = torch.where(moved, overall / torch.where(moved, own, 1.0), 1.0)
+    return ratio**0.25
+
+
 def _subset_columns(statistics: TaskStatistics, holding: torch.Tensor) -> torch.Tensor:
     """Each subset's columns (s, c + m b) in the order of its reduced Newton system: the
     shared ones, then each member's private ones (padding: d)."""
@@ -288,7 +325,7 @@ def _subset_columns(statistics: TaskStatistics, holding: torch.Tensor) -> torch.
 
 def _first_newton_step(
     statistics: TaskStatistics, holding: torch.Tensor, sizes: torch.Tensor, l2: float,
-    flow_steps: int = 1,
+    flow_steps: int = 1, scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The first Newton step from w = 0 (s, d) of the subsets whose members are ``holding``
     (s, m), each solved on its own columns only: the shared block adds the members' shared
@@ -296,8 +333,9 @@ def _first_newton_step(
     (no other task touches them), every other column stays at 0, as the (d, d) solve gives
     (their Hessian rows are l2 e_j and gradients 0). With ``flow_steps`` p > 1: p implicit
     Euler steps of the gradient flow of the quadratic model instead (see
-    :func:`_implicit_flow`). Memory: one (s, r, r) float64 array, r = c + m b, and factors
-    of at most SYSTEM_CACHE_BYTES."""
+    :func:`_implicit_flow`). ``scales`` (s, d): each subset's sigma_S
+    (:func:`subset_step_scales`), its system solved in the coordinates sigma_S * z. Memory:
+    one (s, r, r) float64 array, r = c + m b, and factors of at most SYSTEM_CACHE_BYTES."""
     n_subsets, largest = holding.shape
     shared, width = len(statistics.shared), statistics.private.shape[1]
     dim = statistics.reduced_dim(largest)
@@ -321,10 +359,21 @@ def _first_newton_step(
         hessians[:, start:stop, start:stop] = statistics.private_hessians[task]
         gradients[:, start:stop] = statistics.private_gradients[task]
     hessians /= sizes[:, None, None]
-    reduced = _implicit_flow(hessians, gradients / sizes[:, None], l2, flow_steps)
+    gradients /= sizes[:, None]
+    columns = _subset_columns(statistics, holding)
+    if scales is not None:
+        # column d, the padding's, has no Hessian and no gradient: any scale
+        reduced_scales = torch.cat([scales, scales.new_ones(n_subsets, 1)], dim=1).gather(
+            1, columns
+        )
+        hessians.mul_(reduced_scales.unsqueeze(2)).mul_(reduced_scales.unsqueeze(1))
+        gradients *= reduced_scales
+    reduced = _implicit_flow(hessians, gradients, l2, flow_steps)
     del hessians
+    if scales is not None:
+        reduced *= reduced_scales
     weights = reduced.new_zeros(n_subsets, statistics.dim + 1)
-    weights.scatter_(1, _subset_columns(statistics, holding), reduced)
+    weights.scatter_(1, columns, reduced)
     return weights[:, : statistics.dim]
 
 
@@ -386,6 +435,11 @@ class TrainingGram:
              for first in tasks]
         )
 
+    def scaled_kernel(self, tasks: list[int], scales: torch.Tensor) -> torch.Tensor:
+        """Z_R diag(scales^2) Z_R^T (n_R, n_R) for column scales (d,): the Gram of the
+        rows scaled column by column, computed for this call (no block is kept)."""
+        return row_gram(torch.cat([self.z[task] for task in tasks]) * scales)
+
     def shift(self, tasks: list[int], coefficients: torch.Tensor) -> torch.Tensor:
         """Z_R^T a (d,) for coefficients a (n_R,) on the training rows of ``tasks``."""
         shift, start = None, 0
@@ -431,21 +485,25 @@ def example_space_flow(
 
 
 def _first_step_in_example_space(
-    gram: TrainingGram, holding: torch.Tensor, l2: float, flow_steps: int, dim: int
+    gram: TrainingGram, holding: torch.Tensor, l2: float, flow_steps: int, dim: int,
+    scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The shifts (s, d) of :func:`_first_newton_step` for the subsets whose members are
     ``holding`` (s, m) (padded with k), each solved on its n_S training examples instead
     of its columns (:func:`example_space_flow`), one subset at a time: cheaper when n_S
-    is below the subset's column count. Memory: a few (n_S, n_S) float64 arrays."""
+    is below the subset's column count. ``scales`` (s, d): each subset's sigma_S, its
+    Gram that of sigma_S * z (formed for the subset) and its shift sigma_S^2 * Z_S^T a.
+    Memory: a few (n_S, n_S) float64 arrays."""
     n_tasks = len(gram.rows)
     weights = torch.zeros(holding.shape[0], dim, dtype=torch.float64, device=holding.device)
     for row, members in enumerate(holding.tolist()):
         tasks = [task for task in members if task < n_tasks]
         residual, curvature = gram.derivatives(tasks)
-        coefficients = example_space_flow(
-            gram.kernel(tasks), residual, curvature, l2, flow_steps
-        )
+        kernel = gram.kernel(tasks) if scales is None else gram.scaled_kernel(tasks, scales[row])
+        coefficients = example_space_flow(kernel, residual, curvature, l2, flow_steps)
         weights[row] = gram.shift(tasks, coefficients)
+        if scales is not None:
+            weights[row] *= scales[row] ** 2
     return weights
 
 
@@ -728,7 +786,7 @@ def fit_shifts(
     train: ProjectedSplit, members: torch.Tensor, l2: float, newton_steps: int = 1,
     statistics: TaskStatistics | None = None, flow_steps: int = 1,
     gram: TrainingGram | None = None, space: str = "auto",
-    curvature: CompressedCurvature | None = None,
+    curvature: CompressedCurvature | None = None, scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The fitted projected shifts W (s, d) float64 of s subsets given by ``members`` (s, k).
     ``statistics``: :func:`per_task_statistics` of ``train`` (computed here when None; pass
@@ -745,12 +803,17 @@ def fit_shifts(
     (:func:`compressed_flow`; needs ``flow_steps`` or ``newton_steps`` 1, as the others).
     ``flow_steps`` > 1: the gradient flow of the quadratic model at w = 0
     stopped at time 1 / l2 instead of the ridge solution (see :func:`_implicit_flow`);
-    then ``newton_steps`` must be 1. Raises
-    ValueError when a subset has no training examples, both step counts exceed 1, or
-    ``space`` is unknown."""
+    then ``newton_steps`` must be 1. ``scales`` (s, d): each subset fitted in its own
+    metric, the coordinates sigma_S * z (:func:`subset_step_scales`), either way; then
+    neither ``curvature`` nor ``newton_steps`` > 1. Raises ValueError when a subset has no
+    training examples, both step counts exceed 1, ``space`` is unknown, or ``scales``
+    come with ``curvature`` or more Newton steps."""
     if space not in ("auto", "features", "examples"):
         raise ValueError(f"space: expected auto, features or examples, found {space!r}")
     check_step_counts(newton_steps, flow_steps)
+    if scales is not None and (curvature is not None or newton_steps > 1):
+        raise ValueError("subsets in their own metric (scales) are fitted exactly, with one "
+                         "Newton step: no compressed curvature, newton_steps 1")
     n_tasks = members.shape[1]
     members = members.to(train.z.device)
     if statistics is None:
@@ -782,14 +845,15 @@ def fit_shifts(
                              "per_task_statistics(..., blocks=True)")
         weights[on_columns] = _first_newton_step(
             statistics, member_lists(members[on_columns]), sizes[on_columns], l2,
-            flow_steps,
+            flow_steps, None if scales is None else scales[on_columns],
         )
     on_examples = in_examples & ~compressed
     if on_examples.any():
         if gram is None:
             gram = TrainingGram(train, n_tasks)
         weights[on_examples] = _first_step_in_example_space(
-            gram, holding[on_examples], l2, flow_steps, statistics.dim
+            gram, holding[on_examples], l2, flow_steps, statistics.dim,
+            None if scales is None else scales[on_examples],
         )
     for _ in range(newton_steps - 1):
         weights = _newton_step_per_subset(train, members, weights, l2, statistics, holding)
@@ -948,8 +1012,14 @@ def estimate_values(
     (:class:`TrainingGram`); the process's
     peak memory is logged. ``task_types``: each task's type (None =
     all binary; the splits' ``regression`` masks must agree, else ValueError), ``metric``:
-    evaluation.metric. Returns the subset_values table with estimator "gradient".
+    evaluation.metric. ``settings.step_scale`` "fixed" or "subset" (see
+    :func:`subset_step_scales`; "auto" raises ValueError: resolve it for the projection
+    first, :meth:`GradientEstimateSettings.for_projection`). Returns the subset_values
+    table with estimator "gradient".
     """
+    if settings.step_scale not in ("fixed", "subset"):
+        raise ValueError(f"gradient_estimate.step_scale {settings.step_scale!r}: resolve it "
+                         "for the projection first (GradientEstimateSettings.for_projection)")
     started = time.perf_counter()
     task_types = task_types or ["binary"] * len(task_names)
     metrics = resolve_metrics(metric, task_types, task_names)
@@ -968,7 +1038,11 @@ def estimate_values(
     # subset's size (each subset's fit is its own: the order changes no value).
     order = torch.argsort(counts, stable=True)
     exact_sizes = exact_system_sizes(statistics, members, example_space)
-    compressing = settings.curvature_tolerance > 0 and bool(
+    # each subset in its own metric: per-task column sums, no compressed curvature (its
+    # directions are those of the fixed metric)
+    squared = (task_squared_gradients(train, len(task_names))
+               if settings.step_scale == "subset" else None)
+    compressing = squared is None and settings.curvature_tolerance > 0 and bool(
         may_compress(exact_sizes, example_space).any()
     )
     # The Gram serves the exact solves of the subsets on their examples and the
@@ -998,9 +1072,12 @@ def estimate_values(
     losses, accuracies, relatives = [], [], []
     for start in range(0, len(ids), batch_subsets):
         block = members[order[start : start + batch_subsets]]
+        scales = None if squared is None else subset_step_scales(
+            squared, statistics.counts, member_lists(block)
+        )
         weights = fit_shifts(
             train, block, settings.l2, settings.newton_steps, statistics=statistics,
-            flow_steps=settings.flow_steps, gram=gram, curvature=curvature,
+            flow_steps=settings.flow_steps, gram=gram, curvature=curvature, scales=scales,
         )
         relative = torch.full((block.shape[0],), float("nan"), dtype=torch.float64)
         if shift_norm is not None and theta_norm:
@@ -1030,6 +1107,8 @@ def estimate_values(
                        f"directions instead, each task's {int(kept.min())} to "
                        f"{int(kept.max())} (curvature_tolerance "
                        f"{settings.curvature_tolerance:g})")
+    elif squared is not None:
+        compression = "each subset in its own metric (step_scale subset), none compressed"
     elif gram is not None and settings.curvature_tolerance > 0:
         compression = "curvature not compressed: its cache exceeds the memory budget"
     else:

@@ -27,6 +27,13 @@ STRUCTURES = ("dense", "kronecker", "sparse", "eigen", "energy")
 # a plain gradient step) or "adam" (the per-parameter scale of Adam, the optimizer of the
 # real fine-tuning; see taskgroup.estimate.projection).
 PRECONDITIONERS = ("none", "adam")
+# The metric of each subset's fit: "fixed" (the projection's, one for every subset),
+# "subset" (each projected coordinate's step further normalized by its gradients'
+# second moment over the subset's own examples, as Adam fine-tuning on the subset does; see
+# taskgroup.estimate.linearized.subset_step_scales) or "auto" ("subset" where the
+# projection keeps every parameter, so that a coordinate is a parameter as Adam sees it,
+# else "fixed"; see GradientEstimateSettings.for_projection).
+STEP_SCALES = ("auto", "fixed", "subset")
 
 
 @dataclass(frozen=True)
@@ -149,11 +156,16 @@ class GradientEstimateSettings:
     scaled and offset by a line fitted on the held-out real fine-tunings, see
     :mod:`taskgroup.estimate.task_scales`) or "none"; curvature_tolerance (>= 0), how
     much of each task's curvature the subsets solved on their training examples may drop
-    (see :func:`taskgroup.estimate.linearized.compress_curvature`; 0: none, the exact fit).
+    (see :func:`taskgroup.estimate.linearized.compress_curvature`; 0: none, the exact fit);
+    step_scale, "fixed" (every subset fitted in the projection's metric), "subset" (in
+    the metric of Adam run on the subset's own examples, see
+    :func:`taskgroup.estimate.linearized.subset_step_scales`; no compressed curvature) or
+    "auto" (either, by the projection: :meth:`for_projection`).
     Raises ValueError for an l2 that is neither "auto" nor positive, newton_steps or
     flow_steps below 1, both above 1 (a flow stopped early has no optimum for further
-    Newton steps to refine), a cap that is not positive, another task_scales, or a
-    negative curvature_tolerance."""
+    Newton steps to refine), a cap that is not positive, another task_scales, a
+    negative curvature_tolerance, another step_scale, or step_scale "subset" or "auto"
+    with newton_steps above 1 (further Newton steps are taken in the fixed metric)."""
 
     l2: float | str
     newton_steps: int
@@ -161,6 +173,7 @@ class GradientEstimateSettings:
     flow_steps: int = 1
     task_scales: str = "none"
     curvature_tolerance: float = 0.0
+    step_scale: str = "fixed"
 
     def __post_init__(self):
         if not positive_or_auto(self.l2):
@@ -186,6 +199,16 @@ class GradientEstimateSettings:
                 f"gradient_estimate.curvature_tolerance = {self.curvature_tolerance!r}; "
                 "expected a number >= 0"
             )
+        if self.step_scale not in STEP_SCALES:
+            raise ValueError(
+                f"gradient_estimate.step_scale = {self.step_scale!r}; expected one of "
+                f"{list(STEP_SCALES)}"
+            )
+        if self.step_scale != "fixed" and self.newton_steps > 1:
+            raise ValueError(
+                f"gradient_estimate.step_scale = {self.step_scale} needs newton_steps 1; "
+                f"found {self.newton_steps} (step_scale fixed allows more)"
+            )
         if self.max_relative_shift is not None and not self.max_relative_shift > 0:
             raise ValueError(
                 f"gradient_estimate.max_relative_shift = {self.max_relative_shift!r}; "
@@ -196,13 +219,14 @@ class GradientEstimateSettings:
     def from_mapping(cls, mapping: Mapping) -> GradientEstimateSettings:
         """The settings from the gradient_estimate config section or a rule's params
         (l2, newton_steps, max_relative_shift, flow_steps, task_scales,
-        curvature_tolerance; other keys, such as l2_candidates, are ignored). Raises
-        KeyError when one of the six is missing."""
+        curvature_tolerance, step_scale; other keys, such as l2_candidates, are ignored).
+        Raises KeyError when one of the seven is missing."""
         shift = mapping["max_relative_shift"]
         return cls(
             auto_or_float(mapping["l2"]), int(mapping["newton_steps"]),
             None if shift is None else float(shift), int(mapping["flow_steps"]),
             str(mapping["task_scales"]), float(mapping["curvature_tolerance"]),
+            str(mapping["step_scale"]),
         )
 
     @property
@@ -213,6 +237,16 @@ class GradientEstimateSettings:
     def scales_tasks(self) -> bool:
         """Whether the estimate's changes are scaled per task (task_scales "auto")."""
         return self.task_scales == AUTO
+
+    def for_projection(self, exact: bool) -> GradientEstimateSettings:
+        """The settings with step_scale "auto" resolved for a projection that keeps every
+        parameter (``exact``: "subset", each projected coordinate is then one parameter,
+        whose step Adam normalizes) or not ("fixed": a coordinate mixes parameters, and
+        its own second moment over a subset is not what Adam normalizes by); other
+        step_scales unchanged."""
+        if self.step_scale != AUTO:
+            return self
+        return replace(self, step_scale="subset" if exact else "fixed")
 
     def with_l2(self, l2: float) -> GradientEstimateSettings:
         """The same settings with l2 set to ``l2`` (the chosen one when l2 is "auto")."""

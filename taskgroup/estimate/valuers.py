@@ -129,7 +129,9 @@ def gradient_valuer(
     ``metric``: evaluation.metric. ``memory_mb``: the memory of a batch of subsets' Hessians
     (see :func:`taskgroup.estimate.linearized.subsets_per_batch`). ``task_scales``: each
     task's scale and offset of its estimated changes (a task scales table, see
-    :mod:`taskgroup.estimate.task_scales`; None: uncalibrated). Raises ValueError when
+    :mod:`taskgroup.estimate.task_scales`; None: uncalibrated). step_scale "auto" is
+    resolved for ``projector`` (:meth:`GradientEstimateSettings.for_projection`). Raises
+    ValueError when
     ``settings.l2`` is still "auto" (choose it first, see
     :func:`taskgroup.stages.validate.calibrate_estimate`), or task_scales is "auto" and no
     ``task_scales`` are given."""
@@ -143,6 +145,7 @@ def gradient_valuer(
             'gradient_estimate.task_scales is "auto" but no task scales were given: pass '
             'them, or settings with task_scales "none" for unscaled values'
         )
+    settings = settings.for_projection(projector.exact)
 
     def value(subsets: pd.DataFrame) -> pd.DataFrame:
         return estimate_values(
