@@ -2,9 +2,11 @@
 the settings a projection is built from, and the projection stage's tables."""
 
 import inspect
+import logging
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -442,3 +444,33 @@ def test_top_eigenvectors_past_the_units_that_are_on_are_the_off_units_unit_vect
     assert vectors[:, 2:].T.tolist() == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 0]]
     assert torch.equal(top_eigenvectors(torch.zeros(3, 3), 2).T,
                        torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+
+
+def test_the_valuer_fits_each_subset_in_its_own_metric_only_where_no_parameter_is_mixed(
+    planted, caplog
+):
+    """step_scale "auto": a projection that keeps every parameter gives each subset its
+    own metric (the values of step_scale "subset"), one that projects the fixed metric
+    (the values of "fixed"); the log says which."""
+    _, data, model = planted
+    subsets = pd.DataFrame({"subset_id": [0, 0, 1, 1], "task": [
+        data.task_names[0], data.task_names[1], data.task_names[1], data.task_names[3]]})
+    auto = GradientEstimateSettings(l2=0.1, newton_steps=1, max_relative_shift=None,
+                                    flow_steps=4, step_scale="auto")
+    n_parameters = sum(p.numel() for p in model.parameters())
+    for dim, chosen in ((n_parameters, "subset"), (n_parameters // 4, "fixed")):
+        projector = make_projector(model, ProjectionSettings("dense", "gaussian", 2, dim, None))
+        assert projector.exact == (chosen == "subset")
+        splits = project_data(model, projector, data, batch_size=64)
+
+        def values(settings):
+            return gradient_valuer(splits, projector, parameter_norm(model), data.task_names,
+                                   data.types, settings, "auto")(subsets)
+
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="taskgroup.estimate.linearized"):
+            resolved = values(auto)
+        assert ("in its own metric" in caplog.text) == (chosen == "subset")
+        pd.testing.assert_frame_equal(resolved, values(replace(auto, step_scale=chosen)))
+        other = "fixed" if chosen == "subset" else "subset"
+        assert (resolved["loss"] - values(replace(auto, step_scale=other))["loss"]).abs().max() > 0
