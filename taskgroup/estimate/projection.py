@@ -104,6 +104,8 @@ class Projector(Protocol):
 
     dim: int
     needs_fit: bool
+    # P = I: every parameter kept, each coordinate one parameter
+    exact: bool
 
     def to(self, device) -> Projector:
         """The projector with its matrices on ``device`` (in place; returns itself)."""
