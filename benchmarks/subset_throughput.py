@@ -158,16 +158,17 @@ def main():
         return
     sys.path.insert(0, str(ROOT))
     from taskgroup.data.designs import random_design
+    from taskgroup.estimate.settings import GradientEstimateSettings
 
     config = yaml.safe_load(Path(args.config).read_text())
     validate(config, str(ROOT / "config" / "config.schema.yaml"))
     torch.set_num_threads(args.threads)
     splits, names, exact = projected_splits(config, args)
-    # step_scale "auto" resolved here, as the workflow resolves it for its projection, so
-    # that a baseline library without the setting reads the same settings
+    # step_scale "auto" resolved here by this checkout's rule, as the workflow resolves it
+    # for its projection, so that a baseline library without the setting reads the same
     estimate = dict(config["gradient_estimate"])
-    if estimate.get("step_scale") == "auto":
-        estimate["step_scale"] = "subset" if exact else "fixed"
+    estimate["step_scale"] = GradientEstimateSettings.from_mapping(estimate).for_projection(
+        exact).step_scale
     subsets = random_design(names, config["subsets"]["size"], args.subsets,
                             config["subsets"]["seed"])
     libraries = [("this checkout", ROOT)]
