@@ -515,9 +515,9 @@ def test_a_task_keeping_many_directions_leaves_only_its_own_subsets_uncompressed
                             [1, 0, 0, 1, 0, 0]], dtype=torch.float64)
     holding = member_lists(members)
     assert curvature.subset_ranks(holding).tolist() == [4, 14, 10, 4]
-    assert curvature.subset_rows(holding[:2], 16).tolist() == [
-        [2, 3, 4, 5] + [22] * 12, list(range(8, 22)) + [22] * 2
-    ]
+    tasks, steps = curvature.subset_rows(holding[:2], 16)
+    assert tasks.tolist() == [[1, 1, 2, 2] + [6] * 12, [4, 4] + [5] * 12 + [6] * 2]
+    assert steps.tolist() == [[0, 1, 0, 1] + [0] * 12, [0, 1] + list(range(12)) + [0] * 2]
     sizes = members @ torch.bincount(train.task_index, minlength=6).double()
     # 4 x 2 <= 24 and 10 x 2 <= 60: compressed (rows 0 and 3 factored together, padded
     # to 8; row 2 to 16); 14 x 2 > 24: on its examples
@@ -563,33 +563,56 @@ def test_subsets_on_their_columns_are_compressed_when_their_members_keep_few_dir
 
 
 def test_direction_blocks_are_formed_for_the_pairs_of_members_only(monkeypatch):
-    """The compressed systems read F_t^T F_u for pairs of members only: fill_pairs forms
-    exactly those blocks (equal to the full product of the directions), leaves the others
-    0, and gives the same bits whether the pairs come at once or one at a time."""
-    train = low_rank_split(12, 6, seed=26, noise=1e-2)
+    """The compressed systems read F_t^T F_u and F_t^T g_u for pairs of members only:
+    fill_pairs forms exactly those blocks (equal to the products of the directions and
+    gradients, zeros past each task's rank; task 5 keeps more directions than the others),
+    no others, and gives the same bits whether the pairs come at once or one at a time."""
+    train = with_a_full_rank_task(low_rank_split(12, 6, seed=26, noise=1e-2), task=5, seed=27)
     gram = TrainingGram(train, 6)
     members = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 1]], dtype=torch.float64)
     holding = member_lists(members)
     together = compress_curvature(gram, 0.2, tolerance=0.1)
-    assert (together.ranks[:-1] > 1).all()
+    ranks = together.ranks.tolist()
+    assert min(ranks[:-1]) > 1 and len(set(ranks[:-1])) > 1
+    assert together.pair_bytes(holding) == 7 * together.block_size**2 * 8
     together.fill_pairs(holding)
     met = torch.zeros(7, 7, dtype=torch.bool)
     for pair in ((0, 1), (3, 5)):
         for first in pair:
             for second in pair:
                 met[first, second] = True
-    assert torch.equal(together.filled, met)
-    full = together.directions @ together.directions.T
-    rows = torch.repeat_interleave(torch.arange(7), together.ranks)
-    on = met[rows][:, rows]
-    torch.testing.assert_close(together.factor_gram[:-1, :-1][on], full[:-1, :-1][on],
-                               rtol=1e-12, atol=1e-12)
-    assert together.factor_gram[:-1, :-1][~on].abs().max() == 0
+    met[6, :] = met[:, 6] = True  # the padding task's zero block
+    assert torch.equal(together.pair_block >= 0, met)
+    assert len(together.blocks) == 7  # the zero block and 6 unordered pairs
+
+    def factors(task):
+        # [g_t, F_t] (d, M): the gradient, then the directions padded to M with zeros
+        rows = together.directions[together.offsets[task] : together.offsets[task] + ranks[task]]
+        padded = rows.new_zeros(together.block_size, rows.shape[1])
+        padded[0] = together.gradients[task]
+        padded[1 : 1 + ranks[task]] = rows
+        return padded.T
+
+    steps = torch.arange(together.block_size)
+    flat = together.blocks.view(-1)
+    for first, second in torch.nonzero(met[:6, :6]).tolist():
+        read = flat[together.block_entries(torch.tensor(first), steps[:, None],
+                                           torch.tensor(second), steps[None, :])]
+        torch.testing.assert_close(read, factors(first).T @ factors(second), rtol=1e-12,
+                                   atol=1e-12)
+    padding = flat[together.block_entries(torch.tensor(6), steps[:, None], torch.tensor(2),
+                                          steps[None, :])]
+    assert padding.abs().max() == 0
     monkeypatch.setattr(linearized, "PAIR_BATCH_BYTES", 1)
     apart = compress_curvature(gram, 0.2, tolerance=0.1)
     apart.fill_pairs(holding[1:])
     apart.fill_pairs(holding[:1])
-    assert torch.equal(apart.factor_gram, together.factor_gram)
+    apart.fill_pairs(holding)  # nothing new
+    assert len(apart.blocks) == 7
+    for first, second in torch.nonzero(met).tolist():
+        place = (torch.tensor(first), steps[:, None], torch.tensor(second), steps[None, :])
+        assert torch.equal(apart.blocks.view(-1)[apart.block_entries(*place)],
+                           flat[together.block_entries(*place)])
 
 
 @pytest.mark.parametrize("space", ["features", "examples"])
@@ -612,10 +635,11 @@ def test_systems_factored_a_few_at_a_time_give_the_same_shifts(monkeypatch, spac
     assert torch.equal(shifts(), whole)
 
 
-def test_estimate_values_compresses_the_curvature_by_its_setting(caplog):
+def test_estimate_values_compresses_the_curvature_by_its_setting(caplog, monkeypatch):
     """curvature_tolerance 0 (the library's default) is the exact path; a tolerance that
     drops the noise directions of rank-2 tasks moves the losses a little and nothing else,
-    and the log says how many subsets were solved on the kept directions."""
+    and the log says how many subsets were solved on the kept directions; when the blocks
+    of the pairs its subsets hold exceed the memory budget, none is compressed."""
     train = low_rank_split(8, 5, seed=18, noise=1e-3)
     val = headed_split(6, 5, shared=40, head=6, seed=19)
     subsets = pd.DataFrame({"subset_id": [0, 0, 0, 1, 1, 2, 2, 2, 2],
@@ -635,6 +659,18 @@ def test_estimate_values_compresses_the_curvature_by_its_setting(caplog):
                                   reference.drop(columns=["loss", "metric"]))
     changed = (kept["loss"] - reference["loss"]).abs() / reference["loss"]
     assert 0 < changed.max() < 1e-4
+    # the pairs' blocks over the memory budget: the exact path, and the log says why
+    caplog.clear()
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO,
+                                                         logger="taskgroup.estimate.linearized"):
+        patch.setattr(linearized.CompressedCurvature, "pair_bytes",
+                      lambda self, holding: 600 * 10**6)
+        over = estimate_values(
+            train, val, subsets, names,
+            GradientEstimateSettings(0.5, 1, None, 4, curvature_tolerance=0.1), memory_mb=512,
+        )
+    assert "curvature not compressed: its cache exceeds the memory budget" in caplog.text
+    pd.testing.assert_frame_equal(over, reference)
     with pytest.raises(ValueError, match="curvature_tolerance = -1; expected a number >= 0"):
         GradientEstimateSettings(0.5, 1, None, curvature_tolerance=-1)
 

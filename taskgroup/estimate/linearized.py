@@ -70,7 +70,7 @@ from torch.nn import functional as F
 from taskgroup.data.designs import membership_matrix
 from taskgroup.data.examples import regression_mask
 from taskgroup.estimate.settings import GradientEstimateSettings, check_step_counts
-from taskgroup.estimate.symmetric import row_gram, top_eigenpairs
+from taskgroup.estimate.symmetric import one_blas_thread, row_gram, top_eigenpairs
 from taskgroup.estimate.task_scales import scale_changes
 from taskgroup.models.metrics import example_losses, per_task_metric, resolve_metrics
 from taskgroup.resources import OUTPUT_ENTRIES, SUBSET_FIT_BYTES
@@ -518,80 +518,126 @@ class CompressedCurvature:
     that F_t F_t^T is H_t = U_t^T U_t without its dropped directions; gradients (k + 1,
     d): g_t = Z_t^T l' (exact; task k, the padding, 0); ranks (k + 1,) int64: the
     directions kept per task (R their sum; the padding's 0); offsets (k + 1,) int64: each
-    task's first row of ``directions`` (the padding's R); factor_gram (R + 1, R + 1): the
-    directions' inner products (F_t^T F_u in task t's rows and task u's columns), filled
-    for the pairs of tasks :meth:`fill_pairs` was asked for (``filled`` (k + 1, k + 1)
-    bool), the padding's row and column 0; cross (R + 1, k + 1): F_t^T g_u."""
+    task's first row of ``directions`` (the padding's R).
+
+    The inner products a subset's system reads, F_t^T F_u and F_t^T g_u for the pairs of
+    its members, are formed by :meth:`fill_pairs` for the pairs met, one block per
+    unordered pair t <= u: blocks (P + 1, M, M), M = 1 + the most directions any task
+    keeps, holds [g_t, F_t]^T [g_u, F_u], each task's gradient in position 0 and its
+    directions after it, padded by zeros to M; block 0 is zeros (the padding task's);
+    pair_block (k + 1, k + 1) int64: the block of each pair, either order (-1: not
+    formed)."""
 
     directions: torch.Tensor
     gradients: torch.Tensor
     ranks: torch.Tensor
     offsets: torch.Tensor
-    factor_gram: torch.Tensor
-    cross: torch.Tensor
-    filled: torch.Tensor
+    blocks: torch.Tensor
+    pair_block: torch.Tensor
 
-    def fill_pairs(self, holding: torch.Tensor) -> None:
-        """Compute the blocks F_t^T F_u of factor_gram for every pair of members of the
-        subsets ``holding`` (s, m) (padded with k) not yet filled: only the pairs that
-        subsets hold are formed (at k = 300 they are a few of the k^2), each by its own
-        product of the two tasks' directions padded to the most any task keeps, so a
-        block's bits do not depend on which subsets asked for it."""
+    @property
+    def block_size(self) -> int:
+        """M: the side of a pair's block."""
+        return self.blocks.shape[1]
+
+    def block_entries(self, first_task: torch.Tensor, first_step: torch.Tensor,
+                      second_task: torch.Tensor, second_step: torch.Tensor) -> torch.Tensor:
+        """The places in ``blocks.view(-1)`` of the inner products of the ``first_step``-th
+        row of [g, F]^T of ``first_task`` with the ``second_step``-th of ``second_task``
+        (step 0: the task's gradient, step i its i-th direction), tensors of any
+        broadcastable shapes; the padding task k, and steps past a task's rank, read 0.
+        Their pair's blocks must be formed."""
+        size = self.block_size
+        block = self.pair_block.to(first_task.device)[first_task, second_task]
+        # a block holds the pair in the order of its tasks: the larger one's on the columns
+        inside = torch.where(first_task <= second_task, first_step * size + second_step,
+                             second_step * size + first_step)
+        return block * size * size + inside
+
+    def pairs_needed(self, holding: torch.Tensor) -> torch.Tensor:
+        """(p, 2) int64: the pairs t <= u of members of the subsets ``holding`` (s, m)
+        (padded with k) whose blocks are not formed yet, both tasks real."""
         n_tasks = self.ranks.shape[0] - 1
         pairs = torch.zeros(n_tasks + 1, n_tasks + 1, dtype=torch.bool)
         members = holding.cpu()
         pairs[members[:, :, None], members[:, None, :]] = True
         pairs[n_tasks, :] = pairs[:, n_tasks] = False
-        pairs = torch.triu(pairs & ~self.filled)
-        self.filled |= pairs | pairs.T
-        ranks = self.ranks.cpu()
-        pairs &= (ranks[:, None] > 0) & (ranks[None, :] > 0)
-        needed = torch.nonzero(pairs).to(self.directions.device)
+        return torch.nonzero(torch.triu(pairs & (self.pair_block.cpu() < 0)))
+
+    def pair_bytes(self, holding: torch.Tensor) -> int:
+        """The bytes of ``blocks`` once the pairs of the subsets ``holding`` (s, m) are
+        formed."""
+        formed = int((self.pair_block[:-1, :-1] >= 0).triu().sum())
+        pairs = formed + len(self.pairs_needed(holding)) + 1
+        return pairs * self.block_size**2 * self.blocks.element_size()
+
+    def fill_pairs(self, holding: torch.Tensor) -> None:
+        """Form the blocks of every pair of members of the subsets ``holding`` (s, m)
+        (padded with k) not formed yet: only the pairs that subsets hold (at k = 300 they
+        are a few of the k^2), each by its own product of the two tasks' directions and
+        gradients padded to M, so a block's bits do not depend on which subsets asked for
+        it."""
+        needed = self.pairs_needed(holding).to(self.directions.device)
         if len(needed) == 0:
             return
-        most = int(ranks.max())
-        steps = torch.arange(most, device=self.directions.device)
-        ranks, offsets = self.ranks.to(steps.device), self.offsets.to(steps.device)
-        valid = steps[None, :] < ranks[:, None]
-        padding = self.directions.shape[0] - 1
-        # each task's directions as (most, d) rows, the zero row R past its rank
-        rows = torch.where(valid, offsets[:, None] + steps[None, :], padding)
-        flat = self.factor_gram.view(-1)
-        size = self.factor_gram.shape[0]
-        # pairs at a time: their gathered directions, two (most, d) float64 per pair, in
-        # PAIR_BATCH_BYTES
-        chunk = max(1, PAIR_BATCH_BYTES // (16 * most * self.directions.shape[1]))
-        for start in range(0, len(needed), chunk):
-            first, second = needed[start : start + chunk].unbind(1)
-            blocks = torch.bmm(self.directions[rows[first]],
-                               self.directions[rows[second]].transpose(1, 2))
-            kept = valid[first][:, :, None] & valid[second][:, None, :]
-            left, right = rows[first][:, :, None], rows[second][:, None, :]
-            values = blocks[kept]
-            flat[(left * size + right).expand_as(blocks)[kept]] = values
-            flat[(right * size + left).expand_as(blocks)[kept]] = values
+        size, device = self.block_size, self.directions.device
+        ranks, offsets = self.ranks.to(device), self.offsets.to(device)
+        # a pair's product covers the larger of its ranks, not M - 1: pairs of equal width
+        # together (the block's entries past both ranks stay 0)
+        widths = torch.maximum(ranks[needed[:, 0]], ranks[needed[:, 1]])
+        order = torch.argsort(widths, stable=True)
+        needed, widths = needed[order], widths[order]
+        # each task's [g_t, F_t] as (M, d) rows, zeros past its rank: a pair's operands are
+        # then whole rows of one array
+        steps = torch.arange(size - 1, device=device)
+        places = torch.where(steps[None, :] < ranks[:, None], offsets[:, None] + steps[None, :],
+                             self.directions.shape[0] - 1)
+        stacked = torch.cat([self.gradients[:, None, :], self.directions[places]], dim=1)
+        formed = self.blocks.new_zeros(len(needed), size, size)
+        bounds = torch.searchsorted(widths, torch.arange(size + 1, device=device)).tolist()
+        for width in range(size):
+            low, high = bounds[width], bounds[width + 1]
+            if low == high:
+                continue
+            taken = stacked[:, : width + 1]
+            # pairs at a time: their gathered rows, two (width + 1, d) float64 per pair,
+            # in PAIR_BATCH_BYTES
+            chunk = max(1, PAIR_BATCH_BYTES // (16 * (width + 1) * stacked.shape[2]))
+            for start in range(low, high, chunk):
+                first, second = needed[start : min(start + chunk, high)].unbind(1)
+                formed[start : start + len(first), : width + 1, : width + 1] = torch.bmm(
+                    taken.index_select(0, first), taken.index_select(0, second).transpose(1, 2)
+                )
+        first, second = needed.cpu().unbind(1)
+        ids = len(self.blocks) + torch.arange(len(needed))
+        self.pair_block[first, second] = ids
+        self.pair_block[second, first] = ids
+        self.blocks = torch.cat([self.blocks, formed])
 
     def subset_ranks(self, holding: torch.Tensor) -> torch.Tensor:
         """(s,) int64: the directions kept by the members ``holding`` (s, m) (padded with
         k) of each subset together, the size of its compressed system."""
         return self.ranks.to(holding.device)[holding].sum(dim=1)
 
-    def subset_rows(self, holding: torch.Tensor, width: int) -> torch.Tensor:
-        """(s, ``width``) int64: the rows of ``directions`` of each subset's members
-        ``holding`` (s, m) (padded with k), member after member, then the zero row R up
-        to ``width`` (at least :meth:`subset_ranks`)."""
+    def subset_rows(self, holding: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task (s, ``width``) and step (s, ``width``) int64 of each subset's unknowns,
+        for its members ``holding`` (s, m) (padded with k): every member's directions,
+        member after member, then the padding task k (step 0) up to ``width`` (at least
+        :meth:`subset_ranks`)."""
         n_subsets = holding.shape[0]
         ranks = self.ranks.to(holding.device)[holding]
         most = int(ranks.max()) if ranks.numel() else 0
         steps = torch.arange(most, device=holding.device)
-        candidates = self.offsets.to(holding.device)[holding][:, :, None] + steps
         kept = (steps < ranks[:, :, None]).reshape(n_subsets, -1)
         places = kept.cumsum(dim=1) - 1
-        rows = torch.full((n_subsets, width), self.directions.shape[0] - 1,
-                          dtype=torch.int64, device=holding.device)
+        tasks = torch.full((n_subsets, width), len(self.ranks) - 1, dtype=torch.int64,
+                           device=holding.device)
+        task_steps = torch.zeros_like(tasks)
         which = torch.arange(n_subsets, device=holding.device)[:, None].expand_as(kept)
-        rows[which[kept], places[kept]] = candidates.reshape(n_subsets, -1)[kept]
-        return rows
+        tasks[which[kept], places[kept]] = holding[:, :, None].expand(
+            -1, -1, most).reshape(n_subsets, -1)[kept]
+        task_steps[which[kept], places[kept]] = steps.repeat(n_subsets, ranks.shape[1])[kept]
+        return tasks, task_steps
 
 
 def compress_curvature(
@@ -607,30 +653,34 @@ def compress_curvature(
     time 1 / l2 (ridge or implicit Euler steps) then moves by at most ``tolerance`` x
     ||g_S|| / l2 differently: ``tolerance`` times the longest shift it can make, that of a
     loss without curvature. ``tolerance`` 0 keeps every direction of positive eigenvalue
-    (the same fit to rounding). Returns None when factor_gram, (R + 1)^2 float64 for the
-    R directions kept in all, would take more than ``memory_mb`` MB (many tasks that keep
-    many directions: their subsets are then solved on their examples)."""
+    (the same fit to rounding). Returns None when the directions, (R + 1, d) float64 for
+    the R kept in all, would take more than ``memory_mb`` MB (many tasks that keep many
+    directions: their subsets are then solved on their examples). The pairs' blocks are
+    formed later, for the pairs that subsets hold (:meth:`CompressedCurvature.fill_pairs`;
+    their memory, :meth:`CompressedCurvature.pair_bytes`)."""
     n_tasks = len(gram.rows)
     kept, gradients = [], []
-    for task, rows in enumerate(gram.rows):
-        z = gram.z[task]
-        # row vectors times z (n_t, d): a product with z^T on the left reads z across its
-        # rows, which is slower for these shapes
-        gradients.append(gram.residual[rows] @ z)
-        if len(rows) == 0:
-            kept.append(z.new_zeros(0, z.shape[1]))
-            continue
-        scale = gram.curvature[rows].sqrt()
-        _, vectors = top_eigenpairs(
-            scale[:, None] * gram.own_block(task) * scale[None, :],
-            above=tolerance * l2 * len(rows),
-        )
-        kept.append((vectors.to(z) * scale[:, None]).T @ z)
+    # one BLAS thread set once for the k products and eigendecompositions, not per call
+    with one_blas_thread():
+        for task, rows in enumerate(gram.rows):
+            z = gram.z[task]
+            # row vectors times z (n_t, d): a product with z^T on the left reads z across its
+            # rows, which is slower for these shapes
+            gradients.append(gram.residual[rows] @ z)
+            if len(rows) == 0:
+                kept.append(z.new_zeros(0, z.shape[1]))
+                continue
+            scale = gram.curvature[rows].sqrt()
+            _, vectors = top_eigenpairs(
+                scale[:, None] * gram.own_block(task) * scale[None, :],
+                above=tolerance * l2 * len(rows),
+            )
+            kept.append((vectors.to(z) * scale[:, None]).T @ z)
     ranks = torch.tensor([factor.shape[0] for factor in kept] + [0], dtype=torch.int64)
     total = int(ranks.sum())
-    if 8 * (total + 1) ** 2 > memory_mb * 10**6:
-        return None
     dim = gram.z[0].shape[1] if n_tasks else 0
+    if 8 * (total + 1) * dim > memory_mb * 10**6:
+        return None
     directions = gram.residual.new_zeros(total + 1, dim)
     if total:
         directions[:total] = torch.cat(kept)
@@ -639,11 +689,13 @@ def compress_curvature(
         all_gradients[:n_tasks] = torch.stack(gradients)
     offsets = torch.cumsum(ranks, dim=0) - ranks
     # the directions' inner products are formed for the pairs of tasks the subsets hold
-    # (CompressedCurvature.fill_pairs), not for all k^2
+    # (CompressedCurvature.fill_pairs), not for all k^2; block 0 is the padding's zeros
+    size = int(ranks.max()) + 1
+    pair_block = torch.full((n_tasks + 1, n_tasks + 1), -1, dtype=torch.int64)
+    pair_block[n_tasks, :] = pair_block[:, n_tasks] = 0
     return CompressedCurvature(
-        directions, all_gradients, ranks, offsets,
-        directions.new_zeros(total + 1, total + 1), directions @ all_gradients.T,
-        torch.zeros(n_tasks + 1, n_tasks + 1, dtype=torch.bool),
+        directions, all_gradients, ranks, offsets, directions.new_zeros(1, size, size),
+        pair_block,
     )
 
 
@@ -684,31 +736,37 @@ def compressed_flow(
     buckets = padded_size(curvature.subset_ranks(holding))
     n_rows = curvature.directions.shape[0]
     direction_weights = curvature.directions.new_zeros(n_subsets, n_rows)
-    # F^T g n_S on every row: the sum over the members of F^T g_u (the padding's g is 0)
-    member_cross = F.embedding_bag(holding, curvature.cross.T.contiguous(), mode="sum")
     curvature.fill_pairs(holding)
-    # the systems are gathered from the flat F^T F: one index per entry (a two-index
-    # gather of the (s, q, q) entries took 3 times as long)
-    flat_gram = curvature.factor_gram.reshape(-1)
+    # the systems and F^T g are gathered from the flat blocks: one index per entry (a
+    # two-index gather of the (s, q, q) entries took 3 times as long)
+    flat = curvature.blocks.view(-1)
     for width in torch.unique(buckets).tolist():
         subsets = torch.nonzero(buckets == width).squeeze(1)
-        all_rows = curvature.subset_rows(holding[subsets], width)
+        all_tasks, all_steps = curvature.subset_rows(holding[subsets], width)
         # the subsets of one size, a cache's worth at a time
         chunk = _systems_per_chunk(width, direction_weights.element_size())
         for start in range(0, len(subsets), chunk):
-            chosen, rows = subsets[start : start + chunk], all_rows[start : start + chunk]
+            chosen = subsets[start : start + chunk]
+            tasks, task_steps = all_tasks[start : start + chunk], all_steps[start : start + chunk]
             scaled = (sizes[chosen] * alpha)[:, None, None]
-            entries = (rows[:, :, None] * n_rows + rows[:, None, :]).reshape(-1)
-            system = flat_gram.index_select(0, entries).view(len(chosen), width, width)
-            # a padded column (the zero row R) has a zero row and column in F^T F: its
+            # a direction's row in the blocks follows its task's gradient's
+            entries = curvature.block_entries(tasks[:, :, None], task_steps[:, :, None] + 1,
+                                              tasks[:, None, :], task_steps[:, None, :] + 1)
+            system = flat.index_select(0, entries.reshape(-1)).view(len(chosen), width, width)
+            # a padded unknown (the padding task) has a zero row and column in F^T F: its
             # diagonal n_S alpha keeps the system definite and its coefficient 0
             system.diagonal(dim1=1, dim2=2).add_(scaled[:, :, 0])
             factor = torch.linalg.cholesky(system)
             del system
-            cross = member_cross[chosen].gather(1, rows).unsqueeze(2)
+            # F^T g n_S: each unknown's direction against the sum of the members' gradients
+            members = holding[chosen][:, None, :]
+            cross = flat[curvature.block_entries(
+                tasks[:, :, None], task_steps[:, :, None] + 1, members, torch.zeros_like(members)
+            )].sum(dim=2, keepdim=True)
             b = torch.zeros_like(cross)
             for step in range(steps):
                 b = _cholesky_solve(factor, scaled * b + (step + 1) / scaled * cross)
+            rows = curvature.offsets.to(tasks.device)[tasks] + task_steps
             part = direction_weights.new_zeros(len(chosen), n_rows)
             direction_weights[chosen] = part.scatter_add_(1, rows, b[:, :, 0])
     # w = G a + F b: a is -steps / (n_S alpha) for every member
@@ -1056,6 +1114,9 @@ def estimate_values(
     if curvature is not None:
         holding = member_lists(members)
         compressed = compressed_rows(curvature, holding, exact_sizes, example_space)
+        if curvature.pair_bytes(holding[compressed]) > memory_mb * 10**6:
+            # the blocks of the pairs these subsets hold would not fit: solved exactly
+            curvature, compressed = None, torch.zeros_like(example_space)
     on_columns = ~example_space & ~compressed
     if on_columns.any():
         statistics = with_task_sums(statistics, train)

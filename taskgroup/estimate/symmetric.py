@@ -15,6 +15,7 @@ value, after the same reduction to tridiagonal form. On CUDA, torch's eigh, cut.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -32,6 +33,33 @@ def _blas():
     return {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}, ThreadpoolController(), eigh
 
 
+# Depth of the one_blas_thread blocks entered: only the outermost one limits the threads.
+_single_thread_depth = 0
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """A block in which SciPy's BLAS and LAPACK run on one thread. Reentrant: a caller that
+    makes many symmetric products or eigendecompositions enters it once around them, and
+    theirs then cost nothing more (the limit inspects every loaded library, a twentieth of
+    a millisecond each time)."""
+    global _single_thread_depth
+    if _single_thread_depth:
+        _single_thread_depth += 1
+        try:
+            yield
+        finally:
+            _single_thread_depth -= 1
+        return
+    _, threads, _ = _blas()
+    with threads.limit(limits=1, user_api="blas"):
+        _single_thread_depth += 1
+        try:
+            yield
+        finally:
+            _single_thread_depth -= 1
+
+
 def row_gram(rows: torch.Tensor) -> torch.Tensor:
     """rows rows^T (n, n), exactly symmetric, of ``rows`` (n, m), in its dtype and on its
     device. Float32 and float64 rows on the CPU take one syrk (one triangle, mirrored; rows
@@ -45,11 +73,11 @@ def row_gram(rows: torch.Tensor) -> torch.Tensor:
     array = rows.detach().numpy()
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
         array = rows.detach().contiguous().numpy()
-    syrks, threads, _ = _blas()
+    syrks, _, _ = _blas()
     syrk = syrks[rows.dtype]
     # One thread: OpenBLAS's syrk on two threads sums in another order than on one (its
     # threads share the inner dimension), and a job's result must not depend on its threads.
-    with threads.limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         # syrk forms a a^T (trans 0) or a^T a (trans 1) of a column-major a: rows itself
         # when it is column-major, else its transpose (column-major for row-major rows)
         if array.flags.f_contiguous:
@@ -85,10 +113,10 @@ def top_eigenpairs(matrix: torch.Tensor, count: int | None = None, above: float 
         keep = (slice(size - count, None) if count is not None
                 else torch.nonzero(values > above).squeeze(1))
         return values[keep], vectors[:, keep]
-    _, threads, eigh = _blas()
+    _, _, eigh = _blas()
     subset = ({"subset_by_index": [size - count, size - 1]} if count is not None
               else {"subset_by_value": [float(above), float("inf")]})
-    with threads.limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         values, vectors = eigh(matrix.detach().numpy(), lower=True, driver="evr",
                                check_finite=False, **subset)
     return torch.from_numpy(values), torch.from_numpy(vectors)
