@@ -574,7 +574,7 @@ def test_direction_blocks_are_formed_for_the_pairs_of_members_only(monkeypatch):
     together = compress_curvature(gram, 0.2, tolerance=0.1)
     ranks = together.ranks.tolist()
     assert min(ranks[:-1]) > 1 and len(set(ranks[:-1])) > 1
-    assert together.pair_bytes(holding) == 7 * together.block_size**2 * 8
+    assert together.pair_bytes(holding) == 13 * together.block_size**2 * 8
     together.fill_pairs(holding)
     met = torch.zeros(7, 7, dtype=torch.bool)
     for pair in ((0, 1), (3, 5)):
@@ -583,7 +583,7 @@ def test_direction_blocks_are_formed_for_the_pairs_of_members_only(monkeypatch):
                 met[first, second] = True
     met[6, :] = met[:, 6] = True  # the padding task's zero block
     assert torch.equal(together.pair_block >= 0, met)
-    assert len(together.blocks) == 7  # the zero block and 6 unordered pairs
+    assert len(together.blocks) == 13  # the zero block and 6 unordered pairs, both ways
 
     def factors(task):
         # [g_t, F_t] (d, M): the gradient, then the directions padded to M with zeros
@@ -608,7 +608,7 @@ def test_direction_blocks_are_formed_for_the_pairs_of_members_only(monkeypatch):
     apart.fill_pairs(holding[1:])
     apart.fill_pairs(holding[:1])
     apart.fill_pairs(holding)  # nothing new
-    assert len(apart.blocks) == 7
+    assert len(apart.blocks) == 13
     for first, second in torch.nonzero(met).tolist():
         place = (torch.tensor(first), steps[:, None], torch.tensor(second), steps[None, :])
         assert torch.equal(apart.blocks.view(-1)[apart.block_entries(*place)],

@@ -524,9 +524,9 @@ class CompressedCurvature:
     its members, are formed by :meth:`fill_pairs` for the pairs met, one block per
     unordered pair t <= u: blocks (P + 1, M, M), M = 1 + the most directions any task
     keeps, holds [g_t, F_t]^T [g_u, F_u], each task's gradient in position 0 and its
-    directions after it, padded by zeros to M; block 0 is zeros (the padding task's);
-    pair_block (k + 1, k + 1) int64: the block of each pair, either order (-1: not
-    formed)."""
+    directions after it, padded by zeros to M, and the block of (u, t) its transpose;
+    block 0 is zeros (the padding task's); pair_block (k + 1, k + 1) int64: the block of
+    each ordered pair (-1: not formed)."""
 
     directions: torch.Tensor
     gradients: torch.Tensor
@@ -547,12 +547,10 @@ class CompressedCurvature:
         (step 0: the task's gradient, step i its i-th direction), tensors of any
         broadcastable shapes; the padding task k, and steps past a task's rank, read 0.
         Their pair's blocks must be formed."""
-        size = self.block_size
-        block = self.pair_block.to(first_task.device)[first_task, second_task]
-        # a block holds the pair in the order of its tasks: the larger one's on the columns
-        inside = torch.where(first_task <= second_task, first_step * size + second_step,
-                             second_step * size + first_step)
-        return block * size * size + inside
+        size, tasks = self.block_size, self.pair_block.shape[1]
+        # one-index gathers: a two-index gather of (s, q, q) entries is several times slower
+        block = self.pair_block.to(first_task.device).view(-1)[first_task * tasks + second_task]
+        return block * (size * size) + (first_step * size + second_step)
 
     def pairs_needed(self, holding: torch.Tensor) -> torch.Tensor:
         """(p, 2) int64: the pairs t <= u of members of the subsets ``holding`` (s, m)
@@ -567,9 +565,8 @@ class CompressedCurvature:
     def pair_bytes(self, holding: torch.Tensor) -> int:
         """The bytes of ``blocks`` once the pairs of the subsets ``holding`` (s, m) are
         formed."""
-        formed = int((self.pair_block[:-1, :-1] >= 0).triu().sum())
-        pairs = formed + len(self.pairs_needed(holding)) + 1
-        return pairs * self.block_size**2 * self.blocks.element_size()
+        blocks = len(self.blocks) + 2 * len(self.pairs_needed(holding))
+        return blocks * self.block_size**2 * self.blocks.element_size()
 
     def fill_pairs(self, holding: torch.Tensor) -> None:
         """Form the blocks of every pair of members of the subsets ``holding`` (s, m)
@@ -608,11 +605,13 @@ class CompressedCurvature:
                 formed[start : start + len(first), : width + 1, : width + 1] = torch.bmm(
                     taken.index_select(0, first), taken.index_select(0, second).transpose(1, 2)
                 )
+        # each ordered pair's own block (t's rows, u's columns): a system's entry is then
+        # read without asking which of its two tasks comes first
         first, second = needed.cpu().unbind(1)
         ids = len(self.blocks) + torch.arange(len(needed))
         self.pair_block[first, second] = ids
-        self.pair_block[second, first] = ids
-        self.blocks = torch.cat([self.blocks, formed])
+        self.pair_block[second, first] = ids + len(needed)
+        self.blocks = torch.cat([self.blocks, formed, formed.transpose(1, 2)])
 
     def subset_ranks(self, holding: torch.Tensor) -> torch.Tensor:
         """(s,) int64: the directions kept by the members ``holding`` (s, m) (padded with
