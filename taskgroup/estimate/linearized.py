@@ -590,7 +590,11 @@ class CompressedCurvature:
         places = torch.where(steps[None, :] < ranks[:, None], offsets[:, None] + steps[None, :],
                              self.directions.shape[0] - 1)
         stacked = torch.cat([self.gradients[:, None, :], self.directions[places]], dim=1)
-        formed = self.blocks.new_zeros(len(needed), size, size)
+        # the new blocks are written in place after the old ones: (t, u) at its pair's
+        # place among the first n, (u, t) among the next n
+        old, count = len(self.blocks), len(needed)
+        grown = self.blocks.new_zeros(old + 2 * count, size, size)
+        grown[:old] = self.blocks
         bounds = torch.searchsorted(widths, torch.arange(size + 1, device=device)).tolist()
         for width in range(size):
             low, high = bounds[width], bounds[width + 1]
@@ -602,16 +606,19 @@ class CompressedCurvature:
             chunk = max(1, PAIR_BATCH_BYTES // (16 * (width + 1) * stacked.shape[2]))
             for start in range(low, high, chunk):
                 first, second = needed[start : min(start + chunk, high)].unbind(1)
-                formed[start : start + len(first), : width + 1, : width + 1] = torch.bmm(
-                    taken.index_select(0, first), taken.index_select(0, second).transpose(1, 2)
-                )
+                product = torch.bmm(taken.index_select(0, first),
+                                    taken.index_select(0, second).transpose(1, 2))
+                place = slice(old + start, old + start + len(first))
+                grown[place, : width + 1, : width + 1] = product
+                place = slice(old + count + start, old + count + start + len(first))
+                grown[place, : width + 1, : width + 1] = product.transpose(1, 2)
         # each ordered pair's own block (t's rows, u's columns): a system's entry is then
         # read without asking which of its two tasks comes first
         first, second = needed.cpu().unbind(1)
-        ids = len(self.blocks) + torch.arange(len(needed))
+        ids = old + torch.arange(count)
         self.pair_block[first, second] = ids
-        self.pair_block[second, first] = ids + len(needed)
-        self.blocks = torch.cat([self.blocks, formed, formed.transpose(1, 2)])
+        self.pair_block[second, first] = ids + count
+        self.blocks = grown
 
     def subset_ranks(self, holding: torch.Tensor) -> torch.Tensor:
         """(s,) int64: the directions kept by the members ``holding`` (s, m) (padded with
