@@ -521,12 +521,12 @@ class CompressedCurvature:
     task's first row of ``directions`` (the padding's R).
 
     The inner products a subset's system reads, F_t^T F_u and F_t^T g_u for the pairs of
-    its members, are formed by :meth:`fill_pairs` for the pairs met, one block per
-    unordered pair t <= u: blocks (P + 1, M, M), M = 1 + the most directions any task
-    keeps, holds [g_t, F_t]^T [g_u, F_u], each task's gradient in position 0 and its
-    directions after it, padded by zeros to M, and the block of (u, t) its transpose;
-    block 0 is zeros (the padding task's); pair_block (k + 1, k + 1) int64: the block of
-    each ordered pair (-1: not formed)."""
+    its members, are formed by :meth:`fill_pairs` for the pairs met, one block per ordered
+    pair: blocks (B, M, M), M = 1 + the most directions any task keeps; the block of (t,
+    u) is [g_t, F_t]^T [g_u, F_u], each task's gradient in position 0 and its directions
+    after it, padded by zeros to M (that of (u, t) its transpose); block 0 is zeros (the
+    padding task's); pair_block (k + 1, k + 1) int64: the block of each ordered pair (-1:
+    not formed)."""
 
     directions: torch.Tensor
     gradients: torch.Tensor
