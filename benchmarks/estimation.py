@@ -4,7 +4,8 @@ Usage:
   python benchmarks/estimation.py [--config config/config.yaml] [--hidden 64 64]
       [--subsets 600] [--meta-epoch best] [--l2 0.05 0.5] [--flow-steps 1 4]
       [--curvature-tolerance 0 0.1]
-      [--finetune-lr 0.001] [--task-scales] [--repeats 3] [--reference-seeds 1]
+      [--finetune-lr 0.001] [--task-scales] [--noise-draws 0] [--repeats 3]
+      [--reference-seeds 1]
       [--settings exact sparse:1024:4 kronecker:1024 dense:1024 eigen:1024@adam svd:1024
                   energy:1024@adam/subset]
 
@@ -41,8 +42,14 @@ finetune.lr; when that is "auto", the workflow's choice
 subsets first and its curve printed. With ``--task-scales`` each estimate is printed a
 second time with its task scales (see :mod:`taskgroup.estimate.task_scales`), fitted on the
 first validation.n_subsets subsets against the second reference as the workflow
-fits them, and compared with the first seed's on all subsets. One thread per process;
-nothing is asserted.
+fits them, and compared with the first seed's on all subsets. Every row also prints
+affinity_corr, the correlation of its normalized affinity's off-diagonal entries with the
+reference's; with ``--noise-draws N``, ari_same_corr: the median ARI, over N draws, of the
+reference's clusters with the clusters of the reference's affinity plus symmetric Gaussian
+noise scaled to that correlation (see :func:`noise_matched_ari`): the ARI that an
+estimate's clusters would get from an error of its size that follows no structure, so that
+an ARI below the target can be told apart from a reference whose clusters do not survive
+any error of that size. One thread per process; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -80,7 +87,9 @@ from taskgroup.estimate.settings import BATCH_MB, GradientEstimateSettings, Proj
 from taskgroup.estimate.symmetric import top_eigenpairs
 from taskgroup.estimate.task_scales import fit_task_scales, scale_changes
 from taskgroup.estimate.valuers import finetune_valuer, gradient_valuer, project_data
-from taskgroup.group.clustering import ClusteringSettings
+from taskgroup.group.affinity import affinity_table, square
+from taskgroup.group.clustering import ClusteringSettings, partition
+from taskgroup.group.groupings import adjusted_rand_index
 from taskgroup.models.metrics import resolve_metrics
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, fit, train_new_model
@@ -204,6 +213,40 @@ def singular_basis(splits, dim: int):
     values, vectors = top_eigenpairs(gram(train, train), count=dim)
     basis = ((train.T.double() @ vectors) / values.clamp(min=1e-300).sqrt()).float()
     return {name: dataclasses.replace(split, z=split.z @ basis) for name, split in splits.items()}
+
+
+def off_diagonal_correlation(first: np.ndarray, second: np.ndarray) -> float:
+    """The correlation of two (k, k) matrices' off-diagonal entries (pairs NaN in either
+    left out)."""
+    off = ~np.eye(first.shape[0], dtype=bool)
+    x, y = first[off], second[off]
+    kept = np.isfinite(x) & np.isfinite(y)
+    return float(np.corrcoef(x[kept], y[kept])[0, 1])
+
+
+def noise_matched_ari(reference: np.ndarray, labels: np.ndarray, correlation: float,
+                      method: str, clustering: ClusteringSettings, draws: int,
+                      seed: int = 0) -> float:
+    """The median over ``draws`` of the ARI between ``labels`` (the clusters of the
+    (k, k) affinity ``reference``) and the clusters, by ``method`` into as many, of
+    ``reference`` plus symmetric Gaussian noise (zero diagonal) whose standard deviation
+    sd sqrt(1 / c^2 - 1), sd that of the reference's off-diagonal entries, gives them the
+    correlation c = ``correlation`` with the reference's in expectation; NaN when
+    ``correlation`` is (an estimate whose affinity is constant)."""
+    if not np.isfinite(correlation):
+        return float("nan")
+    off = ~np.eye(reference.shape[0], dtype=bool)
+    spread = np.nanstd(reference[off]) * np.sqrt(max(1.0 / max(correlation, 1e-6) ** 2 - 1, 0))
+    generator = np.random.default_rng(seed)
+    filled = np.nan_to_num(reference)
+    scores = []
+    for _ in range(draws):
+        noise = generator.normal(size=reference.shape)
+        noise = (noise + noise.T) / np.sqrt(2)
+        np.fill_diagonal(noise, 0.0)
+        noisy = partition(filled + spread * noise, method, clustering)
+        scores.append(adjusted_rand_index(noisy, labels))
+    return float(np.median(scores))
 
 
 def mean_values(tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -382,6 +425,10 @@ def main():
                         help="also print each estimate with its task scales, fitted as the "
                              "workflow fits them: on the first validation.n_subsets subsets "
                              "against the second reference (the second seed's fine-tuning)")
+    parser.add_argument("--noise-draws", type=int, default=0,
+                        help="also print, for each row, the median ARI over this many draws "
+                             "of the reference's affinity plus noise of the row's affinity "
+                             "correlation (0: not computed; each draw is one clustering)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="times each of the training epoch, the projection and every "
                              "estimate is timed (the median is printed)")
@@ -445,8 +492,21 @@ def main():
 
     clusters_of_real = reference_clusters(real, names, clustering, method)
 
+    real_affinity = square(affinity_table(real, names), names, "normalized")
+    same_count = dataclasses.replace(clustering, n_clusters=clusters_of_real.n_clusters)
+
     def compare(values):
-        return agreement(values, real, base, names, clustering, method, clusters_of_real)
+        figures = agreement(values, real, base, names, clustering, method, clusters_of_real)
+        correlation = off_diagonal_correlation(
+            square(affinity_table(values, names), names, "normalized"), real_affinity
+        )
+        figures["affinity_corr"] = correlation
+        if args.noise_draws:
+            figures["ari_same_corr"] = noise_matched_ari(
+                real_affinity, clusters_of_real.labels, correlation, method, same_count,
+                args.noise_draws,
+            )
+        return figures
 
     print(f"config {args.config}: k = {data.n_tasks} tasks, trunk {hidden}, p = {n_parameters} "
           f"parameters, meta-initialization {'best' if best_epoch else 'last'} epoch, "
