@@ -343,6 +343,9 @@ def _gradient_child(config, hidden, state, subsets, text, l2_values, flow_steps,
         gradient_valuer(splits, warm, warm.parameter_norm(meta), data.task_names, data.types,
                         estimate, metric, memory_mb=BATCH_MB)(subsets[subsets["subset_id"] < 2])
         del splits
+    # the first epoch in this process pays one-time costs (25 times a later one's): with
+    # --repeats 1 it would be the epoch the projection is measured in
+    _one_epoch(config, data, meta)
     def project():
         projector = make_projector(meta, settings)
         splits = project_data(meta, projector, data, PROJECTION_BATCH)
