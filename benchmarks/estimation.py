@@ -93,6 +93,7 @@ from taskgroup.group.groupings import adjusted_rand_index
 from taskgroup.models.metrics import resolve_metrics
 from taskgroup.models.network import MultiHeadNet
 from taskgroup.models.training import TrainSettings, fit, train_new_model
+from taskgroup.report.recommendation import off_diagonal_correlation
 from taskgroup.report.validation import agreement, reference_clusters
 from taskgroup.stages.validate import lr_curve_on, meta_validation_loss
 
@@ -213,15 +214,6 @@ def singular_basis(splits, dim: int):
     values, vectors = top_eigenpairs(gram(train, train), count=dim)
     basis = ((train.T.double() @ vectors) / values.clamp(min=1e-300).sqrt()).float()
     return {name: dataclasses.replace(split, z=split.z @ basis) for name, split in splits.items()}
-
-
-def off_diagonal_correlation(first: np.ndarray, second: np.ndarray) -> float:
-    """The correlation of two (k, k) matrices' off-diagonal entries (pairs NaN in either
-    left out)."""
-    off = ~np.eye(first.shape[0], dtype=bool)
-    x, y = first[off], second[off]
-    kept = np.isfinite(x) & np.isfinite(y)
-    return float(np.corrcoef(x[kept], y[kept])[0, 1])
 
 
 def noise_matched_ari(reference: np.ndarray, labels: np.ndarray, correlation: float,

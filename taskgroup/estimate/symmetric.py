@@ -44,15 +44,9 @@ def one_blas_thread():
     theirs then cost nothing more (the limit inspects every loaded library, a twentieth of
     a millisecond each time)."""
     global _single_thread_depth
-    if _single_thread_depth:
-        _single_thread_depth += 1
-        try:
-            yield
-        finally:
-            _single_thread_depth -= 1
-        return
-    _, threads, _ = _blas()
-    with threads.limit(limits=1, user_api="blas"):
+    limit = (contextlib.nullcontext() if _single_thread_depth
+             else _blas()[1].limit(limits=1, user_api="blas"))
+    with limit:
         _single_thread_depth += 1
         try:
             yield

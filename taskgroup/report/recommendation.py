@@ -351,7 +351,10 @@ def choose_candidate(comparison: pd.DataFrame, margin: float, task_alpha: float,
     return table
 
 
-def _off_diagonal_correlation(first: np.ndarray, second: np.ndarray) -> float:
+def off_diagonal_correlation(first: np.ndarray, second: np.ndarray) -> float:
+    """The correlation of two symmetric (k, k) matrices' entries above the diagonal (pairs
+    NaN in either left out); NaN when fewer than 3 pairs remain or either side is
+    constant."""
     upper = np.triu_indices(len(first), k=1)
     a, b = first[upper], second[upper]
     keep = np.isfinite(a) & np.isfinite(b)
@@ -385,14 +388,14 @@ def split_half_reliability(
     rng = np.random.default_rng(seed)
     upper = np.triu_indices(k, k=1)
     n_pairs = int((np.isfinite(first[upper]) & np.isfinite(second[upper])).sum())
-    observed = _off_diagonal_correlation(first, second)
+    observed = off_diagonal_correlation(first, second)
     if np.isnan(observed):
         p_value = 1.0
     else:
         exceed = 0
         for _ in range(permutations):
             relabel = rng.permutation(k)
-            null = _off_diagonal_correlation(first, second[np.ix_(relabel, relabel)])
+            null = off_diagonal_correlation(first, second[np.ix_(relabel, relabel)])
             exceed += bool(np.isfinite(null) and null >= observed)
         p_value = (1 + exceed) / (1 + permutations)
     labels = [cluster(matrix, method, clustering).labels for matrix in (first, second)]
