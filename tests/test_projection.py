@@ -301,7 +301,8 @@ def test_the_eigen_basis_is_fitted_orthonormal_and_keeps_the_most_gradient_energ
 def test_the_energy_projector_is_fitted_on_a_model_in_one_or_two_passes(dim):
     """Structure energy on a model: make_projector builds an EnergyProjector for a model
     of more than d parameters (a LayerProjector refuses to), whose fit projects its
-    examples as project_examples does afterwards (d = 300: from the factors its pass kept;
+    examples as project_examples does afterwards (d = 300: from the products with its
+    candidate vectors that its choice computed on the factors its pass kept;
     d = 50: the layers' widths exceed 2 d, so from a second pass), keeps d orthonormal
     columns holding at least the energy "eigen" keeps, with preconditioner adam too; the
     same fit gives the same bytes, a rebuilt one measures ||P w|| unfitted."""

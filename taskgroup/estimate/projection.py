@@ -543,7 +543,8 @@ class LayerProjector:
         scaled by the column scale only). Returns the examples' projected gradients (n,
         dim) and outputs (n,) with the fitted projection: from the pass's own gradient
         factors when they take no more memory than the projected rows in float64 (the
-        layers' widths sum to at most 2 dim), else from a second pass."""
+        layers' widths sum to at most 2 dim; structure "energy": from the products with its
+        candidate vectors that its choice computed), else from a second pass."""
         if not self.needs_fit:
             return project_examples(model, self, examples.features, examples.task_index,
                                     batch_size)
@@ -584,12 +585,12 @@ class LayerProjector:
             self.fit_moments(moments)
         # lazy: a structure that fits nothing more reads no factors (and makes no pass)
         batches = (
-            ((task_index, factors) for _, task_index, _, factors in kept) if keep
-            else _factor_batches(model, examples, batch_size)
+            self._kept_factors(kept) if keep else _factor_batches(model, examples, batch_size)
         )
-        self._fit_to_factors(
-            (task_index, self.precondition(task_index, factors))
-            for task_index, factors in batches
+        products = self._fit_to_factors(
+            ((task_index, self.precondition(task_index, factors))
+             for task_index, factors in batches),
+            keep,
         )
         if not keep:
             return project_examples(model, self, examples.features, examples.task_index,
@@ -597,16 +598,35 @@ class LayerProjector:
         projected = torch.empty(n, self.dim, dtype=examples.features.dtype,
                                 device=examples.features.device)
         outputs = torch.empty(n, dtype=examples.features.dtype, device=examples.features.device)
-        for rows, task_index, batch_outputs, factors in kept:
-            self.project_factors(task_index, self.precondition(task_index, factors),
-                                 projected[rows])
+        for index, (rows, task_index, batch_outputs, factors) in enumerate(kept):
+            if products is None:
+                self.project_factors(task_index, self.precondition(task_index, factors),
+                                     projected[rows])
+            else:
+                self.project_products(task_index, products[index], projected[rows])
+                products[index] = None
             outputs[rows] = batch_outputs
         return projected, outputs
 
-    def _fit_to_factors(self, batches) -> None:
+    def _kept_factors(self, kept: list):
+        """(task_index, factors) of the kept batches; a structure whose fit keeps what the
+        projection needs instead (:meth:`_fit_to_factors`) lets each batch's factors go
+        once read, so that the two are not held at once."""
+        for index, (rows, task_index, outputs, factors) in enumerate(kept):
+            if self.projects_while_fitting:
+                kept[index] = (rows, task_index, outputs, None)
+            yield task_index, factors
+
+    # Whether _fit_to_factors, asked to keep, returns what project_products needs.
+    projects_while_fitting = False
+
+    def _fit_to_factors(self, batches, keep: bool = False) -> list | None:
         """What a structure fits to the training examples' (preconditioned) gradient
         factors, after the moments: nothing here (see :class:`EnergyProjector`). Does not
-        consume ``batches`` (an iterable of (task_index, factors)) when it needs nothing."""
+        consume ``batches`` (an iterable of (task_index, factors)) when it needs nothing.
+        With ``keep``, a structure that :attr:`projects_while_fitting` returns one entry
+        per batch for :meth:`project_products`; else None."""
+        return None
 
     def fit_moments(self, moments: list[tuple[torch.Tensor | None, torch.Tensor]]) -> None:
         """Set the "eigen" blocks from the second moments, per layer in
@@ -774,25 +794,31 @@ class EnergyProjector(LayerProjector):
         ]
         self.chosen = None
 
-    def _fit_to_factors(self, batches) -> None:
+    projects_while_fitting = True
+
+    def _fit_to_factors(self, batches, keep: bool = False) -> list | None:
         """Keep the d coordinates of largest sum over the examples of their squared
         projected gradient (float32 products, float64 sums); ties go to the earlier
-        layer, row and column, so the choice is a function of these sums alone."""
+        layer, row and column, so the choice is a function of these sums alone. With
+        ``keep``, returns each batch's :meth:`candidate_products`, from which
+        :meth:`project_products` projects it without multiplying again (no more memory
+        than its factors)."""
         if self.bases is None:
             raise ValueError(ENERGY_NOT_FITTED)
         n_tasks = self.layer_shapes[-1][0]
-        energies = None
+        energies, kept = None, []
         for task_index, factors in batches:
-            batch = []
-            for (left, right), factor in zip(self.bases[:-1], factors[:-1]):
-                rows, columns = factor.deltas @ left, factor.inputs @ right
-                batch.append(((rows * rows).T @ (columns * columns)).double())
-            heads = factors[-1].inputs @ self.bases[-1][1]
+            products = self.candidate_products(factors)
+            batch = [((rows * rows).T @ (columns * columns)).double()
+                     for rows, columns in products[:-1]]
+            heads = products[-1][1]
             per_task = torch.zeros(n_tasks, heads.shape[1], dtype=torch.float64,
                                    device=heads.device)
             per_task.index_add_(0, task_index, (heads * heads).double())
             batch.append(per_task)
             energies = batch if energies is None else [a + b for a, b in zip(energies, batch)]
+            if keep:
+                kept.append(products)
         sizes = [energy.numel() for energy in energies]
         flat = torch.cat([energy.flatten() for energy in energies])
         order = torch.sort(-flat, stable=True).indices[: self.dim]
@@ -809,6 +835,7 @@ class EnergyProjector(LayerProjector):
             ))
             start += size
         self.chosen, self.bases = chosen, bases
+        return kept if keep else None
 
     def to(self, device) -> "EnergyProjector":
         if self.bases is not None:
@@ -820,6 +847,17 @@ class EnergyProjector(LayerProjector):
             self.scales = [(row.to(device), column.to(device)) for row, column in self.scales]
         return self
 
+    def candidate_products(self, factors: list[LayerFactors]
+                           ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+        """Per layer, the n examples' coordinates along its candidate vectors: (deltas @
+        U (n, a), [a; 1] @ V (n, b)) for the trunk, (None, [a; 1] @ V) for the heads."""
+        if self.bases is None:
+            raise ValueError(ENERGY_NOT_FITTED)
+        return [
+            (None if left is None else factor.deltas @ left, factor.inputs @ right)
+            for (left, right), factor in zip(self.bases, factors)
+        ]
+
     def project_factors(
         self, task_index: torch.Tensor, factors: list[LayerFactors],
         out: torch.Tensor | None = None,
@@ -828,21 +866,29 @@ class EnergyProjector(LayerProjector):
         coordinates are 0 on the other tasks' examples. Written into ``out`` when given."""
         if self.chosen is None:
             raise ValueError(ENERGY_NOT_FITTED)
-        heads = factors[-1].inputs
+        return self.project_products(task_index, self.candidate_products(factors), out)
+
+    def project_products(
+        self, task_index: torch.Tensor, products: list[tuple[torch.Tensor | None, torch.Tensor]],
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`project_factors` from the factors' :meth:`candidate_products`, taken with
+        these bases or the fit's (whose first vectors they are)."""
+        if self.chosen is None:
+            raise ValueError(ENERGY_NOT_FITTED)
+        heads = products[-1][1]
         if out is None:
             out = torch.empty(heads.shape[0], self.dim, dtype=heads.dtype, device=heads.device)
         start = 0
-        for (left, right), (rows, columns), factor in zip(self.bases, self.chosen, factors[:-1]):
+        for (deltas, inputs), (rows, columns) in zip(products[:-1], self.chosen):
             # index_select: a gather of whole columns, 4 times faster than x[:, index]
             if len(rows):
-                torch.mul((factor.deltas @ left).index_select(1, rows),
-                          (factor.inputs @ right).index_select(1, columns),
+                torch.mul(deltas.index_select(1, rows), inputs.index_select(1, columns),
                           out=out[:, start : start + len(rows)])
             start += len(rows)
         tasks, directions = self.chosen[-1]
         own = (task_index.unsqueeze(1) == tasks.unsqueeze(0)).to(out.dtype)
-        torch.mul((heads @ self.bases[-1][1]).index_select(1, directions), own,
-                  out=out[:, start:])
+        torch.mul(heads.index_select(1, directions), own, out=out[:, start:])
         return out
 
     def shift_norms(self, weights: torch.Tensor) -> torch.Tensor:
