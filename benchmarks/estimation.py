@@ -67,8 +67,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from snakemake.utils import validate
+from common import validated_config
 
 from taskgroup.data.datasets.planted import generate_planted, planted_spec
 from taskgroup.data.designs import random_design
@@ -434,9 +433,7 @@ def main():
     args = parser.parse_args()
     if args.reference_seeds < 1:
         parser.error(f"--reference-seeds must be at least 1, not {args.reference_seeds}")
-    config = yaml.safe_load(Path(args.config).read_text())
-    # The schema fills in the defaults, as it does for the workflow.
-    validate(config, str(ROOT / "config" / "config.schema.yaml"))
+    config = validated_config(args.config)
     hidden = args.hidden or config["model"]["hidden_sizes"]
     best_epoch = (
         config["meta_init"]["keep_best_epoch"] if args.meta_epoch is None

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
-from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import validated_config  # noqa: E402
 from estimation import (  # noqa: E402
     PROJECTION_BATCH,
     load_data,
@@ -79,8 +78,7 @@ def main():
                         default=["eigen:1024@adam", "eigen:1024@none", "kronecker:1024@none"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    config = yaml.safe_load(Path(args.config).read_text())
-    validate(config, str(ROOT / "config" / "config.schema.yaml"))
+    config = validated_config(args.config)
     torch.set_num_threads(1)
     rows = []
     for n_train in args.n_train:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,23 +45,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from snakemake.utils import validate
+from common import cpu_seconds, peak_rss_mb, validated_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Examples projected at a time (the stage derives it from its memory; 4096 is its cap).
 PROJECTION_BATCH = 4096
 # The memory a batch of subset fits may take (the stage's default when its job has 1 GB).
 BATCH_MEMORY_MB = 512.0
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def projected_splits(config: dict, args) -> tuple[dict, list[str], bool]:
@@ -172,8 +161,7 @@ def main():
     from taskgroup.data.designs import random_design
     from taskgroup.estimate.settings import GradientEstimateSettings
 
-    config = yaml.safe_load(Path(args.config).read_text())
-    validate(config, str(ROOT / "config" / "config.schema.yaml"))
+    config = validated_config(args.config)
     torch.set_num_threads(args.threads)
     splits, names, exact = projected_splits(config, args)
     # step_scale "auto" resolved here by this checkout's rule, as the workflow resolves it

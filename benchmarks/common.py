@@ -1,0 +1,31 @@
+"""What the benchmarks share: the repository's root, a validated config, the process's CPU
+time and peak memory."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def validated_config(path: str | Path) -> dict:
+    """The config at ``path``, validated against the workflow's schema, which fills in the
+    defaults as it does for the workflow."""
+    config = yaml.safe_load(Path(path).read_text())
+    validate(config, str(ROOT / "config" / "config.schema.yaml"))
+    return config
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
