@@ -4,7 +4,7 @@ fine-tuning of subsets), CPU seconds per step and per model-epoch.
 Usage:
   python benchmarks/stacked_training.py [--config config/config.yaml] [--hidden 256 256]
       [--models 132] [--largest-group 10] [--epochs 20] [--threads 1] [--repeats 1]
-      [--baseline /path/to/other/checkout]
+      [--alone 6] [--baseline /path/to/other/checkout]
 
 The data: the config's planted dataset. ``--models`` fresh networks with the trunk
 ``--hidden`` (seeds 0, 1, 2, ... as the final training's seeds of one group), each on a
@@ -16,9 +16,11 @@ in a fresh process with ``--threads`` threads, ``--repeats`` times (the median i
 printed). ``--baseline DIR`` trains the same models a second time with the library of
 another checkout (e.g. ``git archive <commit> taskgroup | tar -x -C DIR``) and prints the
 ratio of the CPU times and the largest difference of the trained parameters (the two agree
-to float rounding unless the training changed). Printed per library: steps, CPU seconds
-(user + system) in all, per step and per 1,000 model-epochs, wall seconds, the process's
-peak resident memory. Nothing is asserted about the numbers.
+to float rounding unless the training changed). The first ``--alone`` models are then
+trained again one at a time (``train_new_model``, as the meta-initialization is). Printed
+per library: steps, CPU seconds (user + system) in all, per step and per 1,000
+model-epochs, wall seconds, the process's peak resident memory, and the CPU seconds per
+1,000 model-epochs alone. Nothing is asserted about the numbers.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def child(path: Path, threads: int, repeats: int) -> None:
     parameters and the measurements next to it."""
     from taskgroup.models import stacked
     from taskgroup.models.stacked import ModelSpec, train_new_models
-    from taskgroup.models.training import TrainSettings
+    from taskgroup.models.training import TrainSettings, train_new_model
 
     torch.set_num_threads(threads)
     saved = torch.load(path / "inputs.pt", weights_only=False)
@@ -68,10 +70,18 @@ def child(path: Path, threads: int, repeats: int) -> None:
                                    torch.device("cpu"))
         cpu.append(cpu_seconds() - started_cpu)
         wall.append(time.perf_counter() - started)
-    torch.save([model.state_dict() for model, _ in trained], path / "models.pt")
+    # the first models again, one at a time, as the meta-initialization is trained
+    alone = []
+    started_cpu = cpu_seconds()
+    for spec in specs[: saved["alone"]]:
+        alone.append(train_new_model(saved["data"], spec.task_indices, saved["hidden"],
+                                     settings, spec.seed, torch.device("cpu")))
+    alone_cpu = cpu_seconds() - started_cpu
+    torch.save([model.state_dict() for model, _ in trained]
+               + [model.state_dict() for model in alone], path / "models.pt")
     (path / "measured.json").write_text(json.dumps({
         "cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall), "steps": steps,
-        "peak_mb": peak_rss_mb(),
+        "peak_mb": peak_rss_mb(), "alone_cpu_s": alone_cpu,
     }))
 
 
@@ -95,6 +105,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--alone", type=int, default=6,
+                        help="also train this many of the models one at a time")
     parser.add_argument("--baseline", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,10 +136,12 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder)
         torch.save({"data": data, "groups": groups, "training": training,
-                    "hidden": args.hidden}, path / "inputs.pt")
+                    "hidden": args.hidden, "alone": min(args.alone, args.models)},
+                   path / "inputs.pt")
         for label, library in libraries:
             results[label] = run(library, path, args.threads, args.repeats)
     model_epochs = args.models * args.epochs
+    alone = min(args.alone, args.models)
     print(f"{args.models} models, trunk {args.hidden}, groups of 1 to {largest} of k = "
           f"{data.n_tasks} tasks, {args.epochs} epochs each ({model_epochs} model-epochs), "
           f"batch {training['batch_size']}, {args.threads} thread(s), median of "
@@ -137,11 +151,16 @@ def main():
         "cpu_ms_per_step": 1000 * measured["cpu_s"] / measured["steps"],
         "cpu_s_per_1000_model_epochs": 1000 * measured["cpu_s"] / model_epochs,
         "wall_s": measured["wall_s"], "peak_mb": measured["peak_mb"],
+        "alone_cpu_s_per_1000_model_epochs": (
+            1000 * measured["alone_cpu_s"] / (alone * args.epochs) if alone else None
+        ),
     } for label, (measured, _) in results.items()]
     print(pd.DataFrame(rows).round(3).to_string(index=False))
     if args.baseline:
         (new, ours), (old, theirs) = results.values()
-        print(f"CPU time ratio baseline / this checkout: {old['cpu_s'] / new['cpu_s']:.2f}")
+        print(f"CPU time ratio baseline / this checkout: {old['cpu_s'] / new['cpu_s']:.2f}"
+              + (f" stacked, {old['alone_cpu_s'] / new['alone_cpu_s']:.2f} alone" if alone
+                 else ""))
         gap = max(float((mine[name] - other[name]).abs().max())
                   for mine, other in zip(ours, theirs) for name in mine)
         print(f"trained parameters: largest difference {gap:.2e}")
