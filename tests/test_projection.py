@@ -297,13 +297,15 @@ def test_the_eigen_basis_is_fitted_orthonormal_and_keeps_the_most_gradient_energ
     torch.testing.assert_close(z_again, z, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dim", [300, 50])
+@pytest.mark.parametrize("dim", [300, 56, 50])
 def test_the_energy_projector_is_fitted_on_a_model_in_one_or_two_passes(dim):
     """Structure energy on a model: make_projector builds an EnergyProjector for a model
     of more than d parameters (a LayerProjector refuses to), whose fit projects its
-    examples as project_examples does afterwards (d = 300: from the products with its
-    candidate vectors that its choice computed on the factors its pass kept;
-    d = 50: the layers' widths exceed 2 d, so from a second pass), keeps d orthonormal
+    examples as project_examples does afterwards (d = 300 and 56: from the products with
+    its candidate vectors that its choice computed on the factors its pass kept; at d = 56
+    project_examples multiplies by fewer of the vectors, the ones the choice uses, and may
+    round otherwise, so to float rounding; d = 50: the layers' widths exceed 2 d, so from a
+    second pass, exactly), keeps d orthonormal
     columns holding at least the energy "eigen" keeps, with preconditioner adam too; the
     same fit gives the same bytes, a rebuilt one measures ||P w|| unfitted."""
     torch.manual_seed(0)
@@ -326,7 +328,11 @@ def test_the_energy_projector_is_fitted_on_a_model_in_one_or_two_passes(dim):
         z_fit, outputs_fit = projector.fit(model, examples, batch_size=64)
         assert not projector.needs_fit and sum(projector.segments) == dim
         z, outputs = project_examples(model, projector, features, task_index, 64)
-        assert torch.equal(z_fit, z) and torch.equal(outputs_fit, outputs)
+        if dim == 56:
+            torch.testing.assert_close(z_fit, z)
+        else:
+            assert torch.equal(z_fit, z)
+        assert torch.equal(outputs_fit, outputs)
         again = make_projector(model, settings)
         again.fit(model, examples, batch_size=64)
         assert torch.equal(project_examples(model, again, features, task_index, 64)[0], z)

