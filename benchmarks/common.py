@@ -1,8 +1,10 @@
 """What the benchmarks share: the repository's root, a validated config, the process's CPU
-time and peak memory."""
+time and peak memory, and the libraries a benchmark compares (this checkout's and a
+baseline's, each imported by a child process of its own)."""
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -29,3 +31,17 @@ def cpu_seconds() -> float:
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def checkouts(baseline: str | None) -> list[tuple[str, Path]]:
+    """(label, folder holding the taskgroup library) of this checkout, then of ``baseline``
+    when given (e.g. ``git archive <commit> taskgroup | tar -x -C DIR``)."""
+    found = [("this checkout", ROOT)]
+    if baseline:
+        found.append((f"baseline {baseline}", Path(baseline)))
+    return found
+
+
+def library_environment(library: Path) -> dict[str, str]:
+    """The environment of a child process that imports taskgroup from ``library``."""
+    return dict(os.environ, PYTHONPATH=str(library))

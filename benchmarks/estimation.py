@@ -67,7 +67,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from common import validated_config
+from common import ROOT, validated_config
 
 from taskgroup.data.datasets.planted import generate_planted, planted_spec
 from taskgroup.data.designs import random_design
@@ -96,7 +96,6 @@ from taskgroup.report.recommendation import off_diagonal_correlation
 from taskgroup.report.validation import agreement, reference_clusters
 from taskgroup.stages.validate import lr_curve_on, meta_validation_loss
 
-ROOT = Path(__file__).resolve().parents[1]
 # Examples projected at a time (the stage derives it from its memory; 4096 is its cap).
 PROJECTION_BATCH = 4096
 

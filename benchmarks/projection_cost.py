@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import validated_config  # noqa: E402
+from common import ROOT, validated_config  # noqa: E402
 from estimation import (  # noqa: E402
     PROJECTION_BATCH,
     load_data,
@@ -42,8 +42,6 @@ from estimation import (  # noqa: E402
 from taskgroup.estimate.projection import make_projector  # noqa: E402
 from taskgroup.estimate.valuers import project_data  # noqa: E402
 from taskgroup.models.training import train_new_model  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(config: dict, hidden: list[int], settings: list[str], repeats: int) -> list[dict]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from common import ROOT, cpu_seconds, peak_rss_mb, validated_config
+from common import (
+    ROOT,
+    checkouts,
+    cpu_seconds,
+    library_environment,
+    peak_rss_mb,
+    validated_config,
+)
 
 
 def child(path: Path, threads: int, repeats: int) -> None:
@@ -87,9 +93,9 @@ def child(path: Path, threads: int, repeats: int) -> None:
 
 def run(library: Path, path: Path, threads: int, repeats: int) -> tuple[dict, list]:
     """The child in a fresh process importing taskgroup from ``library``."""
-    environment = dict(os.environ, PYTHONPATH=str(library))
     process = subprocess.run([sys.executable, __file__, "--child", str(path), "--threads",
-                              str(threads), "--repeats", str(repeats)], env=environment)
+                              str(threads), "--repeats", str(repeats)],
+                             env=library_environment(library))
     if process.returncode != 0:
         raise SystemExit(f"training with the library of {library} failed")
     return (json.loads((path / "measured.json").read_text()),
@@ -129,19 +135,15 @@ def main():
     final = config["final"]
     training = {"epochs": args.epochs, "lr": final["lr"], "batch_size": final["batch_size"],
                 "weight_decay": final["weight_decay"]}
-    libraries = [("this checkout", ROOT)]
-    if args.baseline:
-        libraries.append((f"baseline {args.baseline}", Path(args.baseline)))
+    alone = min(args.alone, args.models)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder)
         torch.save({"data": data, "groups": groups, "training": training,
-                    "hidden": args.hidden, "alone": min(args.alone, args.models)},
-                   path / "inputs.pt")
-        for label, library in libraries:
+                    "hidden": args.hidden, "alone": alone}, path / "inputs.pt")
+        for label, library in checkouts(args.baseline):
             results[label] = run(library, path, args.threads, args.repeats)
     model_epochs = args.models * args.epochs
-    alone = min(args.alone, args.models)
     print(f"{args.models} models, trunk {args.hidden}, groups of 1 to {largest} of k = "
           f"{data.n_tasks} tasks, {args.epochs} epochs each ({model_epochs} model-epochs), "
           f"batch {training['batch_size']}, {args.threads} thread(s), median of "

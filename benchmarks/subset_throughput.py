@@ -45,9 +45,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import cpu_seconds, peak_rss_mb, validated_config
+from common import (
+    ROOT,
+    checkouts,
+    cpu_seconds,
+    library_environment,
+    peak_rss_mb,
+    validated_config,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 # Examples projected at a time (the stage derives it from its memory; 4096 is its cap).
 PROJECTION_BATCH = 4096
 # The memory a batch of subset fits may take (the stage's default when its job has 1 GB).
@@ -126,7 +132,7 @@ def child(path: Path, threads: int, job: int) -> None:
 def run(library: Path, path: Path, threads: int, jobs: int) -> list[tuple[dict, pd.DataFrame]]:
     """The ``jobs`` children at once, each in a fresh process importing taskgroup from
     ``library``; each one's measurements and values."""
-    environment = dict(os.environ, PYTHONPATH=str(library))
+    environment = library_environment(library)
     processes = [
         subprocess.Popen([sys.executable, __file__, "--child", str(path), "--threads",
                           str(threads), "--job", str(job)], env=environment)
@@ -171,9 +177,7 @@ def main():
         exact).step_scale
     subsets = [random_design(names, config["subsets"]["size"], args.subsets,
                              config["subsets"]["seed"] + job) for job in range(args.jobs)]
-    libraries = [("this checkout", ROOT)]
-    if args.baseline:
-        libraries.append((f"baseline {args.baseline}", Path(args.baseline)))
+    libraries = checkouts(args.baseline)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder)

@@ -865,8 +865,6 @@ class EnergyProjector(LayerProjector):
     ) -> torch.Tensor:
         """z (n, d): each chosen coordinate (u_i^T delta) (v_j^T [a; 1]); a head's
         coordinates are 0 on the other tasks' examples. Written into ``out`` when given."""
-        if self.chosen is None:
-            raise ValueError(ENERGY_NOT_FITTED)
         return self.project_products(task_index, self.candidate_products(factors), out)
 
     def project_products(
