@@ -1,11 +1,15 @@
 """What the benchmarks share: the repository's root, a validated config, the process's CPU
 time and peak memory, and the libraries a benchmark compares (this checkout's and a
-baseline's, each imported by a child process of its own)."""
+baseline's, each imported by a child process of its own) with the options and the child
+process that such a comparison takes."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -45,3 +49,25 @@ def checkouts(baseline: str | None) -> list[tuple[str, Path]]:
 def library_environment(library: Path) -> dict[str, str]:
     """The environment of a child process that imports taskgroup from ``library``."""
     return dict(os.environ, PYTHONPATH=str(library))
+
+
+def comparison_parser(doc: str, hidden: list[int]) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs its work in a child process per library:
+    --config, --hidden (default ``hidden``), --threads, --baseline, and the hidden --child
+    (the folder of the child's inputs); the description is ``doc``'s first line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
+    parser.add_argument("--hidden", type=int, nargs="+", default=hidden)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--baseline", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def run_child(script: str, library: Path, path: Path, *options: str) -> None:
+    """Run ``script`` as a child (``--child path`` and ``options``) in a fresh process that
+    imports taskgroup from ``library``; SystemExit naming the library when it fails."""
+    process = subprocess.run([sys.executable, script, "--child", str(path), *options],
+                             env=library_environment(library))
+    if process.returncode != 0:
+        raise SystemExit(f"{Path(script).name} with the library of {library} failed")

@@ -25,10 +25,8 @@ model-epochs, wall seconds, the process's peak resident memory, and the CPU seco
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +37,10 @@ import torch
 from common import (
     ROOT,
     checkouts,
+    comparison_parser,
     cpu_seconds,
-    library_environment,
     peak_rss_mb,
+    run_child,
     validated_config,
 )
 
@@ -93,28 +92,19 @@ def child(path: Path, threads: int, repeats: int) -> None:
 
 def run(library: Path, path: Path, threads: int, repeats: int) -> tuple[dict, list]:
     """The child in a fresh process importing taskgroup from ``library``."""
-    process = subprocess.run([sys.executable, __file__, "--child", str(path), "--threads",
-                              str(threads), "--repeats", str(repeats)],
-                             env=library_environment(library))
-    if process.returncode != 0:
-        raise SystemExit(f"training with the library of {library} failed")
+    run_child(__file__, library, path, "--threads", str(threads), "--repeats", str(repeats))
     return (json.loads((path / "measured.json").read_text()),
             torch.load(path / "models.pt", weights_only=False))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser = comparison_parser(__doc__, [256, 256])
     parser.add_argument("--models", type=int, default=132)
     parser.add_argument("--largest-group", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--alone", type=int, default=6,
                         help="also train this many of the models one at a time")
-    parser.add_argument("--baseline", default=None)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(Path(args.child), args.threads, args.repeats)

@@ -48,6 +48,7 @@ import torch
 from common import (
     ROOT,
     checkouts,
+    comparison_parser,
     cpu_seconds,
     library_environment,
     peak_rss_mb,
@@ -145,19 +146,14 @@ def run(library: Path, path: Path, threads: int, jobs: int) -> list[tuple[dict, 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
+    parser = comparison_parser(__doc__, [64, 64])
     parser.add_argument("--groups", type=int, default=60)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--structure", default="kronecker")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--subsets", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--layout", choices=("projected", "dense"), default="projected")
-    parser.add_argument("--baseline", default=None)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -158,6 +158,8 @@ def data_sizes():
 
 DATA_BYTES, N_LABELLED, N_VAL_EXAMPLES, N_FEATURES = data_sizes()
 SHAPES = sizes.layer_shapes(N_FEATURES, config["model"]["hidden_sizes"], N_TASKS)
+# the widest layer's units: a stacked model's validation activations per example
+WIDEST = max([N_FEATURES, *config["model"]["hidden_sizes"]])
 PROJECTED_DIM = sizes.projected_dim(SHAPES, config["projection"]["dim"])
 SHARED_COLUMNS, HEAD_COLUMNS = sizes.estimate_columns(
     SHAPES, config["projection"]["dim"]
@@ -167,6 +169,13 @@ SHARED_COLUMNS, HEAD_COLUMNS = sizes.estimate_columns(
 def training_mem_mb():
     """mem_mb of a job that trains the network on the examples."""
     return sizes.training_mb(DATA_BYTES, sizes.n_parameters(SHAPES))
+
+
+def finetuning_mem_mb(n_models):
+    """mem_mb of a job that fine-tunes ``n_models`` subsets together."""
+    return sizes.finetuning_mb(
+        DATA_BYTES, sizes.n_parameters(SHAPES), n_models, N_VAL_EXAMPLES, WIDEST
+    )
 
 
 def projection_mem_mb():
@@ -194,7 +203,8 @@ def forward_mem_mb():
     """mem_mb of forward_selection: fine-tuning (finetune), or batches of up to k
     candidate subsets (gradient)."""
     if config["estimator"] == "finetune":
-        return training_mem_mb()
+        # the oracle fine-tunes batches of up to k candidate subsets
+        return finetuning_mem_mb(N_TASKS)
     return gradient_estimate_mem_mb(
         N_TASKS, config["subsets"]["forward_selection"]["max_size"]
     )
@@ -206,8 +216,15 @@ def sdp_mem_mb():
 
 
 def validation_mem_mb():
-    """mem_mb of validate_estimator (fine-tuning and clustering)."""
-    return sizes.validation_mb(DATA_BYTES, sizes.n_parameters(SHAPES), N_TASKS)
+    """mem_mb of validate_estimator (fine-tuning the held-out subsets and clustering)."""
+    return sizes.validation_mb(
+        DATA_BYTES,
+        sizes.n_parameters(SHAPES),
+        N_TASKS,
+        config["validation"]["n_subsets"],
+        N_VAL_EXAMPLES,
+        WIDEST,
+    )
 
 
 def data_mem_mb():
@@ -497,7 +514,7 @@ def group_models_mem_mb(wildcards):
         sizes.n_parameters(SHAPES),
         n_models,
         N_VAL_EXAMPLES,
-        max([N_FEATURES, *config["model"]["hidden_sizes"]]),
+        WIDEST,
     )
 
 

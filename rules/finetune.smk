@@ -15,7 +15,7 @@ rule finetune_subsets:
         "../envs/taskgroup.yaml"
     threads: 1
     resources:
-        mem_mb=training_mem_mb(),
+        mem_mb=finetuning_mem_mb(config["subsets"]["chunk_size"]),
         gpu=1,
     params:
         chunk_size=config["subsets"]["chunk_size"],

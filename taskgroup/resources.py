@@ -30,8 +30,9 @@ COPIES = 3
 # A user's Parquet or CSV file holds its numbers compressed; in memory, as float64, they
 # take up to this many times the file's size.
 FILE_EXPANSION = 10
-# Bytes of a float64.
+# Bytes of a float64 and of a float32 (the networks' parameters).
 FLOAT = 8
+FLOAT32 = 4
 # The batches of the projection and of the subset fits (taskgroup.estimate.settings sizes
 # them from a job's mem_mb with these): at most BATCH_MB, at most PROJECTION_BATCH_EXAMPLES
 # examples projected at a time (no faster beyond); bytes per example and entry of a
@@ -160,7 +161,7 @@ STACKED_PARAMETER_COPIES = 8
 def stacked_model_bytes(n_params: int, n_val: int, widest: int) -> int:
     """Bytes one model adds to a stack: its parameter copies and its validation pass (the
     activations of the widest layer on every validation example, three alive at a time)."""
-    return 4 * (STACKED_PARAMETER_COPIES * n_params + 3 * n_val * widest)
+    return FLOAT32 * (STACKED_PARAMETER_COPIES * n_params + 3 * n_val * widest)
 
 
 def models_per_stack(n_params: int, n_val: int, widest: int) -> int:
@@ -175,6 +176,19 @@ def stacked_training_mb(data_bytes: int, n_params: int, n_models: int, n_val: in
     stack = min(n_models, models_per_stack(n_params, n_val, widest))
     return training_mb(data_bytes, n_params) + to_mb(
         stack * stacked_model_bytes(n_params, n_val, widest)
+    )
+
+
+def finetuning_mb(data_bytes: int, n_params: int, n_models: int, n_val: int,
+                  widest: int) -> int:
+    """A job that fine-tunes ``n_models`` subsets together (finetune_subsets, the
+    validation rules): a training job (:func:`training_mb`), the ``n_models`` fine-tuned
+    networks (float32 parameters) and the parameter copies of its largest stack
+    (:func:`models_per_stack`; fine-tuning runs no validation pass, so a stacked model
+    holds its parameter copies only)."""
+    stack = min(n_models, models_per_stack(n_params, n_val, widest))
+    return training_mb(data_bytes, n_params) + to_mb(
+        FLOAT32 * n_params * (n_models + stack * STACKED_PARAMETER_COPIES)
     )
 
 
@@ -241,11 +255,12 @@ def sdp_mb(n_tasks: int) -> int:
     return TABLE_PROCESS_MB + sdp_solver_mb(n_tasks)
 
 
-def validation_mb(data_bytes: int, n_params: int, n_tasks: int) -> int:
-    """validate_estimator, which fine-tunes (torch) and clusters (cvxpy) in one process:
-    the process with both imported, the training's data and parameters, and the SDP's
-    solver."""
-    training = training_mb(data_bytes, n_params) - TORCH_PROCESS_MB
+def validation_mb(data_bytes: int, n_params: int, n_tasks: int, n_models: int, n_val: int,
+                  widest: int) -> int:
+    """validate_estimator, which fine-tunes ``n_models`` held-out subsets together (torch)
+    and clusters (cvxpy) in one process: the process with both imported, the fine-tuning's
+    data, parameters and stack (:func:`finetuning_mb`), and the SDP's solver."""
+    training = finetuning_mb(data_bytes, n_params, n_models, n_val, widest) - TORCH_PROCESS_MB
     return TORCH_SOLVER_PROCESS_MB + training + sdp_solver_mb(n_tasks)
 
 

@@ -80,7 +80,7 @@ def test_formulas_add_the_process_to_the_arrays():
         (466, lambda: resources.projection_mb(7_360_000, 20_000, 342, 300)),
         (447, lambda: resources.subset_estimate_mb(100, 20_000, 10_000, 342, 42, 3, 5, 100)),
         (304, lambda: resources.sdp_mb(100)),  # cluster_tasks, SCS
-        (580, lambda: resources.validation_mb(7_360_000, 342, 100)),
+        (580, lambda: resources.validation_mb(7_360_000, 342, 100, 120, 10_000, 20)),
         # fit_surrogates in benchmarks/scale.py: k = 30 (600 + 465 subsets), k = 100
         # (1000 + 1100)
         (274, lambda: resources.surrogates_mb(1065, 30)),

@@ -6,7 +6,13 @@ from torch.nn import functional as F
 
 from taskgroup.estimate.finetune import FinetuneSettings, finetune_values
 from taskgroup.models.network import MultiHeadNet, load_checkpoint, save_checkpoint
-from taskgroup.models.training import TrainSettings, evaluate, fit, train_new_model
+from taskgroup.models.training import (
+    TrainSettings,
+    evaluate,
+    fit,
+    per_task_losses,
+    train_new_model,
+)
 from taskgroup.seeding import derived_seed
 
 CPU = torch.device("cpu")
@@ -44,6 +50,20 @@ def test_training_lowers_the_loss_and_evaluate_matches_a_direct_computation(smal
     assert table.loc["task_1", "loss"] == pytest.approx(direct_loss, rel=1e-5)
     assert table.loc["task_1", "metric"] == pytest.approx(direct_accuracy)
     assert table.loc["task_1", "n_examples"] == 40
+
+
+def test_evaluate_on_the_tasks_own_rows_equals_a_pass_over_the_whole_split(small_data):
+    # evaluate runs the model on the chosen tasks' rows only; every task's rows at once
+    # (other matrix shapes) give the same losses to float rounding
+    torch.manual_seed(0)
+    model = MultiHeadNet(small_data.n_features, small_data.n_tasks, [64, 64])
+    tasks = torch.tensor([5, 1, 3])
+    loss, counts, _ = per_task_losses(model, small_data.splits["val"], small_data.n_tasks)
+    table = evaluate(model, small_data, tasks, splits=("val",))
+    assert table["task"].tolist() == ["task_5", "task_1", "task_3"]
+    torch.testing.assert_close(torch.tensor(table["loss"].to_numpy(), dtype=loss.dtype),
+                               loss[tasks], rtol=1e-6, atol=0)
+    assert table["n_examples"].tolist() == counts[tasks].int().tolist()
 
 
 def test_same_seed_same_model(small_data):

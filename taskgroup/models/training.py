@@ -278,26 +278,35 @@ def evaluate(
     model.eval()
     metrics = resolve_metrics(metric, data.types, data.task_names)
     rows = []
-    chosen = task_indices.tolist()
     for split in splits:
-        tensors = data.splits[split]
-        loss, counts, outputs = per_task_losses(model, tensors, data.n_tasks)
-        keep = torch.isin(tensors.task_index, task_indices.to(tensors.task_index.device))
-        values = per_task_metric(
-            outputs[keep], tensors.labels[keep], tensors.task_index[keep], metrics,
-            data.task_names, context=f"split {split!r}",
-        )[:, 0]
-        for index in chosen:
-            rows.append(
-                {
-                    "task": data.task_names[index],
-                    "split": split,
-                    "loss": float(loss[index]),
-                    "metric": float(values[index]),
-                    "n_examples": int(counts[index]),
-                }
-            )
+        rows += task_values(model, data, task_indices, split, metrics)
     return pd.DataFrame(rows)
+
+
+def task_values(
+    model: MultiHeadNet, data: TaskData, task_indices: torch.Tensor, split: str,
+    metrics: list[str],
+) -> list[dict]:
+    """The rows of :func:`evaluate` for one ``split``, as dicts (task, split, loss, metric,
+    n_examples), in the order of ``task_indices``; ``metrics``: every task's metric name
+    (:func:`taskgroup.models.metrics.resolve_metrics`). The model (in the mode it is in)
+    sees only these tasks' examples: the others' outputs are not computed."""
+    tensors = data.splits[split].select_tasks(task_indices)
+    loss, counts, outputs = per_task_losses(model, tensors, data.n_tasks)
+    values = per_task_metric(
+        outputs, tensors.labels, tensors.task_index, metrics, data.task_names,
+        context=f"split {split!r}",
+    )[:, 0]
+    return [
+        {
+            "task": data.task_names[index],
+            "split": split,
+            "loss": float(loss[index]),
+            "metric": float(values[index]),
+            "n_examples": int(counts[index]),
+        }
+        for index in task_indices.tolist()
+    ]
 
 
 def train_new_model(
